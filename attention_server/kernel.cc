@@ -1,0 +1,12 @@
+// Kernel selection by name.
+#include "attention_server/kernel.h"
+
+#include "common/error.h"
+
+namespace cadre::attention_server {
+
+std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name) {
+  CADRE_FAIL("unknown core-attention kernel '", name, "'; accepted: cpu, flash (GPU build)");
+}
+
+}  // namespace cadre::attention_server

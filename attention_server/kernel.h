@@ -1,0 +1,54 @@
+// Fused variable-length causal core attention over a batch of CA-tasks: the kernel interface,
+// implemented by the CPU reference (cpu_kernel.cc) and, in the GPU build, LibTorch's FlashAttention.
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+
+namespace cadre::attention_server {
+
+// One fused batch. Sequence i has queries q[cu_seqlens_q[i] : cu_seqlens_q[i+1]] and keys
+// k[cu_seqlens_k[i] : cu_seqlens_k[i+1]]; with nq queries and nk >= nq keys, query j sees keys
+// [0, nk - nq + j] (causal mask aligned bottom-right: a query shard [s, e) of a document sees
+// keys [0, s + j]).
+//   q: [total_q, heads, head_dim]; k, v: [total_k, kv_heads, head_dim]; heads % kv_heads == 0
+//   cu_seqlens_q, cu_seqlens_k: int32 [batch + 1], on the same device as q (Torch convention)
+struct VarlenBatch {
+  torch::Tensor cu_seqlens_q;
+  torch::Tensor cu_seqlens_k;
+  int64_t max_seqlen_q = 0;
+  int64_t max_seqlen_k = 0;
+};
+
+struct ForwardResult {
+  torch::Tensor out;  // [total_q, heads, head_dim], q's dtype
+  torch::Tensor lse;  // [heads, total_q], fp32: natural-log sum of exp of scaled scores
+};
+
+struct BackwardResult {
+  torch::Tensor dq;  // like q
+  torch::Tensor dk;  // like k
+  torch::Tensor dv;  // like v
+};
+
+class CoreAttentionKernel {
+ public:
+  virtual ~CoreAttentionKernel() = default;
+  virtual std::string name() const = 0;
+  // softmax_scale <= 0 means 1/sqrt(head_dim).
+  virtual ForwardResult forward(const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v, const VarlenBatch& batch,
+                                double softmax_scale) = 0;
+  virtual BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q,
+                                  const torch::Tensor& k, const torch::Tensor& v,
+                                  const torch::Tensor& out, const torch::Tensor& lse,
+                                  const VarlenBatch& batch, double softmax_scale) = 0;
+};
+
+// The kernel for a device: "cpu" (reference), "flash" (CUDA build only). Throws cadre::Error
+// naming the accepted kernels otherwise.
+std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name);
+
+}  // namespace cadre::attention_server

@@ -1,0 +1,63 @@
+// The `cadre` command: dispatches to train | simulate | plan | bench.
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "common/error.h"
+#include "launch/commands.h"
+
+namespace {
+
+void print_usage(std::ostream& out) {
+  out << "usage: cadre <command> [options]\n\n"
+         "commands:\n"
+         "  simulate          plan and price training steps for any cluster size (CPU only)\n"
+         "  plan              plan one step for given document lengths and print the plan\n"
+         "  train             train a Llama-style model with CAD or colocated attention\n"
+         "  bench attention   CAD attention across ranks with a check against the reference\n"
+         "  bench kernel      fused core-attention kernel throughput (GPU)\n"
+         "  bench comm        all-to-all-v bandwidth (GPU, NCCL)\n\n"
+         "Run `cadre <command> --help` for a command's options.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace cadre::launch;
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    print_usage(std::cout);
+    return argc < 2 ? 2 : 0;
+  }
+  std::string command = argv[1];
+  Args args(argv + 2, argv + argc);
+  try {
+    if (command == "simulate") return run_simulate(args);
+    if (command == "plan") return run_plan(args);
+    if (command == "train") return run_train(args);
+    if (command == "bench") {
+      if (args.empty()) {
+        std::cerr << "cadre bench: missing benchmark; accepted: attention, kernel, comm\n";
+        return 2;
+      }
+      std::string which = args[0];
+      Args rest(args.begin() + 1, args.end());
+      if (which == "attention") return run_bench_attention(rest);
+      if (which == "kernel") return run_bench_kernel(rest);
+      if (which == "comm") return run_bench_comm(rest);
+      std::cerr << "cadre bench: unknown benchmark '" << which
+                << "'; accepted: attention, kernel, comm\n";
+      return 2;
+    }
+    std::cerr << "cadre: unknown command '" << command
+              << "'; accepted: simulate, plan, train, bench\n\n";
+    print_usage(std::cerr);
+    return 2;
+  } catch (const cadre::Error& e) {
+    std::cerr << "cadre " << command << ": error: " << e.message() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "cadre " << command << ": error: " << e.what() << "\n";
+    return 1;
+  }
+}

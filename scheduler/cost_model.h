@@ -1,0 +1,72 @@
+// Prices a step: attention time per CA-task shape (calibration table, interpolated), linear-layer
+// time per token (model dimensions x a GEMM rate), and transfer time per link class.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "scheduler/config.pb.h"
+
+namespace cadre::scheduler {
+
+// Measured attention throughput as a function of shard shape: TFLOP/s (causal FLOPs, forward)
+// at query length q_tokens against key length kv_tokens. Backward throughput likewise.
+struct CalibrationPoint {
+  int64_t q_tokens = 0;
+  int64_t kv_tokens = 0;
+  double forward_tflops = 0;
+  double backward_tflops = 0;
+};
+
+struct CalibrationTable {
+  std::string device;  // e.g. "NVIDIA H200 / LibTorch 2.11 FlashAttention-2"
+  int32_t heads = 32;
+  int32_t head_dim = 128;
+  std::vector<CalibrationPoint> points;
+};
+
+// The built-in table (H200, LibTorch FlashAttention-2, bf16), compiled in from
+// scheduler/data/h200_flash_attention.json.
+const CalibrationTable& default_calibration();
+// Loads a table from JSON ({"device":..., "points":[{"q_tokens":..,"kv_tokens":..,
+// "forward_tflops":..,"backward_tflops":..}, ...]}); throws cadre::Error on bad input.
+CalibrationTable load_calibration_json(const std::string& path);
+
+enum class LinkClass { kSelf, kIntraNode, kInterNode };
+
+class CostModel {
+ public:
+  // Uses the model's dimensions and the cluster's GEMM rate, bandwidths and calibration.
+  CostModel(const config::ModelConfig& model, const config::ClusterConfig& cluster,
+            CalibrationTable calibration);
+
+  // Forward core-attention time of one task (q query tokens attending kv keys, causal,
+  // bottom-right aligned) for all heads of one layer on one GPU (heads divided by TP), in us.
+  double attention_forward_us(int64_t q_tokens, int64_t kv_tokens) const;
+  double attention_backward_us(int64_t q_tokens, int64_t kv_tokens) const;
+  // Forward + backward attention time of one task for all layers of one pipeline stage.
+  double attention_step_us(int64_t q_tokens, int64_t kv_tokens, int32_t layers) const;
+
+  // Non-attention (linear, MLP, norms) forward+backward time per token for `layers` layers.
+  double linear_step_us_per_token(int32_t layers) const;
+
+  // Bytes per token per layer that CAD ships to a server (Q + K/V) and back (O; in backward dO
+  // out, dQ/dK/dV back). Uses the latent width for MLA models.
+  int64_t q_bytes_per_token() const;
+  int64_t kv_bytes_per_token() const;
+
+  // Time to move `bytes` over one link class, in us.
+  double transfer_us(int64_t bytes, LinkClass link) const;
+  LinkClass link_between(int32_t rank_a, int32_t rank_b) const;
+
+  const config::ModelConfig& model() const { return model_; }
+  const config::ClusterConfig& cluster() const { return cluster_; }
+
+ private:
+  config::ModelConfig model_;
+  config::ClusterConfig cluster_;
+  CalibrationTable calibration_;
+};
+
+}  // namespace cadre::scheduler
