@@ -27,4 +27,21 @@ void finalize_config(config::RunConfig& config, int world_size = 0);
 config::RunConfig config_from_args(const std::vector<std::string>& args,
                                    std::vector<std::string>* rest, int world_size = 0);
 
+// As config_from_args, without finalize_config: for commands that adjust the config (e.g. fill
+// cluster.num_gpus from their input, or sweep model presets) before finalizing it themselves.
+config::RunConfig raw_config_from_args(const std::vector<std::string>& args,
+                                       std::vector<std::string>* rest);
+
+// Help text for the options every command accepts (--config, --set), with the model presets;
+// commands append it to their own --help.
+std::string config_options_help();
+
+// The names model.preset (and simulate.models) accept, in table order ("custom" last).
+const std::vector<std::string>& model_preset_names();
+
+// The effective config in text format, for printing and for recording beside results.
+// include_defaults writes every field, defaults included, so that the record is complete even
+// if defaults change later.
+std::string config_to_text(const config::RunConfig& config, bool include_defaults = true);
+
 }  // namespace cadre::launch
