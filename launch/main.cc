@@ -1,5 +1,4 @@
 // The `cadre` command: dispatches to train | simulate | plan | bench.
-#include <cstring>
 #include <iostream>
 #include <string>
 
@@ -17,31 +16,58 @@ void print_usage(std::ostream& out) {
          "  bench attention   CAD attention across ranks with a check against the reference\n"
          "  bench kernel      fused core-attention kernel throughput (GPU)\n"
          "  bench comm        all-to-all-v bandwidth (GPU, NCCL)\n\n"
-         "Run `cadre <command> --help` for a command's options.\n";
+         "Every command reads the run configuration from --config FILE (configs/*.pbtxt) and\n"
+         "--set path.to.field=value overrides (docs/configuration.md).\n"
+         "Run `cadre <command> --help` (or `cadre help <command>`) for a command's options.\n";
 }
+
+void print_bench_usage(std::ostream& out) {
+  out << "usage: cadre bench <attention|kernel|comm> [options]\n\n"
+         "  attention   CAD attention across ranks with a check against the reference\n"
+         "  kernel      fused core-attention kernel throughput (GPU)\n"
+         "  comm        all-to-all-v bandwidth (GPU, NCCL)\n\n"
+         "Run `cadre bench <benchmark> --help` for its options.\n";
+}
+
+bool is_help(const std::string& arg) { return arg == "--help" || arg == "-h" || arg == "help"; }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace cadre::launch;
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
-      !std::strcmp(argv[1], "help")) {
-    print_usage(std::cout);
-    return argc < 2 ? 2 : 0;
+  if (argc < 2) {
+    print_usage(std::cerr);
+    return 2;
   }
   std::string command = argv[1];
   Args args(argv + 2, argv + argc);
+  if (is_help(command)) {
+    if (args.empty()) {
+      print_usage(std::cout);
+      return 0;
+    }
+    // `cadre help plan` is `cadre plan --help`.
+    command = args[0];
+    args.assign(args.begin() + 1, args.end());
+    args.push_back("--help");
+  }
   try {
     if (command == "simulate") return run_simulate(args);
     if (command == "plan") return run_plan(args);
     if (command == "train") return run_train(args);
     if (command == "bench") {
       if (args.empty()) {
-        std::cerr << "cadre bench: missing benchmark; accepted: attention, kernel, comm\n";
+        std::cerr << "cadre bench: missing benchmark; accepted: attention, kernel, comm\n\n";
+        print_bench_usage(std::cerr);
         return 2;
       }
       std::string which = args[0];
       Args rest(args.begin() + 1, args.end());
+      if (is_help(which)) {
+        print_bench_usage(std::cout);
+        return 0;
+      }
+      command += " " + which;
       if (which == "attention") return run_bench_attention(rest);
       if (which == "kernel") return run_bench_kernel(rest);
       if (which == "comm") return run_bench_comm(rest);
