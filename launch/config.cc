@@ -89,12 +89,11 @@ const std::vector<ModelPreset>& model_presets() {
       {"llama-1b", "Llama-3.2-1B-like", 16, 2048, 32, 8, 0, 8192, 128256, true, 500000, 0, 0},
       {"llama-3b", "Llama-3.2-3B-like", 28, 3072, 24, 8, 0, 8192, 128256, true, 500000, 0, 0},
       {"llama-8b", "Llama-3-8B-like", 32, 4096, 32, 8, 0, 14336, 128256, false, 500000, 0, 0},
-      {"llama-34b", "CodeLlama-34B-like", 48, 8192, 64, 8, 0, 22016, 32000, false, 1000000, 0,
-       0},
+      {"llama-34b", "CodeLlama-34B-like", 48, 8192, 64, 8, 0, 22016, 32000, false, 1000000, 0, 0},
       // DeepSeek-V3's attention (MLA: 128 heads of 128 + a 512-wide K/V latent and a 64-wide
       // decoupled RoPE key) with a dense FFN of its first layers' width; no mixture of experts.
-      {"deepseek-v3-mla-like", "DeepSeek-V3-like MLA attention, dense FFN", 61, 7168, 128, 128,
-       128, 18432, 129280, false, 10000, 512, 64},
+      {"deepseek-v3-mla-like", "DeepSeek-V3-like MLA attention, dense FFN", 61, 7168, 128, 128, 128,
+       18432, 129280, false, 10000, 512, 64},
   };
   return kPresets;
 }
@@ -165,8 +164,9 @@ std::string describe_field(const pb::FieldDescriptor* field, const std::string& 
   }
   if (const NamedChoice* c = choice_for(path)) what += " naming one of: " + join(c->accepted);
   if (field->is_repeated()) {
-    what = (in_override ? "a comma-separated list, each " : "a list ([a, b] or the field "
-                                                            "repeated), each ") +
+    what = (in_override ? "a comma-separated list, each "
+                        : "a list ([a, b] or the field "
+                          "repeated), each ") +
            what;
   }
   return what;
@@ -281,8 +281,7 @@ TextPosition position_in_text(const std::string& text, int line, int column) {
 }
 
 // Resolves names from RunConfig downwards; returns the deepest field found and its dotted path.
-const pb::FieldDescriptor* resolve_path(const std::vector<std::string>& names,
-                                        std::string* path) {
+const pb::FieldDescriptor* resolve_path(const std::vector<std::string>& names, std::string* path) {
   const pb::Descriptor* type = config::RunConfig::descriptor();
   const pb::FieldDescriptor* field = nullptr;
   path->clear();
@@ -309,8 +308,7 @@ std::string format_parse_error(const std::string& text, const std::string& sourc
   std::string blocks_path;
   resolve_path(at.blocks, &blocks_path);
 
-  static const std::regex kNoField(
-      R"re(Message type "([\w.]+)" has no field named "([\w.]+)")re");
+  static const std::regex kNoField(R"re(Message type "([\w.]+)" has no field named "([\w.]+)")re");
   std::smatch m;
   if (std::regex_search(error.message, m, kNoField)) {
     const pb::Descriptor* type =
@@ -320,8 +318,9 @@ std::string format_parse_error(const std::string& text, const std::string& sourc
                    type ? field_names(type) : std::string("the fields of scheduler/config.proto"));
   }
   if (at.at_end && !at.blocks.empty()) {
-    return str_cat(where, "the text ends inside the block ", blocks_path,
-                   " (", strip_period(error.message), "); accepted: a closing '}' for every "
+    return str_cat(where, "the text ends inside the block ", blocks_path, " (",
+                   strip_period(error.message),
+                   "); accepted: a closing '}' for every "
                    "opened block");
   }
   std::vector<std::string> names = at.blocks;
@@ -356,8 +355,8 @@ std::string trim(const std::string& s) {
 }
 
 // A whole number with an optional binary suffix K (2^10), M (2^20) or G (2^30): 128K = 131072.
-bool parse_integer(const std::string& text, bool is_unsigned, int64_t min_value,
-                   uint64_t max_value, uint64_t* magnitude, bool* negative) {
+bool parse_integer(const std::string& text, bool is_unsigned, int64_t min_value, uint64_t max_value,
+                   uint64_t* magnitude, bool* negative) {
   std::string s = trim(text);
   if (s.empty()) return false;
   *negative = false;
@@ -397,8 +396,7 @@ bool parse_integer_as(const std::string& text, T* out) {
   uint64_t magnitude = 0;
   bool negative = false;
   if (!parse_integer(text, !std::numeric_limits<T>::is_signed, std::numeric_limits<T>::min(),
-                     static_cast<uint64_t>(std::numeric_limits<T>::max()), &magnitude,
-                     &negative)) {
+                     static_cast<uint64_t>(std::numeric_limits<T>::max()), &magnitude, &negative)) {
     return false;
   }
   if (negative) {
@@ -439,8 +437,8 @@ void set_field_value(pb::Message* message, const pb::FieldDescriptor* field,
   const pb::Reflection* r = message->GetReflection();
   const bool rep = field->is_repeated();
   auto fail = [&]() {
-    CADRE_FAIL("--set ", path, ": cannot read \"", text, "\"; accepted: ",
-               describe_field(field, path, true));
+    CADRE_FAIL("--set ", path, ": cannot read \"", text,
+               "\"; accepted: ", describe_field(field, path, true));
   };
   switch (field->cpp_type()) {
     case pb::FieldDescriptor::CPPTYPE_INT32: {
@@ -527,16 +525,35 @@ void fill_defaults(pb::Message* message) {
     }
     if (r->HasField(*message, f)) continue;
     switch (f->cpp_type()) {
-      case pb::FieldDescriptor::CPPTYPE_INT32: r->SetInt32(message, f, f->default_value_int32()); break;
-      case pb::FieldDescriptor::CPPTYPE_INT64: r->SetInt64(message, f, f->default_value_int64()); break;
-      case pb::FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(message, f, f->default_value_uint32()); break;
-      case pb::FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(message, f, f->default_value_uint64()); break;
-      case pb::FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(message, f, f->default_value_double()); break;
-      case pb::FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(message, f, f->default_value_float()); break;
-      case pb::FieldDescriptor::CPPTYPE_BOOL: r->SetBool(message, f, f->default_value_bool()); break;
-      case pb::FieldDescriptor::CPPTYPE_STRING: r->SetString(message, f, f->default_value_string()); break;
-      case pb::FieldDescriptor::CPPTYPE_ENUM: r->SetEnum(message, f, f->default_value_enum()); break;
-      case pb::FieldDescriptor::CPPTYPE_MESSAGE: break;
+      case pb::FieldDescriptor::CPPTYPE_INT32:
+        r->SetInt32(message, f, f->default_value_int32());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_INT64:
+        r->SetInt64(message, f, f->default_value_int64());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_UINT32:
+        r->SetUInt32(message, f, f->default_value_uint32());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_UINT64:
+        r->SetUInt64(message, f, f->default_value_uint64());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+        r->SetDouble(message, f, f->default_value_double());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_FLOAT:
+        r->SetFloat(message, f, f->default_value_float());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_BOOL:
+        r->SetBool(message, f, f->default_value_bool());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_STRING:
+        r->SetString(message, f, f->default_value_string());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_ENUM:
+        r->SetEnum(message, f, f->default_value_enum());
+        break;
+      case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+        break;
     }
   }
 }
@@ -546,8 +563,8 @@ void fill_defaults(pb::Message* message) {
 
 template <typename T>
 void check_at_least(const char* path, T value, T minimum) {
-  CADRE_CHECK(value >= minimum, path, "=", value, " is too small; accepted: an integer >= ",
-              minimum);
+  CADRE_CHECK(value >= minimum, path, "=", value,
+              " is too small; accepted: an integer >= ", minimum);
 }
 
 void check_positive_number(const char* path, double value) {
@@ -586,10 +603,12 @@ std::string divisors_of(int64_t n) {
 void finalize_model(config::ModelConfig& m) {
   const std::string& preset_name = m.preset();
   if (preset_name == kCustomPreset) {
-    const std::pair<const char*, bool> required[] = {
-        {"num_layers", m.has_num_layers()},       {"hidden_size", m.has_hidden_size()},
-        {"num_heads", m.has_num_heads()},         {"num_kv_heads", m.has_num_kv_heads()},
-        {"ffn_hidden_size", m.has_ffn_hidden_size()}, {"vocab_size", m.has_vocab_size()}};
+    const std::pair<const char*, bool> required[] = {{"num_layers", m.has_num_layers()},
+                                                     {"hidden_size", m.has_hidden_size()},
+                                                     {"num_heads", m.has_num_heads()},
+                                                     {"num_kv_heads", m.has_num_kv_heads()},
+                                                     {"ffn_hidden_size", m.has_ffn_hidden_size()},
+                                                     {"vocab_size", m.has_vocab_size()}};
     for (const auto& [name, present] : required) {
       CADRE_CHECK(present, "model.", name,
                   " is not set; model.preset=\"custom\" takes every size from the config; "
@@ -746,8 +765,8 @@ void finalize_scheduler(const config::ClusterConfig& c, const config::SchedulerC
                 c.num_gpus(), "; accepted: 1 to ", c.num_gpus() - 1,
                 " (servers are taken from the GPUs; at least one must remain a worker)");
   } else {
-    CADRE_CHECK(s.num_dedicated_servers() == 0, "scheduler.num_dedicated_servers=",
-                s.num_dedicated_servers(),
+    CADRE_CHECK(s.num_dedicated_servers() == 0,
+                "scheduler.num_dedicated_servers=", s.num_dedicated_servers(),
                 " is only used with scheduler.server_mode=\"dedicated\" (server_mode is \"",
                 s.server_mode(), "\"); accepted: 0, or --set scheduler.server_mode=dedicated");
   }
@@ -798,8 +817,8 @@ void finalize_simulate(const config::ClusterConfig& c, const config::SimulateCon
                 "]=", s.context_lengths(i), " is not positive; accepted: token counts >= 1");
   }
   for (int i = 0; i < s.models_size(); ++i) {
-    CADRE_CHECK(find_preset(s.models(i)) != nullptr, "simulate.models[", i, "]=\"",
-                s.models(i), "\" is not a known preset; accepted: ",
+    CADRE_CHECK(find_preset(s.models(i)) != nullptr, "simulate.models[", i, "]=\"", s.models(i),
+                "\" is not a known preset; accepted: ",
                 join(std::vector<std::string>(model_preset_names().begin(),
                                               model_preset_names().end() - 1)));
   }
@@ -816,9 +835,7 @@ void finalize_simulate(const config::ClusterConfig& c, const config::SimulateCon
   check_at_least("simulate.batches", s.batches(), 1);
 }
 
-bool starts_with(const std::string& s, const char* prefix) {
-  return s.rfind(prefix, 0) == 0;
-}
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
 }  // namespace
 
@@ -875,14 +892,16 @@ void apply_override(config::RunConfig& config, const std::string& assignment) {
     const bool is_message = field->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE;
     if (i + 1 < names.size()) {
       CADRE_CHECK(is_message && !field->is_repeated(), "--set ", path, ": ", walked, " is ",
-                  describe_field(field, walked, true), ", not a block of settings, so it has no "
-                  "field \"", names[i + 1], "\"; accepted: --set ", walked, "=value");
+                  describe_field(field, walked, true),
+                  ", not a block of settings, so it has no "
+                  "field \"",
+                  names[i + 1], "\"; accepted: --set ", walked, "=value");
       message = message->GetReflection()->MutableMessage(message, field);
       continue;
     }
     CADRE_CHECK(!is_message, "--set ", path, ": ", walked,
-                " is a block of settings, not a value; accepted: one of its fields, --set ",
-                walked, ".<field>=value with <field> one of ", field_names(field->message_type()));
+                " is a block of settings, not a value; accepted: one of its fields, --set ", walked,
+                ".<field>=value with <field> one of ", field_names(field->message_type()));
     if (field->is_repeated()) {
       // A list replaces the whole field; an empty value clears it.
       message->GetReflection()->ClearField(message, field);
@@ -900,20 +919,20 @@ void finalize_config(config::RunConfig& config, int world_size) {
   finalize_data(config.model(), config.data());
   finalize_scheduler(config.cluster(), config.scheduler());
   finalize_training(config.training());
-  CADRE_CHECK(config.training().attention() == "cad" ||
-                  config.scheduler().server_mode() != "dedicated",
-              "training.attention=\"", config.training().attention(),
-              "\" computes attention where the documents are, so it has no use for "
-              "scheduler.server_mode=\"dedicated\"; accepted: training.attention=cad with "
-              "dedicated servers, or server_mode=in_place");
+  CADRE_CHECK(
+      config.training().attention() == "cad" || config.scheduler().server_mode() != "dedicated",
+      "training.attention=\"", config.training().attention(),
+      "\" computes attention where the documents are, so it has no use for "
+      "scheduler.server_mode=\"dedicated\"; accepted: training.attention=cad with "
+      "dedicated servers, or server_mode=in_place");
   finalize_simulate(config.cluster(), config.simulate());
   CADRE_CHECK(!config.output().dir().empty(),
               "output.dir is empty; accepted: a directory path (default \"out\")");
   check_positive_number("comm.timeout_seconds", config.comm().timeout_seconds());
   if (world_size > 0) {
-    CADRE_CHECK(world_size == config.cluster().num_gpus(), "cluster.num_gpus=",
-                config.cluster().num_gpus(), " but the job was launched with ", world_size,
-                " ranks; accepted: equal numbers: --set cluster.num_gpus=", world_size,
+    CADRE_CHECK(world_size == config.cluster().num_gpus(),
+                "cluster.num_gpus=", config.cluster().num_gpus(), " but the job was launched with ",
+                world_size, " ranks; accepted: equal numbers: --set cluster.num_gpus=", world_size,
                 " or mpirun -np ", config.cluster().num_gpus());
   }
 }
@@ -943,8 +962,8 @@ config::RunConfig raw_config_from_args(const std::vector<std::string>& args,
       continue;
     }
     if (is_config) {
-      CADRE_CHECK(config_path.empty(), "--config given twice (\"", config_path, "\" and \"",
-                  value, "\"); accepted: one config file, with --set for changes to it");
+      CADRE_CHECK(config_path.empty(), "--config given twice (\"", config_path, "\" and \"", value,
+                  "\"); accepted: one config file, with --set for changes to it");
       CADRE_CHECK(!value.empty(), "--config needs a file; accepted: --config FILE");
       config_path = value;
     } else {
@@ -952,7 +971,8 @@ config::RunConfig raw_config_from_args(const std::vector<std::string>& args,
     }
   }
   // The file first, then overrides in command-line order, wherever they appear.
-  config::RunConfig config = config_path.empty() ? config::RunConfig() : load_config_file(config_path);
+  config::RunConfig config =
+      config_path.empty() ? config::RunConfig() : load_config_file(config_path);
   for (const auto& o : overrides) apply_override(config, o);
   return config;
 }
@@ -988,8 +1008,8 @@ std::string config_options_help() {
          "  model.preset fills every model size not set explicitly:\n";
   for (const auto& p : model_presets()) {
     out << "    " << p.name << std::string(22 - std::strlen(p.name), ' ') << p.num_layers
-        << " layers, hidden " << p.hidden_size << ", heads " << p.num_heads << "/"
-        << p.num_kv_heads << " (" << p.description << ")\n";
+        << " layers, hidden " << p.hidden_size << ", heads " << p.num_heads << "/" << p.num_kv_heads
+        << " (" << p.description << ")\n";
   }
   out << "    custom                every size from the config\n"
          "  Full reference: docs/configuration.md\n";

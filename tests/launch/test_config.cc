@@ -76,8 +76,7 @@ TEST(ParseConfigText, WrongTypeNamesFieldPathAndExpectedType) {
                {"t.pbtxt:1:20", "model.num_heads", "int32"});
   expect_error([] { parse_config_text("model { num_heads: 1.5 }", "t.pbtxt"); },
                {"model.num_heads", "whole number"});
-  expect_error([] { parse_config_text("data { seed: -1 }", "t.pbtxt"); },
-               {"data.seed", "uint64"});
+  expect_error([] { parse_config_text("data { seed: -1 }", "t.pbtxt"); }, {"data.seed", "uint64"});
   expect_error([] { parse_config_text("model { tie_embeddings: 3 }", "t.pbtxt"); },
                {"model.tie_embeddings", "true or false"});
 }
@@ -265,10 +264,9 @@ TEST(FinalizeConfig, IsIdempotent) {
 TEST(FinalizeConfig, CustomNeedsEverySize) {
   expect_finalize_error({"model.preset=custom", "model.hidden_size=256"},
                         {"model.num_layers is not set", "custom", "num_kv_heads"});
-  config::RunConfig c =
-      finalized({"model.preset=custom", "model.num_layers=3", "model.hidden_size=96",
-                 "model.num_heads=6", "model.num_kv_heads=3", "model.ffn_hidden_size=200",
-                 "model.vocab_size=1000"});
+  config::RunConfig c = finalized(
+      {"model.preset=custom", "model.num_layers=3", "model.hidden_size=96", "model.num_heads=6",
+       "model.num_kv_heads=3", "model.ffn_hidden_size=200", "model.vocab_size=1000"});
   EXPECT_EQ(c.model().head_dim(), 16);
 }
 
@@ -279,22 +277,20 @@ TEST(FinalizeConfig, ModelErrors) {
                         {"model.preset=\"llama-9b\"", "tiny, llama-1b", "custom"});
   expect_finalize_error({"model.num_heads=0"}, {"model.num_heads=0", "integer >= 1"});
   expect_finalize_error({"model.num_layers=-2"}, {"model.num_layers=-2", "integer >= 1"});
-  expect_finalize_error({"model.num_kv_heads=5"},
-                        {"model.num_kv_heads=5", "does not divide model.num_heads=32",
-                         "1, 2, 4, 8, 16, 32"});
-  expect_finalize_error({"model.num_heads=24", "model.num_kv_heads=8"},
-                        {"model.hidden_size=4096", "not divisible by model.num_heads=24",
-                         "model.head_dim"});
+  expect_finalize_error(
+      {"model.num_kv_heads=5"},
+      {"model.num_kv_heads=5", "does not divide model.num_heads=32", "1, 2, 4, 8, 16, 32"});
+  expect_finalize_error(
+      {"model.num_heads=24", "model.num_kv_heads=8"},
+      {"model.hidden_size=4096", "not divisible by model.num_heads=24", "model.head_dim"});
   expect_finalize_error({"model.head_dim=15"}, {"model.head_dim=15", "even"});
-  expect_finalize_error({"model.rope_head_dim=64"},
-                        {"model.rope_head_dim=64", "kv_latent_dim=0"});
+  expect_finalize_error({"model.rope_head_dim=64"}, {"model.rope_head_dim=64", "kv_latent_dim=0"});
 }
 
 TEST(FinalizeConfig, ClusterErrors) {
-  expect_finalize_error({"cluster.num_gpus=12", "cluster.tensor_parallel=4",
-                         "cluster.pipeline_parallel=2"},
-                        {"cluster.num_gpus=12", "tensor_parallel*cluster.pipeline_parallel=8",
-                         "a multiple of 8"});
+  expect_finalize_error(
+      {"cluster.num_gpus=12", "cluster.tensor_parallel=4", "cluster.pipeline_parallel=2"},
+      {"cluster.num_gpus=12", "tensor_parallel*cluster.pipeline_parallel=8", "a multiple of 8"});
   expect_finalize_error({"cluster.num_gpus=0"}, {"cluster.num_gpus=0", ">= 1"});
   expect_finalize_error({"cluster.num_gpus=16", "cluster.tensor_parallel=16"},
                         {"cluster.tensor_parallel=16", "gpus_per_node=8", "1 to 8"});
@@ -307,23 +303,24 @@ TEST(FinalizeConfig, ClusterErrors) {
                         {"cluster.context_parallel=3", "data-parallel size 8"});
   expect_finalize_error({"cluster.inter_node_bandwidth_gbps=0"},
                         {"cluster.inter_node_bandwidth_gbps=0", "> 0"});
-  expect_finalize_error({"cluster.attention_calibration=/nonexistent/table.json"},
-                        {"cluster.attention_calibration=\"/nonexistent/table.json\"",
-                         "does not exist"});
+  expect_finalize_error(
+      {"cluster.attention_calibration=/nonexistent/table.json"},
+      {"cluster.attention_calibration=\"/nonexistent/table.json\"", "does not exist"});
 }
 
 TEST(FinalizeConfig, WorldSizeMustMatchTheCluster) {
-  expect_finalize_error({}, {"cluster.num_gpus=8", "launched with 4 ranks",
-                             "--set cluster.num_gpus=4", "mpirun -np 8"},
-                        /*world_size=*/4);
+  expect_finalize_error(
+      {},
+      {"cluster.num_gpus=8", "launched with 4 ranks", "--set cluster.num_gpus=4", "mpirun -np 8"},
+      /*world_size=*/4);
   config::RunConfig c = with_overrides({"cluster.num_gpus=4"});
   EXPECT_NO_THROW(finalize_config(c, 4));
 }
 
 TEST(FinalizeConfig, DataErrors) {
-  expect_finalize_error({"data.distribution=zipf"},
-                        {"data.distribution=\"zipf\"",
-                         "wlb, prolong, lognormal, uniform, fixed, file"});
+  expect_finalize_error(
+      {"data.distribution=zipf"},
+      {"data.distribution=\"zipf\"", "wlb, prolong, lognormal, uniform, fixed, file"});
   expect_finalize_error({"data.distribution=file"},
                         {"data.lengths_file is empty", "data.distribution=\"file\""});
   expect_finalize_error({"data.distribution=file", "data.lengths_file=/nonexistent/lengths.json"},
@@ -331,8 +328,7 @@ TEST(FinalizeConfig, DataErrors) {
   expect_finalize_error({"data.context_length=0"}, {"data.context_length=0", ">= 1"});
   expect_finalize_error({"data.uniform_min_tokens=100", "data.uniform_max_tokens=50"},
                         {"data.uniform_max_tokens=50", "uniform_min_tokens=100"});
-  expect_finalize_error({"data.short_keep_fraction=0"},
-                        {"data.short_keep_fraction=0", "(0, 1]"});
+  expect_finalize_error({"data.short_keep_fraction=0"}, {"data.short_keep_fraction=0", "(0, 1]"});
   expect_finalize_error({"data.token_dtype=int8"}, {"data.token_dtype=\"int8\"", "uint16, uint32"});
   expect_finalize_error({"model.preset=tiny", "data.eod_token=256"},
                         {"data.eod_token=256", "0 to 255"});
@@ -346,8 +342,7 @@ TEST(FinalizeConfig, DataErrors) {
 TEST(FinalizeConfig, SchedulerErrors) {
   expect_finalize_error({"scheduler.tolerance=0"}, {"scheduler.tolerance=0", "(0, 1)"});
   expect_finalize_error({"scheduler.tolerance=1"}, {"scheduler.tolerance=1", "(0, 1)"});
-  expect_finalize_error({"scheduler.min_shard_tokens=0"},
-                        {"scheduler.min_shard_tokens=0", ">= 1"});
+  expect_finalize_error({"scheduler.min_shard_tokens=0"}, {"scheduler.min_shard_tokens=0", ">= 1"});
   expect_finalize_error({"scheduler.server_mode=remote"},
                         {"scheduler.server_mode=\"remote\"", "in_place, dedicated"});
   expect_finalize_error({"scheduler.server_mode=dedicated"},
@@ -398,12 +393,18 @@ TEST(ConfigFromArgs, Errors) {
   expect_error([&] { config_from_args({"--set"}, &rest); },
                {"--set needs a value", "path.to.field=value"});
   expect_error([&] { config_from_args({"--config"}, &rest); }, {"--config needs a value"});
-  expect_error([&] { config_from_args({"--config=a.pbtxt", "--config=b.pbtxt"}, &rest); },
-               {"--config given twice"});
+  expect_error(
+      [&] {
+        config_from_args({"--config=a.pbtxt", "--config=b.pbtxt"}, &rest);
+      },
+      {"--config given twice"});
   expect_error([&] { config_from_args({"--frobnicate"}, nullptr); },
                {"unknown argument \"--frobnicate\""});
-  expect_error([&] { config_from_args({"--set", "model.num_heads=0"}, &rest); },
-               {"model.num_heads=0"});
+  expect_error(
+      [&] {
+        config_from_args({"--set", "model.num_heads=0"}, &rest);
+      },
+      {"model.num_heads=0"});
   expect_error([&] { config_from_args({}, &rest, 2); }, {"mpirun -np 8"});
 }
 
