@@ -1,0 +1,74 @@
+// `cadre bench kernel` and `cadre bench comm`: their usage text in every build, and in the CPU
+// build a fallback that says they need the GPU build. The GPU build runs them from
+// bench_gpu_command_gpu.cc.
+#include "launch/bench_gpu_command.h"
+
+#include <iostream>
+
+#include "launch/commands.h"
+
+namespace cadre::launch {
+
+std::string bench_kernel_usage() {
+  return "usage: cadre bench kernel [options]            (GPU build, one GPU)\n\n"
+         "Fused core-attention kernel throughput (LibTorch FlashAttention-2, varlen, causal):\n"
+         "batches of query shards of 128..8K tokens against prefixes up to --max-kv, beside\n"
+         "whole documents of equal work; forward and backward TFLOP/s (FLOPs = 4 * causal\n"
+         "query-key pairs * head_dim * heads, backward 2.5x), ratio to whole documents and to\n"
+         "the measured bf16 GEMM rate; then a calibration table for the scheduler's cost model.\n\n"
+         "options:\n"
+         "  --out FILE               write the results as JSON\n"
+         "  --calibration-out FILE   write the calibration table (scheduler/data format)\n"
+         "  --heads N                query heads (32)\n"
+         "  --kv-heads N             key/value heads (8)\n"
+         "  --head-dim N             64 or 128 (128)\n"
+         "  --dtype bf16|fp16        (bf16)\n"
+         "  --max-kv N               longest prefix in tokens (131072)\n"
+         "  --work-pairs N           query-key pairs per timed batch (1073741824)\n"
+         "  --kv-rows-cap N          key rows per batch at most, bounds memory (2097152)\n"
+         "  --warmup N --repeats N   untimed and timed runs per batch (3, 10); median reported\n"
+         "  --no-calibration         skip the calibration grid\n";
+}
+
+std::string bench_comm_usage() {
+  return "usage: mpirun -np 2 cadre bench comm [options]   (GPU build, one GPU per rank)\n\n"
+         "All-to-all-v bandwidth through Cadre's NCCL transport (grouped send/recv on its\n"
+         "communication stream) against NCCL's own all-to-all (ncclAlltoAll), equal bytes to\n"
+         "every peer, message sizes from --min-mib to --max-mib per rank. Times are CUDA events,\n"
+         "median of repeats, slowest rank; bus bandwidth = bytes * (ranks - 1) / ranks / time.\n\n"
+         "options:\n"
+         "  --out FILE               write the results as JSON (rank 0)\n"
+         "  --min-mib N --max-mib N  message sizes per rank, powers of two (1, 1024)\n"
+         "  --warmup N --repeats N   (5, 20)\n"
+         "  --timeout S              watchdog timeout in seconds (120)\n";
+}
+
+#ifndef CADRE_WITH_CUDA
+
+namespace {
+
+int needs_gpu_build(const Args& args, const std::string& which, const std::string& usage) {
+  for (const std::string& arg : args) {
+    if (arg == "--help" || arg == "-h") {
+      std::cout << usage;
+      return 0;
+    }
+  }
+  std::cerr << "cadre bench " << which
+            << ": error: needs the GPU build (this cadre was built without CUDA LibTorch and "
+               "NCCL); configure with CMAKE_PREFIX_PATH pointing at a CUDA LibTorch, see "
+               "docs/gpu.md\n";
+  return 1;
+}
+
+}  // namespace
+
+int run_bench_kernel(const Args& args) {
+  return needs_gpu_build(args, "kernel", bench_kernel_usage());
+}
+
+int run_bench_comm(const Args& args) { return needs_gpu_build(args, "comm", bench_comm_usage()); }
+
+#endif  // CADRE_WITH_CUDA
+
+}  // namespace cadre::launch

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The GPU check in one call (about 8-10 minutes on 2x H200): configures and builds the GPU
+# configuration, runs the whole test suite (GPU and 2-rank NCCL tests included), runs
+# `cadre bench kernel` and `cadre bench comm`, and writes a summary, the logs and the JSON results
+# under benchmarks/results/ (copied to $OUT too when it is set, for the device tool).
+#
+#   scripts/gpu_check.sh                 full run
+#   CADRE_BENCH_QUICK=1 scripts/gpu_check.sh   fewer repeats, no calibration grid
+#
+# Each stage has a time limit so that the whole run ends inside a 10-minute device call; a stage
+# that fails is reported in the summary and the later stages still run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# NVLink multicast stays off (docs/gpu.md says why).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+build_dir=${CADRE_BUILD_DIR:-build-gpu-check}
+jobs=${CADRE_JOBS:-$(nproc)}
+results=benchmarks/results
+mkdir -p "$results"
+start_s=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start_s )); }
+
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+gpu_count=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
+slug=${slug:-gpu}
+prefix="$results/${slug}x${gpu_count}"
+log="${prefix}_gpu_check.log"
+summary="${prefix}_gpu_check_summary.md"
+kernel_json="${prefix}_bench_kernel.json"
+calibration_json="${prefix}_flash_attention_calibration.json"
+comm_json="${prefix}_bench_comm.json"
+: >"$log"
+
+say() { echo "$@" | tee -a "$log"; }
+status_build=skipped status_tests=skipped status_kernel=skipped status_comm=skipped
+
+say "== cadre gpu_check $(date -u +%FT%TZ) on $(hostname)"
+{
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  nvidia-smi topo -m
+  nvcc --version | tail -2
+  cmake --version | head -1
+  mpirun --version 2>&1 | head -1
+  grep -E '#define NCCL_(MAJOR|MINOR|PATCH)' /usr/include/nccl.h 2>/dev/null
+  python3 - <<'EOF'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
+      "nccl", torch.cuda.nccl.version(), "devices", torch.cuda.device_count())
+print("cmake prefix", torch.utils.cmake_prefix_path)
+print(torch.ops.aten._flash_attention_forward.default._schema)
+print(torch.ops.aten._flash_attention_backward.default._schema)
+EOF
+} 2>&1 | tee -a "$log"
+
+# --- build ------------------------------------------------------------------------------------
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+benchmarks=OFF
+if ls /usr/lib/*/cmake/benchmark /usr/local/lib/cmake/benchmark >/dev/null 2>&1; then
+  benchmarks=ON
+fi
+say "== configure + build ($build_dir, -j$jobs, Google Benchmark: $benchmarks) at $(elapsed) s"
+if timeout 360 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCADRE_GPU=ON \
+    -DCMAKE_PREFIX_PATH="$torch_prefix" -DCADRE_BUILD_BENCHMARKS=$benchmarks >>"$log" 2>&1 &&
+   timeout 360 cmake --build "$build_dir" -j "$jobs" >>"$log" 2>&1; then
+  status_build=ok
+else
+  status_build=FAILED
+  grep -E 'error|Error' "$log" | head -40
+fi
+say "   build: $status_build at $(elapsed) s"
+
+# --- tests ------------------------------------------------------------------------------------
+if [ "$status_build" = ok ]; then
+  say "== tests at $(elapsed) s"
+  # CPU suites in parallel, then the GPU suites one at a time (they share the GPUs).
+  timeout 240 ctest --test-dir "$build_dir" --output-on-failure -j 8 -E '_gpu_test' >>"$log" 2>&1
+  cpu_rc=$?
+  timeout 200 ctest --test-dir "$build_dir" --output-on-failure -j 1 -R '_gpu_test' -V >>"$log" 2>&1
+  gpu_rc=$?
+  [ $cpu_rc -eq 0 ] && [ $gpu_rc -eq 0 ] && status_tests=ok || status_tests="FAILED (cpu rc $cpu_rc, gpu rc $gpu_rc)"
+  grep -E '^\s*[0-9]+/[0-9]+ Test|tests passed|tests failed|\[flash vs' "$log" | tee -a "$summary.tmp"
+  say "   tests: $status_tests at $(elapsed) s"
+fi
+
+# --- benchmarks -------------------------------------------------------------------------------
+cadre="$build_dir/bin/cadre"
+kernel_args=(--out "$kernel_json" --calibration-out "$calibration_json")
+comm_args=(--out "$comm_json")
+if [ "${CADRE_BENCH_QUICK:-0}" = 1 ]; then
+  kernel_args+=(--repeats 5 --warmup 2 --no-calibration)
+  comm_args+=(--repeats 5 --warmup 2)
+fi
+if [ -x "$cadre" ]; then
+  say "== cadre bench kernel at $(elapsed) s"
+  timeout 240 "$cadre" bench kernel "${kernel_args[@]}" 2>&1 | tee "${prefix}_bench_kernel.txt" | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] && status_kernel=ok || status_kernel=FAILED
+  say "== cadre bench comm (mpirun -np 2) at $(elapsed) s"
+  timeout 150 mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE \
+    "$cadre" bench comm "${comm_args[@]}" 2>&1 | tee "${prefix}_bench_comm.txt" | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] && status_comm=ok || status_comm=FAILED
+fi
+
+# --- summary ----------------------------------------------------------------------------------
+{
+  echo "# cadre gpu_check: ${gpu_count}x ${gpu_name:-no GPU}, $(date -u +%FT%TZ)"
+  echo
+  echo "| stage | status |"
+  echo "|---|---|"
+  echo "| build | $status_build |"
+  echo "| tests | $status_tests |"
+  echo "| bench kernel | $status_kernel |"
+  echo "| bench comm | $status_comm |"
+  echo
+  echo "total $(elapsed) s. Versions and the operator schemas are at the top of $(basename "$log")."
+  echo
+  echo '## tests'
+  echo '```'
+  cat "$summary.tmp" 2>/dev/null
+  echo '```'
+  echo
+  echo '## bench kernel'
+  echo '```'
+  cat "${prefix}_bench_kernel.txt" 2>/dev/null
+  echo '```'
+  echo
+  echo '## bench comm'
+  echo '```'
+  cat "${prefix}_bench_comm.txt" 2>/dev/null
+  echo '```'
+} >"$summary"
+rm -f "$summary.tmp" "${prefix}_bench_kernel.txt" "${prefix}_bench_comm.txt"
+cat "$summary"
+
+if [ -n "${OUT:-}" ]; then
+  for f in "$summary" "$log" "$kernel_json" "$calibration_json" "$comm_json"; do
+    [ -f "$f" ] && cp "$f" "$OUT/"
+  done
+fi
+[ "$status_build" = ok ] && [ "$status_tests" = ok ] && [ "$status_kernel" = ok ] && [ "$status_comm" = ok ]

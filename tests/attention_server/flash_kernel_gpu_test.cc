@@ -1,0 +1,243 @@
+// The flash kernel (GPU build) against a float64 reference of the same masked attention, on
+// random fused layouts: output, log-sum-exp, dq, dk, dv; bf16 and fp16; head_dim 64 and 128; GQA
+// ratios 1, 4, 8; query shards (fewer queries than keys, bottom-right-aligned mask) beside whole
+// documents. Also against the CPU reference kernel ("cpu") when it is built. Skips without a GPU.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <iostream>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "attention_server/flash_kernel.h"
+#include "attention_server/kernel.h"
+#include "common/error.h"
+
+namespace cadre::attention_server {
+namespace {
+
+struct Shape {
+  std::vector<std::pair<int64_t, int64_t>> sequences;  // (queries, keys), keys >= queries
+  int64_t heads = 8;
+  int64_t kv_heads = 8;
+  int64_t head_dim = 128;
+  torch::ScalarType dtype = torch::kBFloat16;
+};
+
+struct Reference {
+  torch::Tensor out, lse, dq, dk, dv;
+};
+
+// Obviously-right attention in float64: per sequence, scores over all keys, the causal mask
+// aligned bottom-right (query j of nq sees keys [0, nk - nq + j]), softmax, gradients by autograd.
+Reference reference_attention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& dout,
+                              const Shape& shape, double scale) {
+  auto q64 = q.to(torch::kDouble).detach().requires_grad_(true);
+  auto k64 = k.to(torch::kDouble).detach().requires_grad_(true);
+  auto v64 = v.to(torch::kDouble).detach().requires_grad_(true);
+  const int64_t group = shape.heads / shape.kv_heads;
+  std::vector<torch::Tensor> outs, lses;
+  int64_t q_at = 0, k_at = 0;
+  for (auto [nq, nk] : shape.sequences) {
+    auto qs = q64.narrow(0, q_at, nq);
+    auto ks = k64.narrow(0, k_at, nk).repeat_interleave(group, 1);
+    auto vs = v64.narrow(0, k_at, nk).repeat_interleave(group, 1);
+    auto scores = torch::einsum("qhd,khd->hqk", {qs, ks}) * scale;
+    auto opts = torch::TensorOptions().dtype(torch::kLong).device(q.device());
+    auto qi = torch::arange(nq, opts).view({nq, 1});
+    auto kj = torch::arange(nk, opts).view({1, nk});
+    auto allowed = kj <= qi + (nk - nq);
+    scores = scores.masked_fill(allowed.logical_not(), -INFINITY);
+    lses.push_back(torch::logsumexp(scores, -1));
+    outs.push_back(torch::einsum("hqk,khd->qhd", {torch::softmax(scores, -1), vs}));
+    q_at += nq;
+    k_at += nk;
+  }
+  Reference ref;
+  ref.out = torch::cat(outs, 0);
+  ref.lse = torch::cat(lses, 1);
+  auto grads = torch::autograd::grad({ref.out}, {q64, k64, v64}, {dout.to(torch::kDouble)});
+  ref.out = ref.out.detach();
+  ref.lse = ref.lse.detach();
+  ref.dq = grads[0];
+  ref.dk = grads[1];
+  ref.dv = grads[2];
+  return ref;
+}
+
+double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  auto g = got.to(torch::kDouble).to(want.device());
+  if (!torch::isfinite(g).all().item<bool>()) return INFINITY;  // NaN never passes
+  double norm = want.norm().item<double>();
+  return (g - want).norm().item<double>() / (norm > 0 ? norm : 1.0);
+}
+
+VarlenBatch make_batch(const Shape& shape, torch::Device device) {
+  std::vector<int32_t> cq{0}, ck{0};
+  VarlenBatch batch;
+  for (auto [nq, nk] : shape.sequences) {
+    cq.push_back(cq.back() + static_cast<int32_t>(nq));
+    ck.push_back(ck.back() + static_cast<int32_t>(nk));
+    batch.max_seqlen_q = std::max(batch.max_seqlen_q, nq);
+    batch.max_seqlen_k = std::max(batch.max_seqlen_k, nk);
+  }
+  auto opts = torch::TensorOptions().dtype(torch::kInt);
+  batch.cu_seqlens_q = torch::tensor(cq, opts).to(device);
+  batch.cu_seqlens_k = torch::tensor(ck, opts).to(device);
+  return batch;
+}
+
+std::string describe(const Shape& shape) {
+  std::string text = str_cat(shape.dtype == torch::kBFloat16 ? "bf16" : "fp16", " heads ",
+                             shape.heads, "/", shape.kv_heads, " d ", shape.head_dim, " seqs");
+  for (auto [nq, nk] : shape.sequences) text += str_cat(" ", nq, "/", nk);
+  return text;
+}
+
+void check_shape(CoreAttentionKernel& flash, const Shape& shape, uint64_t seed) {
+  torch::manual_seed(seed);
+  const torch::Device device(torch::kCUDA, 0);
+  int64_t total_q = 0, total_k = 0;
+  for (auto [nq, nk] : shape.sequences) {
+    total_q += nq;
+    total_k += nk;
+  }
+  auto opts = torch::TensorOptions().dtype(shape.dtype).device(device);
+  auto q = torch::randn({total_q, shape.heads, shape.head_dim}, opts);
+  auto k = torch::randn({total_k, shape.kv_heads, shape.head_dim}, opts);
+  auto v = torch::randn({total_k, shape.kv_heads, shape.head_dim}, opts);
+  auto dout = torch::randn({total_q, shape.heads, shape.head_dim}, opts);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
+  VarlenBatch batch = make_batch(shape, device);
+
+  ForwardResult fwd = flash.forward(q, k, v, batch, 0.0);
+  BackwardResult bwd = flash.backward(dout, q, k, v, fwd.out, fwd.lse, batch, 0.0);
+  Reference ref = reference_attention(q, k, v, dout, shape, scale);
+
+  const double tol_out = 1e-2, tol_grad = 2e-2, tol_lse = 1e-3;
+  struct Row {
+    const char* name;
+    double error, tolerance;
+  } rows[] = {{"out", relative_error(fwd.out, ref.out), tol_out},
+              {"lse", relative_error(fwd.lse, ref.lse), tol_lse},
+              {"dq", relative_error(bwd.dq, ref.dq), tol_grad},
+              {"dk", relative_error(bwd.dk, ref.dk), tol_grad},
+              {"dv", relative_error(bwd.dv, ref.dv), tol_grad}};
+  std::string table;
+  bool ok = true;
+  for (const Row& row : rows) {
+    table += str_cat(" ", row.name, "=", row.error);
+    ok = ok && row.error <= row.tolerance;
+  }
+  EXPECT_TRUE(ok) << describe(shape) << ": relative errors" << table
+                  << " (tolerances out " << tol_out << ", lse " << tol_lse << ", grads "
+                  << tol_grad << ")";
+  std::cout << "[flash vs float64] " << describe(shape).substr(0, 120) << ":" << table << "\n";
+}
+
+bool have_gpu() { return torch::cuda::is_available() && torch::cuda::device_count() > 0; }
+
+TEST(FlashKernel, AwkwardLayouts) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto flash = make_flash_kernel();
+  EXPECT_EQ(flash->name(), "flash");
+  const std::vector<std::vector<std::pair<int64_t, int64_t>>> layouts = {
+      {{1, 1}},                                   // one token
+      {{1, 1000}},                                // last token of a document
+      {{127, 127}, {128, 128}, {129, 129}},       // whole documents around a tile
+      {{128, 1024}, {256, 256}, {129, 700}},      // tail shards beside a whole document
+      {{2, 3}, {5, 5}, {7, 1500}, {13, 17}},      // primes
+      {{1024, 1024}},                             // one larger document
+  };
+  uint64_t seed = 1;
+  for (const auto& sequences : layouts) {
+    for (auto [heads, kv_heads, dim] :
+         std::vector<std::tuple<int64_t, int64_t, int64_t>>{{8, 8, 128}, {8, 2, 64}, {8, 1, 128}}) {
+      Shape shape{sequences, heads, kv_heads, dim, torch::kBFloat16};
+      check_shape(*flash, shape, seed++);
+    }
+  }
+}
+
+TEST(FlashKernel, RandomLayoutsBf16AndFp16) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto flash = make_flash_kernel();
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 8; ++trial) {
+    Shape shape;
+    shape.dtype = trial % 2 == 0 ? torch::kBFloat16 : torch::kHalf;
+    shape.head_dim = trial % 3 == 0 ? 64 : 128;
+    shape.kv_heads = (trial % 4 == 0) ? 4 : 1 + trial % 2;
+    shape.heads = shape.kv_heads * (trial % 3 == 1 ? 4 : 2);
+    int sequences = 1 + static_cast<int>(rng() % 6);
+    for (int s = 0; s < sequences; ++s) {
+      int64_t nk = 1 + rng() % 1200;
+      int64_t nq = (rng() % 3 == 0) ? nk : 1 + static_cast<int64_t>(rng() % nk);
+      shape.sequences.emplace_back(nq, nk);
+    }
+    check_shape(*flash, shape, 100 + trial);
+  }
+}
+
+TEST(FlashKernel, MatchesCpuReferenceKernel) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<CoreAttentionKernel> cpu;
+  try {
+    cpu = make_kernel("cpu");
+  } catch (const Error& e) {
+    GTEST_SKIP() << "the CPU reference kernel is not built: " << e.message();
+  }
+  auto flash = make_flash_kernel();
+  Shape shape{{{64, 64}, {128, 640}, {1, 33}, {300, 301}}, 8, 2, 128, torch::kBFloat16};
+  torch::manual_seed(5);
+  const torch::Device device(torch::kCUDA, 0);
+  int64_t total_q = 0, total_k = 0;
+  for (auto [nq, nk] : shape.sequences) {
+    total_q += nq;
+    total_k += nk;
+  }
+  auto opts = torch::TensorOptions().dtype(shape.dtype).device(device);
+  auto q = torch::randn({total_q, 8, 128}, opts), k = torch::randn({total_k, 2, 128}, opts),
+       v = torch::randn({total_k, 2, 128}, opts), dout = torch::randn({total_q, 8, 128}, opts);
+  VarlenBatch gpu_batch = make_batch(shape, device);
+  VarlenBatch cpu_batch = make_batch(shape, torch::kCPU);
+  auto to_cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU, torch::kFloat); };
+  ForwardResult f = flash->forward(q, k, v, gpu_batch, 0.0);
+  BackwardResult b = flash->backward(dout, q, k, v, f.out, f.lse, gpu_batch, 0.0);
+  ForwardResult rf = cpu->forward(to_cpu(q), to_cpu(k), to_cpu(v), cpu_batch, 0.0);
+  BackwardResult rb = cpu->backward(to_cpu(dout), to_cpu(q), to_cpu(k), to_cpu(v), rf.out, rf.lse,
+                                    cpu_batch, 0.0);
+  auto err = [&](const torch::Tensor& got, const torch::Tensor& want) {
+    return relative_error(got.to(torch::kCPU), want.to(torch::kDouble));
+  };
+  EXPECT_LE(err(f.out, rf.out), 1e-2);
+  EXPECT_LE(err(f.lse, rf.lse), 1e-3);
+  EXPECT_LE(err(b.dq, rb.dq), 2e-2);
+  EXPECT_LE(err(b.dk, rb.dk), 2e-2);
+  EXPECT_LE(err(b.dv, rb.dv), 2e-2);
+  std::cout << "[flash vs cpu kernel] out " << err(f.out, rf.out) << " lse " << err(f.lse, rf.lse)
+            << " dq " << err(b.dq, rb.dq) << " dk " << err(b.dk, rb.dk) << " dv "
+            << err(b.dv, rb.dv) << "\n";
+}
+
+TEST(FlashKernel, RejectsWrongInputs) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto flash = make_flash_kernel();
+  Shape shape{{{4, 4}}, 4, 4, 64, torch::kBFloat16};
+  const torch::Device device(torch::kCUDA, 0);
+  VarlenBatch batch = make_batch(shape, device);
+  auto q = torch::randn({4, 4, 64}, torch::TensorOptions().device(device));  // fp32
+  EXPECT_THROW(flash->forward(q, q, q, batch, 0.0), Error);
+  auto q16 = q.to(torch::kBFloat16);
+  EXPECT_THROW(flash->forward(q16, q16.narrow(1, 0, 3), q16.narrow(1, 0, 3), batch, 0.0), Error);
+  EXPECT_THROW(flash->forward(q16.cpu(), q16.cpu(), q16.cpu(), batch, 0.0), Error);
+  std::cout << "[flash schemas]\n" << flash_kernel_schemas() << "\n";
+}
+
+}  // namespace
+}  // namespace cadre::attention_server
