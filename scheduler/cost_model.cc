@@ -1,0 +1,169 @@
+// The cost model: calibrated attention time per task shape, GEMM-rate linear time per token, and
+// bandwidth-priced transfers.
+#include "scheduler/cost_model.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "scheduler/calibration.pb.h"
+#include "scheduler/plan.h"
+
+namespace cadre::scheduler {
+
+extern const char* const kDefaultCalibrationJson;
+
+namespace {
+
+constexpr int64_t kBytesPerValue = 2;  // bf16 activations on the wire
+
+CalibrationTable parse_calibration(const std::string& json, const std::string& source) {
+  cadre::calibration::CalibrationTableProto proto;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(json, &proto, options);
+  CADRE_CHECK(status.ok(), "calibration table ", source, " is not valid: ", status.ToString(),
+              "; accepted: {\"device\": ..., \"heads\": H, \"head_dim\": D, \"points\": "
+              "[{\"q_tokens\": .., \"kv_tokens\": .., \"forward_tflops\": .., "
+              "\"backward_tflops\": ..}, ...]}");
+  CalibrationTable table;
+  table.device = proto.device();
+  table.heads = proto.heads() > 0 ? proto.heads() : 32;
+  table.head_dim = proto.head_dim() > 0 ? proto.head_dim() : 128;
+  CADRE_CHECK(proto.points_size() > 0, "calibration table ", source,
+              " has no points; accepted: at least one measured shape");
+  for (int i = 0; i < proto.points_size(); ++i) {
+    const auto& p = proto.points(i);
+    CADRE_CHECK(p.q_tokens() >= 1 && p.kv_tokens() >= p.q_tokens(), "calibration table ", source,
+                " point ", i, " has q_tokens ", p.q_tokens(), " and kv_tokens ", p.kv_tokens(),
+                "; accepted: 1 <= q_tokens <= kv_tokens");
+    CADRE_CHECK(p.forward_tflops() > 0 && p.backward_tflops() > 0, "calibration table ", source,
+                " point ", i, " has forward_tflops ", p.forward_tflops(), " and backward_tflops ",
+                p.backward_tflops(), "; accepted: both > 0");
+    table.points.push_back({p.q_tokens(), p.kv_tokens(), p.forward_tflops(), p.backward_tflops()});
+  }
+  return table;
+}
+
+// Throughput at a shape by inverse-distance weighting in (log2 q, log2 kv): exact at measured
+// points, smooth between them, and flat (nearest behaviour) far outside the measured range.
+double interpolate_tflops(const CalibrationTable& table, int64_t q_tokens, int64_t kv_tokens,
+                          bool forward) {
+  const double lq = std::log2(static_cast<double>(std::max<int64_t>(q_tokens, 1)));
+  const double lk = std::log2(static_cast<double>(std::max<int64_t>(kv_tokens, 1)));
+  double weight_sum = 0, value_sum = 0;
+  for (const CalibrationPoint& p : table.points) {
+    const double dq = lq - std::log2(static_cast<double>(p.q_tokens));
+    const double dk = lk - std::log2(static_cast<double>(p.kv_tokens));
+    const double d2 = dq * dq + dk * dk;
+    const double value = forward ? p.forward_tflops : p.backward_tflops;
+    if (d2 < 1e-12) return value;
+    const double w = 1.0 / (d2 * d2);
+    weight_sum += w;
+    value_sum += w * value;
+  }
+  return value_sum / weight_sum;
+}
+
+}  // namespace
+
+const CalibrationTable& default_calibration() {
+  static const CalibrationTable table =
+      parse_calibration(kDefaultCalibrationJson, "(built-in h200_flash_attention.json)");
+  return table;
+}
+
+CalibrationTable load_calibration_json(const std::string& path) {
+  std::ifstream in(path);
+  CADRE_CHECK(in.good(), "cannot read calibration table '", path,
+              "'; accepted: a readable JSON file (cluster.attention_calibration)");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_calibration(text.str(), "'" + path + "'");
+}
+
+CostModel::CostModel(const config::ModelConfig& model, const config::ClusterConfig& cluster,
+                     CalibrationTable calibration)
+    : model_(model), cluster_(cluster), calibration_(std::move(calibration)) {
+  CADRE_CHECK(model_.num_heads() > 0 && model_.head_dim() > 0 && model_.hidden_size() > 0,
+              "cost model needs a sized model (num_heads ", model_.num_heads(), ", head_dim ",
+              model_.head_dim(), ", hidden_size ", model_.hidden_size(),
+              "); finalize the config first so the preset fills them");
+  CADRE_CHECK(cluster_.tensor_parallel() >= 1 && cluster_.gpus_per_node() >= 1,
+              "cost model: tensor_parallel ", cluster_.tensor_parallel(), " and gpus_per_node ",
+              cluster_.gpus_per_node(), " must be >= 1");
+  CADRE_CHECK(cluster_.gemm_tflops() > 0 && cluster_.intra_node_bandwidth_gbps() > 0 &&
+                  cluster_.inter_node_bandwidth_gbps() > 0,
+              "cost model: gemm_tflops and both bandwidths must be > 0");
+  CADRE_CHECK(!calibration_.points.empty(), "cost model: the calibration table has no points");
+}
+
+double CostModel::attention_forward_us(int64_t q_tokens, int64_t kv_tokens) const {
+  if (q_tokens <= 0) return 0;
+  const double heads =
+      static_cast<double>(model_.num_heads()) / static_cast<double>(cluster_.tensor_parallel());
+  // FLOPs of causal attention: 2 matmuls x 2 FLOPs per multiply-add per query-key pair.
+  const double flops = 4.0 * static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) *
+                       model_.head_dim() * heads;
+  return flops / (interpolate_tflops(calibration_, q_tokens, kv_tokens, true) * 1e6);
+}
+
+double CostModel::attention_backward_us(int64_t q_tokens, int64_t kv_tokens) const {
+  if (q_tokens <= 0) return 0;
+  const double heads =
+      static_cast<double>(model_.num_heads()) / static_cast<double>(cluster_.tensor_parallel());
+  // Backward does 2.5x the forward FLOPs (5 matmuls against 2).
+  const double flops = 2.5 * 4.0 *
+                       static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) *
+                       model_.head_dim() * heads;
+  return flops / (interpolate_tflops(calibration_, q_tokens, kv_tokens, false) * 1e6);
+}
+
+double CostModel::attention_step_us(int64_t q_tokens, int64_t kv_tokens, int32_t layers) const {
+  return layers * (attention_forward_us(q_tokens, kv_tokens) +
+                   attention_backward_us(q_tokens, kv_tokens));
+}
+
+double CostModel::linear_step_us_per_token(int32_t layers) const {
+  const double h = model_.hidden_size();
+  const double q_width = static_cast<double>(model_.num_heads()) * model_.head_dim();
+  const double kv_width = static_cast<double>(model_.num_kv_heads()) * model_.head_dim();
+  // Q, K, V and output projections, then the three SwiGLU matrices.
+  const double params = h * q_width + 2 * h * kv_width + q_width * h +
+                        3 * h * static_cast<double>(model_.ffn_hidden_size());
+  // 2 FLOPs per parameter per token forward, 4 backward; split across the TP group.
+  const double flops = 6.0 * params * layers / cluster_.tensor_parallel();
+  return flops / (cluster_.gemm_tflops() * 1e6);
+}
+
+int64_t CostModel::q_bytes_per_token() const {
+  return static_cast<int64_t>(model_.num_heads()) * model_.head_dim() * kBytesPerValue;
+}
+
+int64_t CostModel::kv_bytes_per_token() const {
+  if (model_.kv_latent_dim() > 0) {
+    // Latent attention ships the compact latent plus the decoupled rotary key.
+    return static_cast<int64_t>(model_.kv_latent_dim() + model_.rope_head_dim()) * kBytesPerValue;
+  }
+  return 2 * static_cast<int64_t>(model_.num_kv_heads()) * model_.head_dim() * kBytesPerValue;
+}
+
+double CostModel::transfer_us(int64_t bytes, LinkClass link) const {
+  if (bytes <= 0 || link == LinkClass::kSelf) return 0;
+  const double gbps = link == LinkClass::kIntraNode ? cluster_.intra_node_bandwidth_gbps()
+                                                    : cluster_.inter_node_bandwidth_gbps();
+  return static_cast<double>(bytes) / (gbps * 1e3);
+}
+
+LinkClass CostModel::link_between(int32_t rank_a, int32_t rank_b) const {
+  if (rank_a == rank_b) return LinkClass::kSelf;
+  return rank_a / cluster_.gpus_per_node() == rank_b / cluster_.gpus_per_node()
+             ? LinkClass::kIntraNode
+             : LinkClass::kInterNode;
+}
+
+}  // namespace cadre::scheduler

@@ -1,0 +1,116 @@
+// Cost model: calibration loading, exact values at measured points, linear and transfer pricing.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "common/error.h"
+#include "scheduler/cost_model.h"
+#include "scheduler/plan.h"
+
+namespace cadre::scheduler {
+namespace {
+
+config::ModelConfig llama8b() {
+  config::ModelConfig m;
+  m.set_num_layers(32);
+  m.set_hidden_size(4096);
+  m.set_num_heads(32);
+  m.set_num_kv_heads(8);
+  m.set_head_dim(128);
+  m.set_ffn_hidden_size(14336);
+  m.set_vocab_size(128256);
+  return m;
+}
+
+TEST(CostModel, DefaultTableIsExactAtMeasuredPoints) {
+  const CalibrationTable& table = default_calibration();
+  ASSERT_GE(table.points.size(), 6u);
+  CostModel cost(llama8b(), config::ClusterConfig(), table);
+  // One 64K document: 4 * pairs * 128 * 32 FLOPs at 352 TFLOP/s.
+  const double flops = 4.0 * causal_pairs(0, 65536) * 128 * 32;
+  EXPECT_NEAR(cost.attention_forward_us(65536, 65536), flops / 352e6, 1e-6 * flops / 352e6);
+  EXPECT_NEAR(cost.attention_backward_us(65536, 65536), 2.5 * flops / 325e6,
+              1e-6 * flops / 325e6);
+  // A 128-token shard at the end of a 16K prefix is priced at its own (lower) backward rate.
+  const double shard_flops = 4.0 * causal_pairs(16384 - 128, 16384) * 128 * 32;
+  EXPECT_NEAR(cost.attention_backward_us(128, 16384), 2.5 * shard_flops / 143e6, 1e-3);
+  EXPECT_EQ(cost.attention_forward_us(0, 100), 0);
+}
+
+TEST(CostModel, InterpolationStaysWithinMeasuredRates) {
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  for (int64_t kv : {300, 5000, 20000, 100000, 400000}) {
+    for (int64_t q : {1, 64, 200, 3000}) {
+      if (q > kv) continue;
+      const double flops = 4.0 * causal_pairs(kv - q, kv) * 128 * 32;
+      const double tflops = flops / (cost.attention_forward_us(q, kv) * 1e6);
+      EXPECT_GE(tflops, 235 - 1e-6);
+      EXPECT_LE(tflops, 352 + 1e-6);
+    }
+  }
+}
+
+TEST(CostModel, TensorParallelSplitsHeadsAndLinearWork) {
+  config::ClusterConfig tp2;
+  tp2.set_tensor_parallel(2);
+  CostModel one(llama8b(), config::ClusterConfig(), default_calibration());
+  CostModel two(llama8b(), tp2, default_calibration());
+  EXPECT_NEAR(two.attention_forward_us(4096, 4096) * 2, one.attention_forward_us(4096, 4096), 1e-9);
+  EXPECT_NEAR(two.linear_step_us_per_token(32) * 2, one.linear_step_us_per_token(32), 1e-12);
+  // Llama-8B layer: 4096*4096*2 + 2*4096*1024 + 3*4096*14336 = 218,103,808 parameters.
+  const double per_token_us = 6.0 * 218103808.0 * 32 / (650 * 1e6);
+  EXPECT_NEAR(one.linear_step_us_per_token(32), per_token_us, 1e-9);
+}
+
+TEST(CostModel, BytesAndLinks) {
+  config::ClusterConfig cluster;
+  cluster.set_gpus_per_node(4);
+  CostModel cost(llama8b(), cluster, default_calibration());
+  EXPECT_EQ(cost.q_bytes_per_token(), 32 * 128 * 2);
+  EXPECT_EQ(cost.kv_bytes_per_token(), 2 * 8 * 128 * 2);
+  EXPECT_EQ(cost.link_between(1, 1), LinkClass::kSelf);
+  EXPECT_EQ(cost.link_between(1, 3), LinkClass::kIntraNode);
+  EXPECT_EQ(cost.link_between(3, 4), LinkClass::kInterNode);
+  EXPECT_NEAR(cost.transfer_us(240'000'000, LinkClass::kIntraNode), 1000.0, 1e-9);
+  EXPECT_NEAR(cost.transfer_us(50'000'000, LinkClass::kInterNode), 1000.0, 1e-9);
+  EXPECT_EQ(cost.transfer_us(1 << 20, LinkClass::kSelf), 0);
+  config::ModelConfig mla = llama8b();
+  mla.set_kv_latent_dim(512);
+  mla.set_rope_head_dim(64);
+  EXPECT_EQ(CostModel(mla, cluster, default_calibration()).kv_bytes_per_token(), (512 + 64) * 2);
+}
+
+TEST(CostModel, BadCalibrationFilesSayWhatIsAccepted) {
+  EXPECT_THROW(load_calibration_json("/nonexistent/table.json"), Error);
+  const std::string path = ::testing::TempDir() + "/bad_calibration.json";
+  {
+    std::ofstream out(path);
+    out << R"({"device": "x", "points": [{"q_tokens": 10, "kv_tokens": 5, "forward_tflops": 1,
+              "backward_tflops": 1}]})";
+  }
+  try {
+    load_calibration_json(path);
+    FAIL() << "q_tokens > kv_tokens accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("q_tokens <= kv_tokens"), std::string::npos) << e.message();
+  }
+  {
+    std::ofstream out(path);
+    out << R"({"device": "x", "pointz": []})";
+  }
+  EXPECT_THROW(load_calibration_json(path), Error);
+  {
+    std::ofstream out(path);
+    out << R"({"device": "y", "points": [{"q_tokens": 100, "kv_tokens": 100, "forward_tflops": 50,
+              "backward_tflops": 40}]})";
+  }
+  CalibrationTable table = load_calibration_json(path);
+  EXPECT_EQ(table.device, "y");
+  ASSERT_EQ(table.points.size(), 1u);
+  EXPECT_EQ(table.points[0].forward_tflops, 50);
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace cadre::scheduler
