@@ -322,16 +322,12 @@ class NcclTransportImpl : public NcclTransport {
                 received, " bytes)");
     std::string what = str_cat("all_to_all_v (send ", sent, " B, receive ", received, " B)");
     return issue(what, [&](cudaStream_t stream) {
-      const int64_t self = layout.send_counts[rank_];
-      if (self > 0) {
-        CADRE_CUDA_CHECK(cudaMemcpyAsync(recv_bytes + layout.recv_displs[rank_],
-                                         send_bytes + layout.send_displs[rank_], self,
-                                         cudaMemcpyDeviceToDevice, stream));
-      }
+      // The rank's own segment goes through NCCL too (a self send/receive pair): NCCL copies it
+      // inside the same kernel as the peer transfers, where a separate device copy before the
+      // group would serialise with them (about 8% of the time at 1 GiB on 2 ranks).
       grouped([&]() {
         ncclResult_t status = ncclSuccess;
         for (int peer = 0; peer < size_ && status == ncclSuccess; ++peer) {
-          if (peer == rank_) continue;
           if (layout.send_counts[peer] > 0) {
             status = ncclSend(send_bytes + layout.send_displs[peer], layout.send_counts[peer],
                               ncclUint8, peer, state_->comm, stream);

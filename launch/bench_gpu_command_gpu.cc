@@ -381,8 +381,11 @@ int bench_kernel(const Args& args) {
     std::cout << "\ncalibration (q_tokens x kv_tokens: fwd / bwd TFLOP/s)\n";
     const std::vector<int64_t> qs = {128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
     const std::vector<int64_t> kvs = {1024, 4096, 16384, 65536, 131072};
+    // Smaller batches than the table above: the backward of a GQA batch holds gradients of every
+    // query head for every key row (fp32), so key rows are capped at 512K here.
     KernelConfig small = config;
     small.work_pairs = int64_t{1} << 28;
+    small.kv_rows_cap = std::min<int64_t>(config.kv_rows_cap, int64_t{1} << 19);
     bool first = true;
     for (int64_t q : qs) {
       std::vector<int64_t> row = {q};
@@ -391,8 +394,11 @@ int bench_kernel(const Args& args) {
       }
       std::cout << "  q " << std::setw(5) << human_tokens(q) << ":";
       for (int64_t kv : row) {
+        // At most 256 sequences: LibTorch's varlen backward sizes some scratch by batch x
+        // longest sequence (2048 shards of 128 x 1K asked it for 64 GiB).
         int64_t count = std::max<int64_t>(
-            1, std::min(small.work_pairs / causal_pairs(q, kv), small.kv_rows_cap / kv));
+            1, std::min({small.work_pairs / causal_pairs(q, kv), small.kv_rows_cap / kv,
+                         int64_t{256}}));
         KernelTiming t = time_kernel(*kernel, Sequences(count, {q, kv}), small, 2, 5);
         std::cout << "  " << human_tokens(kv) << " " << std::setprecision(0)
                   << t.forward_tflops << "/" << t.backward_tflops;
