@@ -49,26 +49,6 @@ CalibrationTable parse_calibration(const std::string& json, const std::string& s
   return table;
 }
 
-// Throughput at a shape by inverse-distance weighting in (log2 q, log2 kv): exact at measured
-// points, smooth between them, and flat (nearest behaviour) far outside the measured range.
-double interpolate_tflops(const CalibrationTable& table, int64_t q_tokens, int64_t kv_tokens,
-                          bool forward) {
-  const double lq = std::log2(static_cast<double>(std::max<int64_t>(q_tokens, 1)));
-  const double lk = std::log2(static_cast<double>(std::max<int64_t>(kv_tokens, 1)));
-  double weight_sum = 0, value_sum = 0;
-  for (const CalibrationPoint& p : table.points) {
-    const double dq = lq - std::log2(static_cast<double>(p.q_tokens));
-    const double dk = lk - std::log2(static_cast<double>(p.kv_tokens));
-    const double d2 = dq * dq + dk * dk;
-    const double value = forward ? p.forward_tflops : p.backward_tflops;
-    if (d2 < 1e-12) return value;
-    const double w = 1.0 / (d2 * d2);
-    weight_sum += w;
-    value_sum += w * value;
-  }
-  return value_sum / weight_sum;
-}
-
 }  // namespace
 
 const CalibrationTable& default_calibration() {
@@ -100,32 +80,72 @@ CostModel::CostModel(const config::ModelConfig& model, const config::ClusterConf
                   cluster_.inter_node_bandwidth_gbps() > 0,
               "cost model: gemm_tflops and both bandwidths must be > 0");
   CADRE_CHECK(!calibration_.points.empty(), "cost model: the calibration table has no points");
+  for (const CalibrationPoint& p : calibration_.points) {
+    log_points_.push_back({std::log2(static_cast<double>(p.q_tokens)),
+                           std::log2(static_cast<double>(p.kv_tokens)), p.forward_tflops,
+                           p.backward_tflops});
+  }
+}
+
+// Throughput at a shape by inverse-distance weighting in (log2 q, log2 kv): exact at measured
+// points, smooth between them, and flat (nearest behaviour) far outside the measured range.
+void CostModel::rates(int64_t q_tokens, int64_t kv_tokens, double* forward,
+                      double* backward) const {
+  const double lq = std::log2(static_cast<double>(std::max<int64_t>(q_tokens, 1)));
+  const double lk = std::log2(static_cast<double>(std::max<int64_t>(kv_tokens, 1)));
+  double weight_sum = 0, forward_sum = 0, backward_sum = 0;
+  for (const LogPoint& p : log_points_) {
+    const double dq = lq - p.log_q;
+    const double dk = lk - p.log_kv;
+    const double d2 = dq * dq + dk * dk;
+    if (d2 < 1e-12) {
+      *forward = p.forward_tflops;
+      *backward = p.backward_tflops;
+      return;
+    }
+    const double w = 1.0 / (d2 * d2);
+    weight_sum += w;
+    forward_sum += w * p.forward_tflops;
+    backward_sum += w * p.backward_tflops;
+  }
+  *forward = forward_sum / weight_sum;
+  *backward = backward_sum / weight_sum;
+}
+
+// FLOPs of one forward pass of causal attention over the task: 2 matmuls x 2 FLOPs per
+// multiply-add per query-key pair, for the heads of one GPU.
+double CostModel::flops_per_pass(int64_t q_tokens, int64_t kv_tokens) const {
+  const double heads =
+      static_cast<double>(model_.num_heads()) / static_cast<double>(cluster_.tensor_parallel());
+  return 4.0 * static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) *
+         model_.head_dim() * heads;
 }
 
 double CostModel::attention_forward_us(int64_t q_tokens, int64_t kv_tokens) const {
   if (q_tokens <= 0) return 0;
-  const double heads =
-      static_cast<double>(model_.num_heads()) / static_cast<double>(cluster_.tensor_parallel());
-  // FLOPs of causal attention: 2 matmuls x 2 FLOPs per multiply-add per query-key pair.
-  const double flops = 4.0 * static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) *
-                       model_.head_dim() * heads;
-  return flops / (interpolate_tflops(calibration_, q_tokens, kv_tokens, true) * 1e6);
+  double forward, backward;
+  rates(q_tokens, kv_tokens, &forward, &backward);
+  return flops_per_pass(q_tokens, kv_tokens) / (forward * 1e6);
 }
 
+// Backward does 2.5x the forward FLOPs (5 matmuls against 2).
 double CostModel::attention_backward_us(int64_t q_tokens, int64_t kv_tokens) const {
   if (q_tokens <= 0) return 0;
-  const double heads =
-      static_cast<double>(model_.num_heads()) / static_cast<double>(cluster_.tensor_parallel());
-  // Backward does 2.5x the forward FLOPs (5 matmuls against 2).
-  const double flops = 2.5 * 4.0 *
-                       static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) *
-                       model_.head_dim() * heads;
-  return flops / (interpolate_tflops(calibration_, q_tokens, kv_tokens, false) * 1e6);
+  double forward, backward;
+  rates(q_tokens, kv_tokens, &forward, &backward);
+  return 2.5 * flops_per_pass(q_tokens, kv_tokens) / (backward * 1e6);
+}
+
+double CostModel::attention_forward_backward_us(int64_t q_tokens, int64_t kv_tokens) const {
+  if (q_tokens <= 0) return 0;
+  double forward, backward;
+  rates(q_tokens, kv_tokens, &forward, &backward);
+  const double flops = flops_per_pass(q_tokens, kv_tokens);
+  return flops / (forward * 1e6) + 2.5 * flops / (backward * 1e6);
 }
 
 double CostModel::attention_step_us(int64_t q_tokens, int64_t kv_tokens, int32_t layers) const {
-  return layers * (attention_forward_us(q_tokens, kv_tokens) +
-                   attention_backward_us(q_tokens, kv_tokens));
+  return layers * attention_forward_backward_us(q_tokens, kv_tokens);
 }
 
 double CostModel::linear_step_us_per_token(int32_t layers) const {

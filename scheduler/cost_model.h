@@ -45,6 +45,8 @@ class CostModel {
   // bottom-right aligned) for all heads of one layer on one GPU (heads divided by TP), in us.
   double attention_forward_us(int64_t q_tokens, int64_t kv_tokens) const;
   double attention_backward_us(int64_t q_tokens, int64_t kv_tokens) const;
+  // Forward + backward of one layer (one table look-up; what the planner balances).
+  double attention_forward_backward_us(int64_t q_tokens, int64_t kv_tokens) const;
   // Forward + backward attention time of one task for all layers of one pipeline stage.
   double attention_step_us(int64_t q_tokens, int64_t kv_tokens, int32_t layers) const;
 
@@ -67,6 +69,14 @@ class CostModel {
   config::ModelConfig model_;
   config::ClusterConfig cluster_;
   CalibrationTable calibration_;
+  // Calibration points in log2 space, precomputed for interpolation.
+  struct LogPoint {
+    double log_q, log_kv, forward_tflops, backward_tflops;
+  };
+  std::vector<LogPoint> log_points_;
+  // Forward and backward TFLOP/s at a shape.
+  void rates(int64_t q_tokens, int64_t kv_tokens, double* forward, double* backward) const;
+  double flops_per_pass(int64_t q_tokens, int64_t kv_tokens) const;
 };
 
 }  // namespace cadre::scheduler

@@ -2,7 +2,7 @@
 #include "scheduler/plan.h"
 
 #include <algorithm>
-#include <map>
+#include <unordered_map>
 #include <numeric>
 #include <utility>
 
@@ -48,7 +48,12 @@ void validate_layout(const Layout& layout) {
                 layout.tokens_per_rank[r], "; accepted: >= 0");
   }
   // Per rank: the pieces' local rows must be disjoint and inside the rank's token array.
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> rows(layout.num_ranks);
+  struct Rows {
+    int32_t rank;
+    int64_t begin;
+    int64_t end;
+  };
+  std::vector<Rows> rows;
   for (size_t d = 0; d < layout.documents.size(); ++d) {
     const PlacedDocument& doc = layout.documents[d];
     CADRE_CHECK(doc.length_tokens >= 1, "document ", d, " has length ", doc.length_tokens,
@@ -66,19 +71,23 @@ void validate_layout(const Layout& layout) {
                   "document ", d, " piece [", p.doc_begin, ", ", p.doc_end, ") at local row ",
                   p.local_row, " does not fit rank ", p.rank, "'s ",
                   layout.tokens_per_rank[p.rank], " tokens");
-      rows[p.rank].emplace_back(p.local_row, p.local_row + len);
+      rows.push_back({p.rank, p.local_row, p.local_row + len});
       expected_begin = p.doc_end;
     }
     CADRE_CHECK(expected_begin == doc.length_tokens, "document ", d, " pieces cover [0, ",
                 expected_begin, ") but its length is ", doc.length_tokens);
   }
-  for (int32_t r = 0; r < layout.num_ranks; ++r) {
-    std::sort(rows[r].begin(), rows[r].end());
-    for (size_t i = 1; i < rows[r].size(); ++i) {
-      CADRE_CHECK(rows[r][i].first >= rows[r][i - 1].second, "rank ", r,
-                  " has overlapping document pieces at local rows [", rows[r][i].first, ", ",
-                  rows[r][i].second, ")");
-    }
+  auto by_rank_row = [](const Rows& a, const Rows& b) {
+    return a.rank != b.rank ? a.rank < b.rank : a.begin < b.begin;
+  };
+  // Sequential packing already yields this order; sort only when it does not.
+  if (!std::is_sorted(rows.begin(), rows.end(), by_rank_row)) {
+    std::sort(rows.begin(), rows.end(), by_rank_row);
+  }
+  for (size_t i = 1; i < rows.size(); ++i) {
+    CADRE_CHECK(rows[i].rank != rows[i - 1].rank || rows[i].begin >= rows[i - 1].end, "rank ",
+                rows[i].rank, " has overlapping document pieces at local rows [", rows[i].begin,
+                ", ", rows[i].end, ")");
   }
 }
 
@@ -96,9 +105,9 @@ void validate_primary(const Plan& plan) {
     CADRE_CHECK(!seen[r], "rank ", r, " is listed twice among the servers");
     seen[r] = 1;
   }
-  // Every query token of every document is covered exactly once.
+  // Every query token of every document is covered exactly once: sort the tasks by
+  // (document, q_begin) and walk them.
   const int32_t num_docs = static_cast<int32_t>(plan.layout.documents.size());
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> spans(num_docs);
   for (size_t t = 0; t < plan.tasks.size(); ++t) {
     const CaTask& task = plan.tasks[t];
     CADRE_CHECK(task.document >= 0 && task.document < num_docs, "task ", t,
@@ -110,16 +119,28 @@ void validate_primary(const Plan& plan) {
     CADRE_CHECK(task.server >= 0 && task.server < static_cast<int32_t>(plan.server_ranks.size()),
                 "task ", t, " is assigned to server ", task.server, "; accepted: 0..",
                 plan.server_ranks.size() - 1);
-    spans[task.document].emplace_back(task.q_begin, task.q_end);
   }
+  std::vector<int32_t> order(plan.tasks.size());
+  std::iota(order.begin(), order.end(), 0);
+  auto by_document = [&](int32_t a, int32_t b) {
+    const CaTask& x = plan.tasks[a];
+    const CaTask& y = plan.tasks[b];
+    return x.document != y.document ? x.document < y.document : x.q_begin < y.q_begin;
+  };
+  // Planners emit tasks in this order; sort only when they are not.
+  if (!std::is_sorted(order.begin(), order.end(), by_document)) {
+    std::sort(order.begin(), order.end(), by_document);
+  }
+  size_t next = 0;
   for (int32_t d = 0; d < num_docs; ++d) {
-    std::sort(spans[d].begin(), spans[d].end());
     int64_t covered = 0;
-    for (const auto& span : spans[d]) {
-      CADRE_CHECK(span.first == covered, "document ", d, " queries ",
-                  span.first < covered ? "are covered twice at token " : "are not covered at token ",
-                  std::min(span.first, covered), "; every query token needs exactly one task");
-      covered = span.second;
+    for (; next < order.size() && plan.tasks[order[next]].document == d; ++next) {
+      const CaTask& task = plan.tasks[order[next]];
+      CADRE_CHECK(task.q_begin == covered, "document ", d, " queries ",
+                  task.q_begin < covered ? "are covered twice at token "
+                                         : "are not covered at token ",
+                  std::min(task.q_begin, covered), "; every query token needs exactly one task");
+      covered = task.q_end;
     }
     CADRE_CHECK(covered == plan.layout.documents[d].length_tokens, "document ", d,
                 " queries are not covered from token ", covered, " to its end ",
@@ -213,22 +234,40 @@ void finalize_plan(Plan& plan) {
   const auto& docs = plan.layout.documents;
 
   plan.batches.assign(num_servers, ServerBatch{});
-  // Per server, the prefix index of each document it holds (-1 = none yet).
-  std::vector<std::map<int32_t, int32_t>> prefix_of(num_servers);
+  // (server, document) -> index of that document's K/V prefix in the server's batch. When the
+  // tasks are ordered by document (as planners emit them), a document's tasks on a server are
+  // consecutive and the last prefix of each server is the only one to look at.
+  const bool grouped = std::is_sorted(
+      plan.tasks.begin(), plan.tasks.end(),
+      [](const CaTask& a, const CaTask& b) { return a.document < b.document; });
+  std::unordered_map<int64_t, int32_t> prefix_of;
+  std::vector<int32_t> last_document(num_servers, -1);
   for (int32_t s = 0; s < num_servers; ++s) plan.batches[s].server_rank = plan.server_ranks[s];
 
   // Tasks in plan order, grouped per server; prefixes grow to the longest q_end.
   for (int32_t t = 0; t < static_cast<int32_t>(plan.tasks.size()); ++t) {
     const CaTask& task = plan.tasks[t];
     ServerBatch& batch = plan.batches[task.server];
-    auto [it, inserted] = prefix_of[task.server].emplace(
-        task.document, static_cast<int32_t>(batch.prefixes.size()));
-    if (inserted) batch.prefixes.push_back({task.document, 0, 0});
-    KvPrefix& prefix = batch.prefixes[it->second];
+    int32_t prefix_index;
+    if (grouped) {
+      if (last_document[task.server] != task.document) {
+        last_document[task.server] = task.document;
+        batch.prefixes.push_back({task.document, 0, 0});
+      }
+      prefix_index = static_cast<int32_t>(batch.prefixes.size()) - 1;
+    } else {
+      auto [it, inserted] = prefix_of.emplace(
+          static_cast<int64_t>(task.server) * (static_cast<int64_t>(docs.size()) + 1) +
+              task.document,
+          static_cast<int32_t>(batch.prefixes.size()));
+      if (inserted) batch.prefixes.push_back({task.document, 0, 0});
+      prefix_index = it->second;
+    }
+    KvPrefix& prefix = batch.prefixes[prefix_index];
     prefix.prefix_tokens = std::max(prefix.prefix_tokens, task.q_end);
     batch.tasks.push_back(t);
     batch.q_row.push_back(batch.q_rows);
-    batch.kv_prefix.push_back(it->second);
+    batch.kv_prefix.push_back(prefix_index);
     batch.q_rows += task.q_end - task.q_begin;
   }
   for (ServerBatch& batch : plan.batches) {
@@ -249,13 +288,24 @@ void finalize_plan(Plan& plan) {
     }
   }
 
-  // Row movements, keyed by (owner, server) so the result comes out owner-major.
-  std::map<std::pair<int32_t, int32_t>, PeerTransfer> transfers;
+  // Row movements, built server by server (an owner -> transfer index table reset per server),
+  // then ordered owner-major.
+  std::vector<PeerTransfer> transfers;
+  std::vector<int32_t> slot(plan.layout.num_ranks, -1);
+  std::vector<int32_t> touched;
+  int32_t current_server = -1;
   auto transfer_for = [&](int32_t owner, int32_t server) -> PeerTransfer& {
-    PeerTransfer& tr = transfers[{owner, server}];
-    tr.owner = owner;
-    tr.server = server;
-    return tr;
+    if (server != current_server) {
+      for (int32_t o : touched) slot[o] = -1;
+      touched.clear();
+      current_server = server;
+    }
+    if (slot[owner] < 0) {
+      slot[owner] = static_cast<int32_t>(transfers.size());
+      touched.push_back(owner);
+      transfers.push_back(PeerTransfer{owner, server, {}, {}});
+    }
+    return transfers[slot[owner]];
   };
   for (int32_t s = 0; s < num_servers; ++s) {
     const ServerBatch& batch = plan.batches[s];
@@ -282,9 +332,9 @@ void finalize_plan(Plan& plan) {
       }
     }
   }
-  plan.transfers.clear();
-  plan.transfers.reserve(transfers.size());
-  for (auto& entry : transfers) plan.transfers.push_back(std::move(entry.second));
+  std::stable_sort(transfers.begin(), transfers.end(),
+                   [](const PeerTransfer& a, const PeerTransfer& b) { return a.owner < b.owner; });
+  plan.transfers = std::move(transfers);
 }
 
 void validate_plan(const Plan& plan) {

@@ -22,7 +22,7 @@ struct PlanStats {
   int64_t bytes_moved_max_rank = 0;  // max over ranks of bytes sent + received per layer
   int64_t bytes_moved_total = 0;
   int32_t tasks = 0;
-  int32_t splits = 0;  // documents split into more than one task by the planner
+  int32_t splits = 0;  // query shards split off existing tasks by the planner
 };
 
 // server_ranks: every rank of the layout (in place) or a dedicated pool of ranks numbered from

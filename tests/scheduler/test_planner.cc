@@ -1,0 +1,166 @@
+// CAD planner properties on random inputs: coverage, balance, shard sizes, determinism.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "common/error.h"
+#include "scheduler/planner.h"
+
+namespace cadre::scheduler {
+namespace {
+
+config::ModelConfig llama8b() {
+  config::ModelConfig m;
+  m.set_num_layers(32);
+  m.set_hidden_size(4096);
+  m.set_num_heads(32);
+  m.set_num_kv_heads(8);
+  m.set_head_dim(128);
+  m.set_ffn_hidden_size(14336);
+  m.set_vocab_size(128256);
+  return m;
+}
+
+// WLB-like lengths (the parametric fit in shared/doclen/README.md), local to the test so it does
+// not depend on the generators under test elsewhere.
+std::vector<int64_t> wlb_like(std::mt19937_64& rng, int64_t total_tokens) {
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<int64_t> lengths;
+  int64_t sum = 0;
+  while (sum < total_tokens) {
+    const double p = u(rng);
+    int64_t len;
+    if (p < 0.16) {
+      len = 1 + static_cast<int64_t>(u(rng) * 1023);
+    } else if (p < 0.973) {
+      len = 1024 + static_cast<int64_t>(u(rng) * (6250 - 1024));
+    } else {
+      const double lo = p < 0.987 ? 6400 : (p < 0.995 ? 16384 : 65536);
+      const double hi = p < 0.987 ? 16384 : (p < 0.995 ? 65536 : 125000);
+      len = static_cast<int64_t>(std::exp(std::log(lo) + u(rng) * (std::log(hi) - std::log(lo))));
+    }
+    lengths.push_back(len);
+    sum += len;
+  }
+  return lengths;
+}
+
+std::vector<int32_t> all_ranks(int32_t n) {
+  std::vector<int32_t> r(n);
+  for (int32_t i = 0; i < n; ++i) r[i] = i;
+  return r;
+}
+
+void expect_valid(const Plan& plan, const PlannerOptions& options) {
+  EXPECT_NO_THROW(validate_plan(plan));  // coverage exactly once, prefixes present
+  for (const CaTask& t : plan.tasks) {
+    const int64_t len = plan.layout.documents[t.document].length_tokens;
+    const bool whole_piece_or_doc = t.q_end - t.q_begin == len;
+    bool is_piece = false;
+    for (const DocumentPiece& p : plan.layout.documents[t.document].pieces) {
+      is_piece |= (p.doc_begin == t.q_begin && p.doc_end == t.q_end);
+    }
+    if (!whole_piece_or_doc && !is_piece) {
+      EXPECT_GE(t.q_end - t.q_begin, options.min_shard_tokens)
+          << "shard [" << t.q_begin << ", " << t.q_end << ") of document " << t.document;
+    }
+  }
+}
+
+double server_imbalance(const Plan& plan, const CostModel& cost) {
+  std::vector<double> load(plan.server_ranks.size(), 0);
+  for (const CaTask& t : plan.tasks) {
+    load[t.server] += cost.attention_forward_us(t.q_end - t.q_begin, t.q_end) +
+                      cost.attention_backward_us(t.q_end - t.q_begin, t.q_end);
+  }
+  double total = 0, peak = 0;
+  for (double l : load) {
+    total += l;
+    peak = std::max(peak, l);
+  }
+  return peak * load.size() / total;
+}
+
+TEST(PlanCad, BalancesRandomWlbBatchesWithinTolerance) {
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  PlannerOptions options;
+  for (int32_t ranks : {2, 8, 32}) {
+    for (uint64_t seed : {1, 2, 3}) {
+      std::mt19937_64 rng(seed * 100 + ranks);
+      const int64_t context = 65536;
+      Layout layout = pack_sequential(wlb_like(rng, ranks * context), ranks, context);
+      PlanStats stats;
+      Plan plan = plan_cad(layout, all_ranks(ranks), ranks, cost, options, &stats);
+      expect_valid(plan, options);
+      EXPECT_LE(stats.imbalance_after, 1.0 + options.tolerance + 1e-9)
+          << ranks << " ranks, seed " << seed << ", before " << stats.imbalance_before;
+      EXPECT_NEAR(stats.imbalance_after, server_imbalance(plan, cost), 1e-6);
+      EXPECT_LE(stats.imbalance_after, stats.imbalance_before + 1e-9);
+    }
+  }
+}
+
+TEST(PlanCad, OneGiantDocumentSpanningAllRanksIsSpreadEvenly) {
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  PlannerOptions options;
+  Layout layout = pack_sequential({8 * 16384}, 8, 16384);
+  PlanStats stats;
+  Plan plan = plan_cad(layout, all_ranks(8), 8, cost, options, &stats);
+  expect_valid(plan, options);
+  EXPECT_GT(stats.imbalance_before, 1.5);  // the causal tail is far heavier than the head
+  EXPECT_LE(stats.imbalance_after, 1.0 + options.tolerance + 1e-9);
+  EXPECT_GT(stats.bytes_moved_total, 0);
+}
+
+TEST(PlanCad, WorkIsConservedAndPlansAreDeterministic) {
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  std::mt19937_64 rng(5);
+  Layout layout = pack_sequential(wlb_like(rng, 16 * 32768), 16, 32768);
+  Plan a = plan_cad(layout, all_ranks(16), 16, cost, PlannerOptions());
+  Plan b = plan_cad(layout, all_ranks(16), 16, cost, PlannerOptions());
+  EXPECT_EQ(serialize_plan(a), serialize_plan(b));
+  int64_t pairs_docs = 0, pairs_tasks = 0;
+  for (const PlacedDocument& d : layout.documents) pairs_docs += causal_pairs(0, d.length_tokens);
+  for (const CaTask& t : a.tasks) pairs_tasks += causal_pairs(t.q_begin, t.q_end);
+  EXPECT_EQ(pairs_docs, pairs_tasks);
+}
+
+TEST(PlanCad, DedicatedServersReceiveAllWork) {
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  std::mt19937_64 rng(9);
+  Layout layout = pack_sequential(wlb_like(rng, 6 * 32768), 6, 32768);
+  PlanStats stats;
+  PlannerOptions options;
+  Plan plan = plan_cad(layout, {6, 7, 8}, 9, cost, options, &stats);
+  expect_valid(plan, options);
+  EXPECT_LE(stats.imbalance_after, 1.0 + options.tolerance + 1e-9);
+  for (const ServerBatch& b : plan.batches) EXPECT_GE(b.server_rank, 6);
+}
+
+TEST(PlanCad, AwkwardLayouts) {
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  PlannerOptions options;
+  // Ranks with no documents, one-token documents, primes.
+  Layout layout = layout_from_rank_documents({{1, 1, 1}, {}, {127, 129, 131}, {4099}, {}});
+  Plan plan = plan_cad(layout, all_ranks(5), 5, cost, options);
+  expect_valid(plan, options);
+  // Empty batch.
+  Layout empty = layout_from_rank_documents({{}, {}});
+  Plan none = plan_cad(empty, all_ranks(2), 2, cost, options);
+  EXPECT_TRUE(none.tasks.empty());
+}
+
+TEST(PlanCad, BadOptionsAreRejected) {
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  Layout layout = layout_from_rank_documents({{10}, {20}});
+  PlannerOptions bad;
+  bad.min_shard_tokens = 0;
+  EXPECT_THROW(plan_cad(layout, all_ranks(2), 2, cost, bad), Error);
+  EXPECT_THROW(plan_cad(layout, {}, 2, cost, PlannerOptions()), Error);
+  EXPECT_THROW(plan_cad(layout, {0, 5}, 2, cost, PlannerOptions()), Error);
+}
+
+}  // namespace
+}  // namespace cadre::scheduler
