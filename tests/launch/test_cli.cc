@@ -1,11 +1,17 @@
 // The `cadre` command line, run as a child process: help, exit codes, and that bad arguments end
-// with one message naming the field.
+// with one message naming the field; `cadre plan` end to end with its output files.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include "scheduler/plan.h"
 
 namespace {
 
@@ -36,6 +42,10 @@ void expect_output(const CliResult& r, int exit_code, const std::vector<std::str
   }
 }
 
+std::string temp_path(const std::string& name) {
+  return testing::TempDir() + "cadre_cli_" + std::to_string(::getpid()) + "_" + name;
+}
+
 TEST(Cli, TopLevelHelpAndBadCommands) {
   expect_output(run_cadre("--help"), 0, {"simulate", "plan", "train", "bench attention", "--set"});
   expect_output(run_cadre(""), 2, {"usage: cadre <command>"});
@@ -43,6 +53,88 @@ TEST(Cli, TopLevelHelpAndBadCommands) {
   expect_output(run_cadre("bench"), 2, {"missing benchmark", "attention, kernel, comm"});
   expect_output(run_cadre("bench --help"), 0, {"usage: cadre bench"});
   expect_output(run_cadre("bench warp"), 2, {"unknown benchmark 'warp'"});
+}
+
+TEST(Cli, PlanHelp) {
+  for (const char* args : {"plan --help", "plan -h", "help plan"}) {
+    SCOPED_TRACE(args);
+    expect_output(run_cadre(args), 0,
+                  {"usage: cadre plan", "--lengths", "--out FILE", "--config FILE",
+                   "--set PATH=VALUE", "llama-8b"});
+  }
+}
+
+TEST(Cli, PlanRejectsBadConfigWithOneMessage) {
+  expect_output(run_cadre("plan --lengths 100,200/300 --set model.num_heads=0"), 1,
+                {"cadre plan: error: model.num_heads=0", "accepted"});
+  expect_output(run_cadre("plan --lengths 100 --set model.num_head=3"), 1,
+                {"unknown field \"num_head\" in model", "num_heads"});
+  expect_output(run_cadre("plan --lengths 100 --set cluster.tensor_parallel=2 "
+                          "--set cluster.num_gpus=3"),
+                1, {"cluster.num_gpus=3", "a multiple of 2"});
+  expect_output(run_cadre("plan --config /nonexistent/run.pbtxt"), 1,
+                {"config file \"/nonexistent/run.pbtxt\" does not exist"});
+  expect_output(run_cadre("plan --lengths 100 --set data.distribution=zipf"), 1,
+                {"data.distribution=\"zipf\"", "wlb, prolong"});
+  expect_output(run_cadre("plan --frobnicate"), 1, {"unknown option \"--frobnicate\""});
+  expect_output(run_cadre("plan --set"), 1, {"--set needs a value"});
+}
+
+TEST(Cli, PlanRejectsBadLengths) {
+  expect_output(run_cadre("plan --lengths 100,abc"), 1, {"--lengths", "\"abc\"", "64K"});
+  expect_output(run_cadre("plan --lengths 100,,200"), 1, {"empty document length"});
+  expect_output(run_cadre("plan --set cluster.num_gpus=4 --lengths 1/2"), 1,
+                {"--lengths gives 2 ranks", "4 worker ranks", "--set cluster.num_gpus=2"});
+  expect_output(run_cadre("plan --lengths 1/2 --pack"), 1, {"--pack reads --lengths as one list"});
+  expect_output(run_cadre("plan --pack"), 1, {"--pack needs --lengths"});
+}
+
+TEST(Cli, PlanPrintsConfigWithRanksFromLengths) {
+  expect_output(run_cadre("plan --lengths 1/2/3 --set model.preset=tiny --print-config"), 0,
+                {"num_gpus: 3", "preset: \"tiny\"", "num_layers: 2"});
+}
+
+TEST(Cli, PlanWritesPlanAndDump) {
+  const std::string plan_path = temp_path("plan.bin");
+  const std::string dump_path = temp_path("plan.txt");
+  const CliResult r = run_cadre(
+      "plan --set model.preset=tiny --set scheduler.min_shard_tokens=16 "
+      "--lengths 2048,256/512,128,128/1024/64 --out '" +
+      plan_path + "' --dump '" + dump_path + "'");
+  expect_output(r, 0,
+                {"attention imbalance (max/mean): before", "bytes moved per layer", "wrote plan to",
+                 "wrote text dump to"});
+
+  std::ifstream in(plan_path, std::ios::binary);
+  ASSERT_TRUE(in.good()) << plan_path;
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  const cadre::scheduler::Plan plan = cadre::scheduler::deserialize_plan(bytes.str());
+  EXPECT_EQ(plan.world_size, 4);
+  EXPECT_EQ(plan.layout.documents.size(), 7u);
+  EXPECT_FALSE(std::filesystem::exists(plan_path + ".tmp." + std::to_string(::getpid())));
+
+  std::ifstream dump(dump_path);
+  std::stringstream text;
+  text << dump.rdbuf();
+  EXPECT_NE(text.str().find("cu_seqlens_q"), std::string::npos);
+  EXPECT_NE(text.str().find("# effective config"), std::string::npos);
+  std::filesystem::remove(plan_path);
+  std::filesystem::remove(dump_path);
+}
+
+TEST(Cli, PlanPacksOneListAndRunsTheExampleConfig) {
+  expect_output(run_cadre("plan --set model.preset=tiny --set cluster.num_gpus=2 "
+                          "--set data.context_length=1K --lengths 1500,300,200 --pack"),
+                0, {"2 worker ranks", "3 documents", "2000 tokens"});
+  expect_output(run_cadre("plan --set model.preset=tiny --set cluster.num_gpus=2 "
+                          "--set data.context_length=1K --lengths 1500,800 --pack"),
+                0, {"tokens did not fit"});
+  expect_output(run_cadre("plan --config configs/plan_example.pbtxt "
+                          "--lengths 128K/64K,64K/32K,32K,32K,32K/8K,8K,16K,96K"),
+                0, {"4 worker ranks", "after"});
+  expect_output(run_cadre("plan --set training.attention=colocated --lengths 4K,1K/1K"), 0,
+                {"strategy colocated", "bytes moved per layer (forward Q + K/V): max rank 0 B"});
 }
 
 // Other commands share the config handling: a bad field fails before any work.
