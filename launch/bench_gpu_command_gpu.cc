@@ -49,6 +49,11 @@ class Options {
     }
   }
   bool has(const std::string& key) const { return values_.count(key) > 0; }
+  // A flag without a value; marks it as understood.
+  bool flag(const std::string& key) {
+    used_.push_back(key);
+    return has(key);
+  }
   std::string text(const std::string& key, const std::string& fallback) {
     used_.push_back(key);
     return has(key) ? values_.at(key) : fallback;
@@ -317,7 +322,7 @@ int bench_kernel(const Args& args) {
   config.kv_rows_cap = options.integer("kv-rows-cap", config.kv_rows_cap);
   config.warmup = static_cast<int>(options.integer("warmup", config.warmup));
   config.repeats = static_cast<int>(options.integer("repeats", config.repeats));
-  const bool calibration = !options.has("no-calibration");
+  const bool calibration = !options.flag("no-calibration");
   options.check_all_used("kernel");
   CADRE_CHECK(dtype == "bf16" || dtype == "fp16", "--dtype '", dtype, "'; accepted: bf16, fp16");
   config.dtype = dtype == "bf16" ? torch::kBFloat16 : torch::kHalf;
@@ -331,7 +336,7 @@ int bench_kernel(const Args& args) {
   CADRE_CUDA_CHECK(cudaSetDevice(0));
 
   auto kernel = attention_server::make_flash_kernel();
-  DeviceInfo info = device_info(0, "");
+  DeviceInfo info = device_info(0, "not used");
   const double gemm_tflops = measure_gemm_tflops(config.dtype);
   std::cout << "cadre bench kernel: " << info.name << ", LibTorch " << info.torch << ", CUDA "
             << info.cuda_runtime << "; " << dtype << " heads " << config.heads << "/"

@@ -31,6 +31,7 @@ log="${prefix}_gpu_check.log"
 summary="${prefix}_gpu_check_summary.md"
 kernel_json="${prefix}_bench_kernel.json"
 calibration_json="${prefix}_flash_attention_calibration.json"
+kernel_mha_json="${prefix}_bench_kernel_mha.json"
 comm_json="${prefix}_bench_comm.json"
 : >"$log"
 
@@ -98,6 +99,14 @@ if [ -x "$cadre" ]; then
   say "== cadre bench kernel at $(elapsed) s"
   timeout 240 "$cadre" bench kernel "${kernel_args[@]}" 2>&1 | tee "${prefix}_bench_kernel.txt" | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] && status_kernel=ok || status_kernel=FAILED
+  # The same shard table with as many KV heads as query heads (no GQA): separates the cost of
+  # LibTorch's GQA backward (gradients of every query head per key row, then summed) from the
+  # kernel's own efficiency on short query shards.
+  if [ "${CADRE_BENCH_QUICK:-0}" != 1 ]; then
+    say "== cadre bench kernel --kv-heads 32 (no GQA) at $(elapsed) s"
+    timeout 120 "$cadre" bench kernel --kv-heads 32 --no-calibration --repeats 5 --warmup 2 \
+      --out "$kernel_mha_json" 2>&1 | tee "${prefix}_bench_kernel_mha.txt" | tee -a "$log"
+  fi
   say "== cadre bench comm (mpirun -np 2) at $(elapsed) s"
   timeout 150 mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE \
     "$cadre" bench comm "${comm_args[@]}" 2>&1 | tee "${prefix}_bench_comm.txt" | tee -a "$log"
@@ -127,16 +136,21 @@ fi
   cat "${prefix}_bench_kernel.txt" 2>/dev/null
   echo '```'
   echo
+  echo '## bench kernel, 32 KV heads (no GQA)'
+  echo '```'
+  cat "${prefix}_bench_kernel_mha.txt" 2>/dev/null
+  echo '```'
+  echo
   echo '## bench comm'
   echo '```'
   cat "${prefix}_bench_comm.txt" 2>/dev/null
   echo '```'
 } >"$summary"
-rm -f "$summary.tmp" "${prefix}_bench_kernel.txt" "${prefix}_bench_comm.txt"
+rm -f "$summary.tmp" "${prefix}_bench_kernel.txt" "${prefix}_bench_kernel_mha.txt" "${prefix}_bench_comm.txt"
 cat "$summary"
 
 if [ -n "${OUT:-}" ]; then
-  for f in "$summary" "$log" "$kernel_json" "$calibration_json" "$comm_json"; do
+  for f in "$summary" "$log" "$kernel_json" "$calibration_json" "$kernel_mha_json" "$comm_json"; do
     [ -f "$f" ] && cp "$f" "$OUT/"
   done
 fi
