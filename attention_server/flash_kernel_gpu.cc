@@ -73,8 +73,8 @@ class NamedOperator {
 void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                   const VarlenBatch& batch) {
   CADRE_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(),
-              "flash kernel: q, k, v must be CUDA tensors; got ", q.device(), ", ", k.device(), ", ",
-              v.device());
+              "flash kernel: q, k, v must be CUDA tensors; got ", q.device(), ", ", k.device(),
+              ", ", v.device());
   CADRE_CHECK(q.device() == k.device() && q.device() == v.device(),
               "flash kernel: q, k, v must be on one device; got ", q.device(), ", ", k.device(),
               ", ", v.device());
@@ -107,7 +107,8 @@ void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::T
               batch.cu_seqlens_q.size(0), " vs ", batch.cu_seqlens_k.size(0), ")");
   CADRE_CHECK(q.size(0) == 0 || (batch.max_seqlen_q > 0 && batch.max_seqlen_k > 0),
               "flash kernel: max_seqlen_q and max_seqlen_k must be positive for a non-empty "
-              "batch; got ", batch.max_seqlen_q, ", ", batch.max_seqlen_k);
+              "batch; got ",
+              batch.max_seqlen_q, ", ", batch.max_seqlen_k);
 }
 
 torch::Tensor contiguous(const torch::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
@@ -144,18 +145,18 @@ class FlashKernel : public CoreAttentionKernel {
                    {"return_debug_mask", false},
                    {"scale", scale_for(softmax_scale, q.size(2))}};
     std::vector<c10::IValue> results = forward_op_.call(args);
-    CADRE_CHECK(results.size() >= 2, "flash kernel: ", forward_op_.schema_text(),
-                " returned ", results.size(), " values; expected output and logsumexp first");
+    CADRE_CHECK(results.size() >= 2, "flash kernel: ", forward_op_.schema_text(), " returned ",
+                results.size(), " values; expected output and logsumexp first");
     ForwardResult result{results[0].toTensor(), results[1].toTensor()};
-    CADRE_CHECK(result.lse.dim() == 2 && result.lse.size(0) == heads &&
-                    result.lse.size(1) == q.size(0),
-                "flash kernel: LibTorch returned log-sum-exp of shape ", result.lse.sizes(),
-                "; expected [heads, total_q] = [", heads, ", ", q.size(0), "]");
+    CADRE_CHECK(
+        result.lse.dim() == 2 && result.lse.size(0) == heads && result.lse.size(1) == q.size(0),
+        "flash kernel: LibTorch returned log-sum-exp of shape ", result.lse.sizes(),
+        "; expected [heads, total_q] = [", heads, ", ", q.size(0), "]");
     return result;
   }
 
-  BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q,
-                          const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& out,
+  BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                          const torch::Tensor& v, const torch::Tensor& out,
                           const torch::Tensor& lse, const VarlenBatch& batch,
                           double softmax_scale) override {
     check_inputs(q, k, v, batch);

@@ -1,5 +1,6 @@
 // CADRE_CUDA_CHECK and CADRE_NCCL_CHECK: every CUDA and NCCL call in the GPU build goes through
-// one of them, so a failure names the call, the library's error string and the rank. GPU build only.
+// one of them, so a failure names the call, the library's error string and the rank. GPU build
+// only.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,41 +33,42 @@ inline int error_rank() {
 }  // namespace cadre
 
 // Throws cadre::Error: "CUDA call <call> failed on rank R: <error string>".
-#define CADRE_CUDA_CHECK(call)                                                          \
-  do {                                                                                  \
-    cudaError_t cadre_cuda_status_ = (call);                                            \
-    if (cadre_cuda_status_ != cudaSuccess) {                                            \
+#define CADRE_CUDA_CHECK(call)                                                         \
+  do {                                                                                 \
+    cudaError_t cadre_cuda_status_ = (call);                                           \
+    if (cadre_cuda_status_ != cudaSuccess) {                                           \
       CADRE_FAIL("CUDA call ", #call, " failed on rank ", ::cadre::error_rank(), ": ", \
-                 cudaGetErrorString(cadre_cuda_status_));                               \
-    }                                                                                   \
+                 cudaGetErrorString(cadre_cuda_status_));                              \
+    }                                                                                  \
   } while (0)
 
 // Throws cadre::Error: "NCCL call <call> failed on rank R: <error string> (<last error>)".
-#define CADRE_NCCL_CHECK(call)                                                          \
-  do {                                                                                  \
-    ncclResult_t cadre_nccl_status_ = (call);                                           \
-    if (cadre_nccl_status_ != ncclSuccess && cadre_nccl_status_ != ncclInProgress) {    \
-      CADRE_FAIL("NCCL call ", #call, " failed on rank ", ::cadre::error_rank(), ": ", \
-                 ncclGetErrorString(cadre_nccl_status_), " (", ncclGetLastError(nullptr), \
-                 ")");                                                                  \
-    }                                                                                   \
+#define CADRE_NCCL_CHECK(call)                                                                  \
+  do {                                                                                          \
+    ncclResult_t cadre_nccl_status_ = (call);                                                   \
+    if (cadre_nccl_status_ != ncclSuccess && cadre_nccl_status_ != ncclInProgress) {            \
+      CADRE_FAIL("NCCL call ", #call, " failed on rank ", ::cadre::error_rank(), ": ",          \
+                 ncclGetErrorString(cadre_nccl_status_), " (", ncclGetLastError(nullptr), ")"); \
+    }                                                                                           \
   } while (0)
 
 // For destructors, which never throw: prints the failure to stderr and carries on.
-#define CADRE_CUDA_WARN(call)                                                                \
-  do {                                                                                       \
-    cudaError_t cadre_cuda_status_ = (call);                                                 \
-    if (cadre_cuda_status_ != cudaSuccess) {                                                 \
-      std::fprintf(stderr, "cadre: %s:%d: CUDA call %s failed on rank %d: %s\n", __FILE__,   \
-                   __LINE__, #call, ::cadre::error_rank(), cudaGetErrorString(cadre_cuda_status_)); \
-    }                                                                                        \
+#define CADRE_CUDA_WARN(call)                                                              \
+  do {                                                                                     \
+    cudaError_t cadre_cuda_status_ = (call);                                               \
+    if (cadre_cuda_status_ != cudaSuccess) {                                               \
+      std::fprintf(stderr, "cadre: %s:%d: CUDA call %s failed on rank %d: %s\n", __FILE__, \
+                   __LINE__, #call, ::cadre::error_rank(),                                 \
+                   cudaGetErrorString(cadre_cuda_status_));                                \
+    }                                                                                      \
   } while (0)
 
-#define CADRE_NCCL_WARN(call)                                                                \
-  do {                                                                                       \
-    ncclResult_t cadre_nccl_status_ = (call);                                                \
-    if (cadre_nccl_status_ != ncclSuccess && cadre_nccl_status_ != ncclInProgress) {         \
-      std::fprintf(stderr, "cadre: %s:%d: NCCL call %s failed on rank %d: %s\n", __FILE__,   \
-                   __LINE__, #call, ::cadre::error_rank(), ncclGetErrorString(cadre_nccl_status_)); \
-    }                                                                                        \
+#define CADRE_NCCL_WARN(call)                                                              \
+  do {                                                                                     \
+    ncclResult_t cadre_nccl_status_ = (call);                                              \
+    if (cadre_nccl_status_ != ncclSuccess && cadre_nccl_status_ != ncclInProgress) {       \
+      std::fprintf(stderr, "cadre: %s:%d: NCCL call %s failed on rank %d: %s\n", __FILE__, \
+                   __LINE__, #call, ::cadre::error_rank(),                                 \
+                   ncclGetErrorString(cadre_nccl_status_));                                \
+    }                                                                                      \
   } while (0)

@@ -303,8 +303,8 @@ class NcclTransportImpl : public NcclTransport {
     ncclComm_t child = nullptr;
     CADRE_NCCL_CHECK(ncclCommSplit(state_->comm, color, key, &child, nullptr));
     CADRE_CHECK(child != nullptr, "ncclCommSplit returned no communicator for color ", color);
-    return std::make_unique<NcclTransportImpl>(
-        child, placement_, options_, str_cat(state_->name, "/split(color=", color, ")"));
+    return std::make_unique<NcclTransportImpl>(child, placement_, options_,
+                                               str_cat(state_->name, "/split(color=", color, ")"));
   }
 
   std::unique_ptr<Work> all_to_all_v(const void* send, void* recv,
@@ -349,8 +349,8 @@ class NcclTransportImpl : public NcclTransport {
     return issue(str_cat("all_to_all_equal (", bytes_per_peer, " B per peer)"),
                  [&](cudaStream_t stream) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-                   CADRE_NCCL_CHECK(ncclAlltoAll(send, recv, bytes_per_peer, ncclUint8,
-                                                 state_->comm, stream));
+                   CADRE_NCCL_CHECK(
+                       ncclAlltoAll(send, recv, bytes_per_peer, ncclUint8, state_->comm, stream));
 #else
                    grouped([&]() {
                      ncclResult_t status = ncclSuccess;
@@ -379,14 +379,13 @@ class NcclTransportImpl : public NcclTransport {
   }
 
   void broadcast(void* data, int64_t bytes, int root) override {
-    CADRE_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank; accepted: 0..",
-                size_ - 1);
+    CADRE_CHECK(root >= 0 && root < size_, "broadcast: root ", root,
+                " is not a rank; accepted: 0..", size_ - 1);
     CADRE_CHECK(bytes >= 0, "broadcast: bytes must be >= 0; got ", bytes);
-    auto work = issue(str_cat("broadcast (", bytes, " B from rank ", root, ")"),
-                      [&](cudaStream_t stream) {
-                        CADRE_NCCL_CHECK(ncclBroadcast(data, data, bytes, ncclUint8, root,
-                                                       state_->comm, stream));
-                      });
+    auto work =
+        issue(str_cat("broadcast (", bytes, " B from rank ", root, ")"), [&](cudaStream_t stream) {
+          CADRE_NCCL_CHECK(ncclBroadcast(data, data, bytes, ncclUint8, root, state_->comm, stream));
+        });
     wait_on_host(*work);
   }
 
@@ -433,8 +432,10 @@ class NcclTransportImpl : public NcclTransport {
     if (drained) {
       CADRE_NCCL_WARN(ncclCommDestroy(state_->comm));
     } else {
-      std::fprintf(stderr, "cadre: rank %d: NCCL communicator '%s' still busy at destruction; "
-                   "aborting it\n", rank_, state_->name.c_str());
+      std::fprintf(stderr,
+                   "cadre: rank %d: NCCL communicator '%s' still busy at destruction; "
+                   "aborting it\n",
+                   rank_, state_->name.c_str());
       CADRE_NCCL_WARN(ncclCommAbort(state_->comm));
     }
     state_->comm = nullptr;
@@ -456,10 +457,9 @@ class NcclTransportImpl : public NcclTransport {
                   "all_to_all_v: negative count or displacement for peer ", peer,
                   "; accepted: counts and displacements >= 0");
     }
-    CADRE_CHECK(layout.send_counts[rank_] == layout.recv_counts[rank_],
-                "all_to_all_v: rank ", rank_, " sends ", layout.send_counts[rank_],
-                " bytes to itself but expects ", layout.recv_counts[rank_],
-                "; the two must be equal");
+    CADRE_CHECK(layout.send_counts[rank_] == layout.recv_counts[rank_], "all_to_all_v: rank ",
+                rank_, " sends ", layout.send_counts[rank_], " bytes to itself but expects ",
+                layout.recv_counts[rank_], "; the two must be equal");
   }
 
   // Runs NCCL calls inside one group; the group is closed even when a call fails.
@@ -548,9 +548,9 @@ class NcclTransportImpl : public NcclTransport {
 // instead of some ranks hanging in the bootstrap.
 NodePlacement place_on_node(const NcclOptions& options, int world_rank) {
   MPI_Comm node = MPI_COMM_NULL;
-  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL,
-                                &node),
-            "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)");
+  check_mpi(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL, &node),
+      "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)");
   NodePlacement placement;
   check_mpi(MPI_Comm_rank(node, &placement.local_rank), "MPI_Comm_rank(node)");
   check_mpi(MPI_Comm_size(node, &placement.local_size), "MPI_Comm_size(node)");
@@ -562,8 +562,8 @@ NodePlacement place_on_node(const NcclOptions& options, int world_rank) {
   placement.device = options.device >= 0 ? options.device : placement.local_rank;
   std::string problem;
   if (devices == 0) {
-    problem = str_cat("rank ", world_rank, " sees no CUDA device (", cudaGetErrorString(status),
-                      ")");
+    problem =
+        str_cat("rank ", world_rank, " sees no CUDA device (", cudaGetErrorString(status), ")");
   } else if (options.device < 0 && placement.local_size > devices) {
     problem = str_cat("rank ", world_rank, ": ", placement.local_size,
                       " ranks share this node but it has only ", devices,

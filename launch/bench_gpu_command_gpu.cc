@@ -156,8 +156,8 @@ std::string device_json(const DeviceInfo& info) {
                  ", \"memory_gib\": ", json_number(info.memory_gib),
                  ", \"cuda_runtime\": ", json_string(info.cuda_runtime),
                  ", \"cuda_driver\": ", json_string(info.cuda_driver),
-                 ", \"libtorch\": ", json_string(info.torch), ", \"nccl\": ", json_string(info.nccl),
-                 "}");
+                 ", \"libtorch\": ", json_string(info.torch),
+                 ", \"nccl\": ", json_string(info.nccl), "}");
 }
 
 // Times `body` on the current stream with CUDA events: `warmup` untimed runs, then the median of
@@ -238,18 +238,16 @@ KernelTiming time_kernel(attention_server::CoreAttentionKernel& kernel, const Se
     auto v = torch::randn({timing.kv_tokens, config.kv_heads, config.head_dim}, opts);
     auto dout = torch::randn_like(q);
     attention_server::ForwardResult fwd;
-    timing.forward_ms = time_median_ms(warmup, repeats, [&] {
-      fwd = kernel.forward(q, k, v, batch, 0.0);
-    });
+    timing.forward_ms =
+        time_median_ms(warmup, repeats, [&] { fwd = kernel.forward(q, k, v, batch, 0.0); });
     CADRE_CHECK(torch::isfinite(fwd.out).all().item<bool>(),
                 "bench kernel: the forward output has non-finite values");
-    timing.backward_ms = time_median_ms(warmup, repeats, [&] {
-      kernel.backward(dout, q, k, v, fwd.out, fwd.lse, batch, 0.0);
-    });
+    timing.backward_ms = time_median_ms(
+        warmup, repeats, [&] { kernel.backward(dout, q, k, v, fwd.out, fwd.lse, batch, 0.0); });
   }
   c10::cuda::CUDACachingAllocator::emptyCache();
-  const double forward_flops = 4.0 * static_cast<double>(timing.pairs) * config.head_dim *
-                               config.heads;
+  const double forward_flops =
+      4.0 * static_cast<double>(timing.pairs) * config.head_dim * config.heads;
   timing.forward_tflops = forward_flops / (timing.forward_ms * 1e-3) / 1e12;
   timing.backward_tflops = 2.5 * forward_flops / (timing.backward_ms * 1e-3) / 1e12;
   return timing;
@@ -267,8 +265,8 @@ Sequences shard_batch(int64_t shard, const KernelConfig& config) {
   Sequences sequences;
   for (int64_t i = 0; i < count; ++i) {
     int64_t j = count == 1 ? candidates
-                           : 1 + static_cast<int64_t>(std::llround(
-                                     static_cast<double>(i) * (candidates - 1) / (count - 1)));
+                           : 1 + static_cast<int64_t>(std::llround(static_cast<double>(i) *
+                                                                   (candidates - 1) / (count - 1)));
     sequences.emplace_back(shard, shard * j);
   }
   return sequences;
@@ -278,8 +276,8 @@ Sequences shard_batch(int64_t shard, const KernelConfig& config) {
 Sequences whole_documents(int64_t pairs, int64_t max_kv) {
   int64_t length = std::min<int64_t>(max_kv, static_cast<int64_t>(std::sqrt(2.0 * pairs)));
   length = std::max<int64_t>(128, length / 128 * 128);
-  int64_t count = std::max<int64_t>(
-      1, std::llround(static_cast<double>(pairs) / causal_pairs(length, length)));
+  int64_t count =
+      std::max<int64_t>(1, std::llround(static_cast<double>(pairs) / causal_pairs(length, length)));
   return Sequences(count, {length, length});
 }
 
@@ -358,20 +356,21 @@ int bench_kernel(const Args& args) {
     double bwd_ratio = shard.backward_tflops / whole.backward_tflops;
     bool met = fwd_ratio >= 0.9 && bwd_ratio >= 0.8;
     all_targets_met = all_targets_met && met;
-    std::printf("%5s  %6lld  %6s  %9.1f | %8.1f  %8.1f | %3lld x %-5s  %8.1f  %8.1f | %8.2f  %9.2f | %7.2f %s\n",
-                human_tokens(shards[i]).c_str(), static_cast<long long>(shard.sequences),
-                human_tokens(shard_seqs.back().second).c_str(), shard.pairs / 1e6,
-                shard.forward_tflops, shard.backward_tflops,
-                static_cast<long long>(whole.sequences), human_tokens(whole_seqs[0].first).c_str(),
-                whole.forward_tflops, whole.backward_tflops, fwd_ratio, bwd_ratio,
-                shard.forward_tflops / gemm_tflops, met ? "" : "(below target)");
+    std::printf(
+        "%5s  %6lld  %6s  %9.1f | %8.1f  %8.1f | %3lld x %-5s  %8.1f  %8.1f | %8.2f  %9.2f | %7.2f "
+        "%s\n",
+        human_tokens(shards[i]).c_str(), static_cast<long long>(shard.sequences),
+        human_tokens(shard_seqs.back().second).c_str(), shard.pairs / 1e6, shard.forward_tflops,
+        shard.backward_tflops, static_cast<long long>(whole.sequences),
+        human_tokens(whole_seqs[0].first).c_str(), whole.forward_tflops, whole.backward_tflops,
+        fwd_ratio, bwd_ratio, shard.forward_tflops / gemm_tflops, met ? "" : "(below target)");
     std::fflush(stdout);
     rows << (i == 0 ? "" : ",\n") << "    {\"shard_tokens\": " << shards[i]
          << ", \"min_kv\": " << shard_seqs.front().second
          << ", \"max_kv\": " << shard_seqs.back().second << ",\n     \"shards\": {"
-         << timing_json(shard) << "},\n     \"whole_documents\": {\"length\": "
-         << whole_seqs[0].first << ", " << timing_json(whole)
-         << "},\n     \"forward_ratio\": " << json_number(fwd_ratio)
+         << timing_json(shard)
+         << "},\n     \"whole_documents\": {\"length\": " << whole_seqs[0].first << ", "
+         << timing_json(whole) << "},\n     \"forward_ratio\": " << json_number(fwd_ratio)
          << ", \"backward_ratio\": " << json_number(bwd_ratio)
          << ", \"forward_fraction_of_gemm\": " << json_number(shard.forward_tflops / gemm_tflops)
          << ", \"targets_met\": " << (met ? "true" : "false") << "}";
@@ -401,12 +400,11 @@ int bench_kernel(const Args& args) {
       for (int64_t kv : row) {
         // At most 256 sequences: LibTorch's varlen backward sizes some scratch by batch x
         // longest sequence (2048 shards of 128 x 1K asked it for 64 GiB).
-        int64_t count = std::max<int64_t>(
-            1, std::min({small.work_pairs / causal_pairs(q, kv), small.kv_rows_cap / kv,
-                         int64_t{256}}));
+        int64_t count = std::max<int64_t>(1, std::min({small.work_pairs / causal_pairs(q, kv),
+                                                       small.kv_rows_cap / kv, int64_t{256}}));
         KernelTiming t = time_kernel(*kernel, Sequences(count, {q, kv}), small, 2, 5);
-        std::cout << "  " << human_tokens(kv) << " " << std::setprecision(0)
-                  << t.forward_tflops << "/" << t.backward_tflops;
+        std::cout << "  " << human_tokens(kv) << " " << std::setprecision(0) << t.forward_tflops
+                  << "/" << t.backward_tflops;
         std::cout.flush();
         points << (first ? "" : ",\n") << "    {\"q_tokens\": " << q << ", \"kv_tokens\": " << kv
                << ", \"forward_tflops\": " << json_number(t.forward_tflops)
@@ -426,10 +424,10 @@ int bench_kernel(const Args& args) {
       " KV heads; each point a fused batch of identical shards of q_tokens queries, each the tail "
       "of a kv_tokens prefix (up to 2^28 query-key pairs, 512K key rows, 256 sequences); median "
       "of 5 after 2 warm-up runs");
-  std::string calibration_json =
-      str_cat("{\n  \"device\": ", json_string(device_label), ",\n  \"source\": ",
-              json_string(source), ",\n  \"heads\": ", config.heads, ",\n  \"head_dim\": ",
-              config.head_dim, ",\n  \"points\": [\n", points.str(), "\n  ]\n}\n");
+  std::string calibration_json = str_cat(
+      "{\n  \"device\": ", json_string(device_label), ",\n  \"source\": ", json_string(source),
+      ",\n  \"heads\": ", config.heads, ",\n  \"head_dim\": ", config.head_dim,
+      ",\n  \"points\": [\n", points.str(), "\n  ]\n}\n");
   if (!out_path.empty()) {
     std::string json = str_cat(
         "{\n  \"benchmark\": \"cadre bench kernel\",\n  \"kernel\": \"flash\",\n  \"device\": ",
@@ -439,11 +437,13 @@ int bench_kernel(const Args& args) {
         ", \"work_pairs\": ", config.work_pairs, ", \"kv_rows_cap\": ", config.kv_rows_cap,
         ", \"warmup\": ", config.warmup, ", \"repeats\": ", config.repeats,
         ", \"flops\": \"forward 4 * causal pairs * head_dim * heads; backward 2.5x forward\"},\n"
-        "  \"gemm_tflops_8192\": ", json_number(gemm_tflops),
+        "  \"gemm_tflops_8192\": ",
+        json_number(gemm_tflops),
         ",\n  \"targets\": {\"forward_ratio\": 0.9, \"backward_ratio\": 0.8, \"met\": ",
-        all_targets_met ? "true" : "false", "},\n  \"schemas\": ",
-        json_string(attention_server::flash_kernel_schemas()), ",\n  \"shard_batches\": [\n",
-        rows.str(), "\n  ],\n  \"calibration\": ", calibration_json, "}\n");
+        all_targets_met ? "true" : "false",
+        "},\n  \"schemas\": ", json_string(attention_server::flash_kernel_schemas()),
+        ",\n  \"shard_batches\": [\n", rows.str(), "\n  ],\n  \"calibration\": ", calibration_json,
+        "}\n");
     write_file(out_path, json);
     std::cout << "wrote " << out_path << "\n";
   }
@@ -507,8 +507,10 @@ int bench_comm(const Args& args) {
 
   auto transport = comm::make_nccl_transport(nccl_options);
   const int rank = transport->rank(), size = transport->size();
-  CADRE_CHECK(size >= 2, "bench comm: run it with at least 2 ranks (mpirun -np 2 cadre bench "
-              "comm); got ", size);
+  CADRE_CHECK(size >= 2,
+              "bench comm: run it with at least 2 ranks (mpirun -np 2 cadre bench "
+              "comm); got ",
+              size);
   DeviceInfo info = device_info(transport->device(), transport->nccl_version());
   const int64_t max_bytes = max_mib << 20;
   void* send = nullptr;
@@ -564,8 +566,8 @@ int bench_comm(const Args& args) {
   if (rank == 0 && !out_path.empty()) {
     std::ostringstream json;
     json << "{\n  \"benchmark\": \"cadre bench comm\",\n  \"ranks\": " << size
-         << ",\n  \"device\": " << device_json(info)
-         << ",\n  \"config\": {\"warmup\": " << warmup << ", \"repeats\": " << repeats
+         << ",\n  \"device\": " << device_json(info) << ",\n  \"config\": {\"warmup\": " << warmup
+         << ", \"repeats\": " << repeats
          << ", \"layout\": \"equal bytes to every peer (self included)\", \"timing\": \"CUDA "
             "events on the compute stream, median of repeats, slowest rank\", \"busbw\": "
             "\"bytes * (ranks - 1) / ranks / time\", \"baseline\": \"ncclAlltoAll\"},\n"

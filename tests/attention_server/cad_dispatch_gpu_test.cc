@@ -88,10 +88,11 @@ std::vector<torch::Tensor> reference(const torch::Tensor& q, const torch::Tensor
   auto k64 = k.to(torch::kDouble).requires_grad_(true);
   auto v64 = v.to(torch::kDouble).requires_grad_(true);
   const int64_t n = q.size(0);
-  auto ke = k64.repeat_interleave(kHeads / kKvHeads, 1), ve = v64.repeat_interleave(kHeads / kKvHeads, 1);
+  auto ke = k64.repeat_interleave(kHeads / kKvHeads, 1),
+       ve = v64.repeat_interleave(kHeads / kKvHeads, 1);
   auto scores = torch::einsum("qhd,khd->hqk", {q64, ke}) / std::sqrt(static_cast<double>(kHeadDim));
-  auto mask = torch::ones({n, n}, torch::TensorOptions().dtype(torch::kBool).device(q.device()))
-                  .triu(1);
+  auto mask =
+      torch::ones({n, n}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).triu(1);
   scores = scores.masked_fill(mask, -INFINITY);
   auto out = torch::einsum("hqk,khd->qhd", {torch::softmax(scores, -1), ve});
   auto grads = torch::autograd::grad({out}, {q64, k64, v64}, {dout.to(torch::kDouble)});
@@ -129,7 +130,8 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
   auto local = [&](int which, int64_t heads) {
     torch::Tensor t = torch::empty({local_tokens, heads, kHeadDim}, bf16);
     for (size_t i = 0; i < kDocuments.size(); ++i) {
-      if (kDocuments[i].owner == rank) t.narrow(0, kDocuments[i].local_row, kDocuments[i].length).copy_(docs[i][which]);
+      if (kDocuments[i].owner == rank)
+        t.narrow(0, kDocuments[i].local_row, kDocuments[i].length).copy_(docs[i][which]);
     }
     return t;
   };
@@ -152,7 +154,8 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
         pieces.push_back(k.index_select(0, kv_rows).flatten());
         pieces.push_back(v.index_select(0, kv_rows).flatten());
       }
-      if (t.server == rank && owned_by(t, peer)) recv_elements[peer] += q_elements(t) + 2 * kv_elements(t);
+      if (t.server == rank && owned_by(t, peer))
+        recv_elements[peer] += q_elements(t) + 2 * kv_elements(t);
     }
     send[peer] = torch::cat(pieces);
   }
@@ -223,8 +226,9 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
     const Document& d = kDocuments[t.document];
     if (d.owner != rank) continue;
     int64_t nq = t.q_end - t.q_begin;
-    out.index_copy_(0, rows(d.local_row + t.q_begin, d.local_row + t.q_end, device),
-                    out_back[t.server].narrow(0, at[t.server], q_elements(t)).view({nq, kHeads, kHeadDim}));
+    out.index_copy_(
+        0, rows(d.local_row + t.q_begin, d.local_row + t.q_end, device),
+        out_back[t.server].narrow(0, at[t.server], q_elements(t)).view({nq, kHeads, kHeadDim}));
     at[t.server] += q_elements(t);
   }
 
@@ -236,7 +240,9 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
     for (const Task& t : kTasks) {
       const Document& d = kDocuments[t.document];
       if (t.server == peer && d.owner == rank) {
-        pieces.push_back(dout.index_select(0, rows(d.local_row + t.q_begin, d.local_row + t.q_end, device)).flatten());
+        pieces.push_back(
+            dout.index_select(0, rows(d.local_row + t.q_begin, d.local_row + t.q_end, device))
+                .flatten());
       }
       if (t.server == rank && owned_by(t, peer)) dout_elements[peer] += q_elements(t);
     }
@@ -248,7 +254,8 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
   for (const Task* t : mine) {
     int owner = kDocuments[t->document].owner;
     int64_t nq = t->q_end - t->q_begin;
-    fdo.push_back(dout_received[owner].narrow(0, taken[owner], q_elements(*t)).view({nq, kHeads, kHeadDim}));
+    fdo.push_back(
+        dout_received[owner].narrow(0, taken[owner], q_elements(*t)).view({nq, kHeads, kHeadDim}));
     taken[owner] += q_elements(*t);
   }
   BackwardResult bwd = kernel->backward(torch::cat(fdo), sq, sk, sv, fwd.out, fwd.lse, batch, 0.0);
@@ -261,7 +268,8 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
   std::vector<torch::Tensor> grads_back = server_to_owner(dq_rows, true, dk_rows, dv_rows);
   torch::Tensor dq = torch::full({local_tokens, kHeads, kHeadDim}, NAN, bf16);
   auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
-  torch::Tensor dk = torch::zeros({local_tokens, kKvHeads, kHeadDim}, f32), dv = torch::zeros_like(dk);
+  torch::Tensor dk = torch::zeros({local_tokens, kKvHeads, kHeadDim}, f32),
+                dv = torch::zeros_like(dk);
   std::fill(at.begin(), at.end(), 0);
   for (const Task& t : kTasks) {
     const Document& d = kDocuments[t.document];
@@ -272,9 +280,15 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
                    piece.narrow(0, at[t.server], q_elements(t)).view({nq, kHeads, kHeadDim}));
     at[t.server] += q_elements(t);
     auto kv_rows = rows(d.local_row, d.local_row + t.q_end, device);
-    dk.index_add_(0, kv_rows, piece.narrow(0, at[t.server], kv_elements(t)).view({t.q_end, kKvHeads, kHeadDim}).to(torch::kFloat));
+    dk.index_add_(0, kv_rows,
+                  piece.narrow(0, at[t.server], kv_elements(t))
+                      .view({t.q_end, kKvHeads, kHeadDim})
+                      .to(torch::kFloat));
     at[t.server] += kv_elements(t);
-    dv.index_add_(0, kv_rows, piece.narrow(0, at[t.server], kv_elements(t)).view({t.q_end, kKvHeads, kHeadDim}).to(torch::kFloat));
+    dv.index_add_(0, kv_rows,
+                  piece.narrow(0, at[t.server], kv_elements(t))
+                      .view({t.q_end, kKvHeads, kHeadDim})
+                      .to(torch::kFloat));
     at[t.server] += kv_elements(t);
   }
 

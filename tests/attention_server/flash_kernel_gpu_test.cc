@@ -35,8 +35,8 @@ struct Reference {
 // Obviously-right attention in float64: per sequence, scores over all keys, the causal mask
 // aligned bottom-right (query j of nq sees keys [0, nk - nq + j]), softmax, gradients by autograd.
 Reference reference_attention(const torch::Tensor& q, const torch::Tensor& k,
-                              const torch::Tensor& v, const torch::Tensor& dout,
-                              const Shape& shape, double scale) {
+                              const torch::Tensor& v, const torch::Tensor& dout, const Shape& shape,
+                              double scale) {
   auto q64 = q.to(torch::kDouble).detach().requires_grad_(true);
   auto k64 = k.to(torch::kDouble).detach().requires_grad_(true);
   auto v64 = v.to(torch::kDouble).detach().requires_grad_(true);
@@ -134,9 +134,8 @@ void check_shape(CoreAttentionKernel& flash, const Shape& shape, uint64_t seed) 
     table += str_cat(" ", row.name, "=", row.error);
     ok = ok && row.error <= row.tolerance;
   }
-  EXPECT_TRUE(ok) << describe(shape) << ": relative errors" << table
-                  << " (tolerances out " << tol_out << ", lse " << tol_lse << ", grads "
-                  << tol_grad << ")";
+  EXPECT_TRUE(ok) << describe(shape) << ": relative errors" << table << " (tolerances out "
+                  << tol_out << ", lse " << tol_lse << ", grads " << tol_grad << ")";
   std::cout << "[flash vs float64] " << describe(shape).substr(0, 120) << ":" << table << "\n";
 }
 
@@ -147,12 +146,12 @@ TEST(FlashKernel, AwkwardLayouts) {
   auto flash = make_flash_kernel();
   EXPECT_EQ(flash->name(), "flash");
   const std::vector<std::vector<std::pair<int64_t, int64_t>>> layouts = {
-      {{1, 1}},                                   // one token
-      {{1, 1000}},                                // last token of a document
-      {{127, 127}, {128, 128}, {129, 129}},       // whole documents around a tile
-      {{128, 1024}, {256, 256}, {129, 700}},      // tail shards beside a whole document
-      {{2, 3}, {5, 5}, {7, 1500}, {13, 17}},      // primes
-      {{1024, 1024}},                             // one larger document
+      {{1, 1}},                               // one token
+      {{1, 1000}},                            // last token of a document
+      {{127, 127}, {128, 128}, {129, 129}},   // whole documents around a tile
+      {{128, 1024}, {256, 256}, {129, 700}},  // tail shards beside a whole document
+      {{2, 3}, {5, 5}, {7, 1500}, {13, 17}},  // primes
+      {{1024, 1024}},                         // one larger document
   };
   uint64_t seed = 1;
   for (const auto& sequences : layouts) {
@@ -210,8 +209,8 @@ TEST(FlashKernel, MatchesCpuReferenceKernel) {
   ForwardResult f = flash->forward(q, k, v, gpu_batch, 0.0);
   BackwardResult b = flash->backward(dout, q, k, v, f.out, f.lse, gpu_batch, 0.0);
   ForwardResult rf = cpu->forward(to_cpu(q), to_cpu(k), to_cpu(v), cpu_batch, 0.0);
-  BackwardResult rb = cpu->backward(to_cpu(dout), to_cpu(q), to_cpu(k), to_cpu(v), rf.out, rf.lse,
-                                    cpu_batch, 0.0);
+  BackwardResult rb =
+      cpu->backward(to_cpu(dout), to_cpu(q), to_cpu(k), to_cpu(v), rf.out, rf.lse, cpu_batch, 0.0);
   auto err = [&](const torch::Tensor& got, const torch::Tensor& want) {
     return relative_error(got.to(torch::kCPU), want.to(torch::kDouble));
   };

@@ -21,8 +21,8 @@ namespace {
 
 NcclTransport* g_transport = nullptr;
 
-#define REQUIRE_TRANSPORT()                                                       \
-  do {                                                                            \
+#define REQUIRE_TRANSPORT()                                                        \
+  do {                                                                             \
     if (g_transport == nullptr) GTEST_SKIP() << "no GPU per rank on this machine"; \
   } while (0)
 
@@ -147,9 +147,8 @@ TEST(NcclTransport, RejectsBadLayouts) {
   if (size > 1) {
     EXPECT_THROW(g_transport->all_to_all_v(nullptr, nullptr, short_layout), Error);
   }
-  AllToAllLayout self(
-      {std::vector<int64_t>(size, 0), std::vector<int64_t>(size, 0),
-       std::vector<int64_t>(size, 0), std::vector<int64_t>(size, 0)});
+  AllToAllLayout self({std::vector<int64_t>(size, 0), std::vector<int64_t>(size, 0),
+                       std::vector<int64_t>(size, 0), std::vector<int64_t>(size, 0)});
   self.send_counts[rank] = 4;
   self.recv_counts[rank] = 8;
   DeviceBytes buffer(16);
@@ -189,13 +188,14 @@ TEST(NcclTransport, OrdersWithComputeStream) {
           cudaMemsetAsync(send.get(), 1 + rank + 16 * round, per_peer * size, compute));
       g_transport->all_to_all_v(send.get(), recv.get(), layout)->wait();
       std::vector<uint8_t> host(per_peer * size);
-      CADRE_CUDA_CHECK(cudaMemcpyAsync(host.data(), recv.get(), host.size(),
-                                       cudaMemcpyDeviceToHost, compute));
+      CADRE_CUDA_CHECK(
+          cudaMemcpyAsync(host.data(), recv.get(), host.size(), cudaMemcpyDeviceToHost, compute));
       CADRE_CUDA_CHECK(cudaStreamSynchronize(compute));
       for (int peer = 0; peer < size; ++peer) {
         uint8_t expected = static_cast<uint8_t>(1 + peer + 16 * round);
         EXPECT_EQ(host[peer * per_peer], expected) << "round " << round << " peer " << peer;
-        EXPECT_EQ(host[(peer + 1) * per_peer - 1], expected) << "round " << round << " peer " << peer;
+        EXPECT_EQ(host[(peer + 1) * per_peer - 1], expected)
+            << "round " << round << " peer " << peer;
       }
     }
   }
@@ -234,7 +234,8 @@ TEST(NcclTransport, Collectives) {
   // broadcast from the last rank.
   {
     std::vector<uint8_t> host(777);
-    for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<uint8_t>(rank == size - 1 ? i : 0);
+    for (size_t i = 0; i < host.size(); ++i)
+      host[i] = static_cast<uint8_t>(rank == size - 1 ? i : 0);
     DeviceBytes data(host.size());
     data.upload(host);
     g_transport->broadcast(data.get(), host.size(), size - 1);
@@ -287,10 +288,9 @@ TEST(NcclWatchdog, DISABLED_EndsJobWhenPeerIsMissing) {
   g_transport->set_timeout_seconds(3);
   if (g_transport->rank() == 0) {
     DeviceBytes buffer(64);
-    AllToAllLayout layout{std::vector<int64_t>(g_transport->size(), 0),
-                          std::vector<int64_t>(g_transport->size(), 0),
-                          std::vector<int64_t>(g_transport->size(), 0),
-                          std::vector<int64_t>(g_transport->size(), 0)};
+    AllToAllLayout layout{
+        std::vector<int64_t>(g_transport->size(), 0), std::vector<int64_t>(g_transport->size(), 0),
+        std::vector<int64_t>(g_transport->size(), 0), std::vector<int64_t>(g_transport->size(), 0)};
     layout.recv_counts[1] = 64;
     g_transport->all_to_all_v(buffer.get(), buffer.get(), layout)->wait();
     CADRE_CUDA_CHECK(cudaDeviceSynchronize());  // never returns: the watchdog ends the process
