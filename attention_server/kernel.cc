@@ -6,6 +6,9 @@
 namespace cadre::attention_server {
 
 std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name) {
+#ifdef CADRE_WITH_CUDA
+  if (name == "flash") return make_flash_kernel();
+#endif
   CADRE_FAIL("unknown core-attention kernel '", name, "'; accepted: cpu, flash (GPU build)");
 }
 

@@ -51,4 +51,9 @@ class CoreAttentionKernel {
 // naming the accepted kernels otherwise.
 std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name);
 
+#ifdef CADRE_WITH_CUDA
+// LibTorch's FlashAttention-2 (attention_server/flash_kernel_gpu.cc; see flash_kernel.h).
+std::unique_ptr<CoreAttentionKernel> make_flash_kernel();
+#endif
+
 }  // namespace cadre::attention_server
