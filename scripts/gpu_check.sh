@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one call (about 2.5 minutes on 2x H200 with 32 cores; every stage has a time
-# limit so the whole run stays inside a 10-minute device call): configures and builds the GPU
+# The GPU check in one call (about 2.5 minutes on 2x H200 with 32 cores; each stage has its own
+# time limit so a hang cannot eat the device call): configures and builds the GPU
 # configuration, runs the whole test suite (GPU and 2-rank NCCL tests included), runs
 # `cadre bench kernel` and `cadre bench comm`, and writes a summary, the logs and the JSON results
 # under benchmarks/results/ (copied to $OUT too when it is set, for the device tool).
