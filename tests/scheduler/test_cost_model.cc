@@ -1,6 +1,7 @@
 // Cost model: calibration loading, exact values at measured points, linear and transfer pricing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 
@@ -27,26 +28,46 @@ TEST(CostModel, DefaultTableIsExactAtMeasuredPoints) {
   const CalibrationTable& table = default_calibration();
   ASSERT_GE(table.points.size(), 6u);
   CostModel cost(llama8b(), config::ClusterConfig(), table);
-  // One 64K document: 4 * pairs * 128 * 32 FLOPs at 352 TFLOP/s.
-  const double flops = 4.0 * causal_pairs(0, 65536) * 128 * 32;
-  EXPECT_NEAR(cost.attention_forward_us(65536, 65536), flops / 352e6, 1e-6 * flops / 352e6);
-  EXPECT_NEAR(cost.attention_backward_us(65536, 65536), 2.5 * flops / 325e6,
-              1e-6 * flops / 325e6);
-  // A 128-token shard at the end of a 16K prefix is priced at its own (lower) backward rate.
-  const double shard_flops = 4.0 * causal_pairs(16384 - 128, 16384) * 128 * 32;
-  EXPECT_NEAR(cost.attention_backward_us(128, 16384), 2.5 * shard_flops / 143e6, 1e-3);
+  for (const CalibrationPoint& p : table.points) {
+    // 4 * pairs * head_dim * heads FLOPs forward (2.5x backward) at the measured rate.
+    const double flops = 4.0 * causal_pairs(p.kv_tokens - p.q_tokens, p.kv_tokens) * 128 * 32;
+    const double forward_us = flops / (p.forward_tflops * 1e6);
+    const double backward_us = 2.5 * flops / (p.backward_tflops * 1e6);
+    EXPECT_NEAR(cost.attention_forward_us(p.q_tokens, p.kv_tokens), forward_us, 1e-9 * forward_us);
+    EXPECT_NEAR(cost.attention_backward_us(p.q_tokens, p.kv_tokens), backward_us,
+                1e-9 * backward_us);
+    EXPECT_NEAR(cost.attention_forward_backward_us(p.q_tokens, p.kv_tokens),
+                forward_us + backward_us, 1e-9 * (forward_us + backward_us));
+  }
   EXPECT_EQ(cost.attention_forward_us(0, 100), 0);
 }
 
+TEST(CostModel, HandComputedTable) {
+  // One measured point: every shape is priced at its rate.
+  CalibrationTable table;
+  table.points = {{1024, 1024, 200, 100}};
+  CostModel cost(llama8b(), config::ClusterConfig(), table);
+  // 2 queries at the end of 3 keys: 2 + 3 = 5 pairs; 4 * 5 * 128 * 32 = 81920 FLOPs.
+  EXPECT_NEAR(cost.attention_forward_us(2, 3), 81920 / 200e6, 1e-15);
+  EXPECT_NEAR(cost.attention_backward_us(2, 3), 2.5 * 81920 / 100e6, 1e-15);
+  EXPECT_NEAR(cost.attention_step_us(2, 3, 4), 4 * (81920 / 200e6 + 2.5 * 81920 / 100e6), 1e-15);
+}
+
 TEST(CostModel, InterpolationStaysWithinMeasuredRates) {
-  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  const CalibrationTable& table = default_calibration();
+  double lo = 1e30, hi = 0;
+  for (const CalibrationPoint& p : table.points) {
+    lo = std::min(lo, p.forward_tflops);
+    hi = std::max(hi, p.forward_tflops);
+  }
+  CostModel cost(llama8b(), config::ClusterConfig(), table);
   for (int64_t kv : {300, 5000, 20000, 100000, 400000}) {
     for (int64_t q : {1, 64, 200, 3000}) {
       if (q > kv) continue;
       const double flops = 4.0 * causal_pairs(kv - q, kv) * 128 * 32;
       const double tflops = flops / (cost.attention_forward_us(q, kv) * 1e6);
-      EXPECT_GE(tflops, 235 - 1e-6);
-      EXPECT_LE(tflops, 352 + 1e-6);
+      EXPECT_GE(tflops, lo - 1e-6);
+      EXPECT_LE(tflops, hi + 1e-6);
     }
   }
 }
