@@ -6,6 +6,7 @@
 namespace cadre::attention_server {
 
 std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name) {
+  if (name == "cpu") return make_cpu_kernel();
 #ifdef CADRE_WITH_CUDA
   if (name == "flash") return make_flash_kernel();
 #endif

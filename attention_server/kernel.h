@@ -24,7 +24,7 @@ struct VarlenBatch {
 
 struct ForwardResult {
   torch::Tensor out;  // [total_q, heads, head_dim], q's dtype
-  torch::Tensor lse;  // [heads, total_q], fp32: natural-log sum of exp of scaled scores
+  torch::Tensor lse;  // [heads, total_q], fp32 (fp64 for fp64 inputs): log-sum-exp of scaled scores
 };
 
 struct BackwardResult {
@@ -50,6 +50,9 @@ class CoreAttentionKernel {
 // The kernel for a device: "cpu" (reference), "flash" (CUDA build only). Throws cadre::Error
 // naming the accepted kernels otherwise.
 std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name);
+
+// The CPU reference (attention_server/cpu_kernel.cc): dense masked attention per sequence.
+std::unique_ptr<CoreAttentionKernel> make_cpu_kernel();
 
 #ifdef CADRE_WITH_CUDA
 // LibTorch's FlashAttention-2 (attention_server/flash_kernel_gpu.cc; see flash_kernel.h).

@@ -1,0 +1,325 @@
+// CAD dispatch for one rank: index tensors built once from the Plan's transfers, then per call
+// one all-to-all-v out (Q + K/V rows), the fused kernel, and one all-to-all-v back.
+#include "attention_server/dispatch.h"
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <string>
+
+#include "common/error.h"
+
+namespace cadre::attention_server {
+
+namespace {
+
+torch::Tensor rows_tensor(const std::vector<int64_t>& rows) {
+  return torch::tensor(rows, torch::TensorOptions().dtype(torch::kLong));
+}
+
+// A small tensor where the transport can read it (device memory for NCCL).
+torch::Tensor for_transport(comm::Transport& transport, const torch::Tensor& host) {
+  return transport.device_memory() ? host.to(torch::Device(torch::kCUDA)) : host;
+}
+
+// True on every rank if every rank passes `ok`; lets a bad input fail everywhere, not hang.
+bool all_ranks_ok(comm::Transport& transport, bool ok) {
+  auto flag = for_transport(transport, torch::full({1}, ok ? 0.0f : 1.0f));
+  transport.all_reduce_sum(flag.data_ptr(), 1, comm::DataType::kFloat32)->wait();
+  return flag.to(torch::kCPU).item<float>() == 0.0f;
+}
+
+}  // namespace
+
+CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport,
+                         CoreAttentionKernel& kernel, double softmax_scale)
+    : plan_(plan),
+      transport_(transport),
+      kernel_(kernel),
+      softmax_scale_(softmax_scale),
+      rank_(transport.rank()),
+      world_(transport.size()) {
+  std::string problem;
+  if (plan.world_size != world_) {
+    problem = str_cat("the plan is for ", plan.world_size, " ranks but the transport has ", world_,
+                      "; plan and launch must agree");
+  } else {
+    try {
+      scheduler::validate_plan(plan);
+    } catch (const Error& e) {
+      problem = str_cat("invalid plan: ", e.message());
+    }
+  }
+  // Every rank must hold the same plan: compare a hash of its bytes.
+  const uint64_t hash =
+      problem.empty() ? std::hash<std::string>{}(scheduler::serialize_plan(plan)) : 0;
+  auto mine = for_transport(transport, torch::tensor({static_cast<int64_t>(hash)}));
+  auto all = for_transport(transport, torch::zeros({world_}, torch::kLong));
+  transport.all_gather(mine.data_ptr(), all.data_ptr(), sizeof(int64_t));
+  auto hashes = all.to(torch::kCPU);
+  for (int r = 0; r < world_ && problem.empty(); ++r) {
+    if (hashes[r].item<int64_t>() != static_cast<int64_t>(hash)) {
+      problem = str_cat("rank ", r, " holds a different plan than rank ", rank_,
+                        " (plans must be identical on every rank)");
+    }
+  }
+  CADRE_CHECK(problem.empty(), "CAD attention on rank ", rank_, ": ", problem);
+
+  for (size_t s = 0; s < plan.server_ranks.size(); ++s) {
+    if (plan.server_ranks[s] == rank_) server_ = static_cast<int32_t>(s);
+  }
+  local_tokens_ = rank_ < plan.layout.num_ranks ? plan.layout.tokens_per_rank[rank_] : 0;
+
+  std::vector<std::vector<int64_t>> q_send(world_), kv_send(world_), q_recv(world_),
+      kv_recv(world_);
+  for (const scheduler::PeerTransfer& tr : plan.transfers) {
+    const int32_t server_rank = plan.server_ranks[tr.server];
+    if (tr.owner == rank_) {
+      for (const auto& seg : tr.q)
+        for (int64_t i = 0; i < seg.rows; ++i) q_send[server_rank].push_back(seg.src_row + i);
+      for (const auto& seg : tr.kv)
+        for (int64_t i = 0; i < seg.rows; ++i) kv_send[server_rank].push_back(seg.src_row + i);
+    }
+    if (server_rank == rank_) {
+      for (const auto& seg : tr.q)
+        for (int64_t i = 0; i < seg.rows; ++i) q_recv[tr.owner].push_back(seg.dst_row + i);
+      for (const auto& seg : tr.kv)
+        for (int64_t i = 0; i < seg.rows; ++i) kv_recv[tr.owner].push_back(seg.dst_row + i);
+    }
+  }
+  for (int p = 0; p < world_; ++p) {
+    q_send_rows_.push_back(rows_tensor(q_send[p]));
+    kv_send_rows_.push_back(rows_tensor(kv_send[p]));
+    q_recv_rows_.push_back(rows_tensor(q_recv[p]));
+    kv_recv_rows_.push_back(rows_tensor(kv_recv[p]));
+    q_send_count_.push_back(static_cast<int64_t>(q_send[p].size()));
+    kv_send_count_.push_back(static_cast<int64_t>(kv_send[p].size()));
+    q_recv_count_.push_back(static_cast<int64_t>(q_recv[p].size()));
+    kv_recv_count_.push_back(static_cast<int64_t>(kv_recv[p].size()));
+  }
+  if (server_ >= 0) {
+    const scheduler::ServerBatch& b = plan.batches[server_];
+    std::vector<int64_t> expand;
+    for (size_t i = 0; i < b.tasks.size(); ++i) {
+      const scheduler::CaTask& task = plan.tasks[b.tasks[i]];
+      const scheduler::KvPrefix& prefix = b.prefixes[b.kv_prefix[i]];
+      for (int64_t t = 0; t < task.q_end; ++t) expand.push_back(prefix.kv_row + t);
+    }
+    kv_expand_rows_ = rows_tensor(expand);
+    batch_.cu_seqlens_q = torch::tensor(b.cu_seqlens_q, torch::kLong).to(torch::kInt);
+    batch_.cu_seqlens_k = torch::tensor(b.cu_seqlens_k, torch::kLong).to(torch::kInt);
+    batch_.max_seqlen_q = b.max_seqlen_q;
+    batch_.max_seqlen_k = b.max_seqlen_k;
+    server_q_rows_ = b.q_rows;
+    server_kv_rows_ = b.kv_rows;
+  }
+}
+
+void CadDispatch::check_inputs(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v) {
+  std::string problem;
+  if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3) {
+    problem = str_cat("q, k, v must be [tokens, heads, head_dim]; got ", q.sizes(), ", ",
+                      k.sizes(), ", ", v.sizes());
+  } else if (q.size(0) != local_tokens_ || k.size(0) != local_tokens_ ||
+             v.size(0) != local_tokens_) {
+    problem = str_cat("the plan gives this rank ", local_tokens_, " tokens but q, k, v have ",
+                      q.size(0), ", ", k.size(0), ", ", v.size(0), " rows");
+  } else if (k.sizes() != v.sizes() || q.size(2) != k.size(2) || k.size(1) == 0 ||
+             q.size(1) % k.size(1) != 0) {
+    problem = str_cat("head shapes do not fit: q ", q.sizes(), ", k ", k.sizes(), ", v ",
+                      v.sizes(), " (query heads must be a multiple of KV heads)");
+  } else if (q.scalar_type() != k.scalar_type() || q.scalar_type() != v.scalar_type()) {
+    problem = str_cat("q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+                      v.scalar_type());
+  }
+  if (!inputs_checked_) {
+    // Collective on the first call, so one rank's bad input stops every rank.
+    const bool everyone_ok = all_ranks_ok(transport_, problem.empty());
+    CADRE_CHECK(problem.empty(), "CAD attention on rank ", rank_, ": ", problem);
+    CADRE_CHECK(everyone_ok, "CAD attention: another rank rejected its inputs (see its message)");
+    inputs_checked_ = true;
+  }
+  CADRE_CHECK(problem.empty(), "CAD attention on rank ", rank_, ": ", problem);
+}
+
+std::vector<torch::Tensor> CadDispatch::exchange(const std::vector<torch::Tensor>& parts,
+                                                 const std::vector<int64_t>& recv_elements,
+                                                 const torch::TensorOptions& options,
+                                                 ExchangeBytes* bytes) {
+  const int64_t element = static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
+  comm::AllToAllLayout layout;
+  std::vector<torch::Tensor> flat;
+  int64_t send_offset = 0, recv_offset = 0;
+  *bytes = ExchangeBytes{};
+  for (int p = 0; p < world_; ++p) {
+    flat.push_back(parts[p].reshape({-1}));
+    const int64_t send_bytes = flat.back().numel() * element;
+    const int64_t recv_bytes = recv_elements[p] * element;
+    layout.send_counts.push_back(send_bytes);
+    layout.send_displs.push_back(send_offset);
+    layout.recv_counts.push_back(recv_bytes);
+    layout.recv_displs.push_back(recv_offset);
+    send_offset += send_bytes;
+    recv_offset += recv_bytes;
+    if (p != rank_) {
+      bytes->sent += send_bytes;
+      bytes->received += recv_bytes;
+    }
+  }
+  auto send = torch::cat(flat).contiguous();
+  auto recv = torch::empty({recv_offset / element}, options);
+  transport_.all_to_all_v(send.data_ptr(), recv.data_ptr(), layout)->wait();
+  std::vector<torch::Tensor> out;
+  int64_t offset = 0;
+  for (int p = 0; p < world_; ++p) {
+    out.push_back(recv.narrow(0, offset, recv_elements[p]));
+    offset += recv_elements[p];
+  }
+  return out;
+}
+
+torch::Tensor CadDispatch::forward(const torch::Tensor& q_in, const torch::Tensor& k_in,
+                                   const torch::Tensor& v_in, ServerState* state) {
+  check_inputs(q_in, k_in, v_in);
+  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const int64_t heads = q.size(1), kv_heads = k.size(1), dim = q.size(2);
+  kv_heads_for_backward_ = kv_heads;
+  const auto device = q.device();
+  auto on = [&](const torch::Tensor& rows) { return rows.to(device); };
+
+  // 1. Owners -> servers: Q rows per task, K/V rows per document prefix.
+  std::vector<torch::Tensor> parts;
+  std::vector<int64_t> recv_elements;
+  for (int p = 0; p < world_; ++p) {
+    parts.push_back(torch::cat({q.index_select(0, on(q_send_rows_[p])).reshape({-1}),
+                                k.index_select(0, on(kv_send_rows_[p])).reshape({-1}),
+                                v.index_select(0, on(kv_send_rows_[p])).reshape({-1})}));
+    recv_elements.push_back(q_recv_count_[p] * heads * dim +
+                            2 * kv_recv_count_[p] * kv_heads * dim);
+  }
+  auto received = exchange(parts, recv_elements, q.options(), &forward_bytes_);
+
+  // 2. Server: scatter into the fused buffers, expand K/V per task, compute.
+  std::vector<torch::Tensor> back(world_);
+  std::vector<int64_t> back_elements(world_);
+  if (server_ >= 0) {
+    auto q_fused = torch::empty({server_q_rows_, heads, dim}, q.options());
+    auto k_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, q.options());
+    auto v_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, q.options());
+    for (int p = 0; p < world_; ++p) {
+      const int64_t nq = q_recv_count_[p] * heads * dim, nkv = kv_recv_count_[p] * kv_heads * dim;
+      if (q_recv_count_[p] > 0) {
+        q_fused.index_copy_(0, on(q_recv_rows_[p]),
+                            received[p].narrow(0, 0, nq).view({-1, heads, dim}));
+      }
+      if (kv_recv_count_[p] > 0) {
+        k_prefix.index_copy_(0, on(kv_recv_rows_[p]),
+                             received[p].narrow(0, nq, nkv).view({-1, kv_heads, dim}));
+        v_prefix.index_copy_(0, on(kv_recv_rows_[p]),
+                             received[p].narrow(0, nq + nkv, nkv).view({-1, kv_heads, dim}));
+      }
+    }
+    auto expand = on(kv_expand_rows_);
+    VarlenBatch batch{batch_.cu_seqlens_q.to(device), batch_.cu_seqlens_k.to(device),
+                      batch_.max_seqlen_q, batch_.max_seqlen_k};
+    state->q = q_fused;
+    state->k = k_prefix.index_select(0, expand);
+    state->v = v_prefix.index_select(0, expand);
+    ForwardResult result = kernel_.forward(state->q, state->k, state->v, batch, softmax_scale_);
+    state->out = result.out;
+    state->lse = result.lse;
+    for (int p = 0; p < world_; ++p) back[p] = result.out.index_select(0, on(q_recv_rows_[p]));
+  } else {
+    *state = ServerState{};
+    for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, q.options());
+  }
+  // 3. Outputs back to their owners.
+  for (int p = 0; p < world_; ++p) back_elements[p] = q_send_count_[p] * heads * dim;
+  ExchangeBytes return_bytes;
+  auto returned = exchange(back, back_elements, q.options(), &return_bytes);
+  forward_bytes_.sent += return_bytes.sent;
+  forward_bytes_.received += return_bytes.received;
+  auto out = torch::empty_like(q);
+  for (int p = 0; p < world_; ++p) {
+    if (q_send_count_[p] > 0) {
+      out.index_copy_(0, on(q_send_rows_[p]), returned[p].view({-1, heads, dim}));
+    }
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> CadDispatch::backward(const torch::Tensor& dout_in,
+                                                 const ServerState& state) {
+  auto dout = dout_in.contiguous();
+  const int64_t heads = dout.size(1), dim = dout.size(2);
+  const auto device = dout.device();
+  auto on = [&](const torch::Tensor& rows) { return rows.to(device); };
+  const int64_t kv_heads = kv_heads_for_backward_;
+  CADRE_CHECK(kv_heads > 0, "CAD attention backward called before forward");
+  CADRE_CHECK(dout.dim() == 3 && dout.size(0) == local_tokens_, "CAD attention backward: dout ",
+              dout.sizes(), " does not match this rank's ", local_tokens_, " tokens");
+
+  // 1. dO rows out to the servers, along the Q segments.
+  std::vector<torch::Tensor> parts;
+  std::vector<int64_t> recv_elements;
+  for (int p = 0; p < world_; ++p) {
+    parts.push_back(dout.index_select(0, on(q_send_rows_[p])));
+    recv_elements.push_back(q_recv_count_[p] * heads * dim);
+  }
+  auto received = exchange(parts, recv_elements, dout.options(), &backward_bytes_);
+
+  // 2. Server: fused backward, dK/dV summed per prefix row.
+  std::vector<torch::Tensor> back(world_);
+  if (server_ >= 0) {
+    auto dout_fused = torch::empty({server_q_rows_, heads, dim}, dout.options());
+    for (int p = 0; p < world_; ++p) {
+      if (q_recv_count_[p] > 0) {
+        dout_fused.index_copy_(0, on(q_recv_rows_[p]), received[p].view({-1, heads, dim}));
+      }
+    }
+    VarlenBatch batch{batch_.cu_seqlens_q.to(device), batch_.cu_seqlens_k.to(device),
+                      batch_.max_seqlen_q, batch_.max_seqlen_k};
+    BackwardResult grads = kernel_.backward(dout_fused, state.q, state.k, state.v, state.out,
+                                            state.lse, batch, softmax_scale_);
+    auto expand = on(kv_expand_rows_);
+    auto dk_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, dout.options())
+                         .index_add_(0, expand, grads.dk);
+    auto dv_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, dout.options())
+                         .index_add_(0, expand, grads.dv);
+    for (int p = 0; p < world_; ++p) {
+      back[p] = torch::cat({grads.dq.index_select(0, on(q_recv_rows_[p])).reshape({-1}),
+                            dk_prefix.index_select(0, on(kv_recv_rows_[p])).reshape({-1}),
+                            dv_prefix.index_select(0, on(kv_recv_rows_[p])).reshape({-1})});
+    }
+  } else {
+    for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, dout.options());
+  }
+  // 3. dQ back to the query owners; dK/dV summed at their owners.
+  std::vector<int64_t> back_elements(world_);
+  for (int p = 0; p < world_; ++p) {
+    back_elements[p] = q_send_count_[p] * heads * dim + 2 * kv_send_count_[p] * kv_heads * dim;
+  }
+  ExchangeBytes return_bytes;
+  auto returned = exchange(back, back_elements, dout.options(), &return_bytes);
+  backward_bytes_.sent += return_bytes.sent;
+  backward_bytes_.received += return_bytes.received;
+  auto dq = torch::empty_like(dout);
+  auto dk = torch::zeros({local_tokens_, kv_heads, dim}, dout.options());
+  auto dv = torch::zeros({local_tokens_, kv_heads, dim}, dout.options());
+  for (int p = 0; p < world_; ++p) {
+    const int64_t nq = q_send_count_[p] * heads * dim, nkv = kv_send_count_[p] * kv_heads * dim;
+    if (q_send_count_[p] > 0) {
+      dq.index_copy_(0, on(q_send_rows_[p]), returned[p].narrow(0, 0, nq).view({-1, heads, dim}));
+    }
+    if (kv_send_count_[p] > 0) {
+      dk.index_add_(0, on(kv_send_rows_[p]),
+                    returned[p].narrow(0, nq, nkv).view({-1, kv_heads, dim}));
+      dv.index_add_(0, on(kv_send_rows_[p]),
+                    returned[p].narrow(0, nq + nkv, nkv).view({-1, kv_heads, dim}));
+    }
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace cadre::attention_server

@@ -1,0 +1,80 @@
+// One rank's side of CAD core attention for one Plan: pack rows for the servers, exchange them in
+// one all-to-all-v, compute the fused batch if this rank is a server, and return results to their
+// owners. Tensor index ops only, so the same code runs on host (MPI) and device (NCCL) tensors.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "attention_server/kernel.h"
+#include "comm/transport.h"
+#include "scheduler/plan.h"
+
+namespace cadre::attention_server {
+
+// What the server half of this rank keeps between forward and backward.
+struct ServerState {
+  torch::Tensor q;    // fused query rows [server q rows, heads, D]
+  torch::Tensor k;    // K expanded per task [sum of q_end, kv_heads, D]
+  torch::Tensor v;
+  torch::Tensor out;  // fused outputs
+  torch::Tensor lse;  // [heads, server q rows]
+};
+
+struct ExchangeBytes {
+  int64_t sent = 0;      // to other ranks (self excluded)
+  int64_t received = 0;  // from other ranks (self excluded)
+};
+
+class CadDispatch {
+ public:
+  // Builds every index tensor once. Collective: all ranks of `transport` construct it together
+  // and check that they hold the same plan (a mismatch throws on every rank).
+  CadDispatch(const scheduler::Plan& plan, comm::Transport& transport, CoreAttentionKernel& kernel,
+              double softmax_scale = 0);
+
+  // q: [local tokens, heads, D]; k, v: [local tokens, kv_heads, D] (a dedicated server passes
+  // zero rows of the right head shape). Returns outputs like q and the server state.
+  torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        ServerState* state);
+  // dout like q; returns dq, dk, dv like q, k, v. dk/dv sum every server's contribution.
+  std::vector<torch::Tensor> backward(const torch::Tensor& dout, const ServerState& state);
+
+  // Bytes this rank moved in the last forward and backward exchanges.
+  const ExchangeBytes& forward_bytes() const { return forward_bytes_; }
+  const ExchangeBytes& backward_bytes() const { return backward_bytes_; }
+  int64_t local_tokens() const { return local_tokens_; }
+
+ private:
+  // Sends parts[p] (flattened, one dtype) to rank p; returns what each rank sent us, reshaped
+  // to [rows, width] with recv_rows[p] rows.
+  std::vector<torch::Tensor> exchange(const std::vector<torch::Tensor>& parts,
+                                      const std::vector<int64_t>& recv_elements,
+                                      const torch::TensorOptions& options, ExchangeBytes* bytes);
+  void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+
+  const scheduler::Plan& plan_;
+  comm::Transport& transport_;
+  CoreAttentionKernel& kernel_;
+  double softmax_scale_;
+  int rank_;
+  int world_;
+  int32_t server_ = -1;  // this rank's server index, or -1
+  int64_t local_tokens_ = 0;
+  // As owner, per destination rank: local rows of Q (in the server's order) and of K/V.
+  std::vector<torch::Tensor> q_send_rows_, kv_send_rows_;
+  std::vector<int64_t> q_send_count_, kv_send_count_;
+  // As server, per source rank: rows of the fused Q buffer and of the K/V-prefix buffer.
+  std::vector<torch::Tensor> q_recv_rows_, kv_recv_rows_;
+  std::vector<int64_t> q_recv_count_, kv_recv_count_;
+  torch::Tensor kv_expand_rows_;  // K/V-prefix row of every expanded key row
+  VarlenBatch batch_;
+  int64_t server_q_rows_ = 0, server_kv_rows_ = 0;
+  ExchangeBytes forward_bytes_, backward_bytes_;
+  bool inputs_checked_ = false;
+  int64_t kv_heads_for_backward_ = 0;  // KV heads seen in forward (dout does not carry them)
+};
+
+}  // namespace cadre::attention_server
