@@ -18,6 +18,7 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "scheduler/cost_model.h"
+#include "scheduler/doc_lengths.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
 
@@ -62,6 +63,8 @@ std::string plan_help() {
          "                   the ranks, data.context_length tokens each, "
          "splitting documents at\n"
          "                   rank boundaries (DistCA's sequential packing)\n"
+         "  (no --lengths)   draw one global batch from the data section (data.distribution,\n"
+         "                   data.seed, ...) and pack it like --pack\n"
          "  --out FILE       write the serialized plan (protobuf, "
          "cadre.plan.PlanProto) to FILE,\n"
          "                   atomically (a temporary file, then rename)\n"
@@ -415,13 +418,16 @@ int run_plan(const Args& args) {
   }
   const int32_t world_size = config.cluster().num_gpus();
   const int32_t workers = world_size - dedicated_servers;
-  CADRE_CHECK(!options.lengths.empty(),
-              "cadre plan needs document lengths; accepted: --lengths a,b/c,d (ranks "
-              "separated by '/') or --lengths a,b,c --pack");
-
+  // Without --lengths, one global batch drawn from the data section fills the workers.
+  const bool drawn = options.lengths.empty();
+  if (drawn) {
+    per_rank.assign(1, scheduler::draw_global_batch(
+                           config.data(), int64_t{workers} * config.data().context_length(),
+                           config.data().seed()));
+  }
   scheduler::Layout layout;
   int64_t given_tokens = 0;
-  if (options.pack) {
+  if (options.pack || drawn) {
     given_tokens = sum(per_rank[0]);
     layout = scheduler::pack_sequential(per_rank[0], workers, config.data().context_length());
   } else {
@@ -478,7 +484,12 @@ int run_plan(const Args& args) {
       << " worker ranks, " << server_ranks.size() << " servers ("
       << (cad ? config.scheduler().server_mode() : std::string("colocated")) << "), "
       << layout.documents.size() << " documents, " << placed_tokens << " tokens\n";
-  if (placed_tokens < given_tokens) {
+  if (drawn) {
+    out << "documents drawn from data.distribution=\"" << config.data().distribution()
+        << "\" (seed " << config.data().seed() << ") and packed " << config.data().context_length()
+        << " tokens per rank\n";
+  }
+  if (placed_tokens < given_tokens && !drawn) {
     out << "note: " << given_tokens - placed_tokens
         << " tokens did not fit into the ranks (data.context_length="
         << config.data().context_length() << " each) and were dropped\n";

@@ -89,6 +89,14 @@ TEST(Cli, PlanRejectsBadLengths) {
   expect_output(run_cadre("plan --pack"), 1, {"--pack needs --lengths"});
 }
 
+TEST(Cli, PlanDrawsDocumentsFromTheDataSectionWithoutLengths) {
+  expect_output(run_cadre("plan --set model.preset=tiny --set cluster.num_gpus=2 "
+                          "--set data.context_length=1K --set data.distribution=uniform "
+                          "--set data.uniform_max_tokens=700"),
+                0, {"documents drawn from data.distribution=\"uniform\"", "2 worker ranks",
+                    "2048 tokens", "after"});
+}
+
 TEST(Cli, PlanPrintsConfigWithRanksFromLengths) {
   expect_output(run_cadre("plan --lengths 1/2/3 --set model.preset=tiny --print-config"), 0,
                 {"num_gpus: 3", "preset: \"tiny\"", "num_layers: 2"});
