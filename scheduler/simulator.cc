@@ -1,0 +1,395 @@
+// The step simulator: builds each strategy's micro-batches from the same documents, prices them
+// with the cost model (attention per sequence shape, linear per token, transfers per link), and
+// composes 1F1B pipelines and data-parallel stragglers.
+#include "scheduler/simulator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <numeric>
+#include <set>
+
+#include "common/error.h"
+#include "scheduler/cost_model.h"
+#include "scheduler/doc_lengths.h"
+#include "scheduler/planner.h"
+
+namespace cadre::scheduler {
+
+namespace {
+
+// Activation bytes per token per layer in bf16 with FlashAttention (no s^2 term): 34 x hidden,
+// Megatron-LM's count (Korthikanti et al., 2022, Sec. 4.1), divided by TP.
+constexpr double kActivationBytesPerTokenPerHidden = 34.0;
+
+struct Cluster {
+  int32_t gpus, tp, pp, dp, micro_batches, layers_per_stage;
+  int64_t context;
+};
+
+// One data-parallel rank's micro-batches: per micro-batch attention and linear time of one
+// pipeline stage (all its layers), and tokens.
+struct RankWork {
+  std::vector<double> attention_us, linear_us;
+  std::vector<int64_t> tokens;
+  double comm_us = 0;  // exposed communication of the whole step on this rank
+  double bytes = 0;
+};
+
+// Composes 1F1B and data parallelism from per-rank micro-batch times.
+StepCost compose(const std::string& strategy, const std::vector<RankWork>& ranks,
+                 const Cluster& c) {
+  StepCost cost;
+  cost.strategy = strategy;
+  double worst = 0, sum_total = 0, attn_max = 0, attn_sum = 0;
+  for (const RankWork& r : ranks) {
+    double attention = 0, linear = 0, longest = 0;
+    for (size_t i = 0; i < r.attention_us.size(); ++i) {
+      attention += r.attention_us[i];
+      linear += r.linear_us[i];
+      longest = std::max(longest, r.attention_us[i] + r.linear_us[i]);
+    }
+    const double bubble = (c.pp - 1) * longest;
+    const double total = attention + linear + bubble + r.comm_us;
+    cost.attention_us += attention / ranks.size();
+    cost.linear_us += linear / ranks.size();
+    cost.pp_bubble_us += bubble / ranks.size();
+    cost.exposed_comm_us += r.comm_us / ranks.size();
+    cost.bytes_per_rank += r.bytes / ranks.size();
+    worst = std::max(worst, total);
+    sum_total += total;
+    attn_max = std::max(attn_max, attention);
+    attn_sum += attention;
+  }
+  cost.dp_straggler_us = worst - sum_total / ranks.size();
+  cost.step_us = worst;
+  cost.attention_imbalance = attn_sum > 0 ? attn_max * ranks.size() / attn_sum : 1.0;
+  return cost;
+}
+
+double sequence_attention_us(const CostModel& cost, int64_t q, int64_t kv, const Cluster& c) {
+  return cost.attention_step_us(q, kv, c.layers_per_stage);
+}
+
+// Every strategy computes the same attention: a document piece [b, e) (a document split at a
+// chunk or context boundary) attends to its whole prefix, q = e - b queries against e keys.
+
+// fixed: documents packed back to back into DP x M chunks of `context` tokens, split at chunk
+// boundaries; chunk i is micro-batch i % M of rank i / M, which computes its pieces' attention.
+std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const CostModel& cost,
+                                    const Cluster& c) {
+  Layout layout = pack_sequential(lengths, c.dp * c.micro_batches, c.context);
+  std::vector<RankWork> ranks(c.dp);
+  for (auto& r : ranks) {
+    r.attention_us.assign(c.micro_batches, 0);
+    r.linear_us.assign(c.micro_batches, 0);
+    r.tokens.assign(c.micro_batches, 0);
+  }
+  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
+  for (const PlacedDocument& doc : layout.documents) {
+    for (const DocumentPiece& p : doc.pieces) {
+      RankWork& r = ranks[p.rank / c.micro_batches];
+      const int m = p.rank % c.micro_batches;
+      const int64_t len = p.doc_end - p.doc_begin;
+      r.attention_us[m] += sequence_attention_us(cost, len, p.doc_end, c);
+      r.linear_us[m] += len * linear_per_token;
+      r.tokens[m] += len;
+    }
+  }
+  return ranks;
+}
+
+// wlb: whole documents (longer than the context cut into context-sized pieces) assigned
+// longest-cost-first to the least loaded of DP x M micro-batches with room (1.25 x context), so
+// micro-batches carry equal attention + linear work; micro-batch j goes to rank j % DP.
+std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, const CostModel& cost,
+                                        const Cluster& c) {
+  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
+  struct Seq {
+    int64_t len;
+    double cost;
+  };
+  std::vector<Seq> seqs;
+  int64_t budget = static_cast<int64_t>(c.dp) * c.micro_batches * c.context;
+  for (int64_t len : lengths) {
+    for (int64_t begin = 0; begin < len && budget > 0; begin += c.context) {
+      const int64_t piece = std::min({c.context, len - begin, budget});
+      seqs.push_back({piece, sequence_attention_us(cost, piece, begin + piece, c) +
+                                 piece * linear_per_token});
+      budget -= piece;
+    }
+  }
+  std::stable_sort(seqs.begin(), seqs.end(),
+                   [](const Seq& a, const Seq& b) { return a.cost > b.cost; });
+  const int32_t bins = c.dp * c.micro_batches;
+  const int64_t cap = c.context + c.context / 4;
+  std::vector<double> load(bins, 0);
+  std::vector<int64_t> tokens(bins, 0);
+  std::vector<double> attention(bins, 0);
+  std::set<std::pair<double, int32_t>> by_load;
+  for (int32_t b = 0; b < bins; ++b) by_load.insert({0.0, b});
+  for (const Seq& s : seqs) {
+    // The least loaded bin with room; if none has room, the least loaded overall.
+    int32_t chosen = by_load.begin()->second;
+    for (const auto& entry : by_load) {
+      if (tokens[entry.second] + s.len <= cap) {
+        chosen = entry.second;
+        break;
+      }
+    }
+    by_load.erase({load[chosen], chosen});
+    load[chosen] += s.cost;
+    tokens[chosen] += s.len;
+    attention[chosen] += s.cost - s.len * linear_per_token;
+    by_load.insert({load[chosen], chosen});
+  }
+  std::vector<RankWork> ranks(c.dp);
+  for (int32_t b = 0; b < bins; ++b) {
+    RankWork& r = ranks[b % c.dp];
+    r.attention_us.push_back(attention[b]);
+    r.linear_us.push_back(tokens[b] * linear_per_token);
+    r.tokens.push_back(tokens[b]);
+  }
+  return ranks;
+}
+
+// cp: groups of `cp` ranks process micro-batches of cp x context tokens; every document is cut
+// into 2 x cp head/tail shards so each rank of the group gets equal attention; each rank
+// all-gathers the group's K/V per layer (and reduce-scatters dK/dV), overlapped with attention.
+std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, const CostModel& cost,
+                                       const Cluster& c, int32_t cp) {
+  const int32_t groups = c.dp / cp;
+  Layout layout = pack_sequential(lengths, groups * c.micro_batches, c.context * cp);
+  std::vector<RankWork> ranks(c.dp);
+  for (auto& r : ranks) {
+    r.attention_us.assign(c.micro_batches, 0);
+    r.linear_us.assign(c.micro_batches, 0);
+    r.tokens.assign(c.micro_batches, c.context);
+  }
+  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
+  std::vector<double> group_attention(groups * c.micro_batches, 0);
+  for (const PlacedDocument& doc : layout.documents) {
+    for (const DocumentPiece& p : doc.pieces) {
+      const int64_t len = p.doc_end - p.doc_begin;
+      // Head/tail sharding balances the group: each rank does 1/cp of the work, at the rate of
+      // shards of len / (2 cp) queries.
+      const int64_t shard = std::max<int64_t>(1, len / (2 * cp));
+      const double whole = sequence_attention_us(cost, len, p.doc_end, c);
+      const double shard_rate = cost.attention_forward_backward_us(shard, len) /
+                                std::max(1e-12, cost.attention_forward_backward_us(len, len)) *
+                                static_cast<double>(causal_pairs(0, len)) /
+                                static_cast<double>(causal_pairs(len - shard, len));
+      group_attention[p.rank] += whole * std::max(1.0, shard_rate) / cp;
+    }
+  }
+  const bool inter_node = static_cast<int64_t>(cp) * c.tp * c.pp > 0 &&
+                          cp * c.tp > 8;  // a CP group beyond one 8-GPU node
+  const int64_t kv_bytes = cost.kv_bytes_per_token();
+  for (int32_t g = 0; g < groups; ++g) {
+    for (int32_t m = 0; m < c.micro_batches; ++m) {
+      const double attention = group_attention[g * c.micro_batches + m];
+      // Per layer: all-gather (cp - 1) x context tokens of K/V forward, reduce-scatter of dK/dV
+      // backward; hidden behind that layer's attention where it is long enough.
+      const double bytes_per_layer = 2.0 * (cp - 1) * c.context * kv_bytes;
+      const double comm = c.layers_per_stage *
+                          cost.transfer_us(static_cast<int64_t>(bytes_per_layer),
+                                           inter_node ? LinkClass::kInterNode : LinkClass::kIntraNode);
+      for (int32_t k = 0; k < cp; ++k) {
+        RankWork& r = ranks[g * cp + k];
+        r.attention_us[m] = attention;
+        r.linear_us[m] = c.context * linear_per_token;
+        r.comm_us += std::max(0.0, comm - attention);
+        r.bytes += bytes_per_layer * c.layers_per_stage;
+      }
+    }
+  }
+  return ranks;
+}
+
+// cad: for each micro-batch wave, the DP ranks' micro-batches (sequential packing, documents split
+// at chunk boundaries keep their context) are planned with plan_cad over the DP ranks as attention
+// servers; each rank's attention is its server load; the dispatch is priced and hidden by
+// ping-pong behind the other nano-batch's compute.
+std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& cost,
+                          const Cluster& c, const PlannerOptions& options, double* planning_ms) {
+  Layout all = pack_sequential(lengths, c.dp * c.micro_batches, c.context);
+  std::vector<RankWork> ranks(c.dp);
+  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
+  std::vector<int32_t> servers(c.dp);
+  std::iota(servers.begin(), servers.end(), 0);
+  const bool inter_node = static_cast<int64_t>(c.dp) * c.tp * c.pp > cost.cluster().gpus_per_node();
+  for (int32_t m = 0; m < c.micro_batches; ++m) {
+    // Wave m: chunk r * M + m of every rank r, renumbered as rank r.
+    Layout wave;
+    wave.num_ranks = c.dp;
+    wave.tokens_per_rank.assign(c.dp, 0);
+    for (const PlacedDocument& doc : all.documents) {
+      PlacedDocument part{doc.id, 0, {}};
+      int64_t offset = -1;
+      for (const DocumentPiece& p : doc.pieces) {
+        if (p.rank % c.micro_batches != m) continue;
+        if (offset < 0) offset = p.doc_begin;
+        // Keep the document's prefix within this wave only (earlier waves ran before).
+        part.pieces.push_back({p.rank / c.micro_batches, p.doc_begin - offset, p.doc_end - offset,
+                               p.local_row});
+        wave.tokens_per_rank[p.rank / c.micro_batches] =
+            std::max(wave.tokens_per_rank[p.rank / c.micro_batches], p.local_row + p.doc_end - p.doc_begin);
+      }
+      if (part.pieces.empty()) continue;
+      part.length_tokens = part.pieces.back().doc_end;
+      // Pieces of one wave must be contiguous in the document; a document with pieces in other
+      // waves in between is cut there (its earlier tokens were in another micro-batch).
+      bool contiguous = true;
+      for (size_t i = 1; i < part.pieces.size(); ++i) {
+        contiguous &= part.pieces[i].doc_begin == part.pieces[i - 1].doc_end;
+      }
+      if (!contiguous) {
+        for (const DocumentPiece& p : part.pieces) {
+          wave.documents.push_back({doc.id, p.doc_end - p.doc_begin,
+                                    {{p.rank, 0, p.doc_end - p.doc_begin, p.local_row}}});
+        }
+        continue;
+      }
+      wave.documents.push_back(std::move(part));
+    }
+    PlanStats stats;
+    const auto start = std::chrono::steady_clock::now();
+    Plan plan = plan_cad(wave, servers, c.dp, cost, options, &stats);
+    *planning_ms +=
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    std::vector<double> server_us(c.dp, 0);
+    for (const CaTask& t : plan.tasks) {
+      server_us[t.server] += sequence_attention_us(cost, t.q_end - t.q_begin, t.q_end, c);
+    }
+    // Bytes each rank moves per layer (forward; backward moves about as much again).
+    std::vector<double> bytes(c.dp, 0);
+    for (const PeerTransfer& tr : plan.transfers) {
+      if (tr.owner == tr.server) continue;
+      const double b = 2.0 * tr.q_rows() * cost.q_bytes_per_token() +
+                       static_cast<double>(tr.kv_rows()) * cost.kv_bytes_per_token();
+      bytes[tr.owner] += b;
+      bytes[tr.server] += b;
+    }
+    for (int32_t r = 0; r < c.dp; ++r) {
+      RankWork& rank = ranks[r];
+      const double linear = wave.tokens_per_rank[r] * linear_per_token;
+      rank.attention_us.push_back(server_us[r]);
+      rank.linear_us.push_back(linear);
+      rank.tokens.push_back(wave.tokens_per_rank[r]);
+      const double step_bytes = 2.0 * bytes[r] * c.layers_per_stage;
+      const double comm = cost.transfer_us(static_cast<int64_t>(step_bytes),
+                                           inter_node ? LinkClass::kInterNode : LinkClass::kIntraNode);
+      // Ping-pong: one nano-batch's dispatch runs while the other computes (half the work).
+      rank.comm_us += std::max(0.0, comm - 0.5 * (server_us[r] + linear));
+      rank.bytes += step_bytes;
+    }
+  }
+  return ranks;
+}
+
+}  // namespace
+
+const std::vector<std::string>& simulator_strategies() {
+  static const std::vector<std::string> names = {"cad", "fixed", "cp", "wlb", "ideal"};
+  return names;
+}
+
+SimulationResult simulate_step(const config::RunConfig& config,
+                               const std::vector<std::string>& strategies, int32_t batches) {
+  const auto& cl = config.cluster();
+  const auto& model = config.model();
+  Cluster c;
+  c.gpus = cl.num_gpus();
+  c.tp = cl.tensor_parallel();
+  c.pp = cl.pipeline_parallel();
+  CADRE_CHECK(c.gpus % (c.tp * c.pp) == 0, "cluster.num_gpus ", c.gpus,
+              " is not divisible by tensor_parallel x pipeline_parallel = ", c.tp * c.pp);
+  c.dp = c.gpus / (c.tp * c.pp);
+  c.micro_batches = c.pp > 1 ? std::max(config.training().micro_batches(), 2 * c.pp)
+                             : std::max(1, config.training().micro_batches());
+  c.layers_per_stage = model.num_layers() / c.pp;
+  c.context = config.data().context_length();
+  CADRE_CHECK(batches >= 1, "simulate.batches is ", batches, "; accepted: >= 1");
+  for (const std::string& s : strategies) {
+    CADRE_CHECK(std::find(simulator_strategies().begin(), simulator_strategies().end(), s) !=
+                    simulator_strategies().end(),
+                "unknown strategy '", s, "'; accepted: cad, fixed, cp, wlb, ideal");
+  }
+  CalibrationTable table = cl.attention_calibration().empty()
+                               ? default_calibration()
+                               : load_calibration_json(cl.attention_calibration());
+  CostModel cost(model, cl, table);
+  PlannerOptions options;
+  options.tolerance = config.scheduler().tolerance();
+  options.min_shard_tokens = config.scheduler().min_shard_tokens();
+  options.gpus_per_node = std::max(1, cl.gpus_per_node() / (c.tp * c.pp));
+  int32_t cp = cl.context_parallel() > 1 ? cl.context_parallel() : std::min(c.dp, 8);
+  while (cp > 1 && c.dp % cp != 0) --cp;
+
+  SimulationResult result;
+  result.gpus = c.gpus;
+  result.data_parallel = c.dp;
+  result.micro_batches = c.micro_batches;
+  result.tokens_per_step = static_cast<int64_t>(c.dp) * c.micro_batches * c.context;
+  const double activation_per_token = kActivationBytesPerTokenPerHidden * model.hidden_size() *
+                                      c.layers_per_stage / c.tp;
+  for (const std::string& strategy : strategies) {
+    StepCost mean;
+    mean.strategy = strategy;
+    for (int32_t b = 0; b < batches; ++b) {
+      std::vector<int64_t> lengths =
+          draw_global_batch(config.data(), result.tokens_per_step, config.data().seed() + b);
+      std::vector<RankWork> ranks;
+      double planning_ms = 0;
+      if (strategy == "fixed") {
+        ranks = fixed_packing(lengths, cost, c);
+      } else if (strategy == "wlb") {
+        ranks = workload_balanced(lengths, cost, c);
+      } else if (strategy == "cp") {
+        ranks = context_parallel(lengths, cost, c, cp);
+      } else if (strategy == "cad") {
+        ranks = cad(lengths, cost, c, options, &planning_ms);
+      } else {  // ideal: every rank gets the average of the fixed packing's work
+        ranks = fixed_packing(lengths, cost, c);
+        double attention = 0, linear = 0;
+        for (const RankWork& r : ranks) {
+          attention += std::accumulate(r.attention_us.begin(), r.attention_us.end(), 0.0);
+          linear += std::accumulate(r.linear_us.begin(), r.linear_us.end(), 0.0);
+        }
+        for (RankWork& r : ranks) {
+          r.attention_us.assign(1, attention / ranks.size());
+          r.linear_us.assign(1, linear / ranks.size());
+        }
+      }
+      StepCost one = compose(strategy, ranks, c);
+      if (strategy == "ideal") {
+        one.step_us -= one.pp_bubble_us;
+        one.pp_bubble_us = 0;
+      }
+      // Peak activations: stage 0 holds min(PP, M) micro-batches in flight under 1F1B.
+      int64_t max_tokens = 0;
+      for (const RankWork& r : ranks) {
+        for (int64_t t : r.tokens) max_tokens = std::max(max_tokens, t);
+      }
+      one.peak_activation_gib = std::min(c.pp, c.micro_batches) * max_tokens *
+                                activation_per_token / (1024.0 * 1024.0 * 1024.0);
+      one.planning_ms = planning_ms;
+      const double w = 1.0 / batches;
+      mean.step_us += w * one.step_us;
+      mean.attention_us += w * one.attention_us;
+      mean.linear_us += w * one.linear_us;
+      mean.pp_bubble_us += w * one.pp_bubble_us;
+      mean.dp_straggler_us += w * one.dp_straggler_us;
+      mean.exposed_comm_us += w * one.exposed_comm_us;
+      mean.attention_imbalance += w * one.attention_imbalance;
+      mean.bytes_per_rank += w * one.bytes_per_rank;
+      mean.peak_activation_gib += w * one.peak_activation_gib;
+      mean.planning_ms += w * one.planning_ms;
+    }
+    mean.attention_imbalance -= 1.0;  // started at 1
+    mean.tokens_per_s = result.tokens_per_step / (mean.step_us * 1e-6);
+    result.costs.push_back(mean);
+  }
+  return result;
+}
+
+}  // namespace cadre::scheduler

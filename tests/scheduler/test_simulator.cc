@@ -1,0 +1,76 @@
+// Simulator invariants: the ideal bound is below every strategy, CAD balances attention, equal
+// documents leave no straggler, and the 1F1B bubble has its textbook share.
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "scheduler/simulator.h"
+
+namespace cadre::scheduler {
+namespace {
+
+config::RunConfig small_config(int32_t gpus, const std::string& distribution) {
+  config::RunConfig config;
+  auto* m = config.mutable_model();
+  m->set_num_layers(8);
+  m->set_hidden_size(1024);
+  m->set_num_heads(8);
+  m->set_num_kv_heads(2);
+  m->set_head_dim(128);
+  m->set_ffn_hidden_size(4096);
+  m->set_vocab_size(32000);
+  config.mutable_cluster()->set_num_gpus(gpus);
+  config.mutable_data()->set_context_length(32768);
+  config.mutable_data()->set_distribution(distribution);
+  return config;
+}
+
+const StepCost& find(const SimulationResult& r, const std::string& strategy) {
+  for (const auto& c : r.costs) {
+    if (c.strategy == strategy) return c;
+  }
+  throw std::runtime_error("missing " + strategy);
+}
+
+TEST(Simulator, IdealBoundsEveryStrategyAndCadBalances) {
+  for (const char* distribution : {"wlb", "prolong"}) {
+    for (int32_t gpus : {4, 16}) {
+      auto r = simulate_step(small_config(gpus, distribution), simulator_strategies(), 2);
+      const StepCost& ideal = find(r, "ideal");
+      for (const auto& c : r.costs) {
+        EXPECT_GE(c.step_us, ideal.step_us * (1 - 1e-9)) << c.strategy << " " << distribution;
+        // The effects add up to the step.
+        EXPECT_NEAR(c.attention_us + c.linear_us + c.pp_bubble_us + c.dp_straggler_us +
+                        c.exposed_comm_us,
+                    c.step_us, 1e-6 * c.step_us)
+            << c.strategy;
+      }
+      EXPECT_LE(find(r, "cad").attention_imbalance, find(r, "fixed").attention_imbalance + 1e-9);
+      EXPECT_LE(find(r, "cad").attention_imbalance, 1.05);
+      EXPECT_LE(find(r, "cad").step_us, find(r, "fixed").step_us);
+      EXPECT_GT(find(r, "cad").planning_ms, 0);
+    }
+  }
+}
+
+TEST(Simulator, EqualDocumentsLeaveNoStragglerAndTheBubbleHasItsShare) {
+  auto config = small_config(8, "fixed");
+  config.mutable_data()->set_fixed_tokens(4096);
+  config.mutable_cluster()->set_pipeline_parallel(2);
+  config.mutable_training()->set_micro_batches(6);
+  auto r = simulate_step(config, {"fixed"}, 1);
+  const StepCost& c = r.costs[0];
+  EXPECT_EQ(r.micro_batches, 6);
+  EXPECT_NEAR(c.dp_straggler_us, 0, 1e-6 * c.step_us);
+  // Equal micro-batches under 1F1B: bubble share (PP - 1) / (M + PP - 1).
+  EXPECT_NEAR(c.pp_bubble_us / c.step_us, 1.0 / 7.0, 1e-9);
+}
+
+TEST(Simulator, RejectsUnknownStrategiesAndBadClusters) {
+  EXPECT_THROW(simulate_step(small_config(4, "wlb"), {"magic"}, 1), Error);
+  auto config = small_config(6, "wlb");
+  config.mutable_cluster()->set_tensor_parallel(4);
+  EXPECT_THROW(simulate_step(config, {"fixed"}, 1), Error);
+}
+
+}  // namespace
+}  // namespace cadre::scheduler
