@@ -269,6 +269,9 @@ int run_simulate(const Args& args) {
   }
   if (contexts.empty()) contexts = {base.data().context_length()};
   if (models.empty()) models.assign(base.simulate().models().begin(), base.simulate().models().end());
+  // A model list replaces the model section per cell; without one the config's model (preset and
+  // explicit overrides) is used as it is.
+  const bool sweep_models = !models.empty();
   if (models.empty()) models = {base.model().preset()};
   if (distributions.empty()) {
     distributions.assign(base.simulate().distributions().begin(),
@@ -298,7 +301,7 @@ int run_simulate(const Args& args) {
       for (int64_t context : contexts) {
         for (int64_t g : gpus) {
           config::RunConfig cell = base;
-          if (model != base.model().preset() || !models.empty()) {
+          if (sweep_models) {
             cell.mutable_model()->Clear();
             cell.mutable_model()->set_preset(model);
           }

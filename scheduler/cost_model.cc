@@ -160,8 +160,10 @@ double CostModel::linear_step_us_per_token(int32_t layers) const {
   return flops / (cluster_.gemm_tflops() * 1e6);
 }
 
+// Per GPU: tensor parallelism splits query heads, and KV heads down to one per GPU.
 int64_t CostModel::q_bytes_per_token() const {
-  return static_cast<int64_t>(model_.num_heads()) * model_.head_dim() * kBytesPerValue;
+  return static_cast<int64_t>(model_.num_heads() / cluster_.tensor_parallel()) *
+         model_.head_dim() * kBytesPerValue;
 }
 
 int64_t CostModel::kv_bytes_per_token() const {
@@ -169,7 +171,9 @@ int64_t CostModel::kv_bytes_per_token() const {
     // Latent attention ships the compact latent plus the decoupled rotary key.
     return static_cast<int64_t>(model_.kv_latent_dim() + model_.rope_head_dim()) * kBytesPerValue;
   }
-  return 2 * static_cast<int64_t>(model_.num_kv_heads()) * model_.head_dim() * kBytesPerValue;
+  const int64_t kv_heads =
+      std::max<int64_t>(1, model_.num_kv_heads() / cluster_.tensor_parallel());
+  return 2 * kv_heads * model_.head_dim() * kBytesPerValue;
 }
 
 double CostModel::transfer_us(int64_t bytes, LinkClass link) const {

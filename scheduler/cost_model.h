@@ -53,8 +53,9 @@ class CostModel {
   // Non-attention (linear, MLP, norms) forward+backward time per token for `layers` layers.
   double linear_step_us_per_token(int32_t layers) const;
 
-  // Bytes per token per layer that CAD ships to a server (Q + K/V) and back (O; in backward dO
-  // out, dQ/dK/dV back). Uses the latent width for MLA models.
+  // Bytes per token per layer per GPU that CAD ships to a server (Q + K/V) and back (O; in
+  // backward dO out, dQ/dK/dV back): the heads of one TP rank (KV heads at least one); the latent
+  // width for MLA models (not split by TP).
   int64_t q_bytes_per_token() const;
   int64_t kv_bytes_per_token() const;
 

@@ -74,7 +74,8 @@ double sequence_attention_us(const CostModel& cost, int64_t q, int64_t kv, const
 // chunk or context boundary) attends to its whole prefix, q = e - b queries against e keys.
 
 // fixed: documents packed back to back into DP x M chunks of `context` tokens, split at chunk
-// boundaries; chunk i is micro-batch i % M of rank i / M, which computes its pieces' attention.
+// boundaries; chunk i is micro-batch i / DP of rank i % DP (wave-major, so a document split at a
+// chunk boundary lands on neighbouring ranks of one wave), which computes its pieces' attention.
 std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const CostModel& cost,
                                     const Cluster& c) {
   Layout layout = pack_sequential(lengths, c.dp * c.micro_batches, c.context);
@@ -87,8 +88,8 @@ std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const C
   const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
   for (const PlacedDocument& doc : layout.documents) {
     for (const DocumentPiece& p : doc.pieces) {
-      RankWork& r = ranks[p.rank / c.micro_batches];
-      const int m = p.rank % c.micro_batches;
+      RankWork& r = ranks[p.rank % c.dp];
+      const int m = p.rank / c.dp;
       const int64_t len = p.doc_end - p.doc_begin;
       r.attention_us[m] += sequence_attention_us(cost, len, p.doc_end, c);
       r.linear_us[m] += len * linear_per_token;
@@ -218,7 +219,7 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
   std::iota(servers.begin(), servers.end(), 0);
   const bool inter_node = static_cast<int64_t>(c.dp) * c.tp * c.pp > cost.cluster().gpus_per_node();
   for (int32_t m = 0; m < c.micro_batches; ++m) {
-    // Wave m: chunk r * M + m of every rank r, renumbered as rank r.
+    // Wave m: chunks [m * DP, (m + 1) * DP), chunk m * DP + r on rank r.
     Layout wave;
     wave.num_ranks = c.dp;
     wave.tokens_per_rank.assign(c.dp, 0);
@@ -226,13 +227,14 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
       PlacedDocument part{doc.id, 0, {}};
       int64_t offset = -1;
       for (const DocumentPiece& p : doc.pieces) {
-        if (p.rank % c.micro_batches != m) continue;
+        if (p.rank / c.dp != m) continue;
         if (offset < 0) offset = p.doc_begin;
-        // Keep the document's prefix within this wave only (earlier waves ran before).
-        part.pieces.push_back({p.rank / c.micro_batches, p.doc_begin - offset, p.doc_end - offset,
+        // A document that began in the previous wave restarts its context here (rare: one per
+        // wave boundary); within a wave it keeps its prefix across ranks.
+        part.pieces.push_back({p.rank % c.dp, p.doc_begin - offset, p.doc_end - offset,
                                p.local_row});
-        wave.tokens_per_rank[p.rank / c.micro_batches] =
-            std::max(wave.tokens_per_rank[p.rank / c.micro_batches], p.local_row + p.doc_end - p.doc_begin);
+        wave.tokens_per_rank[p.rank % c.dp] =
+            std::max(wave.tokens_per_rank[p.rank % c.dp], p.local_row + p.doc_end - p.doc_begin);
       }
       if (part.pieces.empty()) continue;
       part.length_tokens = part.pieces.back().doc_end;
