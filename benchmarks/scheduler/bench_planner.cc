@@ -1,42 +1,20 @@
 // Planning time of one global batch (plan_cad + finalize_plan) on one core, WLB-like documents.
 #include <benchmark/benchmark.h>
 
-#include <cmath>
-#include <random>
-
+#include "scheduler/doc_lengths.h"
 #include "scheduler/planner.h"
 
 namespace {
 
 using namespace cadre::scheduler;
 
-// WLB-like lengths (shared/doclen/README.md's parametric fit).
-std::vector<int64_t> wlb_like(uint64_t seed, int64_t total_tokens) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> u(0, 1);
-  std::vector<int64_t> lengths;
-  int64_t sum = 0;
-  while (sum < total_tokens) {
-    const double p = u(rng);
-    int64_t len;
-    if (p < 0.16) {
-      len = 1 + static_cast<int64_t>(u(rng) * 1023);
-    } else if (p < 0.973) {
-      len = 1024 + static_cast<int64_t>(u(rng) * (6250 - 1024));
-    } else {
-      const double lo = p < 0.987 ? 6400 : (p < 0.995 ? 16384 : 65536);
-      const double hi = p < 0.987 ? 16384 : (p < 0.995 ? 65536 : 125000);
-      len = static_cast<int64_t>(std::exp(std::log(lo) + u(rng) * (std::log(hi) - std::log(lo))));
-    }
-    lengths.push_back(len);
-    sum += len;
-  }
-  return lengths;
-}
-
+// range(2): 0 = WLB-like, 1 = ProLong-like documents (scheduler/doc_lengths.h).
 void BM_PlanCad(benchmark::State& state) {
   const int32_t ranks = static_cast<int32_t>(state.range(0));
   const int64_t context = state.range(1);
+  cadre::config::DataConfig data;
+  data.set_distribution(state.range(2) == 0 ? "wlb" : "prolong");
+  state.SetLabel(data.distribution());
   cadre::config::ModelConfig model;
   model.set_num_layers(32);
   model.set_hidden_size(4096);
@@ -45,7 +23,7 @@ void BM_PlanCad(benchmark::State& state) {
   model.set_head_dim(128);
   model.set_ffn_hidden_size(14336);
   CostModel cost(model, cadre::config::ClusterConfig(), default_calibration());
-  Layout layout = pack_sequential(wlb_like(42, ranks * context), ranks, context);
+  Layout layout = pack_sequential(draw_global_batch(data, ranks * context, 42), ranks, context);
   std::vector<int32_t> servers(ranks);
   for (int32_t i = 0; i < ranks; ++i) servers[i] = i;
   PlanStats stats;
@@ -58,13 +36,13 @@ void BM_PlanCad(benchmark::State& state) {
   state.counters["imbalance_before"] = stats.imbalance_before;
   state.counters["imbalance_after"] = stats.imbalance_after;
   state.counters["MB_moved_max_rank"] = stats.bytes_moved_max_rank / 1e6;
+  state.counters["MB_moved_mean_rank"] = 2.0 * stats.bytes_moved_total / ranks / 1e6;
 }
 
 BENCHMARK(BM_PlanCad)
-    ->Args({8, 131072})
-    ->Args({64, 131072})
-    ->Args({512, 131072})
-    ->Args({512, 524288})
+    ->ArgsProduct({{8, 16, 32, 64, 128, 256, 512}, {131072}, {0, 1}})
+    ->Args({512, 524288, 0})
+    ->Args({512, 524288, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

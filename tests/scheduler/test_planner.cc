@@ -6,6 +6,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "scheduler/doc_lengths.h"
 #include "scheduler/planner.h"
 
 namespace cadre::scheduler {
@@ -23,28 +24,15 @@ config::ModelConfig llama8b() {
   return m;
 }
 
-// WLB-like lengths (the parametric fit in shared/doclen/README.md), local to the test so it does
-// not depend on the generators under test elsewhere.
 std::vector<int64_t> wlb_like(std::mt19937_64& rng, int64_t total_tokens) {
-  std::uniform_real_distribution<double> u(0, 1);
-  std::vector<int64_t> lengths;
-  int64_t sum = 0;
-  while (sum < total_tokens) {
-    const double p = u(rng);
-    int64_t len;
-    if (p < 0.16) {
-      len = 1 + static_cast<int64_t>(u(rng) * 1023);
-    } else if (p < 0.973) {
-      len = 1024 + static_cast<int64_t>(u(rng) * (6250 - 1024));
-    } else {
-      const double lo = p < 0.987 ? 6400 : (p < 0.995 ? 16384 : 65536);
-      const double hi = p < 0.987 ? 16384 : (p < 0.995 ? 65536 : 125000);
-      len = static_cast<int64_t>(std::exp(std::log(lo) + u(rng) * (std::log(hi) - std::log(lo))));
-    }
-    lengths.push_back(len);
-    sum += len;
-  }
-  return lengths;
+  config::DataConfig data;  // distribution "wlb" by default
+  return draw_global_batch(data, total_tokens, rng());
+}
+
+std::vector<int64_t> prolong_like(std::mt19937_64& rng, int64_t total_tokens) {
+  config::DataConfig data;
+  data.set_distribution("prolong");
+  return draw_global_batch(data, total_tokens, rng());
 }
 
 std::vector<int32_t> all_ranks(int32_t n) {
@@ -83,14 +71,16 @@ double server_imbalance(const Plan& plan, const CostModel& cost) {
   return peak * load.size() / total;
 }
 
-TEST(PlanCad, BalancesRandomWlbBatchesWithinTolerance) {
+TEST(PlanCad, BalancesRandomWlbAndProlongBatchesWithinTolerance) {
   CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
   PlannerOptions options;
   for (int32_t ranks : {2, 8, 32}) {
-    for (uint64_t seed : {1, 2, 3}) {
+    for (uint64_t seed : {1, 2, 3, 4}) {
       std::mt19937_64 rng(seed * 100 + ranks);
       const int64_t context = 65536;
-      Layout layout = pack_sequential(wlb_like(rng, ranks * context), ranks, context);
+      Layout layout = pack_sequential(
+          seed % 2 ? wlb_like(rng, ranks * context) : prolong_like(rng, ranks * context), ranks,
+          context);
       PlanStats stats;
       Plan plan = plan_cad(layout, all_ranks(ranks), ranks, cost, options, &stats);
       expect_valid(plan, options);
