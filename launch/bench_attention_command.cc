@@ -17,6 +17,7 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "runtime/attention_op.h"
+#include "scheduler/doc_lengths.h"
 #include "scheduler/planner.h"
 
 namespace cadre::launch {
@@ -28,6 +29,7 @@ struct BenchOptions {
   int64_t mean_doc_tokens = 512;
   int64_t heads = 8, kv_heads = 2, head_dim = 32;
   std::string mode = "in_place";
+  std::string distribution;  // empty: uniform lengths in [1, 2 x mean_doc_tokens]
   int servers = 0;  // dedicated: how many of the ranks serve
   uint64_t seed = 1;
   bool check = true;
@@ -35,13 +37,15 @@ struct BenchOptions {
 
 const char* kUsage =
     "usage: mpirun -np N cadre bench attention [options]\n\n"
-    "CAD core attention across N ranks over MPI (CPU): documents with lengths drawn uniformly\n"
-    "from [1, 2 x mean] are packed into the worker ranks, planned with the CAD planner, and run\n"
+    "CAD core attention across N ranks over MPI (CPU): documents (lengths uniform in\n"
+    "[1, 2 x mean], or from --distribution) are packed into the worker ranks, planned with the CAD planner, and run\n"
     "forward and backward; every output and gradient is checked against single-process\n"
     "attention of the whole documents.\n\n"
     "options:\n"
     "  --tokens-per-rank N   tokens of each worker rank (default 2048)\n"
     "  --mean-doc-tokens N   mean document length (default 512)\n"
+    "  --distribution NAME   draw lengths from wlb, prolong, lognormal, uniform or fixed\n"
+    "                        (scheduler/doc_lengths.h) instead\n"
     "  --heads H --kv-heads K --head-dim D   attention shape (default 8, 2, 32)\n"
     "  --mode in_place|dedicated   every rank serves, or the last --servers ranks do\n"
     "  --servers S           dedicated servers (default N/2)\n"
@@ -88,6 +92,8 @@ BenchOptions parse(const Args& args, int world) {
       o.mode = value();
       CADRE_CHECK(o.mode == "in_place" || o.mode == "dedicated", "--mode is '", o.mode,
                   "'; accepted: in_place, dedicated");
+    } else if (flag == "--distribution") {
+      o.distribution = value();
     } else if (flag == "--backend") {
       const std::string backend = value();
       CADRE_CHECK(backend == "mpi", "--backend is '", backend,
@@ -133,11 +139,22 @@ int run_bench_attention(const Args& args) {
   for (int r = o.mode == "dedicated" ? workers : 0; r < world; ++r) servers.push_back(r);
 
   // The same documents on every rank (same seed).
-  std::mt19937_64 rng(o.seed);
   std::vector<int64_t> lengths;
-  for (int64_t total = 0; total < workers * o.tokens_per_rank;) {
-    lengths.push_back(1 + static_cast<int64_t>(rng() % (2 * o.mean_doc_tokens)));
-    total += lengths.back();
+  if (o.distribution.empty()) {
+    std::mt19937_64 rng(o.seed);
+    for (int64_t total = 0; total < workers * o.tokens_per_rank;) {
+      lengths.push_back(1 + static_cast<int64_t>(rng() % (2 * o.mean_doc_tokens)));
+      total += lengths.back();
+    }
+  } else {
+    config::DataConfig data;
+    data.set_distribution(o.distribution);
+    try {
+      lengths = scheduler::draw_global_batch(data, workers * o.tokens_per_rank, o.seed);
+    } catch (const Error& e) {
+      if (rank == 0) std::cerr << "cadre bench attention: error: " << e.message() << "\n";
+      return 2;
+    }
   }
   scheduler::Layout layout = scheduler::pack_sequential(lengths, workers, o.tokens_per_rank);
   config::ModelConfig model;
