@@ -10,6 +10,7 @@
 #include "comm/nccl_transport.h"
 #include "common/error.h"
 #include "runtime/attention_op.h"
+#include "tests/runtime/reference_attention.h"
 #include "scheduler/planner.h"
 
 namespace cadre::runtime {
@@ -17,17 +18,7 @@ namespace {
 
 comm::NcclTransport* g_transport = nullptr;
 
-torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k,
-                                  const torch::Tensor& v) {
-  const int64_t n = q.size(0), group = q.size(1) / k.size(1);
-  auto qh = q.transpose(0, 1);
-  auto kh = k.repeat_interleave(group, 1).transpose(0, 1);
-  auto vh = v.repeat_interleave(group, 1).transpose(0, 1);
-  auto scores = torch::matmul(qh, kh.transpose(1, 2)) / std::sqrt(static_cast<double>(q.size(2)));
-  scores = scores.masked_fill(torch::ones({n, n}, torch::kBool).triu(1),
-                              -std::numeric_limits<double>::infinity());
-  return torch::matmul(torch::softmax(scores, -1), vh).transpose(0, 1);
-}
+using testing::reference_attention;
 
 // Relative error of the whole slice; slices whose exact value is zero (1-token documents have
 // dq = dk = 0) are measured against an RMS of 0.01 per element instead.

@@ -9,6 +9,7 @@
 #include "comm/mpi_transport.h"
 #include "common/error.h"
 #include "runtime/attention_op.h"
+#include "tests/runtime/reference_attention.h"
 #include "scheduler/planner.h"
 
 namespace cadre::runtime {
@@ -22,18 +23,7 @@ comm::Transport& world() {
   return *transport;
 }
 
-// Naive dense causal attention of one whole document with autograd (the independent reference).
-torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k,
-                                  const torch::Tensor& v) {
-  const int64_t n = q.size(0), group = q.size(1) / k.size(1);
-  auto qh = q.transpose(0, 1);
-  auto kh = k.repeat_interleave(group, 1).transpose(0, 1);
-  auto vh = v.repeat_interleave(group, 1).transpose(0, 1);
-  auto scores = torch::matmul(qh, kh.transpose(1, 2)) / std::sqrt(static_cast<double>(q.size(2)));
-  auto mask = torch::ones({n, n}, torch::kBool).triu(1);
-  scores = scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
-  return torch::matmul(torch::softmax(scores, -1), vh).transpose(0, 1);
-}
+using testing::reference_attention;
 
 struct Shapes {
   int64_t heads, kv_heads, dim;

@@ -7,22 +7,13 @@
 
 #include "common/error.h"
 #include "scheduler/cost_model.h"
+#include "tests/scheduler/test_models.h"
 #include "scheduler/plan.h"
 
 namespace cadre::scheduler {
 namespace {
 
-config::ModelConfig llama8b() {
-  config::ModelConfig m;
-  m.set_num_layers(32);
-  m.set_hidden_size(4096);
-  m.set_num_heads(32);
-  m.set_num_kv_heads(8);
-  m.set_head_dim(128);
-  m.set_ffn_hidden_size(14336);
-  m.set_vocab_size(128256);
-  return m;
-}
+using testing::llama8b;
 
 TEST(CostModel, DefaultTableIsExactAtMeasuredPoints) {
   const CalibrationTable& table = default_calibration();
