@@ -285,6 +285,16 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
       rank.bytes += step_bytes;
     }
   }
+  // Pipeline stages included: under 1F1B the PP stages work on PP different waves at once, and
+  // CAD's servers take attention from every stage, so the waves in flight share their attention
+  // time. Modelled as every wave carrying the mean over waves (exact when M = PP).
+  if (c.pp > 1) {
+    for (RankWork& rank : ranks) {
+      const double mean = std::accumulate(rank.attention_us.begin(), rank.attention_us.end(), 0.0) /
+                          rank.attention_us.size();
+      std::fill(rank.attention_us.begin(), rank.attention_us.end(), mean);
+    }
+  }
   return ranks;
 }
 
