@@ -1,0 +1,149 @@
+// `cadre train`: one process per rank under mpirun; loads the config, builds the Trainer, runs the
+// steps with a rank-0 step line and metrics file, checkpoints and resumes.
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "comm/mpi_transport.h"
+#include "common/error.h"
+#include "launch/commands.h"
+#include "launch/config.h"
+#include "runtime/checkpoint.h"
+#include "runtime/trainer.h"
+
+namespace cadre::launch {
+namespace {
+
+std::string train_help() {
+  return "usage: mpirun -np N cadre train --config FILE [--set PATH=VALUE ...] [--resume]\n\n"
+         "Trains a Llama-style model on this machine's CPUs over MPI, one rank per process,\n"
+         "with training.attention = cad (core attention dispatched per the step's plan) or\n"
+         "colocated (each rank attends its own documents). cluster.num_gpus must equal N.\n\n"
+         "options:\n"
+         "  --resume         continue from the newest checkpoint in training.checkpoint_dir\n"
+         "                   (default output.dir/checkpoints); same as training.resume=true\n"
+         "  -h, --help       this help\n\n"
+         "Rank 0 prints one line per step and appends JSON lines to output.dir/metrics.jsonl;\n"
+         "see docs/training.md.\n\n" +
+         config_options_help();
+}
+
+// The first error message of any rank ("" if none), known to every rank: a setup failure on one
+// rank (unreadable file, bad setting) ends every rank cleanly instead of leaving peers waiting.
+std::string first_error(comm::Transport& transport, const std::string& mine) {
+  constexpr size_t kWidth = 1024;
+  std::vector<char> send(kWidth, 0), all(kWidth * transport.size(), 0);
+  std::strncpy(send.data(), mine.c_str(), kWidth - 1);
+  transport.all_gather(send.data(), all.data(), kWidth);
+  for (int r = 0; r < transport.size(); ++r) {
+    const char* message = all.data() + r * kWidth;
+    if (message[0] != 0) {
+      return r == 0 ? std::string(message) : "rank " + std::to_string(r) + ": " + message;
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+int run_train(const Args& args) {
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::cout << train_help();
+      return 0;
+    }
+  }
+  comm::ensure_mpi_initialized();
+  auto transport = comm::make_mpi_transport();
+  const int rank = transport->rank(), world = transport->size();
+  auto fail = [&](const std::string& message) {
+    if (rank == 0) std::cerr << "cadre train: error: " << message << "\n";
+    return 2;
+  };
+
+  // Every rank parses the same arguments, so a bad config fails alike everywhere; the agreement
+  // below also covers failures that only one rank sees (files, checkpoints).
+  config::RunConfig config;
+  std::unique_ptr<runtime::Trainer> trainer;
+  std::string error;
+  bool resume = false;
+  try {
+    std::vector<std::string> rest;
+    config = config_from_args(args, &rest, world);
+    for (const std::string& a : rest) {
+      CADRE_CHECK(a == "--resume", "unknown option \"", a,
+                  "\"; accepted: --resume, --config FILE, --set PATH=VALUE, --help");
+      resume = true;
+    }
+    resume = resume || config.training().resume();
+    CADRE_CHECK(config.cluster().num_gpus() == world, "cluster.num_gpus is ",
+                config.cluster().num_gpus(), " but mpirun started ", world,
+                " ranks; accepted: equal counts (set --set cluster.num_gpus=", world, ")");
+    transport->set_timeout_seconds(config.comm().timeout_seconds());
+    trainer = std::make_unique<runtime::Trainer>(config, *transport);
+  } catch (const Error& e) {
+    error = e.message();
+  }
+  error = first_error(*transport, error);
+  if (!error.empty()) return fail(error);
+
+  const auto& training = config.training();
+  const std::string out_dir = config.output().dir();
+  try {
+    if (resume) {
+      const auto found = runtime::list_checkpoints(trainer->checkpoint_dir());
+      CADRE_CHECK(!found.empty(), "--resume: no checkpoint in '", trainer->checkpoint_dir(),
+                  "'; accepted: a directory written by a run with training.checkpoint_every > 0");
+      trainer->load_checkpoint(found.back());
+      if (rank == 0 && !config.output().quiet()) {
+        std::cout << "resumed from " << found.back() << " at step " << trainer->step() << "\n";
+      }
+    }
+  } catch (const Error& e) {
+    error = e.message();
+  }
+  error = first_error(*transport, error);
+  if (!error.empty()) return fail(error);
+
+  std::ofstream metrics;
+  if (rank == 0) {
+    std::filesystem::create_directories(out_dir);
+    std::ofstream(std::filesystem::path(out_dir) / "config.pbtxt") << config_to_text(config);
+    const auto path = std::filesystem::path(out_dir) / "metrics.jsonl";
+    metrics.open(path, resume ? std::ios::app : std::ios::trunc);
+    if (!config.output().quiet()) {
+      std::cout << "cadre train: " << world << " ranks, attention " << training.attention()
+                << ", model " << config.model().preset() << " ("
+                << trainer->model().parameter_count() << " parameters), context "
+                << config.data().context_length() << " tokens per rank";
+      if (training.ping_pong()) std::cout << " (ping-pong not built yet: off)";
+      std::cout << "\n";
+    }
+  }
+
+  try {
+    while (trainer->step() < training.steps()) {
+      runtime::StepMetrics m = trainer->train_step();
+      if (rank == 0) {
+        if (!config.output().quiet()) {
+          std::cout << runtime::format_step_line(m, training.steps()) << std::endl;
+        }
+        metrics << runtime::metrics_json(m, training.attention()) << "\n";
+        metrics.flush();
+      }
+      const int every = training.checkpoint_every();
+      if (every > 0 && (trainer->step() % every == 0 || trainer->step() == training.steps())) {
+        const std::string path = trainer->save_checkpoint();
+        if (rank == 0 && !config.output().quiet()) std::cout << "checkpoint " << path << "\n";
+      }
+    }
+  } catch (const Error& e) {
+    // Mid-run failures may be seen by one rank only; its peers end through comm's deadline.
+    std::cerr << "cadre train: [rank " << rank << "] error: " << e.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace cadre::launch

@@ -1,0 +1,70 @@
+// Training data: per rank per step, whole documents packed into the rank's context budget, from
+// synthetic tokens with a learnable task or a user's token file. Deterministic given the seed;
+// the position is a pair of counters that checkpoints save and restore.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "scheduler/config.pb.h"
+
+namespace cadre::runtime {
+
+// One rank's micro-batch: documents back to back.
+struct RankBatch {
+  std::vector<int64_t> doc_lengths;
+  torch::Tensor tokens;  // int64 [sum(doc_lengths)]
+  int64_t token_count() const;
+};
+
+// Where the loader stands: batches handed out so far, and (token file) the next document.
+struct DataPosition {
+  int64_t batches = 0;
+  int64_t file_document = 0;
+};
+
+// Reads a flat token file (little-endian uint16 or uint32; see docs/data.md) and splits it into
+// documents at eod_token (the separator itself is dropped; empty documents are skipped).
+std::vector<std::vector<uint32_t>> load_token_file(const std::string& path,
+                                                   const std::string& dtype, uint32_t eod_token);
+
+// The synthetic learnable task: a fixed successor table over the vocabulary (a seeded
+// permutation); every document starts at a random token and follows the table. A model that
+// learns the table predicts every target but the first, so the loss falls towards zero.
+std::vector<int64_t> successor_table(int64_t vocab_size, uint64_t seed);
+
+class DataLoader {
+ public:
+  // Every rank constructs the same loader (same config, same seed) and asks for its own rank.
+  // Throws cadre::Error for bad settings, unreadable token files, or tokens >= vocab_size.
+  DataLoader(const config::DataConfig& data, int64_t vocab_size, int rank, int world_size);
+
+  // This rank's documents for the next step.
+  //   synthetic: lengths from scheduler::DocLengthSource seeded by (seed, step, rank), drawn
+  //     until the next document does not fit context_length (a first document longer than the
+  //     budget is cut to it); tokens follow successor_table.
+  //   token file: all ranks walk the file's documents from the shared position, filling rank 0's
+  //     budget, then rank 1's, ...; a document longer than the budget is cut to it; the file
+  //     wraps around at its end.
+  RankBatch next();
+
+  DataPosition position() const { return position_; }
+  void restore(const DataPosition& position) { position_ = position; }
+
+ private:
+  RankBatch next_synthetic();
+  RankBatch next_from_file();
+
+  config::DataConfig data_;
+  int64_t vocab_size_ = 0;
+  int rank_ = 0;
+  int world_size_ = 1;
+  std::vector<int64_t> successor_;
+  std::vector<std::vector<uint32_t>> documents_;  // token file only
+  DataPosition position_;
+};
+
+}  // namespace cadre::runtime
