@@ -1,6 +1,7 @@
 // AdamW, gradient clipping and the learning-rate schedule, on fp32 tensors in place.
 #include "runtime/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/error.h"
