@@ -42,6 +42,8 @@ const std::vector<NamedChoice>& named_choices() {
       {"scheduler.server_mode", {"in_place", "dedicated"}},
       {"training.attention", {"cad", "colocated"}},
       {"training.dtype", {"fp32", "bf16"}},
+      {"training.recompute", {"none", "linear"}},
+      {"training.device", {"auto", "cpu", "cuda"}},
       {"simulate.distributions", {"wlb", "prolong", "lognormal", "uniform", "fixed", "file"}},
       {"simulate.strategies", {"cad", "fixed", "cp", "wlb", "ideal"}},
   };
@@ -792,6 +794,10 @@ void finalize_training(const config::TrainingConfig& t) {
               " is out of range; accepted: a number in [0, 1)");
   check_positive_number("training.adam_eps", t.adam_eps());
   check_name("training.dtype", t.dtype());
+  check_name("training.recompute", t.recompute());
+  check_name("training.device", t.device());
+  check_at_least("training.loss_chunk_tokens", t.loss_chunk_tokens(), 0);
+  check_at_least("training.trace_step", t.trace_step(), 1);
   check_at_least("training.checkpoint_every", t.checkpoint_every(), 0);
   check_at_least("training.keep_checkpoints", t.keep_checkpoints(), 1);
   CADRE_CHECK(t.checkpoint_every() == 0 || !t.checkpoint_dir().empty(),
