@@ -143,15 +143,14 @@ void CadDispatch::check_inputs(const torch::Tensor& q, const torch::Tensor& k,
   CADRE_CHECK(problem.empty(), "CAD attention on rank ", rank_, ": ", problem);
 }
 
-std::vector<torch::Tensor> CadDispatch::exchange(const std::vector<torch::Tensor>& parts,
-                                                 const std::vector<int64_t>& recv_elements,
-                                                 const torch::TensorOptions& options,
-                                                 ExchangeBytes* bytes) {
+Exchange CadDispatch::start_exchange(const std::vector<torch::Tensor>& parts,
+                                     const std::vector<int64_t>& recv_elements,
+                                     const torch::TensorOptions& options, ExchangeBytes* bytes,
+                                     const char* name) {
   const int64_t element = static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
   comm::AllToAllLayout layout;
   std::vector<torch::Tensor> flat;
   int64_t send_offset = 0, recv_offset = 0;
-  *bytes = ExchangeBytes{};
   for (int p = 0; p < world_; ++p) {
     flat.push_back(parts[p].reshape({-1}));
     const int64_t send_bytes = flat.back().numel() * element;
@@ -167,155 +166,235 @@ std::vector<torch::Tensor> CadDispatch::exchange(const std::vector<torch::Tensor
       bytes->received += recv_bytes;
     }
   }
-  auto send = torch::cat(flat).contiguous();
-  auto recv = torch::empty({recv_offset / element}, options);
-  transport_.all_to_all_v(send.data_ptr(), recv.data_ptr(), layout)->wait();
+  Exchange ex;
+  ex.send = torch::cat(flat).contiguous();
+  ex.recv = torch::empty({recv_offset / element}, options);
+  ex.recv_elements = recv_elements;
+  if (timeline_ != nullptr) ex.timeline_span = timeline_->begin_communication(name);
+  ex.work = transport_.all_to_all_v(ex.send.data_ptr(), ex.recv.data_ptr(), layout);
+  if (timeline_ != nullptr) timeline_->communication_enqueued(ex.timeline_span);
+  return ex;
+}
+
+std::vector<torch::Tensor> CadDispatch::finish_exchange(Exchange* ex) {
+  CADRE_CHECK(ex->work != nullptr, "CAD attention: an exchange was finished twice or never started");
+  ex->work->wait();
+  ex->work.reset();
+  if (timeline_ != nullptr) timeline_->communication_waited(ex->timeline_span);
   std::vector<torch::Tensor> out;
   int64_t offset = 0;
   for (int p = 0; p < world_; ++p) {
-    out.push_back(recv.narrow(0, offset, recv_elements[p]));
-    offset += recv_elements[p];
+    out.push_back(ex->recv.narrow(0, offset, ex->recv_elements[p]));
+    offset += ex->recv_elements[p];
   }
+  ex->send = torch::Tensor();  // the transport is done with it
   return out;
 }
 
-torch::Tensor CadDispatch::forward(const torch::Tensor& q_in, const torch::Tensor& k_in,
-                                   const torch::Tensor& v_in, ServerState* state) {
-  check_inputs(q_in, k_in, v_in);
-  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const int64_t heads = q.size(1), kv_heads = k.size(1), dim = q.size(2);
-  kv_heads_for_backward_ = kv_heads;
-  const auto device = q.device();
-  auto on = [&](const torch::Tensor& rows) { return rows.to(device); };
+torch::Tensor CadDispatch::forward(const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, ServerState* state) {
+  Flight flight = forward_send(q, k, v);
+  forward_serve(&flight, state);
+  return forward_finish(&flight);
+}
 
-  // 1. Owners -> servers: Q rows per task, K/V rows per document prefix.
+std::vector<torch::Tensor> CadDispatch::backward(const torch::Tensor& dout,
+                                                 const ServerState& state) {
+  Flight flight = backward_send(dout);
+  backward_serve(&flight, state);
+  return backward_finish(&flight);
+}
+
+void CadDispatch::place_indices(const torch::Device& device) {
+  if (indices_device_ == device) return;
+  for (auto* rows : {&q_send_rows_, &kv_send_rows_, &q_recv_rows_, &kv_recv_rows_}) {
+    for (auto& t : *rows) t = t.to(device);
+  }
+  if (kv_expand_rows_.defined()) kv_expand_rows_ = kv_expand_rows_.to(device);
+  if (batch_.cu_seqlens_q.defined()) {
+    batch_.cu_seqlens_q = batch_.cu_seqlens_q.to(device);
+    batch_.cu_seqlens_k = batch_.cu_seqlens_k.to(device);
+  }
+  indices_device_ = device;
+}
+
+Flight CadDispatch::forward_send(const torch::Tensor& q_in, const torch::Tensor& k_in,
+                                 const torch::Tensor& v_in) {
+  check_inputs(q_in, k_in, v_in);
+  place_indices(q_in.device());
+  auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  Flight flight;
+  flight.heads = q.size(1);
+  flight.kv_heads = k.size(1);
+  flight.dim = q.size(2);
+  flight.options = q.options();
+  kv_heads_for_backward_ = flight.kv_heads;
+  const int64_t heads = flight.heads, kv_heads = flight.kv_heads, dim = flight.dim;
+
+  // Owners -> servers: Q rows per task, K/V rows per document prefix.
   std::vector<torch::Tensor> parts;
   std::vector<int64_t> recv_elements;
   for (int p = 0; p < world_; ++p) {
-    parts.push_back(torch::cat({q.index_select(0, on(q_send_rows_[p])).reshape({-1}),
-                                k.index_select(0, on(kv_send_rows_[p])).reshape({-1}),
-                                v.index_select(0, on(kv_send_rows_[p])).reshape({-1})}));
+    parts.push_back(torch::cat({q.index_select(0, q_send_rows_[p]).reshape({-1}),
+                                k.index_select(0, kv_send_rows_[p]).reshape({-1}),
+                                v.index_select(0, kv_send_rows_[p]).reshape({-1})}));
     recv_elements.push_back(q_recv_count_[p] * heads * dim +
                             2 * kv_recv_count_[p] * kv_heads * dim);
   }
-  auto received = exchange(parts, recv_elements, q.options(), &forward_bytes_);
+  forward_bytes_ = ExchangeBytes{};
+  flight.exchange =
+      start_exchange(parts, recv_elements, q.options(), &forward_bytes_, "a2a fwd: q,kv out");
+  return flight;
+}
 
-  // 2. Server: scatter into the fused buffers, expand K/V per task, compute.
+void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
+  CADRE_CHECK(!flight->served, "CAD attention: forward_serve called twice for one flight");
+  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, dim = flight->dim;
+  const auto& options = flight->options;
+  auto received = finish_exchange(&flight->exchange);
+
+  // Server: scatter into the fused buffers, expand K/V per task, compute.
   std::vector<torch::Tensor> back(world_);
-  std::vector<int64_t> back_elements(world_);
   if (server_ >= 0) {
-    auto q_fused = torch::empty({server_q_rows_, heads, dim}, q.options());
-    auto k_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, q.options());
-    auto v_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, q.options());
+    const int span = timeline_ != nullptr ? timeline_->begin_compute("attention fwd (server)") : -1;
+    auto q_fused = torch::empty({server_q_rows_, heads, dim}, options);
+    auto k_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, options);
+    auto v_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, options);
     for (int p = 0; p < world_; ++p) {
       const int64_t nq = q_recv_count_[p] * heads * dim, nkv = kv_recv_count_[p] * kv_heads * dim;
       if (q_recv_count_[p] > 0) {
-        q_fused.index_copy_(0, on(q_recv_rows_[p]),
+        q_fused.index_copy_(0, q_recv_rows_[p],
                             received[p].narrow(0, 0, nq).view({-1, heads, dim}));
       }
       if (kv_recv_count_[p] > 0) {
-        k_prefix.index_copy_(0, on(kv_recv_rows_[p]),
+        k_prefix.index_copy_(0, kv_recv_rows_[p],
                              received[p].narrow(0, nq, nkv).view({-1, kv_heads, dim}));
-        v_prefix.index_copy_(0, on(kv_recv_rows_[p]),
+        v_prefix.index_copy_(0, kv_recv_rows_[p],
                              received[p].narrow(0, nq + nkv, nkv).view({-1, kv_heads, dim}));
       }
     }
-    auto expand = on(kv_expand_rows_);
-    VarlenBatch batch{batch_.cu_seqlens_q.to(device), batch_.cu_seqlens_k.to(device),
-                      batch_.max_seqlen_q, batch_.max_seqlen_k};
+    const torch::Tensor& expand = kv_expand_rows_;
+    const VarlenBatch& batch = batch_;
     state->q = q_fused;
     state->k = k_prefix.index_select(0, expand);
     state->v = v_prefix.index_select(0, expand);
     ForwardResult result = kernel_.forward(state->q, state->k, state->v, batch, softmax_scale_);
     state->out = result.out;
     state->lse = result.lse;
-    for (int p = 0; p < world_; ++p) back[p] = result.out.index_select(0, on(q_recv_rows_[p]));
+    for (int p = 0; p < world_; ++p) back[p] = result.out.index_select(0, q_recv_rows_[p]);
+    if (timeline_ != nullptr) timeline_->end_compute(span);
   } else {
     *state = ServerState{};
-    for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, q.options());
+    for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, options);
   }
-  // 3. Outputs back to their owners.
+  // Outputs back to their owners.
+  std::vector<int64_t> back_elements(world_);
   for (int p = 0; p < world_; ++p) back_elements[p] = q_send_count_[p] * heads * dim;
-  ExchangeBytes return_bytes;
-  auto returned = exchange(back, back_elements, q.options(), &return_bytes);
-  forward_bytes_.sent += return_bytes.sent;
-  forward_bytes_.received += return_bytes.received;
-  auto out = torch::empty_like(q);
+  flight->exchange =
+      start_exchange(back, back_elements, options, &forward_bytes_, "a2a fwd: out back");
+  flight->served = true;
+}
+
+torch::Tensor CadDispatch::forward_finish(Flight* flight) {
+  CADRE_CHECK(flight->served, "CAD attention: forward_finish before forward_serve");
+  const int64_t heads = flight->heads, dim = flight->dim;
+  auto returned = finish_exchange(&flight->exchange);
+  auto out = torch::empty({local_tokens_, heads, dim}, flight->options);
   for (int p = 0; p < world_; ++p) {
     if (q_send_count_[p] > 0) {
-      out.index_copy_(0, on(q_send_rows_[p]), returned[p].view({-1, heads, dim}));
+      out.index_copy_(0, q_send_rows_[p], returned[p].view({-1, heads, dim}));
     }
   }
   return out;
 }
 
-std::vector<torch::Tensor> CadDispatch::backward(const torch::Tensor& dout_in,
-                                                 const ServerState& state) {
+Flight CadDispatch::backward_send(const torch::Tensor& dout_in) {
   auto dout = dout_in.contiguous();
-  const int64_t heads = dout.size(1), dim = dout.size(2);
-  const auto device = dout.device();
-  auto on = [&](const torch::Tensor& rows) { return rows.to(device); };
   const int64_t kv_heads = kv_heads_for_backward_;
   CADRE_CHECK(kv_heads > 0, "CAD attention backward called before forward");
   CADRE_CHECK(dout.dim() == 3 && dout.size(0) == local_tokens_, "CAD attention backward: dout ",
               dout.sizes(), " does not match this rank's ", local_tokens_, " tokens");
+  place_indices(dout.device());
+  Flight flight;
+  flight.heads = dout.size(1);
+  flight.kv_heads = kv_heads;
+  flight.dim = dout.size(2);
+  flight.options = dout.options();
+  const int64_t heads = flight.heads, dim = flight.dim;
 
-  // 1. dO rows out to the servers, along the Q segments.
+  // dO rows out to the servers, along the Q segments.
   std::vector<torch::Tensor> parts;
   std::vector<int64_t> recv_elements;
   for (int p = 0; p < world_; ++p) {
-    parts.push_back(dout.index_select(0, on(q_send_rows_[p])));
+    parts.push_back(dout.index_select(0, q_send_rows_[p]));
     recv_elements.push_back(q_recv_count_[p] * heads * dim);
   }
-  auto received = exchange(parts, recv_elements, dout.options(), &backward_bytes_);
+  backward_bytes_ = ExchangeBytes{};
+  flight.exchange =
+      start_exchange(parts, recv_elements, dout.options(), &backward_bytes_, "a2a bwd: dout out");
+  return flight;
+}
 
-  // 2. Server: fused backward, dK/dV summed per prefix row.
+void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
+  CADRE_CHECK(!flight->served, "CAD attention: backward_serve called twice for one flight");
+  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, dim = flight->dim;
+  const auto& options = flight->options;
+  auto received = finish_exchange(&flight->exchange);
+
+  // Server: fused backward, dK/dV summed per prefix row.
   std::vector<torch::Tensor> back(world_);
   if (server_ >= 0) {
-    auto dout_fused = torch::empty({server_q_rows_, heads, dim}, dout.options());
+    const int span = timeline_ != nullptr ? timeline_->begin_compute("attention bwd (server)") : -1;
+    auto dout_fused = torch::empty({server_q_rows_, heads, dim}, options);
     for (int p = 0; p < world_; ++p) {
       if (q_recv_count_[p] > 0) {
-        dout_fused.index_copy_(0, on(q_recv_rows_[p]), received[p].view({-1, heads, dim}));
+        dout_fused.index_copy_(0, q_recv_rows_[p], received[p].view({-1, heads, dim}));
       }
     }
-    VarlenBatch batch{batch_.cu_seqlens_q.to(device), batch_.cu_seqlens_k.to(device),
-                      batch_.max_seqlen_q, batch_.max_seqlen_k};
+    const VarlenBatch& batch = batch_;
     BackwardResult grads = kernel_.backward(dout_fused, state.q, state.k, state.v, state.out,
                                             state.lse, batch, softmax_scale_);
-    auto expand = on(kv_expand_rows_);
-    auto dk_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, dout.options())
+    const torch::Tensor& expand = kv_expand_rows_;
+    auto dk_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, options)
                          .index_add_(0, expand, grads.dk);
-    auto dv_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, dout.options())
+    auto dv_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, options)
                          .index_add_(0, expand, grads.dv);
     for (int p = 0; p < world_; ++p) {
-      back[p] = torch::cat({grads.dq.index_select(0, on(q_recv_rows_[p])).reshape({-1}),
-                            dk_prefix.index_select(0, on(kv_recv_rows_[p])).reshape({-1}),
-                            dv_prefix.index_select(0, on(kv_recv_rows_[p])).reshape({-1})});
+      back[p] = torch::cat({grads.dq.index_select(0, q_recv_rows_[p]).reshape({-1}),
+                            dk_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1}),
+                            dv_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1})});
     }
+    if (timeline_ != nullptr) timeline_->end_compute(span);
   } else {
-    for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, dout.options());
+    for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, options);
   }
-  // 3. dQ back to the query owners; dK/dV summed at their owners.
+  // dQ back to the query owners; dK/dV summed at their owners.
   std::vector<int64_t> back_elements(world_);
   for (int p = 0; p < world_; ++p) {
     back_elements[p] = q_send_count_[p] * heads * dim + 2 * kv_send_count_[p] * kv_heads * dim;
   }
-  ExchangeBytes return_bytes;
-  auto returned = exchange(back, back_elements, dout.options(), &return_bytes);
-  backward_bytes_.sent += return_bytes.sent;
-  backward_bytes_.received += return_bytes.received;
-  auto dq = torch::empty_like(dout);
-  auto dk = torch::zeros({local_tokens_, kv_heads, dim}, dout.options());
-  auto dv = torch::zeros({local_tokens_, kv_heads, dim}, dout.options());
+  flight->exchange =
+      start_exchange(back, back_elements, options, &backward_bytes_, "a2a bwd: dq,dkv back");
+  flight->served = true;
+}
+
+std::vector<torch::Tensor> CadDispatch::backward_finish(Flight* flight) {
+  CADRE_CHECK(flight->served, "CAD attention: backward_finish before backward_serve");
+  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, dim = flight->dim;
+  const auto& options = flight->options;
+  auto returned = finish_exchange(&flight->exchange);
+  auto dq = torch::empty({local_tokens_, heads, dim}, options);
+  auto dk = torch::zeros({local_tokens_, kv_heads, dim}, options);
+  auto dv = torch::zeros({local_tokens_, kv_heads, dim}, options);
   for (int p = 0; p < world_; ++p) {
     const int64_t nq = q_send_count_[p] * heads * dim, nkv = kv_send_count_[p] * kv_heads * dim;
     if (q_send_count_[p] > 0) {
-      dq.index_copy_(0, on(q_send_rows_[p]), returned[p].narrow(0, 0, nq).view({-1, heads, dim}));
+      dq.index_copy_(0, q_send_rows_[p], returned[p].narrow(0, 0, nq).view({-1, heads, dim}));
     }
     if (kv_send_count_[p] > 0) {
-      dk.index_add_(0, on(kv_send_rows_[p]),
+      dk.index_add_(0, kv_send_rows_[p],
                     returned[p].narrow(0, nq, nkv).view({-1, kv_heads, dim}));
-      dv.index_add_(0, on(kv_send_rows_[p]),
+      dv.index_add_(0, kv_send_rows_[p],
                     returned[p].narrow(0, nq + nkv, nkv).view({-1, kv_heads, dim}));
     }
   }

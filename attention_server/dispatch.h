@@ -6,9 +6,11 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "attention_server/kernel.h"
+#include "comm/timeline.h"
 #include "comm/transport.h"
 #include "scheduler/plan.h"
 
@@ -28,6 +30,22 @@ struct ExchangeBytes {
   int64_t received = 0;  // from other ranks (self excluded)
 };
 
+// An all-to-all-v in flight and the buffers it reads and writes (kept alive until it is waited).
+struct Exchange {
+  std::unique_ptr<comm::Work> work;
+  int timeline_span = -1;
+  torch::Tensor send, recv;
+  std::vector<int64_t> recv_elements;  // per source rank
+};
+
+// One forward or backward of one layer between its phases (see CadDispatch::forward_send).
+struct Flight {
+  Exchange exchange;
+  int64_t heads = 0, kv_heads = 0, dim = 0;
+  torch::TensorOptions options;
+  bool served = false;
+};
+
 class CadDispatch {
  public:
   // Builds every index tensor once. Collective: all ranks of `transport` construct it together
@@ -42,6 +60,22 @@ class CadDispatch {
   // dout like q; returns dq, dk, dv like q, k, v. dk/dv sum every server's contribution.
   std::vector<torch::Tensor> backward(const torch::Tensor& dout, const ServerState& state);
 
+  // The same in three phases, so that a caller can run other work between them (ping-pong):
+  //   send:   pack this rank's rows and start the all-to-all-v to the servers;
+  //   serve:  wait for it, run the fused kernel if this rank is a server, start the return;
+  //   finish: wait for the return and unpack.
+  // Every rank must call the phases of its flights in the same order (they are collectives).
+  // forward(...) is forward_send + forward_serve + forward_finish.
+  Flight forward_send(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+  void forward_serve(Flight* flight, ServerState* state);
+  torch::Tensor forward_finish(Flight* flight);
+  Flight backward_send(const torch::Tensor& dout);
+  void backward_serve(Flight* flight, const ServerState& state);
+  std::vector<torch::Tensor> backward_finish(Flight* flight);
+
+  // Records the exchanges (and the server's kernel) on `timeline` (nullptr: no recording).
+  void set_timeline(comm::Timeline* timeline) { timeline_ = timeline; }
+
   // Bytes this rank moved in the last forward and backward exchanges.
   const ExchangeBytes& forward_bytes() const { return forward_bytes_; }
   const ExchangeBytes& backward_bytes() const { return backward_bytes_; }
@@ -50,9 +84,13 @@ class CadDispatch {
  private:
   // Sends parts[p] (flattened, one dtype) to rank p; returns what each rank sent us, reshaped
   // to [rows, width] with recv_rows[p] rows.
-  std::vector<torch::Tensor> exchange(const std::vector<torch::Tensor>& parts,
-                                      const std::vector<int64_t>& recv_elements,
-                                      const torch::TensorOptions& options, ExchangeBytes* bytes);
+  Exchange start_exchange(const std::vector<torch::Tensor>& parts,
+                          const std::vector<int64_t>& recv_elements,
+                          const torch::TensorOptions& options, ExchangeBytes* bytes,
+                          const char* name);
+  std::vector<torch::Tensor> finish_exchange(Exchange* exchange);
+  // Moves the index tensors to `device` once (they are built on the host).
+  void place_indices(const torch::Device& device);
   void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 
   const scheduler::Plan& plan_;
@@ -75,6 +113,8 @@ class CadDispatch {
   ExchangeBytes forward_bytes_, backward_bytes_;
   bool inputs_checked_ = false;
   int64_t kv_heads_for_backward_ = 0;  // KV heads seen in forward (dout does not carry them)
+  comm::Timeline* timeline_ = nullptr;
+  torch::Device indices_device_ = torch::kCPU;
 };
 
 }  // namespace cadre::attention_server

@@ -796,7 +796,7 @@ void finalize_training(const config::TrainingConfig& t) {
   check_name("training.dtype", t.dtype());
   check_name("training.recompute", t.recompute());
   check_name("training.device", t.device());
-  check_at_least("training.loss_chunk_tokens", t.loss_chunk_tokens(), 0);
+  check_at_least<int64_t>("training.loss_chunk_tokens", t.loss_chunk_tokens(), 0);
   check_at_least("training.trace_step", t.trace_step(), 1);
   check_at_least("training.checkpoint_every", t.checkpoint_every(), 0);
   check_at_least("training.keep_checkpoints", t.keep_checkpoints(), 1);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "launch/commands.h"
 #include "launch/config.h"
@@ -195,28 +196,6 @@ int64_t sum(const std::vector<int64_t>& v) {
   return total;
 }
 
-// Writes `bytes` to `path` so that readers see the old file or the whole new one, never a part.
-void write_file_atomically(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CADRE_CHECK(out.good(), "cannot write \"", tmp, "\" (for ", path,
-                "); accepted: a path in an existing, writable directory");
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out.good()) {
-      out.close();
-      std::remove(tmp.c_str());
-      CADRE_FAIL("writing \"", tmp, "\" failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    CADRE_FAIL("cannot rename \"", tmp, "\" to \"", path, "\": ", ec.message());
-  }
-}
 
 std::string format_bytes(int64_t bytes) {
   std::ostringstream out;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 
 namespace cadre::runtime {
@@ -98,16 +99,6 @@ torch::ScalarType dtype_from_code(uint8_t code, const std::string& path) {
   }
 }
 
-void write_all(int fd, const char* data, size_t size, const std::string& path) {
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    CADRE_CHECK(n > 0, "writing checkpoint '", path, "' failed: ", std::strerror(errno));
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-}
-
 }  // namespace
 
 void write_checkpoint(const std::string& path, const CheckpointState& state) {
@@ -121,7 +112,7 @@ void write_checkpoint(const std::string& path, const CheckpointState& state) {
   }
   w.put<uint64_t>(state.tensors.size());
   for (const auto& [name, tensor] : state.tensors) {
-    auto t = tensor.detach().contiguous();
+    auto t = tensor.detach().to(torch::kCPU).contiguous();
     w.put_name(name);
     w.put<uint8_t>(dtype_code(t.scalar_type()));
     w.put<uint32_t>(static_cast<uint32_t>(t.dim()));
@@ -130,31 +121,7 @@ void write_checkpoint(const std::string& path, const CheckpointState& state) {
   }
   w.put<uint64_t>(fnv1a(w.bytes().data(), w.bytes().size()));
 
-  const std::string temp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  CADRE_CHECK(fd >= 0, "cannot create checkpoint file '", temp, "': ", std::strerror(errno));
-  try {
-    write_all(fd, w.bytes().data(), w.bytes().size(), temp);
-    CADRE_CHECK(::fsync(fd) == 0, "fsync of '", temp, "' failed: ", std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(temp.c_str());
-    throw;
-  }
-  CADRE_CHECK(::close(fd) == 0, "closing '", temp, "' failed: ", std::strerror(errno));
-  if (std::rename(temp.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    ::unlink(temp.c_str());
-    CADRE_FAIL("renaming '", temp, "' to '", path, "' failed: ", std::strerror(error));
-  }
-  // Make the rename itself durable.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  write_file_atomically(path, w.bytes().data(), w.bytes().size());
 }
 
 CheckpointState read_checkpoint(const std::string& path) {
