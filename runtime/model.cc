@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <cmath>
+#include <map>
 
 #include "common/error.h"
 
@@ -42,27 +43,39 @@ torch::Tensor document_targets(const torch::Tensor& tokens,
   return targets;
 }
 
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& positions, double theta) {
-  const int64_t dim = x.size(-1);
-  CADRE_CHECK(dim % 2 == 0, "rotary embeddings need an even head_dim; got ", dim);
-  const int64_t half = dim / 2;
-  auto index = torch::arange(half, torch::TensorOptions().dtype(torch::kDouble));
-  auto inv_freq = torch::pow(theta, index * (-2.0 / static_cast<double>(dim)));
-  // Angles in double so that long positions keep their precision, then cast to x's type.
+RopeTables rope_tables(const torch::Tensor& positions, int64_t head_dim, double theta) {
+  CADRE_CHECK(head_dim % 2 == 0, "rotary embeddings need an even head_dim; got ", head_dim);
+  const int64_t half = head_dim / 2;
+  auto index = torch::arange(half, positions.options().dtype(torch::kDouble));
+  auto inv_freq = torch::pow(theta, index * (-2.0 / static_cast<double>(head_dim)));
+  // Angles in double so that long positions keep their precision.
   auto angles = positions.to(torch::kDouble).unsqueeze(1) * inv_freq.unsqueeze(0);
-  auto cos = angles.cos().to(x.scalar_type()).unsqueeze(1);  // [tokens, 1, half]
-  auto sin = angles.sin().to(x.scalar_type()).unsqueeze(1);
-  auto x1 = x.narrow(-1, 0, half);
-  auto x2 = x.narrow(-1, half, half);
-  return torch::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+  return {angles.cos().to(torch::kFloat).unsqueeze(1), angles.sin().to(torch::kFloat).unsqueeze(1)};
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& tables) {
+  const int64_t half = x.size(-1) / 2;
+  CADRE_CHECK(x.size(-1) == 2 * tables.cos.size(-1), "rotary tables are for head_dim ",
+              2 * tables.cos.size(-1), " but x has ", x.size(-1));
+  auto xf = x.to(torch::kFloat);
+  auto x1 = xf.narrow(-1, 0, half);
+  auto x2 = xf.narrow(-1, half, half);
+  return torch::cat({x1 * tables.cos - x2 * tables.sin, x1 * tables.sin + x2 * tables.cos}, -1)
+      .to(x.scalar_type());
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& positions, double theta) {
+  return apply_rope(x, rope_tables(positions, x.size(-1), theta));
 }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
+  auto xf = x.to(torch::kFloat);
+  auto normed = (xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(x.scalar_type());
+  return normed * weight.to(x.scalar_type());
 }
 
 torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets) {
-  auto log_probs = torch::log_softmax(logits, -1);
+  auto log_probs = torch::log_softmax(logits, -1, torch::kFloat);
   auto valid = targets.ne(kIgnoreTarget);
   auto picked = log_probs.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1);
   return -(picked * valid.to(picked.scalar_type())).sum();
@@ -131,36 +144,89 @@ torch::Tensor LlamaModel::add_parameter(const std::string& name, torch::Tensor v
   return value;
 }
 
+torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) const {
+  return embedding_.index_select(0, tokens).to(compute_dtype_);
+}
+
+RopeTables LlamaModel::rope(const torch::Tensor& positions) const {
+  return rope_tables(positions, config_.head_dim(), config_.rope_theta());
+}
+
+std::vector<torch::Tensor> LlamaModel::attention_inputs(int layer_index, const torch::Tensor& x,
+                                                        const RopeTables& rope) const {
+  const Layer& layer = layers_.at(layer_index);
+  const int64_t n = x.size(0), dim = config_.head_dim();
+  auto h = rms_norm(x, layer.attention_norm, config_.norm_eps());
+  auto q = apply_rope(torch::matmul(h, cast(layer.wq).t()).view({n, config_.num_heads(), dim}), rope);
+  auto k = apply_rope(torch::matmul(h, cast(layer.wk).t()).view({n, config_.num_kv_heads(), dim}),
+                      rope);
+  auto v = torch::matmul(h, cast(layer.wv).t()).view({n, config_.num_kv_heads(), dim});
+  return {q.contiguous(), k.contiguous(), v.contiguous()};
+}
+
+torch::Tensor LlamaModel::layer_output(int layer_index, const torch::Tensor& x,
+                                       const torch::Tensor& o) const {
+  const Layer& layer = layers_.at(layer_index);
+  const int64_t n = x.size(0);
+  auto y = x + torch::matmul(o.reshape({n, config_.num_heads() * config_.head_dim()}),
+                             cast(layer.wo).t());
+  auto h = rms_norm(y, layer.mlp_norm, config_.norm_eps());
+  auto gated = torch::silu(torch::matmul(h, cast(layer.w_gate).t())) *
+               torch::matmul(h, cast(layer.w_up).t());
+  return y + torch::matmul(gated, cast(layer.w_down).t());
+}
+
+torch::Tensor LlamaModel::logits(const torch::Tensor& x) const {
+  return torch::matmul(rms_norm(x, final_norm_, config_.norm_eps()), cast(lm_head_).t());
+}
+
+torch::Tensor LlamaModel::head_loss_sum(const torch::Tensor& x, const torch::Tensor& targets) const {
+  return cross_entropy_sum(logits(x), targets);
+}
+
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                                   CoreAttentionOp& attention) const {
   CADRE_CHECK(tokens.dim() == 1 && tokens.sizes() == positions.sizes(),
               "tokens and positions must both be [tokens]; got ", tokens.sizes(), " and ",
               positions.sizes());
-  const int64_t n = tokens.size(0);
-  const int64_t heads = config_.num_heads(), kv_heads = config_.num_kv_heads();
-  const int64_t dim = config_.head_dim();
-  const double eps = config_.norm_eps(), theta = config_.rope_theta();
-
-  auto x = embedding_.index_select(0, tokens);
-  for (const Layer& layer : layers_) {
-    auto h = rms_norm(x, layer.attention_norm, eps);
-    auto q = apply_rope(torch::matmul(h, layer.wq.t()).view({n, heads, dim}), positions, theta);
-    auto k = apply_rope(torch::matmul(h, layer.wk.t()).view({n, kv_heads, dim}), positions, theta);
-    auto v = torch::matmul(h, layer.wv.t()).view({n, kv_heads, dim});
-    auto o = attention(q.contiguous(), k.contiguous(), v.contiguous());
-    x = x + torch::matmul(o.reshape({n, heads * dim}), layer.wo.t());
-    h = rms_norm(x, layer.mlp_norm, eps);
-    auto gated = torch::silu(torch::matmul(h, layer.w_gate.t())) * torch::matmul(h, layer.w_up.t());
-    x = x + torch::matmul(gated, layer.w_down.t());
+  const RopeTables tables = rope(positions);
+  auto x = embed(tokens);
+  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+    auto qkv = attention_inputs(l, x, tables);
+    x = layer_output(l, x, attention(qkv[0], qkv[1], qkv[2]));
   }
-  return torch::matmul(rms_norm(x, final_norm_, eps), lm_head_.t());
+  return logits(x);
 }
 
 torch::Tensor LlamaModel::loss_sum(const torch::Tensor& tokens,
                                    const std::vector<int64_t>& doc_lengths,
                                    CoreAttentionOp& attention) const {
-  auto logits = forward(tokens, document_positions(doc_lengths), attention);
-  return cross_entropy_sum(logits, document_targets(tokens, doc_lengths));
+  const auto device = embedding_.device();
+  auto logits_ = forward(tokens.to(device), document_positions(doc_lengths).to(device), attention);
+  return cross_entropy_sum(logits_, document_targets(tokens.to(torch::kCPU), doc_lengths).to(device));
+}
+
+void LlamaModel::to(const torch::Device& device) {
+  std::map<const void*, torch::Tensor> moved;  // tied parameters move once
+  auto move = [&](torch::Tensor& t) {
+    if (!t.defined()) return;
+    auto it = moved.find(t.unsafeGetTensorImpl());
+    if (it == moved.end()) {
+      auto fresh = t.detach().to(device).contiguous().set_requires_grad(true);
+      it = moved.emplace(t.unsafeGetTensorImpl(), fresh).first;
+    }
+    t = it->second;
+  };
+  for (auto& p : parameters_) move(p.value);
+  move(embedding_);
+  move(final_norm_);
+  move(lm_head_);
+  for (Layer& layer : layers_) {
+    for (torch::Tensor* t : {&layer.attention_norm, &layer.wq, &layer.wk, &layer.wv, &layer.wo,
+                             &layer.mlp_norm, &layer.w_gate, &layer.w_up, &layer.w_down}) {
+      move(*t);
+    }
+  }
 }
 
 std::vector<torch::Tensor> LlamaModel::parameter_tensors() const {

@@ -13,6 +13,9 @@
 #include "common/error.h"
 #include "runtime/attention_op.h"
 #include "runtime/checkpoint.h"
+#include "runtime/step_executor.h"
+#include "attention_server/dispatch.h"
+#include "comm/nccl_transport.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
 
@@ -61,91 +64,285 @@ double max_over_mean(const std::vector<double>& values) {
   return sum > 0 ? max / (sum / values.size()) : 1.0;
 }
 
+// Splits one rank's documents into `parts` groups of near-equal tokens (longest first onto the
+// lightest group; ties to the lower group), keeping their order inside each group.
+std::vector<std::vector<int>> split_documents(const std::vector<int64_t>& lengths, int parts) {
+  std::vector<int> order(lengths.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return lengths[a] > lengths[b]; });
+  std::vector<int64_t> load(parts, 0);
+  std::vector<int> group(lengths.size(), 0);
+  for (int d : order) {
+    const int g = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    group[d] = g;
+    load[g] += lengths[d];
+  }
+  std::vector<std::vector<int>> out(parts);
+  for (size_t d = 0; d < lengths.size(); ++d) out[group[d]].push_back(static_cast<int>(d));
+  return out;
+}
+
+// Local rows of documents `docs` of a batch laid out back to back.
+torch::Tensor document_rows(const std::vector<int64_t>& lengths, const std::vector<int>& docs) {
+  std::vector<int64_t> start(lengths.size() + 1, 0);
+  for (size_t d = 0; d < lengths.size(); ++d) start[d + 1] = start[d] + lengths[d];
+  std::vector<int64_t> rows;
+  for (int d : docs) {
+    for (int64_t r = start[d]; r < start[d + 1]; ++r) rows.push_back(r);
+  }
+  return torch::tensor(rows, torch::kLong);
+}
+
+bool cuda_available() {
+#ifdef CADRE_WITH_CUDA
+  return torch::cuda::is_available();
+#else
+  return false;
+#endif
+}
+
+// Per-server attention time (cost model) of a plan, added into `per_server`.
+void add_server_times(const scheduler::Plan& plan, const scheduler::CostModel& cost,
+                      std::vector<double>* per_server) {
+  for (const scheduler::CaTask& t : plan.tasks) {
+    (*per_server)[t.server] += cost.attention_forward_backward_us(t.q_end - t.q_begin, t.q_end);
+  }
+}
+
 }  // namespace
 
-Trainer::Trainer(const config::RunConfig& config, comm::Transport& transport)
-    : config_(config), transport_(transport) {
+double training_flops(const config::ModelConfig& m, const std::vector<int64_t>& doc_lengths) {
+  const double h = m.hidden_size(), d = m.head_dim(), heads = m.num_heads();
+  const double kv = m.num_kv_heads(), ffn = m.ffn_hidden_size(), vocab = m.vocab_size();
+  const double per_token_layer = 2.0 * (h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * ffn);
+  double tokens = 0, pairs = 0;
+  for (int64_t n : doc_lengths) {
+    tokens += static_cast<double>(n);
+    pairs += 0.5 * static_cast<double>(n) * static_cast<double>(n + 1);
+  }
+  const double forward = m.num_layers() * (per_token_layer * tokens + 4.0 * heads * d * pairs) +
+                         2.0 * h * vocab * tokens;
+  return 3.0 * forward;
+}
+
+Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm::Transport& data)
+    : config_(config), control_(control), data_transport_(data) {
   const auto& training = config.training();
+  const int world = control.size(), rank = control.rank();
+  CADRE_CHECK(data.size() == world && data.rank() == rank,
+              "the control and data transports must span the same ranks");
   CADRE_CHECK(training.attention() == "cad" || training.attention() == "colocated",
               "training.attention is '", training.attention(), "'; accepted: cad, colocated");
-  CADRE_CHECK(training.dtype() == "fp32", "training.dtype is '", training.dtype(),
-              "'; the CPU trainer accepts fp32 (bf16 needs the GPU path, not built yet)");
-  CADRE_CHECK(training.micro_batches() == 1, "training.micro_batches is ",
-              training.micro_batches(), "; accepted: 1 (gradient accumulation is not built yet)");
-  CADRE_CHECK(config.scheduler().server_mode() == "in_place",
-              "scheduler.server_mode is '", config.scheduler().server_mode(),
-              "'; cadre train accepts in_place (dedicated servers are not built into training yet)");
+  CADRE_CHECK(training.micro_batches() >= 1, "training.micro_batches is ",
+              training.micro_batches(), "; accepted: an integer >= 1");
   CADRE_CHECK(training.steps() >= 1, "training.steps must be at least 1; got ", training.steps());
   CADRE_CHECK(training.warmup_steps() >= 0, "training.warmup_steps must be >= 0; got ",
               training.warmup_steps());
   CADRE_CHECK(training.learning_rate() > 0 && training.min_learning_rate() >= 0,
               "training.learning_rate must be > 0 and min_learning_rate >= 0; got ",
               training.learning_rate(), " and ", training.min_learning_rate());
-  CADRE_CHECK(!transport.device_memory(),
-              "the trainer runs on CPU tensors; it needs a host-memory transport (mpi), got ",
-              transport.backend());
 
-  model_ = std::make_unique<LlamaModel>(config.model(), training.seed());
-  optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
-  data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(),
-                                       transport.rank(), transport.size());
-  kernel_ = attention_server::make_kernel("cpu");
+  // Device and precision.
+  const std::string& device = training.device();
+  CADRE_CHECK(device == "auto" || device == "cpu" || device == "cuda", "training.device is '",
+              device, "'; accepted: auto, cpu, cuda");
+  const bool cuda = device == "cuda" || (device == "auto" && cuda_available());
+  CADRE_CHECK(!cuda || cuda_available(), "training.device=cuda but ",
+#ifdef CADRE_WITH_CUDA
+              "no GPU is visible to this process",
+#else
+              "this is the CPU build (rebuild against a CUDA LibTorch; see docs/gpu.md)",
+#endif
+              "; accepted: training.device=cpu or auto");
+  CADRE_CHECK(data.device_memory() == cuda, "training runs on ", cuda ? "cuda" : "cpu",
+              " but the data transport is ", data.backend(),
+              "; accepted: nccl for cuda, mpi for cpu");
+  CADRE_CHECK(training.dtype() == "fp32" || training.dtype() == "bf16", "training.dtype is '",
+              training.dtype(), "'; accepted: fp32, bf16");
+  CADRE_CHECK(cuda || training.dtype() == "fp32", "training.dtype=bf16 runs on GPUs only (this "
+              "run is on cpu); accepted on cpu: fp32");
+  dtype_ = training.dtype() == "bf16" ? torch::kBFloat16 : torch::kFloat;
+#ifdef CADRE_WITH_CUDA
+  if (cuda) {
+    const int index = data.backend() == "nccl"
+                          ? static_cast<const comm::NcclTransport&>(data).device()
+                          : 0;
+    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+#endif
+
+  // Workers and dedicated servers.
+  const auto& sched = config.scheduler();
+  const bool dedicated = sched.server_mode() == "dedicated";
+  CADRE_CHECK(sched.server_mode() == "in_place" || dedicated, "scheduler.server_mode is '",
+              sched.server_mode(), "'; accepted: in_place, dedicated");
+  const int servers = dedicated ? sched.num_dedicated_servers() : 0;
+  CADRE_CHECK(!dedicated || training.attention() == "cad",
+              "dedicated attention servers need training.attention=cad");
+  CADRE_CHECK(!dedicated || (servers >= 1 && servers < world), "scheduler.num_dedicated_servers=",
+              servers, " with ", world, " ranks; accepted: 1 .. ", world - 1,
+              " (at least one worker)");
+  num_workers_ = world - servers;
+  const bool worker = rank < num_workers_;
+  if (dedicated) {
+    workers_ = data.split(worker ? 0 : 1, rank);
+    dp_ = workers_.get();
+  } else {
+    dp_ = &data;
+  }
+
+  if (worker) {
+    model_ = std::make_unique<LlamaModel>(config.model(), training.seed());
+    if (device_.is_cuda()) model_->to(device_);
+    model_->set_compute_dtype(dtype_);
+    optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
+    data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(), rank,
+                                         num_workers_);
+  }
+  const bool flash = device_.is_cuda() && dtype_ != torch::kFloat;
+  kernel_ = attention_server::make_kernel(flash ? "flash" : "cpu");
   cost_ = std::make_unique<scheduler::CostModel>(config.model(), config.cluster(),
                                                  calibration_for(config.cluster()));
+#ifdef CADRE_WITH_CUDA
+  if (device_.is_cuda()) {
+    const auto& nccl = static_cast<const comm::NcclTransport&>(data);
+    timeline_ = comm::make_cuda_timeline(nccl.compute_stream(), nccl.communication_stream());
+  }
+#endif
+  if (!timeline_) timeline_ = comm::make_host_timeline();
+}
+
+Trainer::~Trainer() = default;
+
+std::string Trainer::describe() const {
+  const auto& t = config_.training();
+  const bool dedicated = config_.scheduler().server_mode() == "dedicated";
+  const bool ping_pong = t.attention() == "cad" && t.ping_pong();
+  return str_cat(control_.size(), " ranks (", num_workers_, " workers",
+                 dedicated ? str_cat(", ", control_.size() - num_workers_, " attention servers")
+                           : std::string(t.attention() == "cad" ? ", in-place servers" : ""),
+                 "), ", device_.is_cuda() ? "cuda" : "cpu", " ", t.dtype(), ", kernel ",
+                 kernel_->name(), ", transport ", data_transport_.backend(), ", attention ",
+                 t.attention(), ", ping-pong ", ping_pong ? "on" : "off", ", recompute ",
+                 t.recompute(), ", micro-batches ", t.micro_batches());
 }
 
 StepMetrics Trainer::forward_backward() {
-  const int rank = transport_.rank(), world = transport_.size();
-  RankBatch batch = data_->next();
-  const auto lengths = gather_lengths(transport_, batch.doc_lengths);
+  const int world = control_.size();
+  const auto& training = config_.training();
+  const bool cad = training.attention() == "cad";
+  const bool dedicated = config_.scheduler().server_mode() == "dedicated";
+  const int nano_count = cad && training.ping_pong() ? 2 : 1;
+  const int micro_batches = training.micro_batches();
 
   StepMetrics metrics;
   metrics.step = step_ + 1;
-  std::vector<double> owner_us(world, 0.0);
-  for (int r = 0; r < world; ++r) {
-    for (int64_t n : lengths[r]) {
-      metrics.tokens += n;
-      metrics.targets += std::max<int64_t>(0, n - 1);
-      ++metrics.documents;
-      owner_us[r] += cost_->attention_forward_backward_us(n, n);
+  metrics.nano_batches = nano_count;
+
+  // Every micro-batch's documents, known to every rank (servers contribute none).
+  struct Micro {
+    RankBatch batch;
+    std::vector<std::vector<int>> nano_docs;               // this rank's docs per nano-batch
+    std::vector<std::vector<std::vector<int64_t>>> nano_lengths;  // [nano][worker] lengths
+  };
+  std::vector<Micro> micros(micro_batches);
+  std::vector<double> owner_us(num_workers_, 0.0);
+  std::vector<int64_t> all_docs;
+  for (Micro& mb : micros) {
+    if (is_worker()) mb.batch = data_->next();
+    mb.nano_docs = split_documents(mb.batch.doc_lengths, nano_count);
+    for (int j = 0; j < nano_count; ++j) {
+      std::vector<int64_t> mine;
+      for (int d : mb.nano_docs[j]) mine.push_back(mb.batch.doc_lengths[d]);
+      auto lengths = gather_lengths(control_, mine);
+      lengths.resize(num_workers_);
+      for (int r = 0; r < num_workers_; ++r) {
+        for (int64_t n : lengths[r]) {
+          metrics.tokens += n;
+          metrics.targets += std::max<int64_t>(0, n - 1);
+          ++metrics.documents;
+          owner_us[r] += cost_->attention_forward_backward_us(n, n);
+          all_docs.push_back(n);
+        }
+      }
+      mb.nano_lengths.push_back(std::move(lengths));
     }
   }
   metrics.imbalance_before = max_over_mean(owner_us);
   metrics.imbalance_after = metrics.imbalance_before;
+  metrics.model_tflop = training_flops(config_.model(), all_docs) / 1e12;
 
-  // Every rank builds the same layout and plan from the same lengths.
-  scheduler::Layout layout = scheduler::layout_from_rank_documents(lengths);
-  scheduler::Plan plan;
-  std::unique_ptr<CoreAttentionOp> attention;
-  if (config_.training().attention() == "cad") {
-    std::vector<int32_t> servers(world);
-    for (int r = 0; r < world; ++r) servers[r] = r;
-    scheduler::PlannerOptions options;
-    options.tolerance = config_.scheduler().tolerance();
-    options.min_shard_tokens = config_.scheduler().min_shard_tokens();
-    options.gpus_per_node = config_.cluster().gpus_per_node();
-    scheduler::PlanStats stats;
-    plan = scheduler::plan_cad(layout, servers, world, *cost_, options, &stats);
-    metrics.imbalance_before = stats.imbalance_before;
-    metrics.imbalance_after = stats.imbalance_after;
-    attention = make_cad_attention(plan, transport_, *kernel_);
-  } else {
-    attention = make_colocated_attention(layout, rank, *kernel_);
+  // Each worker's summed loss is scaled by workers / global targets: after the all-reduce's sum
+  // and division by the workers, every gradient is that of the mean loss over all targets.
+  ExecutorOptions options;
+  options.recompute = training.recompute() == "linear";
+  options.loss_chunk_tokens = training.loss_chunk_tokens();
+  options.loss_scale = metrics.targets > 0 ? static_cast<double>(num_workers_) / metrics.targets : 0.0;
+  options.timeline = timeline_.get();
+  timeline_->begin_step();
+
+  std::vector<int32_t> servers;
+  for (int r = dedicated ? num_workers_ : 0; r < world; ++r) servers.push_back(r);
+  std::vector<double> server_us(servers.size(), 0.0);
+  double local_loss = 0;
+  for (Micro& mb : micros) {
+    std::vector<scheduler::Plan> plans(nano_count);
+    std::vector<std::unique_ptr<attention_server::CadDispatch>> dispatches(nano_count);
+    std::vector<NanoBatch> nanos(nano_count);
+    for (int j = 0; j < nano_count; ++j) {
+      NanoBatch& nano = nanos[j];
+      std::vector<int64_t> mine;
+      if (is_worker()) {
+        for (int d : mb.nano_docs[j]) mine.push_back(mb.batch.doc_lengths[d]);
+        auto tokens = mb.batch.tokens.index_select(0, document_rows(mb.batch.doc_lengths,
+                                                                    mb.nano_docs[j]));
+        nano.tokens = tokens.to(device_);
+        nano.positions = document_positions(mine).to(device_);
+        nano.targets = document_targets(tokens, mine).to(device_);
+      }
+      if (cad) {
+        scheduler::Layout layout = scheduler::layout_from_rank_documents(mb.nano_lengths[j]);
+        scheduler::PlannerOptions popts;
+        popts.tolerance = config_.scheduler().tolerance();
+        popts.min_shard_tokens = config_.scheduler().min_shard_tokens();
+        popts.gpus_per_node = config_.cluster().gpus_per_node();
+        plans[j] = scheduler::plan_cad(layout, servers, world, *cost_, popts);
+        add_server_times(plans[j], *cost_, &server_us);
+        dispatches[j] = std::make_unique<attention_server::CadDispatch>(
+            plans[j], data_transport_, *kernel_);
+        dispatches[j]->set_timeline(timeline_.get());
+        auto* dispatch = dispatches[j].get();
+        nano.make_attention = [dispatch]() { return make_cad_phases(*dispatch); };
+      } else {
+        auto* kernel = kernel_.get();
+        auto* timeline = timeline_.get();
+        const torch::Device device = device_;
+        nano.make_attention = [mine, kernel, device, timeline]() {
+          return make_colocated_phases(mine, *kernel, device, timeline);
+        };
+      }
+    }
+    local_loss +=
+        run_forward_backward(model_.get(), config_.model(), dtype_, device_, nanos, options);
+    for (auto& d : dispatches) {
+      if (d) {
+        metrics.a2a_bytes += config_.model().num_layers() *
+                             (d->forward_bytes().sent + d->forward_bytes().received +
+                              d->backward_bytes().sent + d->backward_bytes().received);
+      }
+    }
   }
-
-  // Each rank's summed loss scaled by world / global targets: after the all-reduce's sum and
-  // division by world, every gradient is that of the mean loss over all ranks' targets.
-  auto loss_sum = model_->loss_sum(batch.tokens, batch.doc_lengths, *attention);
-  const double scale = metrics.targets > 0 ? static_cast<double>(world) / metrics.targets : 0.0;
-  (loss_sum * scale).backward();
-  all_reduce_gradients();
-  const double total = sum_over_ranks(transport_, loss_sum.item<double>());
+  if (cad) metrics.imbalance_after = max_over_mean(server_us);
+  all_reduce_gradients(&metrics);
+  const double total = sum_over_ranks(control_, local_loss);
   metrics.loss = metrics.targets > 0 ? total / metrics.targets : 0.0;
   return metrics;
 }
 
-void Trainer::all_reduce_gradients() {
-  const int world = transport_.size();
+void Trainer::all_reduce_gradients(StepMetrics* metrics) {
+  if (!is_worker()) return;
+  const int workers = dp_->size();
   std::vector<torch::Tensor> grads;
   for (const auto& p : model_->parameters()) {
     if (!p.value.grad().defined()) p.value.mutable_grad() = torch::zeros_like(p.value);
@@ -153,6 +350,7 @@ void Trainer::all_reduce_gradients() {
   }
   torch::NoGradGuard no_grad;
   size_t first = 0;
+  const auto start = std::chrono::steady_clock::now();
   while (first < grads.size()) {
     size_t last = first;
     int64_t bytes = 0;
@@ -164,8 +362,12 @@ void Trainer::all_reduce_gradients() {
       ++last;
     }
     auto bucket = torch::cat(flat).contiguous();
-    transport_.all_reduce_sum(bucket.data_ptr(), bucket.numel(), comm::DataType::kFloat32)->wait();
-    bucket.div_(world);
+    const int span = timeline_->begin_communication("grad all-reduce");
+    auto work = dp_->all_reduce_sum(bucket.data_ptr(), bucket.numel(), comm::DataType::kFloat32);
+    timeline_->communication_enqueued(span);
+    work->wait();
+    timeline_->communication_waited(span);
+    bucket.div_(workers);
     int64_t offset = 0;
     for (size_t i = first; i < last; ++i) {
       const int64_t n = grads[i].numel();
@@ -174,32 +376,81 @@ void Trainer::all_reduce_gradients() {
     }
     first = last;
   }
+  (void)start;
+  (void)metrics;
 }
 
 void Trainer::optimizer_step(StepMetrics* metrics) {
-  const auto params = model_->parameter_tensors();
   const double lr = learning_rate_at(step_, config_.training());
-  const double norm = clip_grad_norm(params, config_.training().grad_clip());
-  optimizer_->step(lr);
-  torch::NoGradGuard no_grad;
-  for (const auto& p : params) {
-    if (p.grad().defined()) p.grad().zero_();
+  if (is_worker()) {
+    const auto params = model_->parameter_tensors();
+    const double norm = clip_grad_norm(params, config_.training().grad_clip());
+    optimizer_->step(lr);
+    torch::NoGradGuard no_grad;
+    for (const auto& p : params) {
+      if (p.grad().defined()) p.grad().zero_();
+    }
+    if (metrics != nullptr) metrics->grad_norm = norm;
   }
   ++step_;
-  if (metrics != nullptr) {
-    metrics->learning_rate = lr;
-    metrics->grad_norm = norm;
-  }
+  if (metrics != nullptr) metrics->learning_rate = lr;
 }
 
 StepMetrics Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
   StepMetrics metrics = forward_backward();
   optimizer_step(&metrics);
-  metrics.step_ms =
+  last_spans_ = timeline_->resolve();  // waits for the device
+  const double mine =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  // The step takes as long as its slowest rank; the grad norm is known to workers (rank 0 is one).
+  std::vector<double> all(control_.size());
+  control_.all_gather(&mine, all.data(), sizeof(double));
+  metrics.step_ms = *std::max_element(all.begin(), all.end());
+  control_.broadcast(&metrics.grad_norm, sizeof(double), 0);
   metrics.tokens_per_second = metrics.step_ms > 0 ? metrics.tokens / (metrics.step_ms / 1e3) : 0;
+  metrics.mfu = metrics.step_ms > 0
+                    ? metrics.model_tflop / (metrics.step_ms / 1e3) /
+                          (control_.size() * config_.cluster().peak_tflops())
+                    : 0;
+  // Communication figures from rank 0's timeline, shared so every rank reports the same.
+  double comm[4] = {0, 0, 0, 0};
+  if (control_.rank() == 0) {
+    std::vector<comm::Span> a2a, reduce;
+    for (const comm::Span& s : last_spans_) {
+      if (s.lane != comm::Lane::kCommunication) continue;
+      (s.name.compare(0, 3, "a2a") == 0 ? a2a : reduce).push_back(s);
+    }
+    comm[0] = comm::busy_us(a2a, comm::Lane::kCommunication) / 1e3;
+    comm[1] = comm::exposed_communication_us(last_spans_, "a2a") / 1e3;
+    comm[2] = comm::busy_us(reduce, comm::Lane::kCommunication) / 1e3;
+    comm[3] = static_cast<double>(metrics.a2a_bytes);
+  }
+  control_.broadcast(comm, sizeof(comm), 0);
+  metrics.a2a_ms = comm[0];
+  metrics.exposed_a2a_ms = comm[1];
+  metrics.allreduce_ms = comm[2];
+  metrics.a2a_bytes = static_cast<int64_t>(comm[3]);
   return metrics;
+}
+
+void Trainer::write_trace(const std::string& path) {
+  const std::string mine = comm::serialize_spans(last_spans_);
+  int64_t length = static_cast<int64_t>(mine.size());
+  std::vector<int64_t> lengths(control_.size());
+  control_.all_gather(&length, lengths.data(), sizeof(int64_t));
+  const int64_t width = std::max<int64_t>(1, *std::max_element(lengths.begin(), lengths.end()));
+  std::string padded = mine;
+  padded.resize(width, '\0');
+  std::string all(width * control_.size(), '\0');
+  control_.all_gather(padded.data(), all.data(), width);
+  if (control_.rank() != 0) return;
+  std::vector<std::vector<comm::Span>> per_rank;
+  for (int r = 0; r < control_.size(); ++r) {
+    per_rank.push_back(comm::deserialize_spans(all.substr(r * width, lengths[r])));
+  }
+  write_chrome_trace(path, per_rank, "cadre train step " + std::to_string(step_) + ": " +
+                                         describe());
 }
 
 std::string Trainer::checkpoint_dir() const {
@@ -214,7 +465,7 @@ std::string Trainer::save_checkpoint() {
   // others whether it succeeded, so that every rank fails together.
   uint8_t ok = 1;
   std::string error;
-  if (transport_.rank() == 0) {
+  if (control_.rank() == 0) {
     try {
       CheckpointState state;
       state.counters["step"] = step_;
@@ -234,7 +485,7 @@ std::string Trainer::save_checkpoint() {
       error = e.message();
     }
   }
-  transport_.broadcast(&ok, 1, 0);
+  control_.broadcast(&ok, 1, 0);
   CADRE_CHECK(ok == 1, "rank 0 could not write checkpoint '", path, "'",
               error.empty() ? std::string() : ": " + error);
   return path;
@@ -258,6 +509,8 @@ void Trainer::load_checkpoint(const std::string& path) {
     torch::NoGradGuard no_grad;
     into.copy_(it->second);
   };
+  step_ = counter("step");
+  if (!is_worker()) return;  // a dedicated server holds no model, optimizer or data
   const auto& params = model_->parameters();
   for (size_t i = 0; i < params.size(); ++i) {
     restore("model/" + params[i].name, params[i].value);
@@ -267,7 +520,6 @@ void Trainer::load_checkpoint(const std::string& path) {
   CADRE_CHECK(by_name.size() == 3 * params.size(), "checkpoint '", path, "' holds ",
               by_name.size(), " tensors but this model has ", 3 * params.size(),
               " (parameters and two AdamW moments each); was it written with another model?");
-  step_ = counter("step");
   optimizer_->set_steps(counter("adam.steps"));
   DataPosition position;
   position.batches = counter("data.batches");

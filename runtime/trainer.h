@@ -1,6 +1,7 @@
 // One rank's training loop: data, layout and plan of each step, the model's forward and backward
-// through `cad` or `colocated` core attention, data-parallel gradient all-reduce, AdamW, metrics
-// and checkpoints. Every rank runs the same Trainer with the same config.
+// through `cad` or `colocated` core attention (hand-scheduled by the step executor: ping-pong,
+// recomputation, chunked loss), data-parallel gradient all-reduce, AdamW, metrics, timelines and
+// checkpoints. Every rank runs the same Trainer with the same config.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "attention_server/kernel.h"
+#include "comm/timeline.h"
 #include "comm/transport.h"
 #include "runtime/data.h"
 #include "runtime/model.h"
@@ -18,34 +20,47 @@
 
 namespace cadre::runtime {
 
-// What one step did, identical on every rank.
+// What one step did, identical on every rank (timings: the slowest rank's step time; the
+// communication figures are rank 0's timeline).
 struct StepMetrics {
   int64_t step = 0;           // 1-based: the number of optimizer steps taken after this one
   double loss = 0;            // mean next-token loss over every rank's targets
   double grad_norm = 0;       // global norm before clipping
   double learning_rate = 0;
-  double step_ms = 0;         // wall time of the step on this rank (rank 0 reports its own)
+  double step_ms = 0;         // wall time of the step, max over ranks
   int64_t tokens = 0;         // tokens of all ranks
   int64_t targets = 0;        // positions with a target, all ranks
   int32_t documents = 0;
   double tokens_per_second = 0;
+  double model_tflop = 0;     // model FLOPs of the step (linear, head and causal attention; x3)
+  double mfu = 0;             // model_tflop / (step time * GPUs * cluster.peak_tflops)
   double imbalance_before = 1;  // max/mean per-rank attention time if each rank kept its own
-  double imbalance_after = 1;   // max/mean over servers of the step's plan (cad), else = before
+  double imbalance_after = 1;   // max/mean over servers of the step's plans (cad), else = before
+  double a2a_ms = 0;          // rank 0: time the CAD all-to-alls were in flight (union)
+  double exposed_a2a_ms = 0;  // rank 0: the part of it with the compute stream idle
+  double allreduce_ms = 0;    // rank 0: gradient all-reduce time
+  int64_t a2a_bytes = 0;      // rank 0: bytes sent + received by CAD dispatch in the step
+  int32_t nano_batches = 1;
 };
 
 // Gradients are all-reduced in flattened buckets of at most this many bytes.
-constexpr int64_t kGradientBucketBytes = 16 << 20;
+constexpr int64_t kGradientBucketBytes = 64 << 20;
 
 class Trainer {
  public:
-  // `config` must have every model size set (launch::finalize_config does that). The transport
-  // spans the data-parallel ranks; every rank is a worker and (cad) an in-place server.
-  // Throws cadre::Error for settings this trainer does not support, naming what it accepts.
-  Trainer(const config::RunConfig& config, comm::Transport& transport);
+  // `config` must have every model size set (launch::finalize_config does that). `control`
+  // carries small host-memory collectives (lengths, losses, flags: MPI); `data` carries tensors
+  // (MPI for CPU training, NCCL for GPU training) and may be the same transport. With
+  // scheduler.server_mode = dedicated the last num_dedicated_servers ranks are attention servers
+  // only. Throws cadre::Error for settings this trainer does not support, naming what it accepts.
+  Trainer(const config::RunConfig& config, comm::Transport& control, comm::Transport& data);
+  Trainer(const config::RunConfig& config, comm::Transport& transport)
+      : Trainer(config, transport, transport) {}
+  ~Trainer();
 
-  // Forward and backward of the next step's data; leaves every parameter's .grad() holding the
-  // data-parallel average (identical on all ranks). Returns the step's metrics without
-  // grad_norm/learning_rate.
+  // Forward and backward of the next step's data (training.micro_batches micro-batches); leaves
+  // every parameter's .grad() holding the data-parallel average (identical on all workers).
+  // Returns the step's metrics without grad_norm/learning_rate.
   StepMetrics forward_backward();
   // Clips, applies AdamW at the step's learning rate, zeroes gradients, advances the step.
   void optimizer_step(StepMetrics* metrics);
@@ -60,27 +75,51 @@ class Trainer {
   // The checkpoint directory: training.checkpoint_dir, else output.dir/checkpoints.
   std::string checkpoint_dir() const;
 
+  // The timeline of the last step on this rank (empty unless timing was on for it).
+  const std::vector<comm::Span>& last_timeline() const { return last_spans_; }
+  // Writes every rank's timeline of the last step as one Chrome trace (collective; rank 0
+  // writes).
+  void write_trace(const std::string& path);
+
   int64_t step() const { return step_; }
+  bool is_worker() const { return model_ != nullptr; }
+  // Only on workers.
   const LlamaModel& model() const { return *model_; }
   const config::RunConfig& config() const { return config_; }
+  const torch::Device& device() const { return device_; }
+  // A one-line description: device, dtype, kernel, transport, ranks, server mode, ping-pong.
+  std::string describe() const;
 
  private:
-  void all_reduce_gradients();
+  void all_reduce_gradients(StepMetrics* metrics);
 
   config::RunConfig config_;
-  comm::Transport& transport_;
-  std::unique_ptr<LlamaModel> model_;
+  comm::Transport& control_;
+  comm::Transport& data_transport_;
+  std::unique_ptr<comm::Transport> workers_;  // the data-parallel group (dedicated mode)
+  comm::Transport* dp_ = nullptr;             // workers_ or data_transport_
+  int num_workers_ = 0;
+  torch::Device device_ = torch::kCPU;
+  torch::ScalarType dtype_ = torch::kFloat;
+  std::unique_ptr<LlamaModel> model_;        // null on dedicated server ranks
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<DataLoader> data_;
   std::unique_ptr<attention_server::CoreAttentionKernel> kernel_;
   std::unique_ptr<scheduler::CostModel> cost_;
+  std::unique_ptr<comm::Timeline> timeline_;
+  std::vector<comm::Span> last_spans_;
   int64_t step_ = 0;
 };
 
-// "step 3/20 | loss 5.1234 | grad norm 0.812 | lr 3.00e-03 | 12.3 ms | 41.6k tok/s |
-//  attn imbalance 1.42 -> 1.01"
+// "step 3/20 | loss 5.1234 | grad norm 0.812 | lr 3.00e-03 | 12.3 ms | 41.6k tok/s | MFU 41.2% |
+//  attn imbalance 1.42 -> 1.01 | a2a 3.1 ms, exposed 0.4 ms"
 std::string format_step_line(const StepMetrics& metrics, int64_t total_steps);
 // One JSON object (no newline) with every field of `metrics` and the attention mode.
 std::string metrics_json(const StepMetrics& metrics, const std::string& attention);
+
+// Model FLOPs of training one micro-batch of documents (forward + backward = 3 x forward):
+// every linear layer and the LM head, plus causal core attention (4 * heads * head_dim per
+// query-key pair and layer, forward).
+double training_flops(const config::ModelConfig& model, const std::vector<int64_t>& doc_lengths);
 
 }  // namespace cadre::runtime

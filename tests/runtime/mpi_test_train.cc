@@ -8,6 +8,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
 
 #include "comm/mpi_transport.h"
 #include "common/error.h"
@@ -99,8 +102,130 @@ TEST(Train, CadAndColocatedGiveTheSameLossAndGradients) {
       cad.optimizer_step(&a);
       colocated.optimizer_step(&b);
     }
-    if (world().size() > 1) EXPECT_TRUE(planner_moved_work) << "the plans never rebalanced";
+    if (world().size() > 1) {
+      EXPECT_TRUE(planner_moved_work) << "the plans never rebalanced";
+    }
     expect_identical_across_ranks(cad.model());
+  }
+}
+
+std::string shared_temp_dir(const std::string& tag);
+
+// Loss and every gradient of `a` and `b` agree (fp32, relative 1e-5) for `steps` steps, on the
+// ranks where both train (a dedicated server rank has no model and passes nullptr for b).
+void expect_same_training(Trainer& a, Trainer* b, int steps, const std::string& what) {
+  for (int step = 0; step < steps; ++step) {
+    StepMetrics ma = a.forward_backward();
+    if (b == nullptr) {
+      a.optimizer_step(&ma);
+      continue;
+    }
+    StepMetrics mb = b->forward_backward();
+    EXPECT_EQ(ma.tokens, mb.tokens) << what;
+    EXPECT_LE(std::abs(ma.loss - mb.loss), 1e-5 * std::abs(mb.loss))
+        << what << ", step " << step << ": " << ma.loss << " vs " << mb.loss;
+    const auto& pa = a.model().parameters();
+    const auto& pb = b->model().parameters();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (size_t i = 0; i < pa.size(); ++i) {
+      const double rel = relative_difference(pa[i].value.grad(), pb[i].value.grad());
+      EXPECT_LE(rel, 1e-5) << what << ", step " << step << ": gradient of " << pa[i].name
+                           << " differs by " << rel << " (relative L2)";
+    }
+    a.optimizer_step(&ma);
+    b->optimizer_step(&mb);
+  }
+}
+
+TEST(Train, PingPongRecomputeChunkedLossAndAccumulationKeepTheNumbers) {
+  struct Variant {
+    std::string what;
+    std::function<void(config::RunConfig*)> set;
+  };
+  const std::vector<Variant> variants = {
+      {"cad without ping-pong", [](config::RunConfig* c) { c->mutable_training()->set_ping_pong(false); }},
+      {"cad, ping-pong, recompute=linear",
+       [](config::RunConfig* c) { c->mutable_training()->set_recompute("linear"); }},
+      {"cad, loss in chunks of 7 tokens",
+       [](config::RunConfig* c) { c->mutable_training()->set_loss_chunk_tokens(7); }},
+  };
+  for (const Variant& v : variants) {
+    auto cad_config = tiny_run("cad");
+    v.set(&cad_config);
+    Trainer cad(cad_config, world()), colocated(tiny_run("colocated"), world());
+    expect_same_training(cad, &colocated, 2, v.what);
+  }
+  // Gradient accumulation: two micro-batches per step, cad (ping-pong) against colocated.
+  auto cad_config = tiny_run("cad"), colocated_config = tiny_run("colocated");
+  cad_config.mutable_training()->set_micro_batches(2);
+  colocated_config.mutable_training()->set_micro_batches(2);
+  Trainer cad(cad_config, world()), colocated(colocated_config, world());
+  expect_same_training(cad, &colocated, 2, "two micro-batches");
+}
+
+TEST(Train, DedicatedServersGiveTheColocatedNumbersOfTheWorkers) {
+  const int world_size = world().size();
+  if (world_size < 2) GTEST_SKIP() << "needs a worker and a server rank";
+  const int workers = world_size - 1;
+  const bool worker = world().rank() < workers;
+  auto config = tiny_run("cad");
+  config.mutable_scheduler()->set_server_mode("dedicated");
+  config.mutable_scheduler()->set_num_dedicated_servers(1);
+  Trainer dedicated(config, world());
+  EXPECT_EQ(dedicated.is_worker(), worker);
+  auto workers_only = world().split(worker ? 0 : 1, world().rank());
+  std::unique_ptr<Trainer> colocated;
+  if (worker) {
+    auto c = tiny_run("colocated");
+    c.mutable_cluster()->set_num_gpus(workers);
+    colocated = std::make_unique<Trainer>(c, *workers_only);
+  }
+  // The dedicated run is collective over all ranks, the colocated one over the workers; run the
+  // steps of both interleaved per rank (servers only take part in the first).
+  for (int step = 0; step < 2; ++step) {
+    StepMetrics a = dedicated.forward_backward();
+    if (worker) {
+      StepMetrics b = colocated->forward_backward();
+      EXPECT_LE(std::abs(a.loss - b.loss), 1e-5 * std::abs(b.loss)) << "step " << step;
+      const auto& pa = dedicated.model().parameters();
+      const auto& pb = colocated->model().parameters();
+      for (size_t i = 0; i < pa.size(); ++i) {
+        const double rel = relative_difference(pa[i].value.grad(), pb[i].value.grad());
+        EXPECT_LE(rel, 1e-5) << "step " << step << ": gradient of " << pa[i].name << " differs by "
+                             << rel;
+      }
+      colocated->optimizer_step(&b);
+    }
+    dedicated.optimizer_step(&a);
+  }
+}
+
+TEST(Train, StepTimelineAndTrace) {
+  Trainer trainer(tiny_run("cad"), world());
+  StepMetrics m = trainer.train_step();
+  const auto& spans = trainer.last_timeline();
+  int a2a = 0, compute = 0;
+  for (const auto& s : spans) {
+    EXPECT_LE(s.start_us, s.end_us) << s.name;
+    if (s.lane == comm::Lane::kCommunication && s.name.rfind("a2a", 0) == 0) ++a2a;
+    if (s.lane == comm::Lane::kCompute) ++compute;
+  }
+  // Two layers, two nano-batches, two exchanges per direction.
+  EXPECT_EQ(a2a, 2 * 2 * 2 * 2);
+  EXPECT_GT(compute, 0);
+  EXPECT_GE(m.a2a_ms, m.exposed_a2a_ms);
+  EXPECT_GE(m.exposed_a2a_ms, 0.0);
+  EXPECT_GT(m.model_tflop, 0.0);
+  EXPECT_EQ(m.nano_batches, 2);
+  const std::string path = shared_temp_dir("trace") + ".json";
+  trainer.write_trace(path);
+  if (world().rank() == 0) {
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find("\"traceEvents\""), std::string::npos);
+    EXPECT_NE(text.find("communication stream"), std::string::npos);
+    EXPECT_NE(text.find("\"pid\":" + std::to_string(world().size() - 1)), std::string::npos);
+    std::filesystem::remove(path);
   }
 }
 
@@ -168,7 +293,25 @@ TEST(Train, BadSettingsFailOnEveryRank) {
   }
   config = tiny_run("cad");
   config.mutable_training()->set_dtype("bf16");
+  try {
+    Trainer trainer(config, world());
+    FAIL() << "bf16 on cpu was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("accepted on cpu: fp32"), std::string::npos) << e.message();
+  }
+  config = tiny_run("colocated");
+  config.mutable_scheduler()->set_server_mode("dedicated");
+  config.mutable_scheduler()->set_num_dedicated_servers(1);
   EXPECT_THROW(Trainer(config, world()), Error);
+  config = tiny_run("cad");
+  config.mutable_scheduler()->set_server_mode("dedicated");
+  config.mutable_scheduler()->set_num_dedicated_servers(world().size());
+  try {
+    Trainer trainer(config, world());
+    FAIL() << "a run without workers was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("at least one worker"), std::string::npos) << e.message();
+  }
 }
 
 }  // namespace
