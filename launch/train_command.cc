@@ -6,6 +6,8 @@
 #include <iostream>
 
 #include "comm/mpi_transport.h"
+#include "comm/nccl_transport.h"
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "launch/commands.h"
 #include "launch/config.h"
@@ -17,15 +19,17 @@ namespace {
 
 std::string train_help() {
   return "usage: mpirun -np N cadre train --config FILE [--set PATH=VALUE ...] [--resume]\n\n"
-         "Trains a Llama-style model on this machine's CPUs over MPI, one rank per process,\n"
-         "with training.attention = cad (core attention dispatched per the step's plan) or\n"
-         "colocated (each rank attends its own documents). cluster.num_gpus must equal N.\n\n"
+         "Trains a Llama-style model, one rank per GPU (NCCL, bf16, flash attention) or per\n"
+         "CPU process (MPI, fp32), with training.attention = cad (core attention dispatched\n"
+         "per the step's plan to in-place or dedicated attention servers, ping-pong overlap)\n"
+         "or colocated (each rank attends its own documents). cluster.num_gpus must equal N.\n\n"
          "options:\n"
          "  --resume         continue from the newest checkpoint in training.checkpoint_dir\n"
          "                   (default output.dir/checkpoints); same as training.resume=true\n"
          "  -h, --help       this help\n\n"
-         "Rank 0 prints one line per step and appends JSON lines to output.dir/metrics.jsonl;\n"
-         "see docs/training.md.\n\n" +
+         "Rank 0 prints one line per step, appends JSON lines to output.dir/metrics.jsonl,\n"
+         "writes output.dir/summary.json at the end and, with output.trace, a Chrome trace of\n"
+         "step training.trace_step to output.dir/trace.json; see docs/training.md.\n\n" +
          config_options_help();
 }
 
@@ -81,7 +85,32 @@ int run_train(const Args& args) {
                 config.cluster().num_gpus(), " but mpirun started ", world,
                 " ranks; accepted: equal counts (set --set cluster.num_gpus=", world, ")");
     transport->set_timeout_seconds(config.comm().timeout_seconds());
-    trainer = std::make_unique<runtime::Trainer>(config, *transport);
+  } catch (const Error& e) {
+    error = e.message();
+  }
+  error = first_error(*transport, error);
+  if (!error.empty()) return fail(error);
+
+  // GPU training moves tensors over NCCL; MPI keeps the small host-side collectives.
+  const std::string& device = config.training().device();
+  const bool cuda = device == "cuda" || (device == "auto" && comm::nccl_transport_available() &&
+                                         runtime::cuda_device_count() > 0);
+  std::unique_ptr<comm::NcclTransport> nccl;
+  try {
+    if (cuda) {
+      comm::NcclOptions options;
+      options.timeout_seconds = config.comm().timeout_seconds();
+      nccl = comm::make_nccl_transport(options);
+    }
+  } catch (const Error& e) {
+    error = e.message();
+  }
+  error = first_error(*transport, error);
+  if (!error.empty()) return fail(error);
+  try {
+    trainer = std::make_unique<runtime::Trainer>(config, *transport,
+                                                 nccl ? static_cast<comm::Transport&>(*nccl)
+                                                      : *transport);
   } catch (const Error& e) {
     error = e.message();
   }
@@ -113,24 +142,30 @@ int run_train(const Args& args) {
     const auto path = std::filesystem::path(out_dir) / "metrics.jsonl";
     metrics.open(path, resume ? std::ios::app : std::ios::trunc);
     if (!config.output().quiet()) {
-      std::cout << "cadre train: " << world << " ranks, attention " << training.attention()
-                << ", model " << config.model().preset() << " ("
+      std::cout << "cadre train: model " << config.model().preset() << " ("
                 << trainer->model().parameter_count() << " parameters), context "
-                << config.data().context_length() << " tokens per rank";
-      if (training.ping_pong()) std::cout << " (ping-pong not built yet: off)";
-      std::cout << "\n";
+                << config.data().context_length() << " tokens per worker, "
+                << config.data().distribution() << " documents; " << trainer->describe()
+                << std::endl;
     }
   }
 
+  std::vector<runtime::StepMetrics> history;
   try {
     while (trainer->step() < training.steps()) {
       runtime::StepMetrics m = trainer->train_step();
+      history.push_back(m);
       if (rank == 0) {
         if (!config.output().quiet()) {
           std::cout << runtime::format_step_line(m, training.steps()) << std::endl;
         }
         metrics << runtime::metrics_json(m, training.attention()) << "\n";
         metrics.flush();
+      }
+      if (config.output().trace() && m.step == training.trace_step()) {
+        const std::string path = (std::filesystem::path(out_dir) / "trace.json").string();
+        trainer->write_trace(path);
+        if (rank == 0 && !config.output().quiet()) std::cout << "trace " << path << "\n";
       }
       const int every = training.checkpoint_every();
       if (every > 0 && (trainer->step() % every == 0 || trainer->step() == training.steps())) {
@@ -142,6 +177,11 @@ int run_train(const Args& args) {
     // Mid-run failures may be seen by one rank only; its peers end through comm's deadline.
     std::cerr << "cadre train: [rank " << rank << "] error: " << e.message() << "\n";
     return 1;
+  }
+  if (rank == 0 && !history.empty()) {
+    const std::string summary = runtime::summary_json(history, config, trainer->describe());
+    write_file_atomically((std::filesystem::path(out_dir) / "summary.json").string(), summary);
+    if (!config.output().quiet()) std::cout << "summary " << summary;
   }
   return 0;
 }

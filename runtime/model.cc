@@ -3,6 +3,7 @@
 #include "runtime/model.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <torch/types.h>
 
 #include <cmath>
@@ -103,11 +104,16 @@ void check_dims(const config::ModelConfig& m) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed) : config_(model) {
+LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const torch::Device& device)
+    : config_(model) {
   check_dims(model);
   // One generator walked in a fixed order: identical weights on every rank for one seed.
   at::Generator generator = at::detail::createCPUGenerator(seed);
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat);
+  if (!device.is_cpu()) {
+    generator = at::globalContext().defaultGenerator(device).clone();
+    generator.set_current_seed(seed);
+  }
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device);
   const double std = 0.02;
   // GPT-2 / Llama practice: residual output projections scaled down by sqrt(2 * layers).
   const double residual_std = std / std::sqrt(2.0 * model.num_layers());

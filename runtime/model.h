@@ -55,7 +55,10 @@ class LlamaModel {
  public:
   // `model` must have every size set (a finalized config, or explicit fields). Initialisation
   // depends only on `seed`, so every rank starts from identical weights.
-  LlamaModel(const config::ModelConfig& model, uint64_t seed);
+  // On a CUDA device the weights are drawn there by a CUDA generator seeded with `seed` (fast for
+  // billion-parameter models; different numbers than the CPU generator draws).
+  LlamaModel(const config::ModelConfig& model, uint64_t seed,
+             const torch::Device& device = torch::kCPU);
 
   // Logits [tokens, vocab] of one rank's packed micro-batch. tokens, positions: int64 [tokens].
   // `attention` computes every layer's core attention over this rank's rows (its Layout order).

@@ -3,6 +3,9 @@
 #include "runtime/trainer.h"
 
 #include <torch/types.h>
+#ifdef CADRE_WITH_CUDA
+#include <torch/cuda.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -10,12 +13,12 @@
 #include <filesystem>
 #include <sstream>
 
+#include "attention_server/dispatch.h"
+#include "comm/nccl_transport.h"
 #include "common/error.h"
 #include "runtime/attention_op.h"
 #include "runtime/checkpoint.h"
 #include "runtime/step_executor.h"
-#include "attention_server/dispatch.h"
-#include "comm/nccl_transport.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
 
@@ -193,8 +196,7 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   }
 
   if (worker) {
-    model_ = std::make_unique<LlamaModel>(config.model(), training.seed());
-    if (device_.is_cuda()) model_->to(device_);
+    model_ = std::make_unique<LlamaModel>(config.model(), training.seed(), device_);
     model_->set_compute_dtype(dtype_);
     optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
     data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(), rank,
@@ -527,15 +529,64 @@ void Trainer::load_checkpoint(const std::string& path) {
   data_->restore(position);
 }
 
+int cuda_device_count() {
+#ifdef CADRE_WITH_CUDA
+  return static_cast<int>(torch::cuda::device_count());
+#else
+  return 0;
+#endif
+}
+
+std::string summary_json(const std::vector<StepMetrics>& steps, const config::RunConfig& config,
+                         const std::string& description) {
+  const size_t skip = steps.size() > 3 ? 2 : 0;
+  double n = 0, step_ms = 0, tps = 0, mfu = 0, a2a = 0, exposed = 0, reduce = 0, before = 0,
+         after = 0, bytes = 0;
+  for (size_t i = skip; i < steps.size(); ++i) {
+    const StepMetrics& m = steps[i];
+    n += 1;
+    step_ms += m.step_ms;
+    tps += m.tokens_per_second;
+    mfu += m.mfu;
+    a2a += m.a2a_ms;
+    exposed += m.exposed_a2a_ms;
+    reduce += m.allreduce_ms;
+    before += m.imbalance_before;
+    after += m.imbalance_after;
+    bytes += static_cast<double>(m.a2a_bytes);
+  }
+  std::ostringstream out;
+  out.precision(6);
+  const auto& t = config.training();
+  out << "{\"description\":\"" << description << "\",\"model\":\"" << config.model().preset()
+      << "\",\"distribution\":\"" << config.data().distribution()
+      << "\",\"context_length\":" << config.data().context_length() << ",\"attention\":\""
+      << t.attention() << "\",\"ping_pong\":" << (t.ping_pong() ? "true" : "false")
+      << ",\"server_mode\":\"" << config.scheduler().server_mode() << "\",\"recompute\":\""
+      << t.recompute() << "\",\"steps\":" << steps.size() << ",\"measured_steps\":" << n
+      << ",\"step_ms\":" << step_ms / n << ",\"tokens_per_s\":" << tps / n
+      << ",\"mfu\":" << mfu / n << ",\"a2a_ms\":" << a2a / n
+      << ",\"exposed_a2a_ms\":" << exposed / n << ",\"hidden_a2a_fraction\":"
+      << (a2a > 0 ? 1.0 - exposed / a2a : 0.0) << ",\"allreduce_ms\":" << reduce / n
+      << ",\"a2a_bytes\":" << bytes / n << ",\"imbalance_before\":" << before / n
+      << ",\"imbalance_after\":" << after / n << ",\"first_loss\":" << steps.front().loss
+      << ",\"last_loss\":" << steps.back().loss << "}\n";
+  return out.str();
+}
+
 std::string format_step_line(const StepMetrics& m, int64_t total_steps) {
-  char line[256];
+  char line[384];
   const double ktok = m.tokens_per_second / 1e3;
-  std::snprintf(line, sizeof(line),
-                "step %lld/%lld | loss %.4f | grad norm %.3f | lr %.2e | %.1f ms | %.1fk tok/s | "
-                "attn imbalance %.2f -> %.2f",
-                static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss,
-                m.grad_norm, m.learning_rate, m.step_ms, ktok, m.imbalance_before,
-                m.imbalance_after);
+  int n = std::snprintf(line, sizeof(line),
+                        "step %lld/%lld | loss %.4f | grad norm %.3f | lr %.2e | %.1f ms | "
+                        "%.1fk tok/s | MFU %.1f%% | attn imbalance %.2f -> %.2f",
+                        static_cast<long long>(m.step), static_cast<long long>(total_steps),
+                        m.loss, m.grad_norm, m.learning_rate, m.step_ms, ktok, 100 * m.mfu,
+                        m.imbalance_before, m.imbalance_after);
+  if (m.a2a_ms > 0 && n > 0 && n < static_cast<int>(sizeof(line))) {
+    std::snprintf(line + n, sizeof(line) - n, " | a2a %.1f ms, exposed %.1f ms", m.a2a_ms,
+                  m.exposed_a2a_ms);
+  }
   return line;
 }
 
@@ -546,8 +597,12 @@ std::string metrics_json(const StepMetrics& m, const std::string& attention) {
       << ",\"lr\":" << m.learning_rate << ",\"step_ms\":" << m.step_ms
       << ",\"tokens\":" << m.tokens << ",\"targets\":" << m.targets
       << ",\"documents\":" << m.documents << ",\"tokens_per_s\":" << m.tokens_per_second
-      << ",\"attention\":\"" << attention << "\",\"imbalance_before\":" << m.imbalance_before
-      << ",\"imbalance_after\":" << m.imbalance_after << "}";
+      << ",\"model_tflop\":" << m.model_tflop << ",\"mfu\":" << m.mfu
+      << ",\"attention\":\"" << attention << "\",\"nano_batches\":" << m.nano_batches
+      << ",\"imbalance_before\":" << m.imbalance_before
+      << ",\"imbalance_after\":" << m.imbalance_after << ",\"a2a_ms\":" << m.a2a_ms
+      << ",\"exposed_a2a_ms\":" << m.exposed_a2a_ms << ",\"allreduce_ms\":" << m.allreduce_ms
+      << ",\"a2a_bytes\":" << m.a2a_bytes << "}";
   return out.str();
 }
 

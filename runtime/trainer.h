@@ -117,6 +117,14 @@ std::string format_step_line(const StepMetrics& metrics, int64_t total_steps);
 // One JSON object (no newline) with every field of `metrics` and the attention mode.
 std::string metrics_json(const StepMetrics& metrics, const std::string& attention);
 
+// A JSON object (with newline) summarising a run: the config essentials and the means over the
+// measured steps (every step after the first two when there are more than three, for warm-up).
+std::string summary_json(const std::vector<StepMetrics>& steps, const config::RunConfig& config,
+                         const std::string& description);
+
+// CUDA devices visible to this process (0 in the CPU build).
+int cuda_device_count();
+
 // Model FLOPs of training one micro-batch of documents (forward + backward = 3 x forward):
 // every linear layer and the LM head, plus causal core attention (4 * heads * head_dim per
 // query-key pair and layer, forward).
