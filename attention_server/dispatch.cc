@@ -106,6 +106,10 @@ CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport
       for (int64_t t = 0; t < task.q_end; ++t) expand.push_back(prefix.kv_row + t);
     }
     kv_expand_rows_ = rows_tensor(expand);
+    expand_is_identity_ = static_cast<int64_t>(expand.size()) == b.kv_rows;
+    for (size_t i = 0; i < expand.size() && expand_is_identity_; ++i) {
+      expand_is_identity_ = expand[i] == static_cast<int64_t>(i);
+    }
     batch_.cu_seqlens_q = torch::tensor(b.cu_seqlens_q, torch::kLong).to(torch::kInt);
     batch_.cu_seqlens_k = torch::tensor(b.cu_seqlens_k, torch::kLong).to(torch::kInt);
     batch_.max_seqlen_q = b.max_seqlen_q;
@@ -152,9 +156,10 @@ Exchange CadDispatch::start_exchange(const std::vector<torch::Tensor>& parts,
   std::vector<torch::Tensor> flat;
   int64_t send_offset = 0, recv_offset = 0;
   for (int p = 0; p < world_; ++p) {
-    flat.push_back(parts[p].reshape({-1}));
-    const int64_t send_bytes = flat.back().numel() * element;
-    const int64_t recv_bytes = recv_elements[p] * element;
+    // This rank's own rows never enter the exchange (the phases copy them directly).
+    const int64_t send_bytes = p == rank_ ? 0 : parts[p].numel() * element;
+    const int64_t recv_bytes = p == rank_ ? 0 : recv_elements[p] * element;
+    if (send_bytes > 0) flat.push_back(parts[p].reshape({-1}));
     layout.send_counts.push_back(send_bytes);
     layout.send_displs.push_back(send_offset);
     layout.recv_counts.push_back(recv_bytes);
@@ -167,7 +172,7 @@ Exchange CadDispatch::start_exchange(const std::vector<torch::Tensor>& parts,
     }
   }
   Exchange ex;
-  ex.send = torch::cat(flat).contiguous();
+  ex.send = flat.empty() ? torch::empty({0}, options) : torch::cat(flat).contiguous();
   ex.recv = torch::empty({recv_offset / element}, options);
   ex.recv_elements = recv_elements;
   if (timeline_ != nullptr) ex.timeline_span = timeline_->begin_communication(name);
@@ -184,6 +189,10 @@ std::vector<torch::Tensor> CadDispatch::finish_exchange(Exchange* ex) {
   std::vector<torch::Tensor> out;
   int64_t offset = 0;
   for (int p = 0; p < world_; ++p) {
+    if (p == rank_) {
+      out.push_back(torch::Tensor());  // own rows: see the phases
+      continue;
+    }
     out.push_back(ex->recv.narrow(0, offset, ex->recv_elements[p]));
     offset += ex->recv_elements[p];
   }
@@ -235,12 +244,19 @@ Flight CadDispatch::forward_send(const torch::Tensor& q_in, const torch::Tensor&
   std::vector<torch::Tensor> parts;
   std::vector<int64_t> recv_elements;
   for (int p = 0; p < world_; ++p) {
-    parts.push_back(torch::cat({q.index_select(0, q_send_rows_[p]).reshape({-1}),
-                                k.index_select(0, kv_send_rows_[p]).reshape({-1}),
-                                v.index_select(0, kv_send_rows_[p]).reshape({-1})}));
+    if (p == rank_) {
+      parts.push_back(torch::empty({0}, q.options()));
+    } else {
+      parts.push_back(torch::cat({q.index_select(0, q_send_rows_[p]).reshape({-1}),
+                                  k.index_select(0, kv_send_rows_[p]).reshape({-1}),
+                                  v.index_select(0, kv_send_rows_[p]).reshape({-1})}));
+    }
     recv_elements.push_back(q_recv_count_[p] * heads * dim +
                             2 * kv_recv_count_[p] * kv_heads * dim);
   }
+  flight.q = q;
+  flight.k = k;
+  flight.v = v;
   forward_bytes_ = ExchangeBytes{};
   flight.exchange =
       start_exchange(parts, recv_elements, q.options(), &forward_bytes_, "a2a fwd: q,kv out");
@@ -262,6 +278,16 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
     auto v_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, options);
     for (int p = 0; p < world_; ++p) {
       const int64_t nq = q_recv_count_[p] * heads * dim, nkv = kv_recv_count_[p] * kv_heads * dim;
+      if (p == rank_) {
+        if (q_recv_count_[p] > 0) {
+          q_fused.index_copy_(0, q_recv_rows_[p], flight->q.index_select(0, q_send_rows_[p]));
+        }
+        if (kv_recv_count_[p] > 0) {
+          k_prefix.index_copy_(0, kv_recv_rows_[p], flight->k.index_select(0, kv_send_rows_[p]));
+          v_prefix.index_copy_(0, kv_recv_rows_[p], flight->v.index_select(0, kv_send_rows_[p]));
+        }
+        continue;
+      }
       if (q_recv_count_[p] > 0) {
         q_fused.index_copy_(0, q_recv_rows_[p],
                             received[p].narrow(0, 0, nq).view({-1, heads, dim}));
@@ -276,12 +302,16 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
     const torch::Tensor& expand = kv_expand_rows_;
     const VarlenBatch& batch = batch_;
     state->q = q_fused;
-    state->k = k_prefix.index_select(0, expand);
-    state->v = v_prefix.index_select(0, expand);
+    state->k = expand_is_identity_ ? k_prefix : k_prefix.index_select(0, expand);
+    state->v = expand_is_identity_ ? v_prefix : v_prefix.index_select(0, expand);
     ForwardResult result = kernel_.forward(state->q, state->k, state->v, batch, softmax_scale_);
     state->out = result.out;
     state->lse = result.lse;
-    for (int p = 0; p < world_; ++p) back[p] = result.out.index_select(0, q_recv_rows_[p]);
+    flight->out = result.out;
+    for (int p = 0; p < world_; ++p) {
+      back[p] = p == rank_ ? torch::empty({0}, options)
+                           : result.out.index_select(0, q_recv_rows_[p]);
+    }
     if (timeline_ != nullptr) timeline_->end_compute(span);
   } else {
     *state = ServerState{};
@@ -292,6 +322,7 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
   for (int p = 0; p < world_; ++p) back_elements[p] = q_send_count_[p] * heads * dim;
   flight->exchange =
       start_exchange(back, back_elements, options, &forward_bytes_, "a2a fwd: out back");
+  flight->q = flight->k = flight->v = torch::Tensor();
   flight->served = true;
 }
 
@@ -301,10 +332,12 @@ torch::Tensor CadDispatch::forward_finish(Flight* flight) {
   auto returned = finish_exchange(&flight->exchange);
   auto out = torch::empty({local_tokens_, heads, dim}, flight->options);
   for (int p = 0; p < world_; ++p) {
-    if (q_send_count_[p] > 0) {
-      out.index_copy_(0, q_send_rows_[p], returned[p].view({-1, heads, dim}));
-    }
+    if (q_send_count_[p] == 0) continue;
+    out.index_copy_(0, q_send_rows_[p],
+                    p == rank_ ? flight->out.index_select(0, q_recv_rows_[p])
+                               : returned[p].view({-1, heads, dim}));
   }
+  flight->out = torch::Tensor();
   return out;
 }
 
@@ -326,9 +359,11 @@ Flight CadDispatch::backward_send(const torch::Tensor& dout_in) {
   std::vector<torch::Tensor> parts;
   std::vector<int64_t> recv_elements;
   for (int p = 0; p < world_; ++p) {
-    parts.push_back(dout.index_select(0, q_send_rows_[p]));
+    parts.push_back(p == rank_ ? torch::empty({0}, dout.options())
+                               : dout.index_select(0, q_send_rows_[p]));
     recv_elements.push_back(q_recv_count_[p] * heads * dim);
   }
+  flight.dout = dout;
   backward_bytes_ = ExchangeBytes{};
   flight.exchange =
       start_exchange(parts, recv_elements, dout.options(), &backward_bytes_, "a2a bwd: dout out");
@@ -348,22 +383,35 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
     auto dout_fused = torch::empty({server_q_rows_, heads, dim}, options);
     for (int p = 0; p < world_; ++p) {
       if (q_recv_count_[p] > 0) {
-        dout_fused.index_copy_(0, q_recv_rows_[p], received[p].view({-1, heads, dim}));
+        dout_fused.index_copy_(0, q_recv_rows_[p],
+                               p == rank_ ? flight->dout.index_select(0, q_send_rows_[p])
+                                          : received[p].view({-1, heads, dim}));
       }
     }
     const VarlenBatch& batch = batch_;
     BackwardResult grads = kernel_.backward(dout_fused, state.q, state.k, state.v, state.out,
                                             state.lse, batch, softmax_scale_);
     const torch::Tensor& expand = kv_expand_rows_;
-    auto dk_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, options)
-                         .index_add_(0, expand, grads.dk);
-    auto dv_prefix = torch::zeros({server_kv_rows_, kv_heads, dim}, options)
-                         .index_add_(0, expand, grads.dv);
+    auto dk_prefix = expand_is_identity_
+                         ? grads.dk
+                         : torch::zeros({server_kv_rows_, kv_heads, dim}, options)
+                               .index_add_(0, expand, grads.dk);
+    auto dv_prefix = expand_is_identity_
+                         ? grads.dv
+                         : torch::zeros({server_kv_rows_, kv_heads, dim}, options)
+                               .index_add_(0, expand, grads.dv);
     for (int p = 0; p < world_; ++p) {
+      if (p == rank_) {
+        back[p] = torch::empty({0}, options);
+        continue;
+      }
       back[p] = torch::cat({grads.dq.index_select(0, q_recv_rows_[p]).reshape({-1}),
                             dk_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1}),
                             dv_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1})});
     }
+    flight->dq = grads.dq;
+    flight->dk_prefix = dk_prefix;
+    flight->dv_prefix = dv_prefix;
     if (timeline_ != nullptr) timeline_->end_compute(span);
   } else {
     for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, options);
@@ -375,6 +423,7 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
   }
   flight->exchange =
       start_exchange(back, back_elements, options, &backward_bytes_, "a2a bwd: dq,dkv back");
+  flight->dout = torch::Tensor();
   flight->served = true;
 }
 
@@ -388,6 +437,16 @@ std::vector<torch::Tensor> CadDispatch::backward_finish(Flight* flight) {
   auto dv = torch::zeros({local_tokens_, kv_heads, dim}, options);
   for (int p = 0; p < world_; ++p) {
     const int64_t nq = q_send_count_[p] * heads * dim, nkv = kv_send_count_[p] * kv_heads * dim;
+    if (p == rank_) {
+      if (q_send_count_[p] > 0) {
+        dq.index_copy_(0, q_send_rows_[p], flight->dq.index_select(0, q_recv_rows_[p]));
+      }
+      if (kv_send_count_[p] > 0) {
+        dk.index_add_(0, kv_send_rows_[p], flight->dk_prefix.index_select(0, kv_recv_rows_[p]));
+        dv.index_add_(0, kv_send_rows_[p], flight->dv_prefix.index_select(0, kv_recv_rows_[p]));
+      }
+      continue;
+    }
     if (q_send_count_[p] > 0) {
       dq.index_copy_(0, q_send_rows_[p], returned[p].narrow(0, 0, nq).view({-1, heads, dim}));
     }
@@ -398,6 +457,7 @@ std::vector<torch::Tensor> CadDispatch::backward_finish(Flight* flight) {
                     returned[p].narrow(0, nq + nkv, nkv).view({-1, kv_heads, dim}));
     }
   }
+  flight->dq = flight->dk_prefix = flight->dv_prefix = torch::Tensor();
   return {dq, dk, dv};
 }
 

@@ -41,6 +41,10 @@ struct Exchange {
 // One forward or backward of one layer between its phases (see CadDispatch::forward_send).
 struct Flight {
   Exchange exchange;
+  // This rank's own rows skip the exchange: the owner's inputs (q, k, v or dout) and the
+  // server's results (out or dq, dk, dv per prefix row) are kept here and copied directly.
+  torch::Tensor q, k, v, dout;
+  torch::Tensor out, dq, dk_prefix, dv_prefix;
   int64_t heads = 0, kv_heads = 0, dim = 0;
   torch::TensorOptions options;
   bool served = false;
@@ -108,6 +112,7 @@ class CadDispatch {
   std::vector<torch::Tensor> q_recv_rows_, kv_recv_rows_;
   std::vector<int64_t> q_recv_count_, kv_recv_count_;
   torch::Tensor kv_expand_rows_;  // K/V-prefix row of every expanded key row
+  bool expand_is_identity_ = false;  // every prefix serves one task: no expansion copy
   VarlenBatch batch_;
   int64_t server_q_rows_ = 0, server_kv_rows_ = 0;
   ExchangeBytes forward_bytes_, backward_bytes_;

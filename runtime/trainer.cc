@@ -546,7 +546,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     const StepMetrics& m = steps[i];
     n += 1;
     step_ms += m.step_ms;
-    tps += m.tokens_per_second;
+    tps += static_cast<double>(m.tokens);
     mfu += m.mfu;
     a2a += m.a2a_ms;
     exposed += m.exposed_a2a_ms;
@@ -564,7 +564,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << t.attention() << "\",\"ping_pong\":" << (t.ping_pong() ? "true" : "false")
       << ",\"server_mode\":\"" << config.scheduler().server_mode() << "\",\"recompute\":\""
       << t.recompute() << "\",\"steps\":" << steps.size() << ",\"measured_steps\":" << n
-      << ",\"step_ms\":" << step_ms / n << ",\"tokens_per_s\":" << tps / n
+      << ",\"step_ms\":" << step_ms / n << ",\"tokens_per_s\":" << tps / (step_ms / 1e3)
       << ",\"mfu\":" << mfu / n << ",\"a2a_ms\":" << a2a / n
       << ",\"exposed_a2a_ms\":" << exposed / n << ",\"hidden_a2a_fraction\":"
       << (a2a > 0 ? 1.0 - exposed / a2a : 0.0) << ",\"allreduce_ms\":" << reduce / n

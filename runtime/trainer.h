@@ -118,7 +118,7 @@ std::string format_step_line(const StepMetrics& metrics, int64_t total_steps);
 std::string metrics_json(const StepMetrics& metrics, const std::string& attention);
 
 // A JSON object (with newline) summarising a run: the config essentials and the means over the
-// measured steps (every step after the first two when there are more than three, for warm-up).
+// measured steps (tokens/s: their tokens over their time; every step after the first two when there are more than three, for warm-up).
 std::string summary_json(const std::vector<StepMetrics>& steps, const config::RunConfig& config,
                          const std::string& description);
 

@@ -48,6 +48,7 @@ config::RunConfig tiny_run(const std::string& attention) {
   c.mutable_scheduler()->set_min_shard_tokens(16);
   auto* t = c.mutable_training();
   t->set_attention(attention);
+  t->set_device("cpu");  // the MPI transport carries host tensors, also in the GPU build
   t->set_steps(20);
   t->set_learning_rate(3e-3);
   t->set_min_learning_rate(3e-4);
