@@ -97,6 +97,26 @@ CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport
     q_recv_count_.push_back(static_cast<int64_t>(q_recv[p].size()));
     kv_recv_count_.push_back(static_cast<int64_t>(kv_recv[p].size()));
   }
+  auto self_rows = [&](const std::vector<int64_t>& src, const std::vector<int64_t>& dst,
+                       int64_t src_total, int64_t dst_total) {
+    SelfRows r;
+    r.rows = static_cast<int64_t>(src.size());
+    r.contiguous = r.rows > 0 && dst.size() == src.size();
+    for (int64_t i = 1; i < r.rows && r.contiguous; ++i) {
+      r.contiguous = src[i] == src[0] + i && dst[i] == dst[0] + i;
+    }
+    if (r.contiguous) {
+      r.src = src[0];
+      r.dst = dst[0];
+      r.whole = r.src == 0 && r.dst == 0 && r.rows == src_total && r.rows == dst_total;
+    }
+    return r;
+  };
+  if (server_ >= 0) {
+    const scheduler::ServerBatch& sb = plan.batches[server_];
+    self_q_ = self_rows(q_send[rank_], q_recv[rank_], local_tokens_, sb.q_rows);
+    self_kv_ = self_rows(kv_send[rank_], kv_recv[rank_], local_tokens_, sb.kv_rows);
+  }
   if (server_ >= 0) {
     const scheduler::ServerBatch& b = plan.batches[server_];
     std::vector<int64_t> expand;
@@ -214,6 +234,16 @@ std::vector<torch::Tensor> CadDispatch::backward(const torch::Tensor& dout,
   return backward_finish(&flight);
 }
 
+void CadDispatch::copy_self(const SelfRows& self, torch::Tensor& dst, const torch::Tensor& dst_rows,
+                            const torch::Tensor& src, const torch::Tensor& src_rows) const {
+  if (self.rows == 0) return;
+  if (self.contiguous) {
+    dst.narrow(0, self.dst, self.rows).copy_(src.narrow(0, self.src, self.rows));
+  } else {
+    dst.index_copy_(0, dst_rows, src.index_select(0, src_rows));
+  }
+}
+
 void CadDispatch::place_indices(const torch::Device& device) {
   if (indices_device_ == device) return;
   for (auto* rows : {&q_send_rows_, &kv_send_rows_, &q_recv_rows_, &kv_recv_rows_}) {
@@ -273,18 +303,18 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
   std::vector<torch::Tensor> back(world_);
   if (server_ >= 0) {
     const int span = timeline_ != nullptr ? timeline_->begin_compute("attention fwd (server)") : -1;
-    auto q_fused = torch::empty({server_q_rows_, heads, dim}, options);
-    auto k_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, options);
-    auto v_prefix = torch::empty({server_kv_rows_, kv_heads, dim}, options);
+    auto q_fused = self_q_.whole ? flight->q : torch::empty({server_q_rows_, heads, dim}, options);
+    auto k_prefix =
+        self_kv_.whole ? flight->k : torch::empty({server_kv_rows_, kv_heads, dim}, options);
+    auto v_prefix =
+        self_kv_.whole ? flight->v : torch::empty({server_kv_rows_, kv_heads, dim}, options);
     for (int p = 0; p < world_; ++p) {
       const int64_t nq = q_recv_count_[p] * heads * dim, nkv = kv_recv_count_[p] * kv_heads * dim;
       if (p == rank_) {
-        if (q_recv_count_[p] > 0) {
-          q_fused.index_copy_(0, q_recv_rows_[p], flight->q.index_select(0, q_send_rows_[p]));
-        }
-        if (kv_recv_count_[p] > 0) {
-          k_prefix.index_copy_(0, kv_recv_rows_[p], flight->k.index_select(0, kv_send_rows_[p]));
-          v_prefix.index_copy_(0, kv_recv_rows_[p], flight->v.index_select(0, kv_send_rows_[p]));
+        if (!self_q_.whole) copy_self(self_q_, q_fused, q_recv_rows_[p], flight->q, q_send_rows_[p]);
+        if (!self_kv_.whole) {
+          copy_self(self_kv_, k_prefix, kv_recv_rows_[p], flight->k, kv_send_rows_[p]);
+          copy_self(self_kv_, v_prefix, kv_recv_rows_[p], flight->v, kv_send_rows_[p]);
         }
         continue;
       }
@@ -330,12 +360,21 @@ torch::Tensor CadDispatch::forward_finish(Flight* flight) {
   CADRE_CHECK(flight->served, "CAD attention: forward_finish before forward_serve");
   const int64_t heads = flight->heads, dim = flight->dim;
   auto returned = finish_exchange(&flight->exchange);
+  if (self_q_.whole) {
+    auto out = flight->out;
+    flight->out = torch::Tensor();
+    return out;
+  }
   auto out = torch::empty({local_tokens_, heads, dim}, flight->options);
   for (int p = 0; p < world_; ++p) {
     if (q_send_count_[p] == 0) continue;
-    out.index_copy_(0, q_send_rows_[p],
-                    p == rank_ ? flight->out.index_select(0, q_recv_rows_[p])
-                               : returned[p].view({-1, heads, dim}));
+    if (p == rank_) {
+      // Own rows: the reverse of the forward copy (server rows -> owner rows).
+      SelfRows back{self_q_.contiguous, false, self_q_.dst, self_q_.src, self_q_.rows};
+      copy_self(back, out, q_send_rows_[p], flight->out, q_recv_rows_[p]);
+      continue;
+    }
+    out.index_copy_(0, q_send_rows_[p], returned[p].view({-1, heads, dim}));
   }
   flight->out = torch::Tensor();
   return out;
@@ -380,13 +419,17 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
   std::vector<torch::Tensor> back(world_);
   if (server_ >= 0) {
     const int span = timeline_ != nullptr ? timeline_->begin_compute("attention bwd (server)") : -1;
-    auto dout_fused = torch::empty({server_q_rows_, heads, dim}, options);
+    auto dout_fused =
+        self_q_.whole ? flight->dout : torch::empty({server_q_rows_, heads, dim}, options);
     for (int p = 0; p < world_; ++p) {
-      if (q_recv_count_[p] > 0) {
-        dout_fused.index_copy_(0, q_recv_rows_[p],
-                               p == rank_ ? flight->dout.index_select(0, q_send_rows_[p])
-                                          : received[p].view({-1, heads, dim}));
+      if (q_recv_count_[p] == 0) continue;
+      if (p == rank_) {
+        if (!self_q_.whole) {
+          copy_self(self_q_, dout_fused, q_recv_rows_[p], flight->dout, q_send_rows_[p]);
+        }
+        continue;
       }
+      dout_fused.index_copy_(0, q_recv_rows_[p], received[p].view({-1, heads, dim}));
     }
     const VarlenBatch& batch = batch_;
     BackwardResult grads = kernel_.backward(dout_fused, state.q, state.k, state.v, state.out,
@@ -432,18 +475,29 @@ std::vector<torch::Tensor> CadDispatch::backward_finish(Flight* flight) {
   const int64_t heads = flight->heads, kv_heads = flight->kv_heads, dim = flight->dim;
   const auto& options = flight->options;
   auto returned = finish_exchange(&flight->exchange);
-  auto dq = torch::empty({local_tokens_, heads, dim}, options);
-  auto dk = torch::zeros({local_tokens_, kv_heads, dim}, options);
-  auto dv = torch::zeros({local_tokens_, kv_heads, dim}, options);
+  // A rank whose own rows are the whole of both buffers gets no rows from anyone else.
+  auto dq = self_q_.whole ? flight->dq : torch::empty({local_tokens_, heads, dim}, options);
+  auto dk = self_kv_.whole ? flight->dk_prefix
+                           : torch::zeros({local_tokens_, kv_heads, dim}, options);
+  auto dv = self_kv_.whole ? flight->dv_prefix
+                           : torch::zeros({local_tokens_, kv_heads, dim}, options);
   for (int p = 0; p < world_; ++p) {
     const int64_t nq = q_send_count_[p] * heads * dim, nkv = kv_send_count_[p] * kv_heads * dim;
     if (p == rank_) {
-      if (q_send_count_[p] > 0) {
-        dq.index_copy_(0, q_send_rows_[p], flight->dq.index_select(0, q_recv_rows_[p]));
+      if (!self_q_.whole && q_send_count_[p] > 0) {
+        SelfRows back{self_q_.contiguous, false, self_q_.dst, self_q_.src, self_q_.rows};
+        copy_self(back, dq, q_send_rows_[p], flight->dq, q_recv_rows_[p]);
       }
-      if (kv_send_count_[p] > 0) {
-        dk.index_add_(0, kv_send_rows_[p], flight->dk_prefix.index_select(0, kv_recv_rows_[p]));
-        dv.index_add_(0, kv_send_rows_[p], flight->dv_prefix.index_select(0, kv_recv_rows_[p]));
+      if (!self_kv_.whole && kv_send_count_[p] > 0) {
+        if (self_kv_.contiguous) {
+          dk.narrow(0, self_kv_.src, self_kv_.rows)
+              .add_(flight->dk_prefix.narrow(0, self_kv_.dst, self_kv_.rows));
+          dv.narrow(0, self_kv_.src, self_kv_.rows)
+              .add_(flight->dv_prefix.narrow(0, self_kv_.dst, self_kv_.rows));
+        } else {
+          dk.index_add_(0, kv_send_rows_[p], flight->dk_prefix.index_select(0, kv_recv_rows_[p]));
+          dv.index_add_(0, kv_send_rows_[p], flight->dv_prefix.index_select(0, kv_recv_rows_[p]));
+        }
       }
       continue;
     }

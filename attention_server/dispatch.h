@@ -113,6 +113,18 @@ class CadDispatch {
   std::vector<int64_t> q_recv_count_, kv_recv_count_;
   torch::Tensor kv_expand_rows_;  // K/V-prefix row of every expanded key row
   bool expand_is_identity_ = false;  // every prefix serves one task: no expansion copy
+  // This rank's own rows as owner (src) and server (dst): when both are one contiguous run they
+  // are copied with one slice copy, and when that run is the whole of both buffers the server
+  // buffer simply is the owner's tensor (one GPU, or a rank that keeps all of its own work).
+  struct SelfRows {
+    bool contiguous = false;
+    bool whole = false;
+    int64_t src = 0, dst = 0, rows = 0;
+  };
+  SelfRows self_q_, self_kv_;
+  // dst[dst_rows] = src[src_rows] for this rank's own rows (run as described by `self`).
+  void copy_self(const SelfRows& self, torch::Tensor& dst, const torch::Tensor& dst_rows,
+                 const torch::Tensor& src, const torch::Tensor& src_rows) const;
   VarlenBatch batch_;
   int64_t server_q_rows_ = 0, server_kv_rows_ = 0;
   ExchangeBytes forward_bytes_, backward_bytes_;

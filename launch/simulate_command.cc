@@ -33,7 +33,10 @@ const char* kUsage =
     "  --distributions LIST  wlb, prolong, lognormal, uniform, fixed, file (default data.distribution)\n"
     "  --strategies LIST     cad, fixed, cp, wlb, ideal (default all)\n"
     "  --batches N           global batches averaged per cell (default simulate.batches, 3)\n"
-    "  --out DIR             where simulate.json, simulate.csv, simulate.svg go (default output.dir)\n";
+    "  --out DIR             where simulate.json, simulate.csv, simulate.svg go (default output.dir)\n\n"
+    "Memory (act_GiB, mem_GiB, fits) is priced with activation recomputation of the non-attention\n"
+    "layers (training.recompute=linear, as long-context runs use) unless training.recompute is set,\n"
+    "e.g. --set training.recompute=none; it never changes the times.\n";
 
 std::vector<std::string> split_list(const std::string& flag, const std::string& value) {
   std::vector<std::string> items;
@@ -121,7 +124,11 @@ std::string to_json(const std::vector<Row>& rows) {
           << ", \"exposed_comm_ms\": " << c.exposed_comm_us / 1e3
           << ", \"attention_imbalance\": " << c.attention_imbalance
           << ", \"mb_moved_per_rank\": " << c.bytes_per_rank / 1e6
-          << ", \"peak_activation_gib\": " << c.peak_activation_gib
+          << ", \"recompute\": \"" << row.result.recompute
+          << "\", \"peak_activation_gib\": " << c.peak_activation_gib
+          << ", \"weights_optimizer_gib\": " << c.weights_optimizer_gib
+          << ", \"peak_memory_gib\": " << c.peak_memory_gib
+          << ", \"fits_memory\": " << (c.fits_memory ? "true" : "false")
           << ", \"planning_ms\": " << c.planning_ms << "}";
       first = false;
     }
@@ -134,7 +141,8 @@ std::string to_csv(const std::vector<Row>& rows) {
   std::ostringstream out;
   out << "model,distribution,context,gpus,strategy,step_ms,tokens_per_s_per_gpu,cad_speedup,"
          "attention_ms,linear_ms,pp_bubble_ms,dp_straggler_ms,exposed_comm_ms,"
-         "attention_imbalance,mb_moved_per_rank,peak_activation_gib,planning_ms\n";
+         "attention_imbalance,mb_moved_per_rank,peak_activation_gib,planning_ms,recompute,"
+         "weights_optimizer_gib,peak_memory_gib,fits_memory\n";
   for (const Row& row : rows) {
     for (const auto& c : row.result.costs) {
       out << row.model << "," << row.distribution << "," << row.context << "," << row.result.gpus
@@ -143,7 +151,9 @@ std::string to_csv(const std::vector<Row>& rows) {
           << "," << c.linear_us / 1e3 << "," << c.pp_bubble_us / 1e3 << ","
           << c.dp_straggler_us / 1e3 << "," << c.exposed_comm_us / 1e3 << ","
           << c.attention_imbalance << "," << c.bytes_per_rank / 1e6 << ","
-          << c.peak_activation_gib << "," << c.planning_ms << "\n";
+          << c.peak_activation_gib << "," << c.planning_ms << "," << row.result.recompute << ","
+          << c.weights_optimizer_gib << "," << c.peak_memory_gib << ","
+          << (c.fits_memory ? "yes" : "no") << "\n";
     }
   }
   return out.str();
@@ -282,6 +292,10 @@ int run_simulate(const Args& args) {
     strategies.assign(base.simulate().strategies().begin(), base.simulate().strategies().end());
   }
   if (strategies.empty()) strategies = scheduler::simulator_strategies();
+  // Long-context runs recompute the non-attention layers (DistCA does at 128K+; without it
+  // Llama-8B at 128K tokens per GPU keeps ~544 GiB of activations), so the memory columns assume
+  // it unless the config says otherwise. Times are the same either way.
+  if (!base.training().has_recompute()) base.mutable_training()->set_recompute("linear");
   for (const auto& s : strategies) {
     CADRE_CHECK(std::find(scheduler::simulator_strategies().begin(),
                           scheduler::simulator_strategies().end(),
@@ -327,22 +341,30 @@ int run_simulate(const Args& args) {
   if (elapsed > 2 && !base.output().quiet()) std::fprintf(stderr, "\n");
 
   // The table.
-  std::printf("%-10s %-8s %5s %5s %-6s %9s %11s %8s %6s %9s %9s %9s %8s %8s %7s\n", "model", "dist",
-              "ctx", "gpus", "strat", "step_ms", "tok/s/GPU", "cad_x", "imbal", "bubble_ms",
-              "strag_ms", "exp_comm", "MB/rank", "act_GiB", "plan_ms");
+  std::printf("%-10s %-8s %5s %5s %-6s %9s %11s %8s %6s %9s %9s %9s %8s %8s %8s %4s %7s\n",
+              "model", "dist", "ctx", "gpus", "strat", "step_ms", "tok/s/GPU", "cad_x", "imbal",
+              "bubble_ms", "strag_ms", "exp_comm", "MB/rank", "act_GiB", "mem_GiB", "fits",
+              "plan_ms");
   for (const Row& row : rows) {
     for (const auto& c : row.result.costs) {
-      std::printf("%-10s %-8s %4lldK %5d %-6s %9.1f %11.0f %7.2fx %6.2f %9.1f %9.1f %9.1f %8.0f %8.1f %7.1f\n",
+      std::printf("%-10s %-8s %4lldK %5d %-6s %9.1f %11.0f %7.2fx %6.2f %9.1f %9.1f %9.1f %8.0f "
+                  "%8.1f %8.1f %4s %7.1f\n",
                   row.model.c_str(), row.distribution.c_str(),
                   static_cast<long long>(row.context / 1024), row.result.gpus,
                   c.strategy.c_str(), c.step_us / 1e3, c.tokens_per_s / row.result.gpus,
                   c.step_us / std::max(1e-9, step_of(row, "cad")), c.attention_imbalance,
                   c.pp_bubble_us / 1e3, c.dp_straggler_us / 1e3, c.exposed_comm_us / 1e3,
-                  c.bytes_per_rank / 1e6, c.peak_activation_gib, c.planning_ms);
+                  c.bytes_per_rank / 1e6, c.peak_activation_gib, c.peak_memory_gib,
+                  c.fits_memory ? "yes" : "NO", c.planning_ms);
     }
   }
   std::printf("\ncad_x: this strategy's step time over CAD's (CAD's speedup over it). "
               "%zu cells in %.1f s.\n", cells, elapsed);
+  std::printf("act_GiB: peak saved activations per GPU with training.recompute=%s (1F1B micro-"
+              "batches in flight, loss chunk); mem_GiB: plus weights and optimizer state "
+              "(16 B/param / TP); fits: mem_GiB <= cluster.gpu_memory_gib = %.0f "
+              "(docs/simulation.md).\n",
+              base.training().recompute().c_str(), base.cluster().gpu_memory_gib());
   std::string mkdir = "mkdir -p '" + out_dir + "'";
   CADRE_CHECK(std::system(mkdir.c_str()) == 0, "cannot create output directory '", out_dir, "'");
   write_atomically(out_dir + "/simulate.json", to_json(rows));

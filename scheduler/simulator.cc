@@ -17,9 +17,8 @@ namespace cadre::scheduler {
 
 namespace {
 
-// Activation bytes per token per layer in bf16 with FlashAttention (no s^2 term): 34 x hidden,
-// Megatron-LM's count (Korthikanti et al., 2022, Sec. 4.1), divided by TP.
-constexpr double kActivationBytesPerTokenPerHidden = 34.0;
+constexpr double kBf16Bytes = 2, kFp32Bytes = 4;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 struct Cluster {
   int32_t gpus, tp, pp, dp, micro_batches, layers_per_stage;
@@ -33,7 +32,19 @@ struct RankWork {
   std::vector<int64_t> tokens;
   double comm_us = 0;  // exposed communication of the whole step on this rank
   double bytes = 0;
+  // CAD only, per micro-batch (empty: attention colocated with the tokens): query and K/V-prefix
+  // rows this rank holds as a server, and its own query rows computed elsewhere.
+  std::vector<int64_t> served_q_rows, served_kv_rows, queries_away;
 };
+
+// Saved activations of one micro-batch of one rank, per layer.
+double micro_batch_activation_bytes(const RankWork& r, size_t m, const ActivationBytes& a) {
+  const double tokens = static_cast<double>(r.tokens[m]);
+  if (r.served_q_rows.empty()) return tokens * a.per_token();
+  return tokens * a.owner + static_cast<double>(r.served_q_rows[m]) * a.query +
+         static_cast<double>(r.served_kv_rows[m]) * a.key +
+         static_cast<double>(r.queries_away[m]) * a.output;
+}
 
 // Composes 1F1B and data parallelism from per-rank micro-batch times.
 StepCost compose(const std::string& strategy, const std::vector<RankWork>& ranks,
@@ -264,8 +275,10 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
     }
     // Bytes each rank moves per layer (forward; backward moves about as much again).
     std::vector<double> bytes(c.dp, 0);
+    std::vector<int64_t> queries_away(c.dp, 0);
     for (const PeerTransfer& tr : plan.transfers) {
       if (tr.owner == tr.server) continue;
+      queries_away[tr.owner] += tr.q_rows();
       const double b = 2.0 * tr.q_rows() * cost.q_bytes_per_token() +
                        static_cast<double>(tr.kv_rows()) * cost.kv_bytes_per_token();
       bytes[tr.owner] += b;
@@ -277,6 +290,9 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
       rank.attention_us.push_back(server_us[r]);
       rank.linear_us.push_back(linear);
       rank.tokens.push_back(wave.tokens_per_rank[r]);
+      rank.served_q_rows.push_back(plan.batches[r].q_rows);
+      rank.served_kv_rows.push_back(plan.batches[r].kv_rows);
+      rank.queries_away.push_back(queries_away[r]);
       const double step_bytes = 2.0 * bytes[r] * c.layers_per_stage;
       const double comm = cost.transfer_us(static_cast<int64_t>(step_bytes),
                                            inter_node ? LinkClass::kInterNode : LinkClass::kIntraNode);
@@ -299,6 +315,52 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
 }
 
 }  // namespace
+
+// Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+// Sec. 4.1) count 34·h bytes per token per layer (plus 5·a·s for the score matrix, which
+// FlashAttention does not keep) for GPT with dropout. Adapted to Llama layers (RMSNorm, GQA,
+// SwiGLU, no dropout, FlashAttention), bf16, per token and layer; docs/simulation.md has the table.
+ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& model, int32_t tp,
+                                                     const std::string& recompute) {
+  CADRE_CHECK(tp >= 1, "tensor_parallel is ", tp, "; accepted: >= 1");
+  CADRE_CHECK(recompute == "none" || recompute == "linear", "training.recompute is '", recompute,
+              "'; accepted: none, linear");
+  const double h = model.hidden_size(), f = model.ffn_hidden_size(), d = model.head_dim();
+  // TP splits heads; GQA KV heads go down to one per GPU (then replicated), as the cost model.
+  const double heads = model.num_heads() / tp;
+  const double kv_heads = std::max(1, model.num_kv_heads() / tp);
+  ActivationBytes a;
+  a.output = kBf16Bytes * heads * d;
+  a.query = 2 * kBf16Bytes * heads * d + kFp32Bytes * heads;  // Q, O, log-sum-exp
+  a.key = 2 * kBf16Bytes * kv_heads * d;                      // K, V
+  if (recompute == "linear") {
+    // The layer input (residual stream) only; the rest is recomputed from it and O.
+    a.owner = kBf16Bytes * h / tp;
+  } else {
+    // Inputs of: RMSNorm 1, the QKV projection, RMSNorm 2, the gate/up projections (4·h); the
+    // fused SwiGLU's inputs gate and up (2·f) and the down projection's input (f). The output
+    // projection's input is O, counted once with core attention. Hidden-sized tensors are split by
+    // sequence parallelism across the TP group.
+    a.owner = kBf16Bytes * (4 * h + 3 * f) / tp;
+  }
+  return a;
+}
+
+double parameters_per_stage(const config::ModelConfig& model, int32_t pp) {
+  const double h = model.hidden_size();
+  const double q_width = static_cast<double>(model.num_heads()) * model.head_dim();
+  const double kv_width = static_cast<double>(model.num_kv_heads()) * model.head_dim();
+  const double per_layer = h * q_width + 2 * h * kv_width + q_width * h +
+                           3 * h * static_cast<double>(model.ffn_hidden_size()) + 2 * h;
+  const double vocab = static_cast<double>(model.vocab_size()) * h;
+  // Stage 0 holds the embedding; the last stage the LM head (or, tied, a copy of the embedding).
+  const double vocab_matrices = pp == 1 && !model.tie_embeddings() ? 2 : 1;
+  return per_layer * model.num_layers() / pp + vocab_matrices * vocab;
+}
+
+double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens) {
+  return 2 * kFp32Bytes * static_cast<double>(chunk_tokens) * model.vocab_size() / tp;
+}
 
 const std::vector<std::string>& simulator_strategies() {
   static const std::vector<std::string> names = {"cad", "fixed", "cp", "wlb", "ideal"};
@@ -342,8 +404,11 @@ SimulationResult simulate_step(const config::RunConfig& config,
   result.data_parallel = c.dp;
   result.micro_batches = c.micro_batches;
   result.tokens_per_step = static_cast<int64_t>(c.dp) * c.micro_batches * c.context;
-  const double activation_per_token = kActivationBytesPerTokenPerHidden * model.hidden_size() *
-                                      c.layers_per_stage / c.tp;
+  result.recompute = config.training().recompute();
+  const ActivationBytes activation =
+      activation_bytes_per_token_per_layer(model, c.tp, result.recompute);
+  const double weights_optimizer_gib = kWeightOptimizerBytesPerParameter *
+                                       parameters_per_stage(model, c.pp) / c.tp / kGiB;
   for (const std::string& strategy : strategies) {
     StepCost mean;
     mean.strategy = strategy;
@@ -377,13 +442,25 @@ SimulationResult simulate_step(const config::RunConfig& config,
         one.step_us -= one.pp_bubble_us;
         one.pp_bubble_us = 0;
       }
-      // Peak activations: stage 0 holds min(PP, M) micro-batches in flight under 1F1B.
+      // Peak activations: under 1F1B stage 0 holds min(PP, M) micro-batches in flight; the last
+      // stage holds one and runs the LM head and loss on one chunk of it (with PP = 1 they are
+      // one stage). Priced at the largest micro-batch of any rank.
       int64_t max_tokens = 0;
+      double max_micro_batch = 0;
       for (const RankWork& r : ranks) {
-        for (int64_t t : r.tokens) max_tokens = std::max(max_tokens, t);
+        for (size_t m = 0; m < r.tokens.size(); ++m) {
+          max_tokens = std::max(max_tokens, r.tokens[m]);
+          max_micro_batch =
+              std::max(max_micro_batch, c.layers_per_stage *
+                                            micro_batch_activation_bytes(r, m, activation));
+        }
       }
-      one.peak_activation_gib = std::min(c.pp, c.micro_batches) * max_tokens *
-                                activation_per_token / (1024.0 * 1024.0 * 1024.0);
+      const int64_t loss_chunk = config.training().loss_chunk_tokens() > 0
+                                     ? std::min(config.training().loss_chunk_tokens(), max_tokens)
+                                     : max_tokens;
+      const double first_stage = std::min(c.pp, c.micro_batches) * max_micro_batch;
+      const double last_stage = max_micro_batch + loss_chunk_bytes(model, c.tp, loss_chunk);
+      one.peak_activation_gib = std::max(first_stage, last_stage) / kGiB;
       one.planning_ms = planning_ms;
       const double w = 1.0 / batches;
       mean.step_us += w * one.step_us;
@@ -394,10 +471,13 @@ SimulationResult simulate_step(const config::RunConfig& config,
       mean.exposed_comm_us += w * one.exposed_comm_us;
       mean.attention_imbalance += w * one.attention_imbalance;
       mean.bytes_per_rank += w * one.bytes_per_rank;
-      mean.peak_activation_gib += w * one.peak_activation_gib;
+      mean.peak_activation_gib = std::max(mean.peak_activation_gib, one.peak_activation_gib);
       mean.planning_ms += w * one.planning_ms;
     }
     mean.attention_imbalance -= 1.0;  // started at 1
+    mean.weights_optimizer_gib = weights_optimizer_gib;
+    mean.peak_memory_gib = mean.peak_activation_gib + weights_optimizer_gib;
+    mean.fits_memory = mean.peak_memory_gib <= cl.gpu_memory_gib();
     mean.tokens_per_s = result.tokens_per_step / (mean.step_us * 1e-6);
     result.costs.push_back(mean);
   }
