@@ -22,17 +22,17 @@ const std::vector<std::string>& simulator_strategies();
 struct StepCost {
   std::string strategy;
   double step_us = 0;
-  double attention_us = 0;     // attention compute on the average data-parallel rank
-  double linear_us = 0;        // everything else (projections, MLP, norms) on the average rank
-  double pp_bubble_us = 0;     // 1F1B fill and drain: (PP - 1) x the longest micro-batch
-  double dp_straggler_us = 0;  // slowest data-parallel rank minus the average
-  double exposed_comm_us = 0;  // communication not hidden behind compute
-  double tokens_per_s = 0;     // whole cluster
+  double attention_us = 0;         // attention compute on the average data-parallel rank
+  double linear_us = 0;            // everything else (projections, MLP, norms) on the average rank
+  double pp_bubble_us = 0;         // 1F1B fill and drain: (PP - 1) x the longest micro-batch
+  double dp_straggler_us = 0;      // slowest data-parallel rank minus the average
+  double exposed_comm_us = 0;      // communication not hidden behind compute
+  double tokens_per_s = 0;         // whole cluster
   double attention_imbalance = 1;  // max / mean attention time over data-parallel ranks
   double bytes_per_rank = 0;       // moved per GPU per step (CAD dispatch, CP all-gathers)
   // Memory per GPU (docs/simulation.md, "Memory estimate"), the worst of the simulated batches;
   // it does not change the times above.
-  double peak_activation_gib = 0;    // saved activations of the micro-batches in flight + loss chunk
+  double peak_activation_gib = 0;    // micro-batches in flight and the loss chunk
   double weights_optimizer_gib = 0;  // bf16 weights and gradients, fp32 master and Adam moments
   double peak_memory_gib = 0;        // the two together
   bool fits_memory = true;           // peak_memory_gib <= cluster.gpu_memory_gib
@@ -44,7 +44,7 @@ struct SimulationResult {
   int32_t data_parallel = 0;
   int32_t micro_batches = 0;  // per data-parallel rank per step
   int64_t tokens_per_step = 0;
-  std::string recompute;  // training.recompute the memory column was priced with
+  std::string recompute;        // training.recompute the memory column was priced with
   std::vector<StepCost> costs;  // in the order of the requested strategies
 };
 

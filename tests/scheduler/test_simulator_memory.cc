@@ -85,8 +85,7 @@ TEST(SimulatorMemory, PeakMatchesAHandComputation) {
     const StepCost& c = r.costs[0];
     EXPECT_EQ(r.recompute, "linear");
     // PP 1: one micro-batch of 32768 tokens, 8 layers, 7200 bytes per token, plus the loss chunk.
-    EXPECT_NEAR(c.peak_activation_gib, (8.0 * 32768 * 7200 + loss_chunk) / kGiB, 1e-9)
-        << strategy;
+    EXPECT_NEAR(c.peak_activation_gib, (8.0 * 32768 * 7200 + loss_chunk) / kGiB, 1e-9) << strategy;
     EXPECT_NEAR(c.weights_optimizer_gib, 16 * params / kGiB, 1e-9);
     EXPECT_NEAR(c.peak_memory_gib, c.peak_activation_gib + c.weights_optimizer_gib, 1e-9);
     EXPECT_TRUE(c.fits_memory);
