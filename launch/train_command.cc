@@ -9,6 +9,7 @@
 #include "comm/nccl_transport.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/posix_fs.h"
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "runtime/checkpoint.h"
@@ -137,7 +138,7 @@ int run_train(const Args& args) {
 
   std::ofstream metrics;
   if (rank == 0) {
-    std::filesystem::create_directories(out_dir);
+    posix_fs::make_directories(out_dir);
     std::ofstream(std::filesystem::path(out_dir) / "config.pbtxt") << config_to_text(config);
     const auto path = std::filesystem::path(out_dir) / "metrics.jsonl";
     metrics.open(path, resume ? std::ios::app : std::ios::trunc);

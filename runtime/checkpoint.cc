@@ -13,6 +13,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/posix_fs.h"
 
 namespace cadre::runtime {
 namespace {
@@ -176,15 +177,13 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
 
 std::vector<std::string> list_checkpoints(const std::string& dir) {
   std::vector<std::pair<long long, std::string>> found;
-  std::error_code error;
-  if (!std::filesystem::is_directory(dir, error)) return {};
-  for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
-    const std::string name = entry.path().filename().string();
+  if (!posix_fs::is_directory(dir)) return {};
+  for (const std::string& name : posix_fs::list_directory(dir)) {
     long long step = 0;
     char tail[8] = {0};
     if (std::sscanf(name.c_str(), "step_%lld.%7s", &step, tail) == 2 &&
         std::string(tail) == "ckpt" && name == std::filesystem::path(checkpoint_path("", step)).string()) {
-      found.emplace_back(step, entry.path().string());
+      found.emplace_back(step, (std::filesystem::path(dir) / name).string());
     }
   }
   std::sort(found.begin(), found.end());
@@ -196,13 +195,11 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
 std::string save_checkpoint(const std::string& dir, int64_t step, const CheckpointState& state,
                             int keep_last) {
   CADRE_CHECK(keep_last >= 1, "training.keep_checkpoints must be at least 1; got ", keep_last);
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  CADRE_CHECK(!error, "cannot create checkpoint directory '", dir, "': ", error.message());
+  posix_fs::make_directories(dir);
   const std::string path = checkpoint_path(dir, step);
   write_checkpoint(path, state);
   auto all = list_checkpoints(dir);
-  for (size_t i = 0; i + keep_last < all.size(); ++i) std::filesystem::remove(all[i], error);
+  for (size_t i = 0; i + keep_last < all.size(); ++i) posix_fs::remove_file(all[i]);
   return path;
 }
 

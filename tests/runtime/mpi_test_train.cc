@@ -14,6 +14,7 @@
 
 #include "comm/mpi_transport.h"
 #include "common/error.h"
+#include "common/posix_fs.h"
 #include "runtime/trainer.h"
 
 namespace cadre::runtime {
@@ -226,7 +227,7 @@ TEST(Train, StepTimelineAndTrace) {
     EXPECT_NE(text.find("\"traceEvents\""), std::string::npos);
     EXPECT_NE(text.find("communication stream"), std::string::npos);
     EXPECT_NE(text.find("\"pid\":" + std::to_string(world().size() - 1)), std::string::npos);
-    std::filesystem::remove(path);
+    posix_fs::remove_file(path);
   }
 }
 
@@ -267,7 +268,7 @@ TEST(Train, ResumeRepeatsTheUninterruptedRun) {
     EXPECT_TRUE(torch::equal(pa[i].value, pb[i].value)) << pa[i].name;
   }
   world().barrier();
-  if (world().rank() == 0) std::filesystem::remove_all(dir);
+  if (world().rank() == 0) posix_fs::remove_tree(dir);
 }
 
 TEST(Train, LossFallsOnTheLearnableTask) {
