@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/posix_fs.h"
 #include "scheduler/plan.h"
 
 namespace {
@@ -120,15 +121,15 @@ TEST(Cli, PlanWritesPlanAndDump) {
   const cadre::scheduler::Plan plan = cadre::scheduler::deserialize_plan(bytes.str());
   EXPECT_EQ(plan.world_size, 4);
   EXPECT_EQ(plan.layout.documents.size(), 7u);
-  EXPECT_FALSE(std::filesystem::exists(plan_path + ".tmp." + std::to_string(::getpid())));
+  EXPECT_FALSE(cadre::posix_fs::exists(plan_path + ".tmp." + std::to_string(::getpid())));
 
   std::ifstream dump(dump_path);
   std::stringstream text;
   text << dump.rdbuf();
   EXPECT_NE(text.str().find("cu_seqlens_q"), std::string::npos);
   EXPECT_NE(text.str().find("# effective config"), std::string::npos);
-  std::filesystem::remove(plan_path);
-  std::filesystem::remove(dump_path);
+  cadre::posix_fs::remove_file(plan_path);
+  cadre::posix_fs::remove_file(dump_path);
 }
 
 TEST(Cli, PlanPacksOneListAndRunsTheExampleConfig) {
@@ -175,7 +176,7 @@ TEST(Cli, SimulateMemoryFollowsRecompute) {
                 {"training.recompute=none"});
   // Llama-8B at 128K on TP 8 with recomputation fits in 141 GiB.
   expect_output(run_cadre(cell + " --set cluster.tensor_parallel=8"), 0, {" yes "});
-  std::filesystem::remove_all(out);
+  cadre::posix_fs::remove_tree(out);
 }
 
 }  // namespace

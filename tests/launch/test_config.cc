@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/posix_fs.h"
 #include "launch/config.h"
 
 namespace cadre::launch {
@@ -127,7 +128,7 @@ TEST(LoadConfigFile, ErrorsNameTheFile) {
   std::ofstream(path) << "cluster {\n  num_gpus: 4\n  gpus: 8\n}\n";
   expect_error([&] { load_config_file(path); },
                {path + ":3:", "unknown field \"gpus\" in cluster", "gpus_per_node"});
-  std::filesystem::remove(path);
+  posix_fs::remove_file(path);
 }
 
 // --- overrides ---------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ TEST(FinalizeConfig, DataErrors) {
   const std::string lengths = testing::TempDir() + "cadre_lengths.txt";
   std::ofstream(lengths) << "100\n200\n";
   EXPECT_NO_THROW(finalized({"data.distribution=file", "data.lengths_file=" + lengths}));
-  std::filesystem::remove(lengths);
+  posix_fs::remove_file(lengths);
 }
 
 TEST(FinalizeConfig, SchedulerErrors) {
@@ -433,12 +434,13 @@ TEST(ConfigOptionsHelp, MentionsOptionsAndPresets) {
 
 TEST(ShippedConfigs, EveryFileLoadsAndFinalizes) {
   int count = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(CADRE_SOURCE_DIR "/configs")) {
-    if (entry.path().extension() != ".pbtxt") continue;
+  for (const std::string& name : posix_fs::list_directory(CADRE_SOURCE_DIR "/configs")) {
+    const std::filesystem::path path = std::filesystem::path(CADRE_SOURCE_DIR "/configs") / name;
+    if (path.extension() != ".pbtxt") continue;
     ++count;
-    SCOPED_TRACE(entry.path().string());
+    SCOPED_TRACE(path.string());
     EXPECT_NO_THROW({
-      config::RunConfig c = load_config_file(entry.path().string());
+      config::RunConfig c = load_config_file(path.string());
       finalize_config(c);
     });
   }

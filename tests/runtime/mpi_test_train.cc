@@ -192,8 +192,11 @@ TEST(Train, DedicatedServersGiveTheColocatedNumbersOfTheWorkers) {
       const auto& pa = dedicated.model().parameters();
       const auto& pb = colocated->model().parameters();
       for (size_t i = 0; i < pa.size(); ++i) {
+        // 1e-4, not 1e-5: the server splits documents differently than the in-place planner
+        // and sums partial dK/dV in another order; on the 16-core GPU host's BLAS the norm and
+        // MLP gradients of 4 ranks differ by up to 3e-5 (1e-6 on 2 cores).
         const double rel = relative_difference(pa[i].value.grad(), pb[i].value.grad());
-        EXPECT_LE(rel, 1e-5) << "step " << step << ": gradient of " << pa[i].name << " differs by "
+        EXPECT_LE(rel, 1e-4) << "step " << step << ": gradient of " << pa[i].name << " differs by "
                              << rel;
       }
       colocated->optimizer_step(&b);
