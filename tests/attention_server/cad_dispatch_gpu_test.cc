@@ -17,6 +17,7 @@
 
 #include "attention_server/flash_kernel.h"
 #include "comm/nccl_transport.h"
+#include "tests/gpu_mpi_main.h"
 #include "common/error.h"
 
 namespace cadre::attention_server {
@@ -316,24 +317,7 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
 }  // namespace cadre::attention_server
 
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  ::testing::InitGoogleTest(&argc, argv);
-  int size = 1, devices = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
-  int have = devices >= size ? 1 : 0, all_have = 0;
-  MPI_Allreduce(&have, &all_have, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  std::unique_ptr<cadre::comm::NcclTransport> transport;
-  if (all_have) {
-    transport = cadre::comm::make_nccl_transport();
-    cadre::attention_server::g_transport = transport.get();
-  }
-  int failed = RUN_ALL_TESTS();
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  cadre::attention_server::g_transport = nullptr;
-  transport.reset();
-  MPI_Finalize();
-  return any_failed;
+  return cadre::testing::run_gpu_mpi_tests(argc, argv, [](cadre::comm::NcclTransport* t, bool) {
+    cadre::attention_server::g_transport = t;
+  });
 }

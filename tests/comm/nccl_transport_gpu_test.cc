@@ -15,6 +15,7 @@
 
 #include "comm/cuda_check.h"
 #include "comm/nccl_transport.h"
+#include "tests/gpu_mpi_main.h"
 
 namespace cadre::comm {
 namespace {
@@ -302,30 +303,12 @@ TEST(NcclWatchdog, DISABLED_EndsJobWhenPeerIsMissing) {
 }  // namespace
 }  // namespace cadre::comm
 
-// MPI first, then the transport (one per process, shared by the tests), then the tests. Every rank
-// prints its own results; the exit code is non-zero if any rank failed.
+
+// MPI first, then the transport (one per process, shared by the tests), then the tests.
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  ::testing::InitGoogleTest(&argc, argv);
-  int rank = 0, size = 1, devices = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
-  int have = devices >= size ? 1 : 0, all_have = 0;
-  MPI_Allreduce(&have, &all_have, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  std::unique_ptr<cadre::comm::NcclTransport> transport;
-  if (all_have) {
-    cadre::comm::NcclOptions options;
-    options.timeout_seconds = 120;
-    transport = cadre::comm::make_nccl_transport(options);
-    cadre::comm::g_transport = transport.get();
-  }
-  int failed = RUN_ALL_TESTS();
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  cadre::comm::g_transport = nullptr;
-  transport.reset();
-  MPI_Finalize();
-  return any_failed;
+  cadre::comm::NcclOptions options;
+  options.timeout_seconds = 120;
+  return cadre::testing::run_gpu_mpi_tests(
+      argc, argv, [](cadre::comm::NcclTransport* t, bool) { cadre::comm::g_transport = t; },
+      options);
 }

@@ -8,24 +8,12 @@
 #include "runtime/attention_op.h"
 #include "runtime/model.h"
 #include "scheduler/plan.h"
+#include "tests/runtime/tiny_model.h"
 
 namespace cadre::runtime {
 namespace {
 
-config::ModelConfig tiny_model(bool tied) {
-  config::ModelConfig m;
-  m.set_preset("custom");
-  m.set_num_layers(2);
-  m.set_hidden_size(32);
-  m.set_num_heads(4);
-  m.set_num_kv_heads(2);
-  m.set_head_dim(8);
-  m.set_ffn_hidden_size(48);
-  m.set_vocab_size(50);
-  m.set_tie_embeddings(tied);
-  m.set_rope_theta(10000);
-  return m;
-}
+using testing::tiny_model;
 
 // Logits of one rank's packed documents through colocated attention.
 torch::Tensor logits_of(const LlamaModel& model, const torch::Tensor& tokens,

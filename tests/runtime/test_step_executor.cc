@@ -11,24 +11,10 @@
 #include "runtime/model.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
+#include "tests/runtime/tiny_model.h"
 
 namespace cadre::runtime {
 namespace {
-
-config::ModelConfig small_model() {
-  config::ModelConfig m;
-  m.set_preset("custom");
-  m.set_num_layers(3);
-  m.set_hidden_size(32);
-  m.set_num_heads(4);
-  m.set_num_kv_heads(2);
-  m.set_head_dim(8);
-  m.set_ffn_hidden_size(48);
-  m.set_vocab_size(50);
-  m.set_tie_embeddings(true);
-  m.set_rope_theta(10000);
-  return m;
-}
 
 std::vector<torch::Tensor> take_grads(const LlamaModel& model) {
   std::vector<torch::Tensor> grads;
@@ -52,7 +38,7 @@ NanoBatch nano_of(const torch::Tensor& tokens, const std::vector<int64_t>& lengt
 }
 
 TEST(StepExecutor, MatchesPlainAutograd) {
-  const auto config = small_model();
+  const auto config = testing::tiny_model(/*tied=*/true, /*layers=*/3);
   LlamaModel model(config, 3);
   auto kernel = attention_server::make_kernel("cpu");
   const std::vector<int64_t> lengths = {9, 1, 17, 5, 12};

@@ -10,6 +10,7 @@
 
 #include "comm/mpi_transport.h"
 #include "comm/nccl_transport.h"
+#include "tests/gpu_mpi_main.h"
 #include "common/error.h"
 #include "runtime/trainer.h"
 
@@ -123,27 +124,12 @@ TEST(TrainGpu, TimelineShowsTheExchangesOnTheCommunicationStream) {
 }  // namespace cadre::runtime
 
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-  ::testing::InitGoogleTest(&argc, argv);
-  int size = 1, devices = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
-  int have = devices >= size ? 1 : 0, all_have = 0;
-  MPI_Allreduce(&have, &all_have, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  auto mpi = cadre::comm::make_mpi_transport(300);
-  cadre::runtime::g_mpi = mpi.get();
-  std::unique_ptr<cadre::comm::NcclTransport> nccl;
-  if (all_have) {
-    nccl = cadre::comm::make_nccl_transport();
-    cadre::runtime::g_nccl = nccl.get();
-  }
-  int failed = RUN_ALL_TESTS();
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  cadre::runtime::g_nccl = nullptr;
-  nccl.reset();
-  mpi.reset();
-  MPI_Finalize();
-  return any_failed;
+  static std::unique_ptr<cadre::comm::Transport> mpi;
+  return cadre::testing::run_gpu_mpi_tests(
+      argc, argv, [](cadre::comm::NcclTransport* t, bool starting) {
+        if (starting) mpi = cadre::comm::make_mpi_transport(300);
+        cadre::runtime::g_mpi = starting ? mpi.get() : nullptr;
+        cadre::runtime::g_nccl = t;
+        if (!starting) mpi.reset();
+      });
 }
