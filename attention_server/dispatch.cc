@@ -195,9 +195,11 @@ Exchange CadDispatch::start_exchange(const std::vector<torch::Tensor>& parts,
   ex.send = flat.empty() ? torch::empty({0}, options) : torch::cat(flat).contiguous();
   ex.recv = torch::empty({recv_offset / element}, options);
   ex.recv_elements = recv_elements;
-  if (timeline_ != nullptr) ex.timeline_span = timeline_->begin_communication(name);
+  // Exchanges that move nothing (one rank, or a rank that keeps all of its work) are not spans.
+  const bool record = timeline_ != nullptr && send_offset + recv_offset > 0;
+  if (record) ex.timeline_span = timeline_->begin_communication(name);
   ex.work = transport_.all_to_all_v(ex.send.data_ptr(), ex.recv.data_ptr(), layout);
-  if (timeline_ != nullptr) timeline_->communication_enqueued(ex.timeline_span);
+  if (record) timeline_->communication_enqueued(ex.timeline_span);
   return ex;
 }
 
@@ -205,7 +207,9 @@ std::vector<torch::Tensor> CadDispatch::finish_exchange(Exchange* ex) {
   CADRE_CHECK(ex->work != nullptr, "CAD attention: an exchange was finished twice or never started");
   ex->work->wait();
   ex->work.reset();
-  if (timeline_ != nullptr) timeline_->communication_waited(ex->timeline_span);
+  if (timeline_ != nullptr && ex->timeline_span >= 0) {
+    timeline_->communication_waited(ex->timeline_span);
+  }
   std::vector<torch::Tensor> out;
   int64_t offset = 0;
   for (int p = 0; p < world_; ++p) {
@@ -332,9 +336,12 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
     const torch::Tensor& expand = kv_expand_rows_;
     const VarlenBatch& batch = batch_;
     state->q = q_fused;
-    state->k = expand_is_identity_ ? k_prefix : k_prefix.index_select(0, expand);
-    state->v = expand_is_identity_ ? v_prefix : v_prefix.index_select(0, expand);
-    ForwardResult result = kernel_.forward(state->q, state->k, state->v, batch, softmax_scale_);
+    state->k = k_prefix;  // kept as prefixes; expanded per task for each kernel call
+    state->v = v_prefix;
+    ForwardResult result =
+        kernel_.forward(state->q, expand_is_identity_ ? k_prefix : k_prefix.index_select(0, expand),
+                        expand_is_identity_ ? v_prefix : v_prefix.index_select(0, expand), batch,
+                        softmax_scale_);
     state->out = result.out;
     state->lse = result.lse;
     flight->out = result.out;
@@ -432,9 +439,11 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
       dout_fused.index_copy_(0, q_recv_rows_[p], received[p].view({-1, heads, dim}));
     }
     const VarlenBatch& batch = batch_;
-    BackwardResult grads = kernel_.backward(dout_fused, state.q, state.k, state.v, state.out,
-                                            state.lse, batch, softmax_scale_);
     const torch::Tensor& expand = kv_expand_rows_;
+    BackwardResult grads = kernel_.backward(
+        dout_fused, state.q, expand_is_identity_ ? state.k : state.k.index_select(0, expand),
+        expand_is_identity_ ? state.v : state.v.index_select(0, expand), state.out, state.lse,
+        batch, softmax_scale_);
     auto dk_prefix = expand_is_identity_
                          ? grads.dk
                          : torch::zeros({server_kv_rows_, kv_heads, dim}, options)

@@ -19,7 +19,7 @@ namespace cadre::attention_server {
 // What the server half of this rank keeps between forward and backward.
 struct ServerState {
   torch::Tensor q;    // fused query rows [server q rows, heads, D]
-  torch::Tensor k;    // K expanded per task [sum of q_end, kv_heads, D]
+  torch::Tensor k;    // K prefix rows [server kv rows, kv_heads, D] (expanded per task on use)
   torch::Tensor v;
   torch::Tensor out;  // fused outputs
   torch::Tensor lse;  // [heads, server q rows]
@@ -32,6 +32,28 @@ struct ExchangeBytes {
 
 // An all-to-all-v in flight and the buffers it reads and writes (kept alive until it is waited).
 struct Exchange {
+  Exchange() = default;
+  Exchange(Exchange&&) = default;
+  Exchange& operator=(Exchange&& other) {
+    settle();
+    work = std::move(other.work);
+    timeline_span = other.timeline_span;
+    send = std::move(other.send);
+    recv = std::move(other.recv);
+    recv_elements = std::move(other.recv_elements);
+    return *this;
+  }
+  // An exchange abandoned in flight (an exception between the phases) still waits for its
+  // transfer before its buffers go back to the allocator.
+  ~Exchange() { settle(); }
+  void settle() noexcept {
+    if (!work) return;
+    try {
+      work->wait();
+    } catch (...) {
+    }
+    work.reset();
+  }
   std::unique_ptr<comm::Work> work;
   int timeline_span = -1;
   torch::Tensor send, recv;
@@ -77,6 +99,9 @@ class CadDispatch {
   void backward_serve(Flight* flight, const ServerState& state);
   std::vector<torch::Tensor> backward_finish(Flight* flight);
 
+  // Skips the collective check of the first call's input shapes (callers that build q, k, v
+  // themselves to the plan's shapes, like the trainer, avoid its host synchronisation).
+  void mark_inputs_checked() { inputs_checked_ = true; }
   // Records the exchanges (and the server's kernel) on `timeline` (nullptr: no recording).
   void set_timeline(comm::Timeline* timeline) { timeline_ = timeline; }
 

@@ -22,7 +22,7 @@ class HostTimeline : public Timeline {
   }
   int begin_compute(const std::string& name) override { return open(Lane::kCompute, name); }
   void end_compute(int span) override { close(span); }
-  int begin_communication(const std::string& name) override {
+  int begin_communication(const std::string& name, void*) override {
     return open(Lane::kCommunication, name);
   }
   void communication_enqueued(int) override {}

@@ -37,7 +37,9 @@ class Timeline {
   // the operation can start. Call communication_enqueued right after starting it and
   // communication_waited after its Work::wait(): the GPU timeline ends the span with the former
   // (an event on the communication stream), the host timeline with the latter.
-  virtual int begin_communication(const std::string& name) = 0;
+  // `stream` (a cudaStream_t) names another communication stream than the timeline's own (a
+  // sub-group's transport); nullptr means the timeline's.
+  virtual int begin_communication(const std::string& name, void* stream = nullptr) = 0;
   virtual void communication_enqueued(int span) = 0;
   virtual void communication_waited(int span) = 0;
 

@@ -32,14 +32,17 @@ class CudaTimeline : public Timeline {
     return open(Lane::kCompute, name, compute_);
   }
   void end_compute(int span) override { close(span, compute_); }
-  int begin_communication(const std::string& name) override {
+  int begin_communication(const std::string& name, void* stream) override {
     // The operation starts once the compute stream's work so far is done; start the span there.
+    cudaStream_t comm = stream != nullptr ? static_cast<cudaStream_t>(stream) : communication_;
     cudaEvent_t ready = event();
     CADRE_CUDA_CHECK(cudaEventRecord(ready, compute_));
-    CADRE_CUDA_CHECK(cudaStreamWaitEvent(communication_, ready, 0));
-    return open(Lane::kCommunication, name, communication_);
+    CADRE_CUDA_CHECK(cudaStreamWaitEvent(comm, ready, 0));
+    const int span = open(Lane::kCommunication, name, comm);
+    open_[span].stream = comm;
+    return span;
   }
-  void communication_enqueued(int span) override { close(span, communication_); }
+  void communication_enqueued(int span) override { close(span, open_.at(span).stream); }
   void communication_waited(int) override {}
 
   std::vector<Span> resolve() override {
@@ -61,6 +64,7 @@ class CudaTimeline : public Timeline {
     std::string name;
     cudaEvent_t start = nullptr;
     cudaEvent_t end = nullptr;
+    cudaStream_t stream = nullptr;  // where a communication span ends
   };
   cudaEvent_t event() {
     if (used_ == pool_.size()) {
@@ -71,7 +75,7 @@ class CudaTimeline : public Timeline {
     return pool_[used_++];
   }
   int open(Lane lane, const std::string& name, cudaStream_t stream) {
-    Open o{lane, name, event(), nullptr};
+    Open o{lane, name, event(), nullptr, stream};
     CADRE_CUDA_CHECK(cudaEventRecord(o.start, stream));
     open_.push_back(o);
     return static_cast<int>(open_.size()) - 1;

@@ -34,10 +34,11 @@ inline void write_file_atomically(const std::string& path, const void* data, siz
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int error = errno;
+  const int synced = ::fsync(fd) == 0 ? 0 : errno;
+  const int closed = ::close(fd) == 0 ? 0 : errno;
+  if (synced != 0 || closed != 0) {
     ::unlink(temp.c_str());
-    CADRE_FAIL("flushing '", temp, "' failed: ", std::strerror(error));
+    CADRE_FAIL("flushing '", temp, "' failed: ", std::strerror(synced != 0 ? synced : closed));
   }
   if (std::rename(temp.c_str(), path.c_str()) != 0) {
     const int error = errno;

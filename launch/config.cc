@@ -714,6 +714,7 @@ void finalize_cluster(const config::ModelConfig& m, config::ClusterConfig& c) {
   check_positive_number("cluster.inter_node_bandwidth_gbps", c.inter_node_bandwidth_gbps());
   check_positive_number("cluster.gemm_tflops", c.gemm_tflops());
   check_positive_number("cluster.gpu_memory_gib", c.gpu_memory_gib());
+  check_positive_number("cluster.peak_tflops", c.peak_tflops());
   if (!c.attention_calibration().empty()) {
     check_file_readable("cluster.attention_calibration", c.attention_calibration(),
                         "attention calibration table (JSON)");

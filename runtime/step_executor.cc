@@ -213,17 +213,19 @@ class Executor {
   void head(NanoState& n) {
     if (model_ == nullptr) return;
     const int span = begin("head+loss" + n.tag);
-    auto x = n.x.detach().requires_grad_(true);
-    const int64_t rows = x.size(0);
+    // Each chunk is its own leaf, so its backward writes a chunk-sized gradient only.
+    const int64_t rows = n.x.size(0);
     const int64_t chunk = options_.loss_chunk_tokens > 0 ? options_.loss_chunk_tokens
                                                          : std::max<int64_t>(rows, 1);
+    n.grad = torch::zeros_like(n.x);
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t len = std::min(chunk, rows - a);
-      auto loss = model_->head_loss_sum(x.narrow(0, a, len), n.batch->targets.narrow(0, a, len));
+      auto x = n.x.narrow(0, a, len).detach().requires_grad_(true);
+      auto loss = model_->head_loss_sum(x, n.batch->targets.narrow(0, a, len));
       (loss * options_.loss_scale).backward();
       n.loss = n.loss + loss.detach().to(torch::kFloat);
+      if (x.grad().defined()) n.grad.narrow(0, a, len).copy_(x.grad());
     }
-    n.grad = x.grad().defined() ? x.grad() : torch::zeros_like(x);
     n.x = torch::Tensor();
     end(span);
   }

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -166,6 +167,11 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   CADRE_CHECK(cuda || training.dtype() == "fp32", "training.dtype=bf16 runs on GPUs only (this "
               "run is on cpu); accepted on cpu: fp32");
   dtype_ = training.dtype() == "bf16" ? torch::kBFloat16 : torch::kFloat;
+  // fp32 on a GPU runs the reference kernel (dense scores per document): for tests and checks.
+  CADRE_CHECK(!cuda || dtype_ != torch::kFloat || config.data().context_length() <= 16384,
+              "training.dtype=fp32 on cuda uses the reference attention kernel, whose dense scores "
+              "do not fit at data.context_length=", config.data().context_length(),
+              "; accepted: training.dtype=bf16 (FlashAttention-2), or context_length <= 16384");
 #ifdef CADRE_WITH_CUDA
   if (cuda) {
     const int index = data.backend() == "nccl"
@@ -210,6 +216,8 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   if (device_.is_cuda()) {
     const auto& nccl = static_cast<const comm::NcclTransport&>(data);
     timeline_ = comm::make_cuda_timeline(nccl.compute_stream(), nccl.communication_stream());
+    // The workers' sub-group (dedicated mode) has a communication stream of its own.
+    if (workers_) dp_stream_ = static_cast<comm::NcclTransport&>(*workers_).communication_stream();
   }
 #endif
   if (!timeline_) timeline_ = comm::make_host_timeline();
@@ -314,6 +322,7 @@ StepMetrics Trainer::forward_backward() {
         dispatches[j] = std::make_unique<attention_server::CadDispatch>(
             plans[j], data_transport_, *kernel_);
         dispatches[j]->set_timeline(timeline_.get());
+        dispatches[j]->mark_inputs_checked();  // the model builds q, k, v to the plan's shapes
         auto* dispatch = dispatches[j].get();
         nano.make_attention = [dispatch]() { return make_cad_phases(*dispatch); };
       } else {
@@ -364,7 +373,7 @@ void Trainer::all_reduce_gradients(StepMetrics* metrics) {
       ++last;
     }
     auto bucket = torch::cat(flat).contiguous();
-    const int span = timeline_->begin_communication("grad all-reduce");
+    const int span = timeline_->begin_communication("grad all-reduce", dp_stream_);
     auto work = dp_->all_reduce_sum(bucket.data_ptr(), bucket.numel(), comm::DataType::kFloat32);
     timeline_->communication_enqueued(span);
     work->wait();
@@ -529,6 +538,17 @@ void Trainer::load_checkpoint(const std::string& path) {
   data_->restore(position);
 }
 
+namespace {
+// JSON has no NaN or infinity: a non-finite number is written as null.
+struct Num {
+  double v;
+};
+std::ostream& operator<<(std::ostream& out, Num n) {
+  if (std::isfinite(n.v)) return out << n.v;
+  return out << "null";
+}
+}  // namespace
+
 int cuda_device_count() {
 #ifdef CADRE_WITH_CUDA
   return static_cast<int>(torch::cuda::device_count());
@@ -539,6 +559,7 @@ int cuda_device_count() {
 
 std::string summary_json(const std::vector<StepMetrics>& steps, const config::RunConfig& config,
                          const std::string& description) {
+  CADRE_CHECK(!steps.empty(), "summary_json needs at least one step");
   const size_t skip = steps.size() > 3 ? 2 : 0;
   double n = 0, step_ms = 0, tps = 0, mfu = 0, a2a = 0, exposed = 0, reduce = 0, before = 0,
          after = 0, bytes = 0;
@@ -569,8 +590,8 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"exposed_a2a_ms\":" << exposed / n << ",\"hidden_a2a_fraction\":"
       << (a2a > 0 ? 1.0 - exposed / a2a : 0.0) << ",\"allreduce_ms\":" << reduce / n
       << ",\"a2a_bytes\":" << bytes / n << ",\"imbalance_before\":" << before / n
-      << ",\"imbalance_after\":" << after / n << ",\"first_loss\":" << steps.front().loss
-      << ",\"last_loss\":" << steps.back().loss << "}\n";
+      << ",\"imbalance_after\":" << after / n << ",\"first_loss\":" << Num{steps.front().loss}
+      << ",\"last_loss\":" << Num{steps.back().loss} << "}\n";
   return out.str();
 }
 
@@ -590,10 +611,11 @@ std::string format_step_line(const StepMetrics& m, int64_t total_steps) {
   return line;
 }
 
+
 std::string metrics_json(const StepMetrics& m, const std::string& attention) {
   std::ostringstream out;
   out.precision(9);
-  out << "{\"step\":" << m.step << ",\"loss\":" << m.loss << ",\"grad_norm\":" << m.grad_norm
+  out << "{\"step\":" << m.step << ",\"loss\":" << Num{m.loss} << ",\"grad_norm\":" << Num{m.grad_norm}
       << ",\"lr\":" << m.learning_rate << ",\"step_ms\":" << m.step_ms
       << ",\"tokens\":" << m.tokens << ",\"targets\":" << m.targets
       << ",\"documents\":" << m.documents << ",\"tokens_per_s\":" << m.tokens_per_second

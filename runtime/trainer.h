@@ -107,6 +107,7 @@ class Trainer {
   std::unique_ptr<attention_server::CoreAttentionKernel> kernel_;
   std::unique_ptr<scheduler::CostModel> cost_;
   std::unique_ptr<comm::Timeline> timeline_;
+  void* dp_stream_ = nullptr;  // the workers' communication stream when it is not data's
   std::vector<comm::Span> last_spans_;
   int64_t step_ = 0;
 };

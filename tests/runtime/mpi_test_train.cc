@@ -215,8 +215,16 @@ TEST(Train, StepTimelineAndTrace) {
     if (s.lane == comm::Lane::kCommunication && s.name.rfind("a2a", 0) == 0) ++a2a;
     if (s.lane == comm::Lane::kCompute) ++compute;
   }
-  // Two layers, two nano-batches, two exchanges per direction.
-  EXPECT_EQ(a2a, 2 * 2 * 2 * 2);
+  // Two layers, two nano-batches, two exchanges per direction; exchanges that move no bytes on
+  // this rank are not spans, and some rank moves bytes (the planner rebalances).
+  EXPECT_LE(a2a, 2 * 2 * 2 * 2);
+  int64_t mine = a2a, total = 0;
+  std::vector<int64_t> all(world().size());
+  world().all_gather(&mine, all.data(), sizeof(int64_t));
+  for (int64_t x : all) total += x;
+  if (world().size() > 1) {
+    EXPECT_GT(total, 0);
+  }
   EXPECT_GT(compute, 0);
   EXPECT_GE(m.a2a_ms, m.exposed_a2a_ms);
   EXPECT_GE(m.exposed_a2a_ms, 0.0);
