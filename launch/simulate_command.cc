@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "launch/commands.h"
 #include "launch/config.h"
@@ -71,19 +72,6 @@ int64_t parse_size(const std::string& flag, const std::string& text) {
   return value * scale;
 }
 
-// Writes a file atomically: a temporary file in the same folder, then rename.
-void write_atomically(const std::string& path, const std::string& content) {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    CADRE_CHECK(out.good(), "cannot write '", temporary, "'; check output.dir / --out");
-    out << content;
-    out.flush();
-    CADRE_CHECK(out.good(), "writing '", temporary, "' failed (disk full?)");
-  }
-  CADRE_CHECK(std::rename(temporary.c_str(), path.c_str()) == 0, "cannot rename '", temporary,
-              "' to '", path, "'");
-}
 
 struct Row {
   std::string model, distribution;
@@ -367,9 +355,9 @@ int run_simulate(const Args& args) {
               base.training().recompute().c_str(), base.cluster().gpu_memory_gib());
   std::string mkdir = "mkdir -p '" + out_dir + "'";
   CADRE_CHECK(std::system(mkdir.c_str()) == 0, "cannot create output directory '", out_dir, "'");
-  write_atomically(out_dir + "/simulate.json", to_json(rows));
-  write_atomically(out_dir + "/simulate.csv", to_csv(rows));
-  write_atomically(out_dir + "/simulate.svg", to_svg(rows, strategies));
+  write_file_atomically(out_dir + "/simulate.json", to_json(rows));
+  write_file_atomically(out_dir + "/simulate.csv", to_csv(rows));
+  write_file_atomically(out_dir + "/simulate.svg", to_svg(rows, strategies));
   std::printf("wrote %s/simulate.json, simulate.csv, simulate.svg\n", out_dir.c_str());
   return 0;
 }
