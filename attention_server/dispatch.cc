@@ -377,8 +377,7 @@ torch::Tensor CadDispatch::forward_finish(Flight* flight) {
     if (q_send_count_[p] == 0) continue;
     if (p == rank_) {
       // Own rows: the reverse of the forward copy (server rows -> owner rows).
-      SelfRows back{self_q_.contiguous, false, self_q_.dst, self_q_.src, self_q_.rows};
-      copy_self(back, out, q_send_rows_[p], flight->out, q_recv_rows_[p]);
+      copy_self(self_q_.reversed(), out, q_send_rows_[p], flight->out, q_recv_rows_[p]);
       continue;
     }
     out.index_copy_(0, q_send_rows_[p], returned[p].view({-1, heads, dim}));
@@ -494,8 +493,7 @@ std::vector<torch::Tensor> CadDispatch::backward_finish(Flight* flight) {
     const int64_t nq = q_send_count_[p] * heads * dim, nkv = kv_send_count_[p] * kv_heads * dim;
     if (p == rank_) {
       if (!self_q_.whole && q_send_count_[p] > 0) {
-        SelfRows back{self_q_.contiguous, false, self_q_.dst, self_q_.src, self_q_.rows};
-        copy_self(back, dq, q_send_rows_[p], flight->dq, q_recv_rows_[p]);
+        copy_self(self_q_.reversed(), dq, q_send_rows_[p], flight->dq, q_recv_rows_[p]);
       }
       if (!self_kv_.whole && kv_send_count_[p] > 0) {
         if (self_kv_.contiguous) {

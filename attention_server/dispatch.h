@@ -145,6 +145,8 @@ class CadDispatch {
     bool contiguous = false;
     bool whole = false;
     int64_t src = 0, dst = 0, rows = 0;
+    // The same rows copied back (server -> owner); never the whole-buffer alias.
+    SelfRows reversed() const { return {contiguous, false, dst, src, rows}; }
   };
   SelfRows self_q_, self_kv_;
   // dst[dst_rows] = src[src_rows] for this rank's own rows (run as described by `self`).

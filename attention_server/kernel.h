@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace cadre::attention_server {
 
@@ -32,6 +33,11 @@ struct BackwardResult {
   torch::Tensor dk;  // like k
   torch::Tensor dv;  // like v
 };
+
+// The batch of whole documents of `doc_lengths` laid out back to back (each its own sequence:
+// ordinary causal attention), with its cumulative lengths on `device`.
+VarlenBatch whole_documents_batch(const std::vector<int64_t>& doc_lengths,
+                                  const torch::Device& device = torch::kCPU);
 
 class CoreAttentionKernel {
  public:

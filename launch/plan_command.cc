@@ -422,21 +422,14 @@ int run_plan(const Args& args) {
   }
 
   const auto& cluster = config.cluster();
-  scheduler::CalibrationTable calibration =
-      cluster.attention_calibration().empty()
-          ? scheduler::default_calibration()
-          : scheduler::load_calibration_json(cluster.attention_calibration());
-  const scheduler::CostModel cost(config.model(), cluster, calibration);
+  const scheduler::CostModel cost(config.model(), cluster, scheduler::calibration_for(cluster));
   const int32_t stage_layers = config.model().num_layers() / cluster.pipeline_parallel();
 
   std::vector<int32_t> server_ranks;
   for (int32_t r = 0; r < (dedicated ? dedicated_servers : workers); ++r) {
     server_ranks.push_back(dedicated ? workers + r : r);
   }
-  scheduler::PlannerOptions planner_options;
-  planner_options.tolerance = config.scheduler().tolerance();
-  planner_options.min_shard_tokens = config.scheduler().min_shard_tokens();
-  planner_options.gpus_per_node = cluster.gpus_per_node();
+  const scheduler::PlannerOptions planner_options = scheduler::planner_options(config);
 
   const bool cad = config.training().attention() == "cad";
   scheduler::PlanStats stats;

@@ -108,20 +108,17 @@ class ColocatedAttention : public CoreAttentionOp {
       docs.emplace_back(doc.pieces[0].local_row, doc.length_tokens);
     }
     std::sort(docs.begin(), docs.end());
-    std::vector<int64_t> cu{0};
+    std::vector<int64_t> lengths;
     int64_t row = 0;
     for (const auto& [local_row, length] : docs) {
       CADRE_CHECK(local_row == row, "colocated attention: rank ", rank,
                   " has a gap or overlap at local row ", row);
       row += length;
-      cu.push_back(row);
-      batch_.max_seqlen_q = std::max(batch_.max_seqlen_q, length);
+      lengths.push_back(length);
     }
     CADRE_CHECK(row == local_tokens_, "colocated attention: rank ", rank, "'s documents cover ",
                 row, " of its ", local_tokens_, " tokens");
-    batch_.max_seqlen_k = batch_.max_seqlen_q;
-    batch_.cu_seqlens_q = torch::tensor(cu, torch::kLong).to(torch::kInt);
-    batch_.cu_seqlens_k = batch_.cu_seqlens_q.clone();
+    batch_ = attention_server::whole_documents_batch(lengths);
   }
 
   torch::Tensor operator()(const torch::Tensor& q, const torch::Tensor& k,

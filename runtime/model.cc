@@ -7,7 +7,6 @@
 #include <torch/types.h>
 
 #include <cmath>
-#include <map>
 
 #include "common/error.h"
 
@@ -207,32 +206,9 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, const torch::Tens
 torch::Tensor LlamaModel::loss_sum(const torch::Tensor& tokens,
                                    const std::vector<int64_t>& doc_lengths,
                                    CoreAttentionOp& attention) const {
-  const auto device = embedding_.device();
+  const auto device = this->device();
   auto logits_ = forward(tokens.to(device), document_positions(doc_lengths).to(device), attention);
   return cross_entropy_sum(logits_, document_targets(tokens.to(torch::kCPU), doc_lengths).to(device));
-}
-
-void LlamaModel::to(const torch::Device& device) {
-  std::map<const void*, torch::Tensor> moved;  // tied parameters move once
-  auto move = [&](torch::Tensor& t) {
-    if (!t.defined()) return;
-    auto it = moved.find(t.unsafeGetTensorImpl());
-    if (it == moved.end()) {
-      auto fresh = t.detach().to(device).contiguous().set_requires_grad(true);
-      it = moved.emplace(t.unsafeGetTensorImpl(), fresh).first;
-    }
-    t = it->second;
-  };
-  for (auto& p : parameters_) move(p.value);
-  move(embedding_);
-  move(final_norm_);
-  move(lm_head_);
-  for (Layer& layer : layers_) {
-    for (torch::Tensor* t : {&layer.attention_norm, &layer.wq, &layer.wk, &layer.wv, &layer.wo,
-                             &layer.mlp_norm, &layer.w_gate, &layer.w_up, &layer.w_down}) {
-      move(*t);
-    }
-  }
 }
 
 std::vector<torch::Tensor> LlamaModel::parameter_tensors() const {

@@ -85,8 +85,6 @@ class LlamaModel {
   torch::Tensor head_loss_sum(const torch::Tensor& x, const torch::Tensor& targets) const;
   RopeTables rope(const torch::Tensor& positions) const;
 
-  // Moves the (fp32 master) parameters to `device`; the Tensors in parameters() are replaced.
-  void to(const torch::Device& device);
   // Activations and matrix products run in `dtype` (kFloat, kBFloat16, kHalf); parameters and
   // their gradients stay fp32 (master weights), cast per use.
   void set_compute_dtype(torch::ScalarType dtype) { compute_dtype_ = dtype; }

@@ -38,19 +38,9 @@ class CadPhases : public AttentionPhases {
 
 class ColocatedPhases : public AttentionPhases {
  public:
-  ColocatedPhases(const std::vector<int64_t>& doc_lengths,
-                  attention_server::CoreAttentionKernel& kernel, const torch::Device& device,
-                  comm::Timeline* timeline)
-      : kernel_(kernel), timeline_(timeline) {
-    std::vector<int64_t> cu(1, 0);
-    int64_t max_len = 0;
-    for (int64_t n : doc_lengths) {
-      cu.push_back(cu.back() + n);
-      max_len = std::max(max_len, n);
-    }
-    auto cu_tensor = torch::tensor(cu, torch::kLong).to(torch::kInt).to(device);
-    batch_ = {cu_tensor, cu_tensor, max_len, max_len};
-  }
+  ColocatedPhases(const attention_server::VarlenBatch& batch,
+                  attention_server::CoreAttentionKernel& kernel, comm::Timeline* timeline)
+      : kernel_(kernel), timeline_(timeline), batch_(batch) {}
   void forward_send(const torch::Tensor& q, const torch::Tensor& k,
                     const torch::Tensor& v) override {
     q_ = q;
@@ -276,11 +266,10 @@ std::unique_ptr<AttentionPhases> make_cad_phases(attention_server::CadDispatch& 
   return std::make_unique<CadPhases>(dispatch);
 }
 
-std::unique_ptr<AttentionPhases> make_colocated_phases(const std::vector<int64_t>& doc_lengths,
+std::unique_ptr<AttentionPhases> make_colocated_phases(const attention_server::VarlenBatch& batch,
                                                        attention_server::CoreAttentionKernel& kernel,
-                                                       const torch::Device& device,
                                                        comm::Timeline* timeline) {
-  return std::make_unique<ColocatedPhases>(doc_lengths, kernel, device, timeline);
+  return std::make_unique<ColocatedPhases>(batch, kernel, timeline);
 }
 
 double run_forward_backward(const LlamaModel* model, const config::ModelConfig& model_config,

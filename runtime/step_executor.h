@@ -43,10 +43,10 @@ class AttentionPhases {
 // CAD: the phases of `dispatch` (which must outlive the phases).
 std::unique_ptr<AttentionPhases> make_cad_phases(attention_server::CadDispatch& dispatch);
 
-// Colocated: this rank's own documents (`doc_lengths`, in row order) with `kernel`, no dispatch.
-std::unique_ptr<AttentionPhases> make_colocated_phases(const std::vector<int64_t>& doc_lengths,
+// Colocated: this rank's own documents (`batch`, from attention_server::whole_documents_batch)
+// with `kernel`, no dispatch.
+std::unique_ptr<AttentionPhases> make_colocated_phases(const attention_server::VarlenBatch& batch,
                                                        attention_server::CoreAttentionKernel& kernel,
-                                                       const torch::Device& device,
                                                        comm::Timeline* timeline);
 
 // One nano-batch of this rank: its tokens and how its core attention runs.

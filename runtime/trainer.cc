@@ -26,11 +26,6 @@
 namespace cadre::runtime {
 namespace {
 
-scheduler::CalibrationTable calibration_for(const config::ClusterConfig& cluster) {
-  if (cluster.attention_calibration().empty()) return scheduler::default_calibration();
-  return scheduler::load_calibration_json(cluster.attention_calibration());
-}
-
 // Every rank's document lengths, in rank order (two all-gathers: counts, then padded lists).
 std::vector<std::vector<int64_t>> gather_lengths(comm::Transport& transport,
                                                  const std::vector<int64_t>& mine) {
@@ -211,7 +206,7 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   const bool flash = device_.is_cuda() && dtype_ != torch::kFloat;
   kernel_ = attention_server::make_kernel(flash ? "flash" : "cpu");
   cost_ = std::make_unique<scheduler::CostModel>(config.model(), config.cluster(),
-                                                 calibration_for(config.cluster()));
+                                                 scheduler::calibration_for(config.cluster()));
 #ifdef CADRE_WITH_CUDA
   if (device_.is_cuda()) {
     const auto& nccl = static_cast<const comm::NcclTransport&>(data);
@@ -294,6 +289,7 @@ StepMetrics Trainer::forward_backward() {
 
   std::vector<int32_t> servers;
   for (int r = dedicated ? num_workers_ : 0; r < world; ++r) servers.push_back(r);
+  const scheduler::PlannerOptions planner_options = scheduler::planner_options(config_);
   std::vector<double> server_us(servers.size(), 0.0);
   double local_loss = 0;
   for (Micro& mb : micros) {
@@ -302,9 +298,10 @@ StepMetrics Trainer::forward_backward() {
     std::vector<NanoBatch> nanos(nano_count);
     for (int j = 0; j < nano_count; ++j) {
       NanoBatch& nano = nanos[j];
-      std::vector<int64_t> mine;
+      // This rank's lengths of nano-batch j, as gathered (a dedicated server has none).
+      const std::vector<int64_t> mine =
+          is_worker() ? mb.nano_lengths[j][control_.rank()] : std::vector<int64_t>{};
       if (is_worker()) {
-        for (int d : mb.nano_docs[j]) mine.push_back(mb.batch.doc_lengths[d]);
         auto tokens = mb.batch.tokens.index_select(0, document_rows(mb.batch.doc_lengths,
                                                                     mb.nano_docs[j]));
         nano.tokens = tokens.to(device_);
@@ -313,11 +310,7 @@ StepMetrics Trainer::forward_backward() {
       }
       if (cad) {
         scheduler::Layout layout = scheduler::layout_from_rank_documents(mb.nano_lengths[j]);
-        scheduler::PlannerOptions popts;
-        popts.tolerance = config_.scheduler().tolerance();
-        popts.min_shard_tokens = config_.scheduler().min_shard_tokens();
-        popts.gpus_per_node = config_.cluster().gpus_per_node();
-        plans[j] = scheduler::plan_cad(layout, servers, world, *cost_, popts);
+        plans[j] = scheduler::plan_cad(layout, servers, world, *cost_, planner_options);
         add_server_times(plans[j], *cost_, &server_us);
         dispatches[j] = std::make_unique<attention_server::CadDispatch>(
             plans[j], data_transport_, *kernel_);
@@ -326,11 +319,12 @@ StepMetrics Trainer::forward_backward() {
         auto* dispatch = dispatches[j].get();
         nano.make_attention = [dispatch]() { return make_cad_phases(*dispatch); };
       } else {
+        // One varlen batch of this rank's documents serves every layer.
+        const attention_server::VarlenBatch batch = attention_server::whole_documents_batch(mine, device_);
         auto* kernel = kernel_.get();
         auto* timeline = timeline_.get();
-        const torch::Device device = device_;
-        nano.make_attention = [mine, kernel, device, timeline]() {
-          return make_colocated_phases(mine, *kernel, device, timeline);
+        nano.make_attention = [batch, kernel, timeline]() {
+          return make_colocated_phases(batch, *kernel, timeline);
         };
       }
     }
@@ -345,13 +339,13 @@ StepMetrics Trainer::forward_backward() {
     }
   }
   if (cad) metrics.imbalance_after = max_over_mean(server_us);
-  all_reduce_gradients(&metrics);
+  all_reduce_gradients();
   const double total = sum_over_ranks(control_, local_loss);
   metrics.loss = metrics.targets > 0 ? total / metrics.targets : 0.0;
   return metrics;
 }
 
-void Trainer::all_reduce_gradients(StepMetrics* metrics) {
+void Trainer::all_reduce_gradients() {
   if (!is_worker()) return;
   const int workers = dp_->size();
   std::vector<torch::Tensor> grads;
@@ -361,7 +355,6 @@ void Trainer::all_reduce_gradients(StepMetrics* metrics) {
   }
   torch::NoGradGuard no_grad;
   size_t first = 0;
-  const auto start = std::chrono::steady_clock::now();
   while (first < grads.size()) {
     size_t last = first;
     int64_t bytes = 0;
@@ -387,8 +380,6 @@ void Trainer::all_reduce_gradients(StepMetrics* metrics) {
     }
     first = last;
   }
-  (void)start;
-  (void)metrics;
 }
 
 void Trainer::optimizer_step(StepMetrics* metrics) {

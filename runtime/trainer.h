@@ -91,7 +91,7 @@ class Trainer {
   std::string describe() const;
 
  private:
-  void all_reduce_gradients(StepMetrics* metrics);
+  void all_reduce_gradients();
 
   config::RunConfig config_;
   comm::Transport& control_;

@@ -57,6 +57,12 @@ const CalibrationTable& default_calibration() {
   return table;
 }
 
+CalibrationTable calibration_for(const config::ClusterConfig& cluster) {
+  return cluster.attention_calibration().empty()
+             ? default_calibration()
+             : load_calibration_json(cluster.attention_calibration());
+}
+
 CalibrationTable load_calibration_json(const std::string& path) {
   std::ifstream in(path);
   CADRE_CHECK(in.good(), "cannot read calibration table '", path,

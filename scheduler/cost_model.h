@@ -32,6 +32,8 @@ const CalibrationTable& default_calibration();
 // Loads a table from JSON ({"device":..., "points":[{"q_tokens":..,"kv_tokens":..,
 // "forward_tflops":..,"backward_tflops":..}, ...]}); throws cadre::Error on bad input.
 CalibrationTable load_calibration_json(const std::string& path);
+// The table a cluster config names: cluster.attention_calibration, or the built-in one if empty.
+CalibrationTable calibration_for(const config::ClusterConfig& cluster);
 
 enum class LinkClass { kSelf, kIntraNode, kInterNode };
 

@@ -361,6 +361,14 @@ class Planner {
 
 }  // namespace
 
+PlannerOptions planner_options(const config::RunConfig& config) {
+  PlannerOptions options;
+  options.tolerance = config.scheduler().tolerance();
+  options.min_shard_tokens = config.scheduler().min_shard_tokens();
+  options.gpus_per_node = config.cluster().gpus_per_node();
+  return options;
+}
+
 Plan plan_cad(const Layout& layout, const std::vector<int32_t>& server_ranks, int32_t world_size,
               const CostModel& cost, const PlannerOptions& options, PlanStats* stats) {
   CADRE_CHECK(world_size >= layout.num_ranks, "plan_cad: world_size ", world_size,

@@ -16,6 +16,10 @@ struct PlannerOptions {
   int32_t gpus_per_node = 8;       // for intra- vs inter-node preference
 };
 
+// The planner options a run config asks for (scheduler.tolerance, scheduler.min_shard_tokens,
+// cluster.gpus_per_node).
+PlannerOptions planner_options(const config::RunConfig& config);
+
 struct PlanStats {
   double imbalance_before = 1.0;  // max/mean attention time if each owner computed its own
   double imbalance_after = 1.0;   // max/mean over servers of the plan

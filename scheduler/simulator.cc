@@ -388,13 +388,8 @@ SimulationResult simulate_step(const config::RunConfig& config,
                     simulator_strategies().end(),
                 "unknown strategy '", s, "'; accepted: cad, fixed, cp, wlb, ideal");
   }
-  CalibrationTable table = cl.attention_calibration().empty()
-                               ? default_calibration()
-                               : load_calibration_json(cl.attention_calibration());
-  CostModel cost(model, cl, table);
-  PlannerOptions options;
-  options.tolerance = config.scheduler().tolerance();
-  options.min_shard_tokens = config.scheduler().min_shard_tokens();
+  CostModel cost(model, cl, calibration_for(cl));
+  PlannerOptions options = planner_options(config);
   options.gpus_per_node = std::max(1, cl.gpus_per_node() / (c.tp * c.pp));
   int32_t cp = cl.context_parallel() > 1 ? cl.context_parallel() : std::min(c.dp, 8);
   while (cp > 1 && c.dp % cp != 0) --cp;

@@ -296,22 +296,22 @@ TEST(Train, LossFallsOnTheLearnableTask) {
   expect_identical_across_ranks(trainer.model());
 }
 
+// Constructing a Trainer from `config` throws on every rank with a message holding `fragment`.
+void expect_rejected(const config::RunConfig& config, const std::string& what,
+                     const std::string& fragment) {
+  try {
+    Trainer trainer(config, world());
+    FAIL() << what << " was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find(fragment), std::string::npos) << e.message();
+  }
+}
+
 TEST(Train, BadSettingsFailOnEveryRank) {
-  auto config = tiny_run("sideways");
-  try {
-    Trainer trainer(config, world());
-    FAIL() << "training.attention=sideways was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find("accepted: cad, colocated"), std::string::npos) << e.message();
-  }
-  config = tiny_run("cad");
+  expect_rejected(tiny_run("sideways"), "training.attention=sideways", "accepted: cad, colocated");
+  auto config = tiny_run("cad");
   config.mutable_training()->set_dtype("bf16");
-  try {
-    Trainer trainer(config, world());
-    FAIL() << "bf16 on cpu was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find("accepted on cpu: fp32"), std::string::npos) << e.message();
-  }
+  expect_rejected(config, "bf16 on cpu", "accepted on cpu: fp32");
   config = tiny_run("colocated");
   config.mutable_scheduler()->set_server_mode("dedicated");
   config.mutable_scheduler()->set_num_dedicated_servers(1);
@@ -319,12 +319,7 @@ TEST(Train, BadSettingsFailOnEveryRank) {
   config = tiny_run("cad");
   config.mutable_scheduler()->set_server_mode("dedicated");
   config.mutable_scheduler()->set_num_dedicated_servers(world().size());
-  try {
-    Trainer trainer(config, world());
-    FAIL() << "a run without workers was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find("at least one worker"), std::string::npos) << e.message();
-  }
+  expect_rejected(config, "a run without workers", "at least one worker");
 }
 
 }  // namespace

@@ -31,8 +31,9 @@ NanoBatch nano_of(const torch::Tensor& tokens, const std::vector<int64_t>& lengt
   n.tokens = tokens;
   n.positions = document_positions(lengths);
   n.targets = document_targets(tokens, lengths);
-  n.make_attention = [lengths, &kernel, timeline]() {
-    return make_colocated_phases(lengths, kernel, torch::kCPU, timeline);
+  const attention_server::VarlenBatch batch = attention_server::whole_documents_batch(lengths);
+  n.make_attention = [batch, &kernel, timeline]() {
+    return make_colocated_phases(batch, kernel, timeline);
   };
   return n;
 }
