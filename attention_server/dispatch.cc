@@ -130,8 +130,8 @@ CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport
     for (size_t i = 0; i < expand.size() && expand_is_identity_; ++i) {
       expand_is_identity_ = expand[i] == static_cast<int64_t>(i);
     }
-    batch_.cu_seqlens_q = torch::tensor(b.cu_seqlens_q, torch::kLong).to(torch::kInt);
-    batch_.cu_seqlens_k = torch::tensor(b.cu_seqlens_k, torch::kLong).to(torch::kInt);
+    batch_ = make_varlen_batch(std::vector<int64_t>(b.cu_seqlens_q.begin(), b.cu_seqlens_q.end()),
+                               std::vector<int64_t>(b.cu_seqlens_k.begin(), b.cu_seqlens_k.end()));
     batch_.max_seqlen_q = b.max_seqlen_q;
     batch_.max_seqlen_k = b.max_seqlen_k;
     server_q_rows_ = b.q_rows;

@@ -10,9 +10,29 @@
 
 namespace cadre::attention_server {
 
+// Short query shards: FlashAttention-2 runs a shard of q queries against a long key prefix at a
+// fraction of its whole-document speed (backward especially: each 128-key block meets only q
+// query rows, and GQA makes it expand dK/dV to every query head). With GQA (heads > kv_heads)
+// and the batch's host cumulative lengths, the kernel splits every sequence with
+// q < keys and q <= max_split_queries into
+//   - its unmasked prefix (keys [0, keys - q)): no causal mask, so the heads sharing a KV head
+//     fold into query rows (q * group rows, kv_heads heads: plain multi-head attention, no dK/dV
+//     expansion), cut into chunks of at most prefix_chunk_keys keys (forward only) so that long
+//     prefixes do not leave one thread block running alone;
+//   - its diagonal block (the last q keys), causal, beside the batch's other sequences;
+// and merges them by log-sum-exp. Backward gives each part the merged output and log-sum-exp,
+// which makes the parts' gradients exact; they are summed. The prefix call reads K/V in place
+// (the other key rows ride along as sequences without queries); only diagonal blocks and
+// unsplit sequences are gathered. Measured on H200: benchmarks/results, docs/gpu.md.
+struct FlashKernelOptions {
+  bool split_short_shards = true;
+  int64_t max_split_queries = 1024;
+  int64_t prefix_chunk_keys = 32768;
+};
+
 // FlashAttention-2 varlen forward/backward over a fused batch (bf16/fp16, head_dim multiple of 8
 // up to 256, GQA, bottom-right-aligned causal mask, log-sum-exp [heads, total_q]).
-std::unique_ptr<CoreAttentionKernel> make_flash_kernel();
+std::unique_ptr<CoreAttentionKernel> make_flash_kernel(const FlashKernelOptions& options = {});
 
 // The LibTorch operator schemas the flash kernel calls (for logs and benchmark records).
 std::string flash_kernel_schemas();

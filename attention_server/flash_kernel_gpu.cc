@@ -11,7 +11,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/types.h>
 
+#include <algorithm>
 #include <cmath>
+#include <list>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -117,10 +119,127 @@ double scale_for(double softmax_scale, int64_t head_dim) {
   return softmax_scale > 0 ? softmax_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
 }
 
+// How a batch is split for short query shards (see flash_kernel.h). Built on the host from the
+// batch's host cumulative lengths; its index tensors live on the device.
+struct SplitPlan {
+  // Prefix call: folded queries (q * group rows per chunk of a split sequence) against k, v in
+  // place; every key row belongs to one of its sequences (rows outside split prefixes form
+  // sequences without queries). Backward uses the same sequences without chunks.
+  torch::Tensor fold_rows;          // int64 [chunk rows]: the token row of each chunk row (fwd)
+  torch::Tensor cu_q_prefix, cu_k_prefix;
+  int64_t max_q_prefix = 0, max_k_prefix = 0;
+  torch::Tensor fold_rows_bwd;      // int64 [split rows]: one chunk per sequence (bwd)
+  torch::Tensor cu_q_prefix_bwd, cu_k_prefix_bwd;
+  int64_t max_k_prefix_bwd = 0;
+  // Rest call: every query row in order, against gathered keys: the diagonal block of a split
+  // sequence, every key of an unsplit one (causal).
+  torch::Tensor rest_rows;          // int64 [rest keys]: rows of k, v
+  torch::Tensor cu_k_rest;
+  int64_t max_k_rest = 0;
+};
+
+torch::Tensor int32_on(const std::vector<int64_t>& values, const torch::Device& device) {
+  return torch::tensor(values, torch::kLong).to(torch::kInt).pin_memory().to(device, true);
+}
+torch::Tensor int64_on(const std::vector<int64_t>& values, const torch::Device& device) {
+  return torch::tensor(values, torch::kLong).pin_memory().to(device, true);
+}
+
+// nullptr when nothing in the batch is worth splitting.
+std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t group,
+                                           const FlashKernelOptions& options,
+                                           const torch::Device& device) {
+  const auto& cq = batch.cu_q_host;
+  const auto& ck = batch.cu_k_host;
+  if (!options.split_short_shards || group < 2 || cq.size() < 2 || cq.size() != ck.size()) {
+    return nullptr;
+  }
+  const int64_t chunk = std::max<int64_t>(options.prefix_chunk_keys, 1);
+  std::vector<int64_t> fold, fold_bwd, cu_q{0}, cu_k{0}, cu_q_bwd{0}, cu_k_bwd{0}, rest,
+      cu_rest{0};
+  bool any = false;
+  auto add_prefix_sequence = [](std::vector<int64_t>& cu_q, std::vector<int64_t>& cu_k,
+                                int64_t queries, int64_t key_end) {
+    if (key_end == cu_k.back()) return;  // no keys: nothing to add
+    cu_q.push_back(cu_q.back() + queries);
+    cu_k.push_back(key_end);
+  };
+  for (size_t i = 0; i + 1 < cq.size(); ++i) {
+    const int64_t q = cq[i + 1] - cq[i], keys = ck[i + 1] - ck[i];
+    const bool split = q > 0 && q < keys && q <= options.max_split_queries;
+    if (!split) {
+      // Its keys ride along in the prefix calls without queries; the rest call gathers them all.
+      add_prefix_sequence(cu_q, cu_k, 0, ck[i + 1]);
+      add_prefix_sequence(cu_q_bwd, cu_k_bwd, 0, ck[i + 1]);
+      for (int64_t r = ck[i]; r < ck[i + 1]; ++r) rest.push_back(r);
+      cu_rest.push_back(cu_rest.back() + keys);
+      continue;
+    }
+    any = true;
+    const int64_t prefix = keys - q;
+    for (int64_t c = 0; c < prefix; c += chunk) {
+      add_prefix_sequence(cu_q, cu_k, q * group, ck[i] + std::min(prefix, c + chunk));
+      for (int64_t t = cq[i]; t < cq[i + 1]; ++t) fold.push_back(t);
+    }
+    add_prefix_sequence(cu_q_bwd, cu_k_bwd, q * group, ck[i] + prefix);
+    for (int64_t t = cq[i]; t < cq[i + 1]; ++t) fold_bwd.push_back(t);
+    // The diagonal block: no queries in the prefix calls, gathered for the rest call.
+    add_prefix_sequence(cu_q, cu_k, 0, ck[i + 1]);
+    add_prefix_sequence(cu_q_bwd, cu_k_bwd, 0, ck[i + 1]);
+    for (int64_t r = ck[i] + prefix; r < ck[i + 1]; ++r) rest.push_back(r);
+    cu_rest.push_back(cu_rest.back() + q);
+  }
+  if (!any) return nullptr;
+  auto max_step = [](const std::vector<int64_t>& cu) {
+    int64_t m = 0;
+    for (size_t i = 1; i < cu.size(); ++i) m = std::max(m, cu[i] - cu[i - 1]);
+    return m;
+  };
+  auto plan = std::make_unique<SplitPlan>();
+  plan->fold_rows = int64_on(fold, device);
+  plan->cu_q_prefix = int32_on(cu_q, device);
+  plan->cu_k_prefix = int32_on(cu_k, device);
+  plan->max_q_prefix = max_step(cu_q);
+  plan->max_k_prefix = max_step(cu_k);
+  plan->fold_rows_bwd = int64_on(fold_bwd, device);
+  plan->cu_q_prefix_bwd = int32_on(cu_q_bwd, device);
+  plan->cu_k_prefix_bwd = int32_on(cu_k_bwd, device);
+  plan->max_k_prefix_bwd = max_step(cu_k_bwd);
+  plan->rest_rows = int64_on(rest, device);
+  plan->cu_k_rest = int32_on(cu_rest, device);
+  plan->max_k_rest = max_step(cu_rest);
+  return plan;
+}
+
+// [rows, heads, d] -> [rows(fold) * group, kv_heads, d]: row (t, g) at t * group + g, head h
+// holding query head h * group + g (the heads that share KV head h).
+torch::Tensor fold_heads(const torch::Tensor& x, const torch::Tensor& rows, int64_t group) {
+  torch::Tensor picked = x.index_select(0, rows);
+  const int64_t n = picked.size(0), kv_heads = x.size(1) / group, d = x.size(2);
+  return picked.view({n, kv_heads, group, d}).transpose(1, 2).reshape({n * group, kv_heads, d});
+}
+// [rows * group, kv_heads, d] -> [rows, heads, d] (the inverse layout of fold_heads).
+torch::Tensor unfold_heads(const torch::Tensor& x, int64_t group) {
+  const int64_t n = x.size(0) / group, kv_heads = x.size(1), d = x.size(2);
+  return x.view({n, group, kv_heads, d}).transpose(1, 2).reshape({n, kv_heads * group, d});
+}
+// lse [heads, total_q] -> [kv_heads, rows(fold) * group], matching fold_heads.
+torch::Tensor fold_lse(const torch::Tensor& lse, const torch::Tensor& rows, int64_t group) {
+  torch::Tensor picked = lse.index_select(1, rows);
+  const int64_t n = picked.size(1), kv_heads = lse.size(0) / group;
+  return picked.view({kv_heads, group, n}).transpose(1, 2).reshape({kv_heads, n * group});
+}
+// [kv_heads, rows * group] -> [heads, rows].
+torch::Tensor unfold_lse(const torch::Tensor& lse, int64_t group) {
+  const int64_t kv_heads = lse.size(0), n = lse.size(1) / group;
+  return lse.view({kv_heads, n, group}).transpose(1, 2).reshape({kv_heads * group, n});
+}
+
 class FlashKernel : public CoreAttentionKernel {
  public:
-  FlashKernel()
-      : forward_op_("aten::_flash_attention_forward"),
+  explicit FlashKernel(const FlashKernelOptions& options)
+      : options_(options),
+        forward_op_("aten::_flash_attention_forward"),
         backward_op_("aten::_flash_attention_backward") {}
 
   std::string name() const override { return "flash"; }
@@ -133,15 +252,29 @@ class FlashKernel : public CoreAttentionKernel {
     if (q.size(0) == 0) {
       return {torch::empty_like(q), torch::empty({heads, 0}, q.options().dtype(torch::kFloat))};
     }
-    NamedArgs args{{"query", contiguous(q)},
-                   {"key", contiguous(k)},
-                   {"value", contiguous(v)},
-                   {"cum_seq_q", batch.cu_seqlens_q},
-                   {"cum_seq_k", batch.cu_seqlens_k},
-                   {"max_q", batch.max_seqlen_q},
-                   {"max_k", batch.max_seqlen_k},
+    const SplitPlan* plan = split_plan(batch, heads / k.size(1), q.device());
+    if (plan == nullptr) {
+      return call_forward(contiguous(q), contiguous(k), contiguous(v), batch.cu_seqlens_q,
+                          batch.cu_seqlens_k, batch.max_seqlen_q, batch.max_seqlen_k, true,
+                          softmax_scale);
+    }
+    return split_forward(*plan, contiguous(q), contiguous(k), contiguous(v), batch, softmax_scale);
+  }
+
+  ForwardResult call_forward(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const torch::Tensor& cu_q,
+                             const torch::Tensor& cu_k, int64_t max_q, int64_t max_k, bool causal,
+                             double softmax_scale) {
+    const int64_t heads = q.size(1);
+    NamedArgs args{{"query", q},
+                   {"key", k},
+                   {"value", v},
+                   {"cum_seq_q", cu_q},
+                   {"cum_seq_k", cu_k},
+                   {"max_q", max_q},
+                   {"max_k", max_k},
                    {"dropout_p", 0.0},
-                   {"is_causal", true},
+                   {"is_causal", causal},
                    {"return_debug_mask", false},
                    {"scale", scale_for(softmax_scale, q.size(2))}};
     std::vector<c10::IValue> results = forward_op_.call(args);
@@ -153,6 +286,33 @@ class FlashKernel : public CoreAttentionKernel {
         "flash kernel: LibTorch returned log-sum-exp of shape ", result.lse.sizes(),
         "; expected [heads, total_q] = [", heads, ", ", q.size(0), "]");
     return result;
+  }
+
+  // Prefix chunks (folded, no mask) and the rest (causal), merged by log-sum-exp.
+  ForwardResult split_forward(const SplitPlan& plan, const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const VarlenBatch& batch,
+                              double softmax_scale) {
+    const int64_t group = q.size(1) / k.size(1);
+    ForwardResult rest = call_forward(q, k.index_select(0, plan.rest_rows),
+                                      v.index_select(0, plan.rest_rows), batch.cu_seqlens_q,
+                                      plan.cu_k_rest, batch.max_seqlen_q, plan.max_k_rest, true,
+                                      softmax_scale);
+    ForwardResult prefix = call_forward(fold_heads(q, plan.fold_rows, group), k, v,
+                                        plan.cu_q_prefix, plan.cu_k_prefix, plan.max_q_prefix,
+                                        plan.max_k_prefix, false, softmax_scale);
+    torch::Tensor lse_chunks = unfold_lse(prefix.lse, group);        // [heads, chunk rows]
+    torch::Tensor out_chunks = unfold_heads(prefix.out, group);      // [chunk rows, heads, d]
+    const torch::Tensor& rows = plan.fold_rows;
+    // m = max over a row's parts; weights exp(lse_part - m); out = sum(w * out_part) / sum(w).
+    torch::Tensor m = rest.lse.clone();
+    m.scatter_reduce_(1, rows.unsqueeze(0).expand_as(lse_chunks), lse_chunks, "amax", true);
+    torch::Tensor w_rest = torch::exp(rest.lse - m);                 // [heads, total_q]
+    torch::Tensor w_chunks = torch::exp(lse_chunks - m.index_select(1, rows));
+    torch::Tensor acc = rest.out.to(torch::kFloat) * w_rest.t().unsqueeze(-1);
+    acc.index_add_(0, rows, out_chunks.to(torch::kFloat) * w_chunks.t().unsqueeze(-1));
+    torch::Tensor total = w_rest.index_add(1, rows, w_chunks);
+    torch::Tensor out = (acc / total.t().unsqueeze(-1)).to(q.scalar_type());
+    return {out, m + torch::log(total)};
   }
 
   BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
@@ -173,20 +333,56 @@ class FlashKernel : public CoreAttentionKernel {
     if (q.size(0) == 0) {
       return {torch::zeros_like(q), torch::zeros_like(k), torch::zeros_like(v)};
     }
+    const SplitPlan* plan = split_plan(batch, q.size(1) / k.size(1), q.device());
+    if (plan == nullptr) {
+      return call_backward(contiguous(dout), contiguous(q), contiguous(k), contiguous(v),
+                           contiguous(out), contiguous(lse), batch.cu_seqlens_q,
+                           batch.cu_seqlens_k, batch.max_seqlen_q, batch.max_seqlen_k, true,
+                           softmax_scale);
+    }
+    const int64_t group = q.size(1) / k.size(1);
+    const torch::Tensor qc = contiguous(q), kc = contiguous(k), vc = contiguous(v);
+    const torch::Tensor dc = contiguous(dout), oc = contiguous(out), lc = contiguous(lse);
+    // Each part with the merged output and log-sum-exp: its gradients are exact partial sums.
+    BackwardResult prefix = call_backward(
+        fold_heads(dc, plan->fold_rows_bwd, group), fold_heads(qc, plan->fold_rows_bwd, group), kc,
+        vc, fold_heads(oc, plan->fold_rows_bwd, group), fold_lse(lc, plan->fold_rows_bwd, group),
+        plan->cu_q_prefix_bwd, plan->cu_k_prefix_bwd, plan->max_q_prefix,
+        plan->max_k_prefix_bwd, false, softmax_scale);
+    BackwardResult rest = call_backward(dc, qc, kc.index_select(0, plan->rest_rows),
+                                        vc.index_select(0, plan->rest_rows), oc, lc,
+                                        batch.cu_seqlens_q, plan->cu_k_rest, batch.max_seqlen_q,
+                                        plan->max_k_rest, true, softmax_scale);
+    // The prefix call wrote zeros for the key rows it had no queries for: add the rest there.
+    BackwardResult result;
+    result.dk = prefix.dk.index_add_(0, plan->rest_rows, rest.dk);
+    result.dv = prefix.dv.index_add_(0, plan->rest_rows, rest.dv);
+    result.dq = rest.dq.to(torch::kFloat)
+                    .index_add_(0, plan->fold_rows_bwd,
+                                unfold_heads(prefix.dq, group).to(torch::kFloat))
+                    .to(q.scalar_type());
+    return result;
+  }
+
+  BackwardResult call_backward(const torch::Tensor& dout, const torch::Tensor& q,
+                               const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& out, const torch::Tensor& lse,
+                               const torch::Tensor& cu_q, const torch::Tensor& cu_k,
+                               int64_t max_q, int64_t max_k, bool causal, double softmax_scale) {
     // Without dropout the random-number state is never read; the operator still takes tensors.
     torch::Tensor no_rng = torch::zeros({2}, q.options().dtype(torch::kLong));
-    NamedArgs args{{"grad_out", contiguous(dout)},
-                   {"query", contiguous(q)},
-                   {"key", contiguous(k)},
-                   {"value", contiguous(v)},
-                   {"out", contiguous(out)},
-                   {"logsumexp", contiguous(lse)},
-                   {"cum_seq_q", batch.cu_seqlens_q},
-                   {"cum_seq_k", batch.cu_seqlens_k},
-                   {"max_q", batch.max_seqlen_q},
-                   {"max_k", batch.max_seqlen_k},
+    NamedArgs args{{"grad_out", dout},
+                   {"query", q},
+                   {"key", k},
+                   {"value", v},
+                   {"out", out},
+                   {"logsumexp", lse},
+                   {"cum_seq_q", cu_q},
+                   {"cum_seq_k", cu_k},
+                   {"max_q", max_q},
+                   {"max_k", max_k},
                    {"dropout_p", 0.0},
-                   {"is_causal", true},
+                   {"is_causal", causal},
                    {"rng_state", no_rng},
                    {"philox_seed", no_rng},
                    {"philox_offset", no_rng},
@@ -204,14 +400,50 @@ class FlashKernel : public CoreAttentionKernel {
     return result;
   }
 
+  // The split plan of `batch` (cached: a dispatch reuses one batch for every layer), or nullptr.
+  const SplitPlan* split_plan(const VarlenBatch& batch, int64_t group, const torch::Device& device) {
+    if (!options_.split_short_shards || group < 2 || batch.cu_q_host.empty()) return nullptr;
+    for (auto it = plans_.begin(); it != plans_.end(); ++it) {
+      if (it->group == group && it->device == device && it->cu_q == batch.cu_q_host &&
+          it->cu_k == batch.cu_k_host) {
+        plans_.splice(plans_.begin(), plans_, it);  // most recent first
+        return plans_.front().plan.get();
+      }
+    }
+    CADRE_CHECK(static_cast<int64_t>(batch.cu_q_host.size()) == batch.cu_seqlens_q.size(0) &&
+                    batch.cu_k_host.size() == batch.cu_q_host.size(),
+                "flash kernel: the batch's host cumulative lengths (", batch.cu_q_host.size(), ", ",
+                batch.cu_k_host.size(), ") do not match its device ones (",
+                batch.cu_seqlens_q.size(0), ")");
+    plans_.push_front({batch.cu_q_host, batch.cu_k_host, group, device,
+                       make_split_plan(batch, group, options_, device)});
+    if (plans_.size() > kCachedPlans) plans_.pop_back();
+    return plans_.front().plan.get();
+  }
+
  private:
+  struct CachedPlan {
+    std::vector<int64_t> cu_q, cu_k;
+    int64_t group;
+    torch::Device device;
+    std::unique_ptr<SplitPlan> plan;  // nullptr: the batch runs unsplit
+  };
+  static constexpr size_t kCachedPlans = 8;
+
+  FlashKernelOptions options_;
+  std::list<CachedPlan> plans_;
   NamedOperator forward_op_;
   NamedOperator backward_op_;
 };
 
 }  // namespace
 
-std::unique_ptr<CoreAttentionKernel> make_flash_kernel() { return std::make_unique<FlashKernel>(); }
+std::unique_ptr<CoreAttentionKernel> make_flash_kernel(const FlashKernelOptions& options) {
+  CADRE_CHECK(options.max_split_queries >= 1 && options.prefix_chunk_keys >= 1,
+              "flash kernel: max_split_queries and prefix_chunk_keys must be positive; got ",
+              options.max_split_queries, " and ", options.prefix_chunk_keys);
+  return std::make_unique<FlashKernel>(options);
+}
 
 std::string flash_kernel_schemas() {
   NamedOperator forward("aten::_flash_attention_forward");

@@ -21,7 +21,17 @@ struct VarlenBatch {
   torch::Tensor cu_seqlens_k;
   int64_t max_seqlen_q = 0;
   int64_t max_seqlen_k = 0;
+  // Host copies of cu_seqlens_q / cu_seqlens_k, or empty. With them a kernel may reorganise the
+  // batch (the flash kernel splits short query shards, see flash_kernel.h) without reading the
+  // device tensors back, which would stall the host behind the stream.
+  std::vector<int64_t> cu_q_host;
+  std::vector<int64_t> cu_k_host;
 };
+
+// A batch from host cumulative lengths (both [batch + 1], starting at 0), with its device
+// tensors on `device` and the host copies kept.
+VarlenBatch make_varlen_batch(const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k,
+                              const torch::Device& device = torch::kCPU);
 
 struct ForwardResult {
   torch::Tensor out;  // [total_q, heads, head_dim], q's dtype
@@ -60,9 +70,5 @@ std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name);
 // The CPU reference (attention_server/cpu_kernel.cc): dense masked attention per sequence.
 std::unique_ptr<CoreAttentionKernel> make_cpu_kernel();
 
-#ifdef CADRE_WITH_CUDA
-// LibTorch's FlashAttention-2 (attention_server/flash_kernel_gpu.cc; see flash_kernel.h).
-std::unique_ptr<CoreAttentionKernel> make_flash_kernel();
-#endif
 
 }  // namespace cadre::attention_server

@@ -39,6 +39,7 @@ const std::vector<NamedChoice>& named_choices() {
   static const std::vector<NamedChoice> kChoices = {
       {"data.distribution", {"wlb", "prolong", "lognormal", "uniform", "fixed", "file"}},
       {"data.token_dtype", {"uint16", "uint32"}},
+      {"data.packing", {"whole", "fill"}},
       {"scheduler.server_mode", {"in_place", "dedicated"}},
       {"training.attention", {"cad", "colocated"}},
       {"training.dtype", {"fp32", "bf16"}},
@@ -745,6 +746,7 @@ void finalize_data(const config::ModelConfig& m, const config::DataConfig& d) {
   check_at_least("data.long_replicas", d.long_replicas(), 1);
   check_positive_number("data.elongation", d.elongation());
   check_name("data.token_dtype", d.token_dtype());
+  check_name("data.packing", d.packing());
   if (!d.token_file().empty()) {
     check_file_readable("data.token_file", d.token_file(), "token file");
   }
@@ -799,6 +801,7 @@ void finalize_training(const config::TrainingConfig& t) {
   check_name("training.device", t.device());
   check_at_least<int64_t>("training.loss_chunk_tokens", t.loss_chunk_tokens(), 0);
   check_at_least("training.trace_step", t.trace_step(), 1);
+  check_at_least("training.grad_bucket_mib", t.grad_bucket_mib(), 1);
   check_at_least("training.checkpoint_every", t.checkpoint_every(), 0);
   check_at_least("training.keep_checkpoints", t.keep_checkpoints(), 1);
   CADRE_CHECK(t.checkpoint_every() == 0 || !t.checkpoint_dir().empty(),

@@ -63,7 +63,8 @@ class ColocatedFunction : public torch::autograd::Function<ColocatedFunction> {
     auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
     attention_server::VarlenBatch on_device{batch->cu_seqlens_q.to(q.device()),
                                             batch->cu_seqlens_k.to(q.device()),
-                                            batch->max_seqlen_q, batch->max_seqlen_k};
+                                            batch->max_seqlen_q, batch->max_seqlen_k,
+                                            batch->cu_q_host, batch->cu_k_host};
     auto result = kernel->forward(qc, kc, vc, on_device, scale);
     ctx->saved_data["kernel"] = reinterpret_cast<int64_t>(kernel);
     ctx->saved_data["batch"] = reinterpret_cast<int64_t>(batch);
@@ -80,7 +81,8 @@ class ColocatedFunction : public torch::autograd::Function<ColocatedFunction> {
     const auto device = saved[0].device();
     attention_server::VarlenBatch on_device{batch->cu_seqlens_q.to(device),
                                             batch->cu_seqlens_k.to(device), batch->max_seqlen_q,
-                                            batch->max_seqlen_k};
+                                            batch->max_seqlen_k, batch->cu_q_host,
+                                            batch->cu_k_host};
     auto grads = kernel->backward(grad_outputs[0].contiguous(), saved[0], saved[1], saved[2],
                                   saved[3], saved[4], on_device,
                                   ctx->saved_data["scale"].toDouble());

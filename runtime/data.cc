@@ -80,6 +80,8 @@ DataLoader::DataLoader(const config::DataConfig& data, int64_t vocab_size, int r
               " is outside a world of ", world_size);
   CADRE_CHECK(data.context_length() >= 2, "data.context_length must be at least 2; got ",
               data.context_length());
+  CADRE_CHECK(data.packing() == "whole" || data.packing() == "fill", "data.packing is '",
+              data.packing(), "'; accepted: whole, fill");
   if (data.token_file().empty()) {
     successor_ = successor_table(vocab_size, data.seed());
     // Fail at construction (every rank alike) rather than in the first step.
@@ -98,7 +100,10 @@ DataLoader::DataLoader(const config::DataConfig& data, int64_t vocab_size, int r
 }
 
 RankBatch DataLoader::next() {
-  RankBatch batch = data_.token_file().empty() ? next_synthetic() : next_from_file();
+  const bool fill = data_.packing() == "fill";
+  RankBatch batch = data_.token_file().empty()
+                        ? (fill ? next_synthetic_filled() : next_synthetic())
+                        : (fill ? next_from_file_filled() : next_from_file());
   ++position_.batches;
   return batch;
 }
@@ -156,6 +161,96 @@ RankBatch DataLoader::next_from_file() {
   for (size_t i = 0; i < mine.size(); ++i) {
     const auto& doc = documents_[mine[i]];
     for (int64_t j = 0; j < batch.doc_lengths[i]; ++j) *out++ = doc[j];
+  }
+  return batch;
+}
+
+namespace {
+
+// One piece of a document dealt to a rank by "fill" packing: tokens [offset, offset + length).
+struct Piece {
+  int64_t document = 0;  // index into the step's (synthetic) or the file's document list
+  int64_t offset = 0;
+  int64_t length = 0;
+};
+
+// Deals documents of `length(d)` tokens, d = first, first + 1, ..., starting `offset` tokens into
+// `first`, to `world_size` budgets of `budget` tokens each, in rank order, cutting a document at
+// each budget's end. Returns `rank`'s pieces; `first`/`offset` end at the first undealt token.
+template <typename LengthOf>
+std::vector<Piece> deal_filled(LengthOf length, int64_t& document, int64_t& offset,
+                               int64_t budget, int rank, int world_size) {
+  std::vector<Piece> mine;
+  for (int r = 0; r < world_size; ++r) {
+    int64_t used = 0;
+    while (used < budget) {
+      const int64_t take = std::min(length(document) - offset, budget - used);
+      if (r == rank) mine.push_back({document, offset, take});
+      used += take;
+      offset += take;
+      if (offset == length(document)) {
+        ++document;
+        offset = 0;
+      }
+    }
+  }
+  return mine;
+}
+
+}  // namespace
+
+RankBatch DataLoader::next_synthetic_filled() {
+  const int64_t budget = data_.context_length();
+  // One stream per step, shared by every rank; world_size as the "rank" keeps it apart from the
+  // per-rank streams of packing "whole".
+  const uint64_t seed = step_seed(data_.seed(), position_.batches, world_size_);
+  scheduler::DocLengthSource source(data_, seed);
+  std::mt19937_64 rng(mix(seed ^ 0x70CE45ull));
+  std::vector<int64_t> lengths, starts;  // drawn on demand, in order
+  auto length = [&](int64_t d) {
+    while (static_cast<int64_t>(lengths.size()) <= d) {
+      lengths.push_back(std::max<int64_t>(1, source.next()));
+      starts.push_back(static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab_size_)));
+    }
+    return lengths[d];
+  };
+  int64_t document = 0, offset = 0;
+  std::vector<Piece> pieces = deal_filled(length, document, offset, budget, rank_, world_size_);
+  RankBatch batch;
+  batch.tokens = torch::empty({budget}, torch::kLong);
+  int64_t* out = batch.tokens.data_ptr<int64_t>();
+  for (const Piece& p : pieces) {
+    batch.doc_lengths.push_back(p.length);
+    int64_t token = starts[p.document];
+    for (int64_t i = 0; i < p.offset; ++i) token = successor_[token];
+    for (int64_t i = 0; i < p.length; ++i) {
+      *out++ = token;
+      token = successor_[token];
+    }
+  }
+  return batch;
+}
+
+RankBatch DataLoader::next_from_file_filled() {
+  const int64_t budget = data_.context_length();
+  const int64_t count = static_cast<int64_t>(documents_.size());
+  auto length = [&](int64_t d) { return static_cast<int64_t>(documents_[d % count].size()); };
+  int64_t document = position_.file_document;
+  int64_t offset = position_.file_token_offset;
+  CADRE_CHECK(document >= 0 && document < count && offset >= 0 && offset < length(document),
+              "data position (document ", document, ", token ", offset,
+              ") is outside data.token_file '", data_.token_file(), "' (", count,
+              " documents); was the checkpoint written with another file?");
+  std::vector<Piece> pieces = deal_filled(length, document, offset, budget, rank_, world_size_);
+  position_.file_document = document % count;
+  position_.file_token_offset = offset;
+  RankBatch batch;
+  batch.tokens = torch::empty({budget}, torch::kLong);
+  int64_t* out = batch.tokens.data_ptr<int64_t>();
+  for (const Piece& p : pieces) {
+    batch.doc_lengths.push_back(p.length);
+    const auto& doc = documents_[p.document % count];
+    for (int64_t i = 0; i < p.length; ++i) *out++ = doc[p.offset + i];
   }
   return batch;
 }

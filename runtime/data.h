@@ -1,4 +1,4 @@
-// Training data: per rank per step, whole documents packed into the rank's context budget, from
+// Training data: per rank per step, documents packed into the rank's context budget, from
 // synthetic tokens with a learnable task or a user's token file. Deterministic given the seed;
 // the position is a pair of counters that checkpoints save and restore.
 #pragma once
@@ -20,10 +20,12 @@ struct RankBatch {
   int64_t token_count() const;
 };
 
-// Where the loader stands: batches handed out so far, and (token file) the next document.
+// Where the loader stands: batches handed out so far, and (token file) the next document and,
+// with packing "fill", the first of its tokens not yet handed out.
 struct DataPosition {
   int64_t batches = 0;
   int64_t file_document = 0;
+  int64_t file_token_offset = 0;
 };
 
 // Reads a flat token file (little-endian uint16 or uint32; see docs/data.md) and splits it into
@@ -43,12 +45,19 @@ class DataLoader {
   DataLoader(const config::DataConfig& data, int64_t vocab_size, int rank, int world_size);
 
   // This rank's documents for the next step.
-  //   synthetic: lengths from scheduler::DocLengthSource seeded by (seed, step, rank), drawn
-  //     until the next document does not fit context_length (a first document longer than the
-  //     budget is cut to it); tokens follow successor_table.
-  //   token file: all ranks walk the file's documents from the shared position, filling rank 0's
-  //     budget, then rank 1's, ...; a document longer than the budget is cut to it; the file
-  //     wraps around at its end.
+  //   packing "whole":
+  //     synthetic: lengths from scheduler::DocLengthSource seeded by (seed, step, rank), drawn
+  //       until the next document does not fit context_length (a first document longer than the
+  //       budget is cut to it); tokens follow successor_table.
+  //     token file: all ranks walk the file's documents from the shared position, filling rank
+  //       0's budget, then rank 1's, ...; a document longer than the budget is cut to it; the
+  //       file wraps around at its end.
+  //   packing "fill": every rank gets exactly context_length tokens. One document stream per
+  //     step (synthetic: lengths seeded by (seed, step); token file: from the shared position)
+  //     is dealt to rank 0, 1, ... in order; the document crossing a budget's end is cut there
+  //     and its rest opens the next rank's budget as a document of its own (positions restart,
+  //     no attention across the cut). Synthetic: the rest left after the last rank is dropped;
+  //     token file: the next step resumes inside that document, so no token is skipped.
   RankBatch next();
 
   DataPosition position() const { return position_; }
@@ -57,6 +66,8 @@ class DataLoader {
  private:
   RankBatch next_synthetic();
   RankBatch next_from_file();
+  RankBatch next_synthetic_filled();
+  RankBatch next_from_file_filled();
 
   config::DataConfig data_;
   int64_t vocab_size_ = 0;

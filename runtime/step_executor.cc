@@ -132,7 +132,10 @@ class Executor {
     // Backward, mirrored.
     for (int l = layers - 1; l >= 0; --l) {
       for (NanoState& n : nanos) {
-        if (l < layers - 1) pre_backward(n, l + 1);
+        if (l < layers - 1) {
+          pre_backward(n, l + 1);
+          if (&n == &nanos.back()) layer_done(l + 1);
+        }
         post_backward(n, l);
       }
       for (NanoState& n : nanos) n.layers[l].attention->backward_serve();
@@ -140,6 +143,7 @@ class Executor {
     double loss = 0;
     for (NanoState& n : nanos) {
       pre_backward(n, 0);
+      if (&n == &nanos.back()) layer_done(0);
       if (model_ != nullptr) {
         const int span = begin("embed bwd" + n.tag);
         torch::autograd::backward({n.embedded}, {n.grad});
@@ -156,6 +160,9 @@ class Executor {
   }
   void end(int span) {
     if (options_.timeline) options_.timeline->end_compute(span);
+  }
+  void layer_done(int layer) {
+    if (options_.layer_gradients_ready) options_.layer_gradients_ready(layer);
   }
   torch::Tensor empty_heads(int64_t heads) const {
     return torch::empty({0, heads, config_.head_dim()},

@@ -216,6 +216,11 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   }
 #endif
   if (!timeline_) timeline_ = comm::make_host_timeline();
+  if (worker) {
+    reducer_ = std::make_unique<GradientReducer>(
+        *model_, *dp_, static_cast<int64_t>(training.grad_bucket_mib()) << 20, timeline_.get(),
+        dp_stream_);
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -292,7 +297,14 @@ StepMetrics Trainer::forward_backward() {
   const scheduler::PlannerOptions planner_options = scheduler::planner_options(config_);
   std::vector<double> server_us(servers.size(), 0.0);
   double local_loss = 0;
+  if (reducer_) reducer_->begin();
   for (Micro& mb : micros) {
+    // The last micro-batch's backward finishes the gradients: its layers start their all-reduce.
+    options.layer_gradients_ready = nullptr;
+    if (reducer_ && training.overlap_grad_reduce() && &mb == &micros.back()) {
+      GradientReducer* reducer = reducer_.get();
+      options.layer_gradients_ready = [reducer](int layer) { reducer->layer_ready(layer); };
+    }
     std::vector<scheduler::Plan> plans(nano_count);
     std::vector<std::unique_ptr<attention_server::CadDispatch>> dispatches(nano_count);
     std::vector<NanoBatch> nanos(nano_count);
@@ -339,47 +351,10 @@ StepMetrics Trainer::forward_backward() {
     }
   }
   if (cad) metrics.imbalance_after = max_over_mean(server_us);
-  all_reduce_gradients();
+  if (reducer_) reducer_->finish();
   const double total = sum_over_ranks(control_, local_loss);
   metrics.loss = metrics.targets > 0 ? total / metrics.targets : 0.0;
   return metrics;
-}
-
-void Trainer::all_reduce_gradients() {
-  if (!is_worker()) return;
-  const int workers = dp_->size();
-  std::vector<torch::Tensor> grads;
-  for (const auto& p : model_->parameters()) {
-    if (!p.value.grad().defined()) p.value.mutable_grad() = torch::zeros_like(p.value);
-    grads.push_back(p.value.grad());
-  }
-  torch::NoGradGuard no_grad;
-  size_t first = 0;
-  while (first < grads.size()) {
-    size_t last = first;
-    int64_t bytes = 0;
-    std::vector<torch::Tensor> flat;
-    while (last < grads.size() &&
-           (last == first || bytes + grads[last].nbytes() <= kGradientBucketBytes)) {
-      bytes += grads[last].nbytes();
-      flat.push_back(grads[last].reshape({-1}));
-      ++last;
-    }
-    auto bucket = torch::cat(flat).contiguous();
-    const int span = timeline_->begin_communication("grad all-reduce", dp_stream_);
-    auto work = dp_->all_reduce_sum(bucket.data_ptr(), bucket.numel(), comm::DataType::kFloat32);
-    timeline_->communication_enqueued(span);
-    work->wait();
-    timeline_->communication_waited(span);
-    bucket.div_(workers);
-    int64_t offset = 0;
-    for (size_t i = first; i < last; ++i) {
-      const int64_t n = grads[i].numel();
-      grads[i].copy_(bucket.narrow(0, offset, n).view(grads[i].sizes()));
-      offset += n;
-    }
-    first = last;
-  }
 }
 
 void Trainer::optimizer_step(StepMetrics* metrics) {
@@ -416,7 +391,7 @@ StepMetrics Trainer::train_step() {
                           (control_.size() * config_.cluster().peak_tflops())
                     : 0;
   // Communication figures from rank 0's timeline, shared so every rank reports the same.
-  double comm[4] = {0, 0, 0, 0};
+  double comm[5] = {0, 0, 0, 0, 0};
   if (control_.rank() == 0) {
     std::vector<comm::Span> a2a, reduce;
     for (const comm::Span& s : last_spans_) {
@@ -427,12 +402,14 @@ StepMetrics Trainer::train_step() {
     comm[1] = comm::exposed_communication_us(last_spans_, "a2a") / 1e3;
     comm[2] = comm::busy_us(reduce, comm::Lane::kCommunication) / 1e3;
     comm[3] = static_cast<double>(metrics.a2a_bytes);
+    comm[4] = comm::exposed_communication_us(last_spans_, "grad") / 1e3;
   }
   control_.broadcast(comm, sizeof(comm), 0);
   metrics.a2a_ms = comm[0];
   metrics.exposed_a2a_ms = comm[1];
   metrics.allreduce_ms = comm[2];
   metrics.a2a_bytes = static_cast<int64_t>(comm[3]);
+  metrics.exposed_allreduce_ms = comm[4];
   return metrics;
 }
 
@@ -473,6 +450,7 @@ std::string Trainer::save_checkpoint() {
       state.counters["step"] = step_;
       state.counters["data.batches"] = data_->position().batches;
       state.counters["data.file_document"] = data_->position().file_document;
+      state.counters["data.file_token_offset"] = data_->position().file_token_offset;
       state.counters["adam.steps"] = optimizer_->steps();
       const auto& params = model_->parameters();
       for (size_t i = 0; i < params.size(); ++i) {
@@ -526,6 +504,9 @@ void Trainer::load_checkpoint(const std::string& path) {
   DataPosition position;
   position.batches = counter("data.batches");
   position.file_document = counter("data.file_document");
+  // Absent from checkpoints written before packing "fill" existed: those stopped between documents.
+  auto offset = state.counters.find("data.file_token_offset");
+  position.file_token_offset = offset == state.counters.end() ? 0 : offset->second;
   data_->restore(position);
 }
 
@@ -553,7 +534,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
   CADRE_CHECK(!steps.empty(), "summary_json needs at least one step");
   const size_t skip = steps.size() > 3 ? 2 : 0;
   double n = 0, step_ms = 0, tps = 0, mfu = 0, a2a = 0, exposed = 0, reduce = 0, before = 0,
-         after = 0, bytes = 0;
+         after = 0, bytes = 0, exposed_reduce = 0;
   for (size_t i = skip; i < steps.size(); ++i) {
     const StepMetrics& m = steps[i];
     n += 1;
@@ -563,6 +544,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     a2a += m.a2a_ms;
     exposed += m.exposed_a2a_ms;
     reduce += m.allreduce_ms;
+    exposed_reduce += m.exposed_allreduce_ms;
     before += m.imbalance_before;
     after += m.imbalance_after;
     bytes += static_cast<double>(m.a2a_bytes);
@@ -580,6 +562,9 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"mfu\":" << mfu / n << ",\"a2a_ms\":" << a2a / n
       << ",\"exposed_a2a_ms\":" << exposed / n << ",\"hidden_a2a_fraction\":"
       << (a2a > 0 ? 1.0 - exposed / a2a : 0.0) << ",\"allreduce_ms\":" << reduce / n
+      << ",\"exposed_allreduce_ms\":" << exposed_reduce / n << ",\"overlap_grad_reduce\":"
+      << (t.overlap_grad_reduce() ? "true" : "false") << ",\"packing\":\""
+      << config.data().packing() << "\""
       << ",\"a2a_bytes\":" << bytes / n << ",\"imbalance_before\":" << before / n
       << ",\"imbalance_after\":" << after / n << ",\"first_loss\":" << Num{steps.front().loss}
       << ",\"last_loss\":" << Num{steps.back().loss} << "}\n";
@@ -615,6 +600,7 @@ std::string metrics_json(const StepMetrics& m, const std::string& attention) {
       << ",\"imbalance_before\":" << m.imbalance_before
       << ",\"imbalance_after\":" << m.imbalance_after << ",\"a2a_ms\":" << m.a2a_ms
       << ",\"exposed_a2a_ms\":" << m.exposed_a2a_ms << ",\"allreduce_ms\":" << m.allreduce_ms
+      << ",\"exposed_allreduce_ms\":" << m.exposed_allreduce_ms
       << ",\"a2a_bytes\":" << m.a2a_bytes << "}";
   return out.str();
 }

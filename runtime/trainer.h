@@ -13,6 +13,7 @@
 #include "comm/timeline.h"
 #include "comm/transport.h"
 #include "runtime/data.h"
+#include "runtime/gradient_reducer.h"
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
 #include "scheduler/config.pb.h"
@@ -38,13 +39,11 @@ struct StepMetrics {
   double imbalance_after = 1;   // max/mean over servers of the step's plans (cad), else = before
   double a2a_ms = 0;          // rank 0: time the CAD all-to-alls were in flight (union)
   double exposed_a2a_ms = 0;  // rank 0: the part of it with the compute stream idle
-  double allreduce_ms = 0;    // rank 0: gradient all-reduce time
+  double allreduce_ms = 0;    // rank 0: gradient all-reduce time (union of its buckets)
+  double exposed_allreduce_ms = 0;  // rank 0: the part of it with the compute stream idle
   int64_t a2a_bytes = 0;      // rank 0: bytes sent + received by CAD dispatch in the step
   int32_t nano_batches = 1;
 };
-
-// Gradients are all-reduced in flattened buckets of at most this many bytes.
-constexpr int64_t kGradientBucketBytes = 64 << 20;
 
 class Trainer {
  public:
@@ -91,8 +90,6 @@ class Trainer {
   std::string describe() const;
 
  private:
-  void all_reduce_gradients();
-
   config::RunConfig config_;
   comm::Transport& control_;
   comm::Transport& data_transport_;
@@ -108,6 +105,7 @@ class Trainer {
   std::unique_ptr<scheduler::CostModel> cost_;
   std::unique_ptr<comm::Timeline> timeline_;
   void* dp_stream_ = nullptr;  // the workers' communication stream when it is not data's
+  std::unique_ptr<GradientReducer> reducer_;  // workers only; after timeline_ (destroyed first)
   std::vector<comm::Span> last_spans_;
   int64_t step_ = 0;
 };

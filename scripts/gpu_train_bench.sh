@@ -8,6 +8,9 @@
 #
 #   scripts/gpu_train_bench.sh BUILD_DIR        (BUILD_DIR holds a GPU build: bin/cadre)
 #   CADRE_TRAIN_STEPS=6 CADRE_TRAIN_QUICK=1 ... (fewer cells: WLB-like only, no 128K)
+#   CADRE_TRAIN_PACKING=whole ...               (data.packing; default fill: every rank gets
+#                                                exactly its budget, see docs/data.md)
+#   CADRE_TRAIN_ONLY_GPUS=1 ...                 (only the 1-GPU cells, or only the 2-GPU ones)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -15,6 +18,8 @@ build_dir=${1:-build-gpu-check}
 cadre="$build_dir/bin/cadre"
 [ -x "$cadre" ] || { echo "gpu_train_bench: no $cadre (build the GPU configuration first)"; exit 2; }
 steps=${CADRE_TRAIN_STEPS:-6}
+packing=${CADRE_TRAIN_PACKING:-fill}
+only=${CADRE_TRAIN_ONLY_GPUS:-}
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
@@ -31,6 +36,7 @@ mpirun_flags="--allow-run-as-root --oversubscribe --bind-to none --mca btl self,
 run() {
   local name=$1 np=$2 dist=$3 context=$4
   shift 4
+  if [ -n "$only" ] && [ "$np" != "$only" ]; then return; fi
   local dir="out/train_bench/$name"
   rm -rf "$dir"
   echo "== $name (np $np, $dist, context $context) $(date -u +%T)" | tee -a "$log"
@@ -39,6 +45,7 @@ run() {
       --set data.distribution="$dist" --set data.context_length="$context" \
       --set training.steps="$steps" --set training.warmup_steps=2 \
       --set training.checkpoint_every=0 --set training.recompute=linear \
+      --set data.packing="$packing" \
       --set output.dir="$dir" "$@" >>"$log" 2>&1; then
     python3 - "$dir/summary.json" "$name" "$np" >>"$jsonl" <<'PY'
 import json, sys
@@ -66,6 +73,8 @@ for dist in $dists; do
     run "2gpu_${dist}_cad_nopp" 2 "$dist" 65536 --set training.attention=cad --set training.ping_pong=false
     run "2gpu_${dist}_cad_dedicated" 2 "$dist" 65536 --set training.attention=cad \
         --set scheduler.server_mode=dedicated --set scheduler.num_dedicated_servers=1
+    run "2gpu_${dist}_cad_noreduceoverlap" 2 "$dist" 65536 --set training.attention=cad \
+        --set training.overlap_grad_reduce=false
   fi
 done
 if [ -z "${CADRE_TRAIN_QUICK:-}" ]; then
@@ -84,18 +93,19 @@ done
 python3 - "$jsonl" "$gpu_name" "$gpus" >"$prefix.md" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"# cadre train on {sys.argv[3]}x {sys.argv[2]}: llama-1b, bf16, recompute=linear\n")
+packing = rows[0].get("packing", "whole") if rows else "?"
+print(f"# cadre train on {sys.argv[3]}x {sys.argv[2]}: llama-1b, bf16, recompute=linear, data.packing={packing}\n")
 print("Means over the steps after two warm-up steps; every run of a group sees the same documents.\n")
-print("| run | GPUs | docs | context | tokens/s | MFU | step ms | attn imbalance before -> after | a2a ms | exposed ms | hidden | grad all-reduce ms | loss first -> last |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| run | GPUs | docs | context | tokens/s | MFU | step ms | attn imbalance before -> after | a2a ms | exposed ms | hidden | grad all-reduce ms | exposed | loss first -> last |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r['run']} | {r['gpus']} | {r['distribution']} | {r['context_length']//1024}K | {r['tokens_per_s']:.0f} | {100*r['mfu']:.1f}% | {r['step_ms']:.0f} | {r['imbalance_before']:.2f} -> {r['imbalance_after']:.2f} | {r['a2a_ms']:.1f} | {r['exposed_a2a_ms']:.1f} | {100*r['hidden_a2a_fraction']:.0f}% | {r['allreduce_ms']:.1f} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} |")
+    print(f"| {r['run']} | {r['gpus']} | {r['distribution']} | {r['context_length']//1024}K | {r['tokens_per_s']:.0f} | {100*r['mfu']:.1f}% | {r['step_ms']:.0f} | {r['imbalance_before']:.2f} -> {r['imbalance_after']:.2f} | {r['a2a_ms']:.1f} | {r['exposed_a2a_ms']:.1f} | {100*r['hidden_a2a_fraction']:.0f}% | {r['allreduce_ms']:.1f} | {r.get('exposed_allreduce_ms', 0):.1f} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} |")
 by = {r["run"]: r for r in rows}
 print()
 for g in ("1gpu", "2gpu"):
     for d in ("wlb", "prolong", "prolong128k"):
         base = by.get(f"{g}_{d}_colocated")
-        for v in ("cad", "cad_nopp", "cad_dedicated"):
+        for v in ("cad", "cad_nopp", "cad_dedicated", "cad_noreduceoverlap"):
             r = by.get(f"{g}_{d}_{v}")
             if base and r:
                 print(f"- {g} {d}: {v} vs colocated: {base['step_ms']/r['step_ms']:.3f}x by step time (same documents), {r['tokens_per_s']/base['tokens_per_s']:.3f}x tokens/s")

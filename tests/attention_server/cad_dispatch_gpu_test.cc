@@ -165,9 +165,8 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
   // Server side: the fused batch of my tasks in task order.
   std::vector<const Task*> mine;
   std::vector<torch::Tensor> fq, fk, fv;
-  std::vector<int32_t> cq{0}, ck{0};
+  std::vector<int64_t> cq{0}, ck{0};
   std::vector<int64_t> taken(2, 0);
-  VarlenBatch batch;
   for (const Task& t : kTasks) {
     if (t.server != rank) continue;
     int owner = kDocuments[t.document].owner;
@@ -179,14 +178,11 @@ TEST(CadDispatch, ForwardBackwardMatchReferenceOnTwoRanks) {
     taken[owner] += kv_elements(t);
     fv.push_back(piece.narrow(0, taken[owner], kv_elements(t)).view({t.q_end, kKvHeads, kHeadDim}));
     taken[owner] += kv_elements(t);
-    cq.push_back(cq.back() + static_cast<int32_t>(nq));
-    ck.push_back(ck.back() + static_cast<int32_t>(t.q_end));
-    batch.max_seqlen_q = std::max(batch.max_seqlen_q, nq);
-    batch.max_seqlen_k = std::max(batch.max_seqlen_k, t.q_end);
+    cq.push_back(cq.back() + nq);
+    ck.push_back(ck.back() + t.q_end);
     mine.push_back(&t);
   }
-  batch.cu_seqlens_q = torch::tensor(cq, torch::kInt).to(device);
-  batch.cu_seqlens_k = torch::tensor(ck, torch::kInt).to(device);
+  VarlenBatch batch = make_varlen_batch(cq, ck, device);
   torch::Tensor sq = torch::cat(fq), sk = torch::cat(fk), sv = torch::cat(fv);
   auto kernel = make_flash_kernel();
   ForwardResult fwd = kernel->forward(sq, sk, sv, batch, 0.0);

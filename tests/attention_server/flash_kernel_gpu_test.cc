@@ -1,7 +1,9 @@
 // The flash kernel (GPU build) against a float64 reference of the same masked attention, on
 // random fused layouts: output, log-sum-exp, dq, dk, dv; bf16 and fp16; head_dim 64 and 128; GQA
 // ratios 1, 4, 8; query shards (fewer queries than keys, bottom-right-aligned mask) beside whole
-// documents. Also against the CPU reference kernel ("cpu") when it is built. Skips without a GPU.
+// documents. Each with short GQA shards split into prefix and diagonal parts (the default), with
+// tiny prefix chunks, and unsplit. Also against the CPU reference kernel ("cpu") when it is
+// built. Skips without a GPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -78,18 +80,25 @@ double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
 }
 
 VarlenBatch make_batch(const Shape& shape, torch::Device device) {
-  std::vector<int32_t> cq{0}, ck{0};
-  VarlenBatch batch;
+  std::vector<int64_t> cq{0}, ck{0};
   for (auto [nq, nk] : shape.sequences) {
-    cq.push_back(cq.back() + static_cast<int32_t>(nq));
-    ck.push_back(ck.back() + static_cast<int32_t>(nk));
-    batch.max_seqlen_q = std::max(batch.max_seqlen_q, nq);
-    batch.max_seqlen_k = std::max(batch.max_seqlen_k, nk);
+    cq.push_back(cq.back() + nq);
+    ck.push_back(ck.back() + nk);
   }
-  auto opts = torch::TensorOptions().dtype(torch::kInt);
-  batch.cu_seqlens_q = torch::tensor(cq, opts).to(device);
-  batch.cu_seqlens_k = torch::tensor(ck, opts).to(device);
-  return batch;
+  return make_varlen_batch(cq, ck, device);
+}
+
+// The flash kernel as it runs by default (short GQA shards split into prefix and diagonal), with
+// tiny prefix chunks (many chunks per shard, merged by log-sum-exp), and unsplit.
+struct Variant {
+  const char* name;
+  FlashKernelOptions options;
+};
+std::vector<Variant> variants() {
+  FlashKernelOptions split, tiny_chunks, direct;
+  tiny_chunks.prefix_chunk_keys = 96;
+  direct.split_short_shards = false;
+  return {{"split", split}, {"split, 96-key chunks", tiny_chunks}, {"direct", direct}};
 }
 
 std::string describe(const Shape& shape) {
@@ -143,7 +152,9 @@ bool have_gpu() { return torch::cuda::is_available() && torch::cuda::device_coun
 
 TEST(FlashKernel, AwkwardLayouts) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  auto flash = make_flash_kernel();
+  for (const Variant& variant : variants()) {
+  std::cout << "-- " << variant.name << "\n";
+  auto flash = make_flash_kernel(variant.options);
   EXPECT_EQ(flash->name(), "flash");
   const std::vector<std::vector<std::pair<int64_t, int64_t>>> layouts = {
       {{1, 1}},                               // one token
@@ -161,11 +172,14 @@ TEST(FlashKernel, AwkwardLayouts) {
       check_shape(*flash, shape, seed++);
     }
   }
+  }
 }
 
 TEST(FlashKernel, RandomLayoutsBf16AndFp16) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  auto flash = make_flash_kernel();
+  for (const Variant& variant : variants()) {
+  std::cout << "-- " << variant.name << "\n";
+  auto flash = make_flash_kernel(variant.options);
   std::mt19937 rng(7);
   for (int trial = 0; trial < 8; ++trial) {
     Shape shape;
@@ -180,6 +194,7 @@ TEST(FlashKernel, RandomLayoutsBf16AndFp16) {
       shape.sequences.emplace_back(nq, nk);
     }
     check_shape(*flash, shape, 100 + trial);
+  }
   }
 }
 

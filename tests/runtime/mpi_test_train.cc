@@ -15,7 +15,10 @@
 #include "comm/mpi_transport.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
+#include "runtime/attention_op.h"
+#include "runtime/gradient_reducer.h"
 #include "runtime/trainer.h"
+#include "scheduler/plan.h"
 
 namespace cadre::runtime {
 namespace {
@@ -109,6 +112,103 @@ TEST(Train, CadAndColocatedGiveTheSameLossAndGradients) {
     }
     expect_identical_across_ranks(cad.model());
   }
+}
+
+// The trainer's gradients are the average over ranks of each rank's local gradient, computed
+// here independently: one autograd graph of LlamaModel::loss_sum per rank over the documents the
+// loader deals it, summed through an all-gather of host doubles (not the reducer's all-reduce),
+// over the step's targets. With the reduction overlapped with backward or not, and with packing
+// "fill" (documents cut at rank boundaries).
+TEST(Train, GradientsAreTheAverageOfEveryRanksLocalGradient) {
+  for (bool overlap : {true, false}) {
+    for (const char* packing : {"whole", "fill"}) {
+      auto config = tiny_run("cad");
+      config.mutable_training()->set_overlap_grad_reduce(overlap);
+      config.mutable_data()->set_packing(packing);
+      const std::string what = std::string("overlap ") + (overlap ? "on" : "off") + ", packing " +
+                               packing;
+      Trainer trainer(config, world());
+      const StepMetrics metrics = trainer.forward_backward();
+
+      std::vector<std::vector<int64_t>> lengths;
+      RankBatch mine;
+      for (int r = 0; r < world().size(); ++r) {
+        DataLoader loader(config.data(), config.model().vocab_size(), r, world().size());
+        RankBatch batch = loader.next();
+        lengths.push_back(batch.doc_lengths);
+        if (r == world().rank()) mine = batch;
+        if (std::string(packing) == "fill") {
+          EXPECT_EQ(batch.token_count(), config.data().context_length()) << what;
+        }
+      }
+      LlamaModel reference(config.model(), config.training().seed());
+      auto kernel = attention_server::make_kernel("cpu");
+      auto op = make_colocated_attention(scheduler::layout_from_rank_documents(lengths),
+                                         world().rank(), *kernel);
+      reference.loss_sum(mine.tokens, mine.doc_lengths, *op).backward();
+
+      const auto& got = trainer.model().parameters();
+      const auto& want = reference.parameters();
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        auto local = want[i].value.grad().to(torch::kDouble).contiguous().reshape({-1});
+        std::vector<double> all(local.numel() * world().size());
+        world().all_gather(local.data_ptr<double>(), all.data(), local.numel() * sizeof(double));
+        auto summed = torch::from_blob(all.data(), {world().size(), local.numel()},
+                                       torch::kDouble)
+                          .sum(0)
+                          .div(static_cast<double>(metrics.targets))
+                          .reshape(want[i].value.sizes());
+        const double rel = relative_difference(got[i].value.grad(), summed);
+        EXPECT_LE(rel, 1e-5) << what << ": gradient of " << got[i].name << " differs by " << rel;
+      }
+    }
+  }
+}
+
+// The reducer on its own: buckets of whole layers, last layer first, the rest last; each holds
+// the rank average after finish(); layers must be reported in order.
+TEST(Train, GradientReducerAveragesInBucketsOfLayers) {
+  auto config = tiny_run("cad");
+  config.mutable_model()->set_num_layers(4);
+  LlamaModel model(config.model(), 7);
+  // One layer is 9 tensors: 32 + 3 x 32x32-ish projections + MLP; 1 byte forces one per bucket.
+  GradientReducer reducer(model, world(), 1);
+  const auto names = reducer.bucket_names();
+  ASSERT_EQ(names.size(), 5u);
+  for (int b = 0; b < 4; ++b) {
+    for (const std::string& n : names[b]) {
+      EXPECT_EQ(n.rfind("layers." + std::to_string(3 - b) + ".", 0), 0u) << n;
+    }
+  }
+  EXPECT_EQ(names[4].front(), "embedding");
+  const int rank = world().rank(), ranks = world().size();
+  for (bool overlap : {true, false}) {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < model.parameters().size(); ++i) {
+      model.parameters()[i].value.grad().fill_(static_cast<double>(rank + 1) * (i + 1));
+    }
+    reducer.begin();
+    if (overlap) {
+      for (int l = 3; l >= 0; --l) reducer.layer_ready(l);
+    }
+    reducer.finish();
+    // mean over ranks of (r + 1)(i + 1) = (i + 1)(ranks + 1) / 2
+    for (size_t i = 0; i < model.parameters().size(); ++i) {
+      const auto& p = model.parameters()[i];
+      const double want = (i + 1) * (ranks + 1) / 2.0;
+      EXPECT_NEAR(p.value.grad().min().item<double>(), want, 1e-5 * want) << p.name;
+      EXPECT_NEAR(p.value.grad().max().item<double>(), want, 1e-5 * want) << p.name;
+    }
+  }
+  reducer.begin();
+  EXPECT_THROW(reducer.layer_ready(2), Error);  // layer 3 comes first
+  reducer.layer_ready(3);
+  EXPECT_THROW(reducer.finish(), Error);  // layers 2..0 not reported
+  reducer.layer_ready(2);
+  reducer.layer_ready(1);
+  reducer.layer_ready(0);
+  reducer.finish();
 }
 
 std::string shared_temp_dir(const std::string& tag);

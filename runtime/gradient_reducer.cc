@@ -1,0 +1,135 @@
+// Bucketed data-parallel gradient all-reduce, started layer by layer during backward.
+#include "runtime/gradient_reducer.h"
+
+#include <map>
+#include <string>
+
+#include "common/error.h"
+
+namespace cadre::runtime {
+namespace {
+
+// The decoder layer of a parameter named "layers.<i>.<what>", or -1 (embedding, norms, head).
+int layer_of(const std::string& name) {
+  const std::string prefix = "layers.";
+  if (name.compare(0, prefix.size(), prefix) != 0) return -1;
+  return std::stoi(name.substr(prefix.size()));
+}
+
+}  // namespace
+
+GradientReducer::GradientReducer(const LlamaModel& model, comm::Transport& dp,
+                                 int64_t bucket_bytes, comm::Timeline* timeline, void* stream)
+    : model_(model), dp_(dp), timeline_(timeline), stream_(stream) {
+  CADRE_CHECK(bucket_bytes > 0, "gradient bucket size must be positive; got ", bucket_bytes);
+  const auto& params = model.parameters();
+  // Parameters of each layer, and the rest, in model order.
+  std::map<int, std::vector<const NamedParameter*>, std::greater<int>> by_layer;
+  for (const NamedParameter& p : params) {
+    CADRE_CHECK(p.value.scalar_type() == torch::kFloat, "gradient reducer: parameter ", p.name,
+                " is ", p.value.scalar_type(), "; the master weights must be fp32");
+    by_layer[layer_of(p.name)].push_back(&p);
+  }
+  // Group layers L-1 ... 0 into buckets of at least bucket_bytes; the rest is the last bucket.
+  std::vector<std::pair<int, std::vector<const NamedParameter*>>> groups;
+  std::vector<const NamedParameter*> pending;
+  int64_t pending_bytes = 0;
+  for (auto& [layer, members] : by_layer) {
+    if (layer < 0) continue;
+    for (const NamedParameter* p : members) {
+      pending.push_back(p);
+      pending_bytes += p->value.numel() * 4;
+    }
+    if (pending_bytes >= bucket_bytes || layer == 0) {
+      groups.emplace_back(layer, std::move(pending));
+      pending.clear();
+      pending_bytes = 0;
+    }
+  }
+  if (by_layer.count(-1)) groups.emplace_back(-1, by_layer[-1]);
+
+  torch::NoGradGuard no_grad;
+  for (auto& [last_layer, members] : groups) {
+    int64_t total = 0;
+    for (const NamedParameter* p : members) total += p->value.numel();
+    Bucket bucket;
+    bucket.last_layer = last_layer;
+    bucket.flat = torch::zeros({total}, members.front()->value.options().requires_grad(false));
+    int64_t offset = 0;
+    for (const NamedParameter* p : members) {
+      CADRE_CHECK(p->value.device() == bucket.flat.device(), "gradient reducer: parameter ",
+                  p->name, " is on ", p->value.device(), " but its bucket is on ",
+                  bucket.flat.device());
+      const int64_t n = p->value.numel();
+      torch::Tensor view = bucket.flat.narrow(0, offset, n).view(p->value.sizes());
+      // Keep what an earlier backward accumulated (normally nothing).
+      if (p->value.grad().defined()) view.copy_(p->value.grad());
+      p->value.mutable_grad() = view;
+      bucket.names.push_back(p->name);
+      offset += n;
+    }
+    buckets_.push_back(std::move(bucket));
+  }
+}
+
+GradientReducer::~GradientReducer() {
+  // A step that threw midway may leave reductions in flight; their buffers must outlive them.
+  for (Bucket& b : buckets_) {
+    if (!b.work) continue;
+    try {
+      b.work->wait();
+    } catch (...) {
+      // The transport reports its own failure; nothing more can be done in a destructor.
+    }
+  }
+}
+
+void GradientReducer::begin() {
+  for (const Bucket& b : buckets_) {
+    CADRE_CHECK(!b.work, "gradient reducer: begin() while a reduction is in flight");
+  }
+  next_ = 0;
+  expected_layer_ = model_.config().num_layers() - 1;
+}
+
+void GradientReducer::start(Bucket& bucket) {
+  if (timeline_) bucket.span = timeline_->begin_communication("grad all-reduce", stream_);
+  bucket.work = dp_.all_reduce_sum(bucket.flat.data_ptr(), bucket.flat.numel(),
+                                   comm::DataType::kFloat32);
+  if (timeline_) timeline_->communication_enqueued(bucket.span);
+}
+
+void GradientReducer::layer_ready(int layer) {
+  CADRE_CHECK(layer == expected_layer_, "gradient reducer: layer ", layer,
+              " reported ready, expected layer ", expected_layer_,
+              " (layers report once each, from the last to the first, after begin())");
+  --expected_layer_;
+  while (next_ < buckets_.size() && buckets_[next_].last_layer >= 0 &&
+         buckets_[next_].last_layer >= layer) {
+    start(buckets_[next_++]);
+  }
+}
+
+void GradientReducer::finish() {
+  // Either every layer was reported (overlapped) or none was (everything starts here).
+  const int layers = model_.config().num_layers();
+  CADRE_CHECK(expected_layer_ == -1 || expected_layer_ == layers - 1,
+              "gradient reducer: finish() before layer ", expected_layer_, " was reported ready");
+  while (next_ < buckets_.size()) start(buckets_[next_++]);
+  const double ranks = dp_.size();
+  torch::NoGradGuard no_grad;
+  for (Bucket& b : buckets_) {
+    b.work->wait();
+    b.work.reset();
+    if (timeline_) timeline_->communication_waited(b.span);
+    if (ranks > 1) b.flat.div_(ranks);
+  }
+}
+
+std::vector<std::vector<std::string>> GradientReducer::bucket_names() const {
+  std::vector<std::vector<std::string>> names;
+  for (const Bucket& b : buckets_) names.push_back(b.names);
+  return names;
+}
+
+}  // namespace cadre::runtime
