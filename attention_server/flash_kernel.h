@@ -12,21 +12,27 @@ namespace cadre::attention_server {
 
 // Short query shards: FlashAttention-2 runs a shard of q queries against a long key prefix at a
 // fraction of its whole-document speed (backward especially: each 128-key block meets only q
-// query rows, and GQA makes it expand dK/dV to every query head). With GQA (heads > kv_heads)
-// and the batch's host cumulative lengths, the kernel splits every sequence with
-// q < keys and q <= max_split_queries into
+// query rows, and GQA makes it expand dK/dV to every query head; forward: a few long prefixes
+// leave their thread blocks running alone at the end). With GQA (heads > kv_heads) and the
+// batch's host cumulative lengths, the kernel splits a sequence with q < keys and
+// q <= max_split_queries into
 //   - its unmasked prefix (keys [0, keys - q)): no causal mask, so the heads sharing a KV head
 //     fold into query rows (q * group rows, kv_heads heads: plain multi-head attention, no dK/dV
-//     expansion), cut into chunks of at most prefix_chunk_keys keys (forward only) so that long
-//     prefixes do not leave one thread block running alone;
-//   - its diagonal block (the last q keys), causal, beside the batch's other sequences;
+//     expansion); in forward cut into chunks of at most prefix_chunk_keys keys;
+//   - its diagonal block (the last q keys), causal, beside the batch's unsplit sequences;
 // and merges them by log-sum-exp. Backward gives each part the merged output and log-sum-exp,
 // which makes the parts' gradients exact; they are summed. The prefix call reads K/V in place
 // (the other key rows ride along as sequences without queries); only diagonal blocks and
-// unsplit sequences are gathered. Measured on H200: benchmarks/results, docs/gpu.md.
+// unsplit sequences are gathered. Which sequences split (measured on H200, docs/gpu.md):
+//   backward: prefix >= backward_min_prefix_ratio * q and >= backward_min_prefix_keys;
+//   forward: keys > forward_min_keys (the folded, chunked forward only wins on long prefixes).
+// Not thread-safe (it caches the split of the last batches it saw).
 struct FlashKernelOptions {
   bool split_short_shards = true;
   int64_t max_split_queries = 1024;
+  int64_t backward_min_prefix_ratio = 8;
+  int64_t backward_min_prefix_keys = 4096;
+  int64_t forward_min_keys = 65536;
   int64_t prefix_chunk_keys = 32768;
 };
 

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <list>
 #include <sstream>
 #include <string>
@@ -119,24 +120,23 @@ double scale_for(double softmax_scale, int64_t head_dim) {
   return softmax_scale > 0 ? softmax_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
 }
 
-// How a batch is split for short query shards (see flash_kernel.h). Built on the host from the
-// batch's host cumulative lengths; its index tensors live on the device.
+// How a batch is split for short query shards in one direction (see flash_kernel.h). Built on
+// the host from the batch's host cumulative lengths; its index tensors live on the device.
 struct SplitPlan {
-  // Prefix call: folded queries (q * group rows per chunk of a split sequence) against k, v in
-  // place; every key row belongs to one of its sequences (rows outside split prefixes form
-  // sequences without queries). Backward uses the same sequences without chunks.
-  torch::Tensor fold_rows;          // int64 [chunk rows]: the token row of each chunk row (fwd)
+  // Prefix call: folded queries (q * group rows per chunk of a split sequence's prefix) against
+  // k, v in place; every key row belongs to one of its sequences (rows outside split prefixes
+  // form sequences without queries, whose dK/dV come back zero).
+  torch::Tensor fold_rows;  // int64 [chunk rows]: the token row of each chunk row
   torch::Tensor cu_q_prefix, cu_k_prefix;
   int64_t max_q_prefix = 0, max_k_prefix = 0;
-  torch::Tensor fold_rows_bwd;      // int64 [split rows]: one chunk per sequence (bwd)
-  torch::Tensor cu_q_prefix_bwd, cu_k_prefix_bwd;
-  int64_t max_k_prefix_bwd = 0;
   // Rest call: every query row in order, against gathered keys: the diagonal block of a split
   // sequence, every key of an unsplit one (causal).
-  torch::Tensor rest_rows;          // int64 [rest keys]: rows of k, v
+  torch::Tensor rest_rows;  // int64 [rest keys]: rows of k, v
   torch::Tensor cu_k_rest;
   int64_t max_k_rest = 0;
 };
+
+enum class Direction { kForward, kBackward };
 
 torch::Tensor int32_on(const std::vector<int64_t>& values, const torch::Device& device) {
   return torch::tensor(values, torch::kLong).to(torch::kInt).pin_memory().to(device, true);
@@ -145,47 +145,58 @@ torch::Tensor int64_on(const std::vector<int64_t>& values, const torch::Device& 
   return torch::tensor(values, torch::kLong).pin_memory().to(device, true);
 }
 
-// nullptr when nothing in the batch is worth splitting.
+// Whether sequence (q queries, `keys` keys) is split in `direction` (rules measured on H200,
+// docs/gpu.md): backward whenever the prefix is long against the shard (there each key block
+// meets too few query rows); forward only for long prefixes, which chunks cut so that no
+// thread block runs alone at the end.
+bool split_sequence(int64_t q, int64_t keys, Direction direction,
+                    const FlashKernelOptions& options) {
+  if (q <= 0 || q >= keys || q > options.max_split_queries) return false;
+  const int64_t prefix = keys - q;
+  if (direction == Direction::kBackward) {
+    return prefix >= options.backward_min_prefix_ratio * q &&
+           prefix >= options.backward_min_prefix_keys;
+  }
+  return keys > options.forward_min_keys;
+}
+
+// nullptr when nothing in the batch is split in this direction.
 std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t group,
-                                           const FlashKernelOptions& options,
+                                           Direction direction, const FlashKernelOptions& options,
                                            const torch::Device& device) {
   const auto& cq = batch.cu_q_host;
   const auto& ck = batch.cu_k_host;
-  if (!options.split_short_shards || group < 2 || cq.size() < 2 || cq.size() != ck.size()) {
-    return nullptr;
-  }
-  const int64_t chunk = std::max<int64_t>(options.prefix_chunk_keys, 1);
-  std::vector<int64_t> fold, fold_bwd, cu_q{0}, cu_k{0}, cu_q_bwd{0}, cu_k_bwd{0}, rest,
-      cu_rest{0};
+  // Forward cuts long prefixes into chunks; backward keeps one piece (it already splits keys
+  // into independent blocks).
+  const int64_t chunk = direction == Direction::kForward
+                            ? std::max<int64_t>(options.prefix_chunk_keys, 1)
+                            : std::numeric_limits<int64_t>::max();
+  std::vector<int64_t> fold, cu_q{0}, cu_k{0}, rest, cu_rest{0};
   bool any = false;
-  auto add_prefix_sequence = [](std::vector<int64_t>& cu_q, std::vector<int64_t>& cu_k,
-                                int64_t queries, int64_t key_end) {
+  auto add_prefix_sequence = [&](int64_t queries, int64_t key_end) {
     if (key_end == cu_k.back()) return;  // no keys: nothing to add
     cu_q.push_back(cu_q.back() + queries);
     cu_k.push_back(key_end);
   };
   for (size_t i = 0; i + 1 < cq.size(); ++i) {
     const int64_t q = cq[i + 1] - cq[i], keys = ck[i + 1] - ck[i];
-    const bool split = q > 0 && q < keys && q <= options.max_split_queries;
-    if (!split) {
-      // Its keys ride along in the prefix calls without queries; the rest call gathers them all.
-      add_prefix_sequence(cu_q, cu_k, 0, ck[i + 1]);
-      add_prefix_sequence(cu_q_bwd, cu_k_bwd, 0, ck[i + 1]);
+    if (!split_sequence(q, keys, direction, options)) {
+      // Its keys ride along in the prefix call without queries; the rest call gathers them all.
+      add_prefix_sequence(0, ck[i + 1]);
       for (int64_t r = ck[i]; r < ck[i + 1]; ++r) rest.push_back(r);
       cu_rest.push_back(cu_rest.back() + keys);
       continue;
     }
     any = true;
     const int64_t prefix = keys - q;
-    for (int64_t c = 0; c < prefix; c += chunk) {
-      add_prefix_sequence(cu_q, cu_k, q * group, ck[i] + std::min(prefix, c + chunk));
+    for (int64_t c = 0; c < prefix;) {
+      const int64_t end = prefix - c > chunk ? c + chunk : prefix;
+      add_prefix_sequence(q * group, ck[i] + end);
       for (int64_t t = cq[i]; t < cq[i + 1]; ++t) fold.push_back(t);
+      c = end;
     }
-    add_prefix_sequence(cu_q_bwd, cu_k_bwd, q * group, ck[i] + prefix);
-    for (int64_t t = cq[i]; t < cq[i + 1]; ++t) fold_bwd.push_back(t);
-    // The diagonal block: no queries in the prefix calls, gathered for the rest call.
-    add_prefix_sequence(cu_q, cu_k, 0, ck[i + 1]);
-    add_prefix_sequence(cu_q_bwd, cu_k_bwd, 0, ck[i + 1]);
+    // The diagonal block: no queries in the prefix call, gathered for the rest call.
+    add_prefix_sequence(0, ck[i + 1]);
     for (int64_t r = ck[i] + prefix; r < ck[i + 1]; ++r) rest.push_back(r);
     cu_rest.push_back(cu_rest.back() + q);
   }
@@ -201,10 +212,6 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t gro
   plan->cu_k_prefix = int32_on(cu_k, device);
   plan->max_q_prefix = max_step(cu_q);
   plan->max_k_prefix = max_step(cu_k);
-  plan->fold_rows_bwd = int64_on(fold_bwd, device);
-  plan->cu_q_prefix_bwd = int32_on(cu_q_bwd, device);
-  plan->cu_k_prefix_bwd = int32_on(cu_k_bwd, device);
-  plan->max_k_prefix_bwd = max_step(cu_k_bwd);
   plan->rest_rows = int64_on(rest, device);
   plan->cu_k_rest = int32_on(cu_rest, device);
   plan->max_k_rest = max_step(cu_rest);
@@ -252,7 +259,7 @@ class FlashKernel : public CoreAttentionKernel {
     if (q.size(0) == 0) {
       return {torch::empty_like(q), torch::empty({heads, 0}, q.options().dtype(torch::kFloat))};
     }
-    const SplitPlan* plan = split_plan(batch, heads / k.size(1), q.device());
+    const SplitPlan* plan = split_plan(batch, heads / k.size(1), Direction::kForward, q.device());
     if (plan == nullptr) {
       return call_forward(contiguous(q), contiguous(k), contiguous(v), batch.cu_seqlens_q,
                           batch.cu_seqlens_k, batch.max_seqlen_q, batch.max_seqlen_k, true,
@@ -333,7 +340,8 @@ class FlashKernel : public CoreAttentionKernel {
     if (q.size(0) == 0) {
       return {torch::zeros_like(q), torch::zeros_like(k), torch::zeros_like(v)};
     }
-    const SplitPlan* plan = split_plan(batch, q.size(1) / k.size(1), q.device());
+    const SplitPlan* plan =
+        split_plan(batch, q.size(1) / k.size(1), Direction::kBackward, q.device());
     if (plan == nullptr) {
       return call_backward(contiguous(dout), contiguous(q), contiguous(k), contiguous(v),
                            contiguous(out), contiguous(lse), batch.cu_seqlens_q,
@@ -345,10 +353,10 @@ class FlashKernel : public CoreAttentionKernel {
     const torch::Tensor dc = contiguous(dout), oc = contiguous(out), lc = contiguous(lse);
     // Each part with the merged output and log-sum-exp: its gradients are exact partial sums.
     BackwardResult prefix = call_backward(
-        fold_heads(dc, plan->fold_rows_bwd, group), fold_heads(qc, plan->fold_rows_bwd, group), kc,
-        vc, fold_heads(oc, plan->fold_rows_bwd, group), fold_lse(lc, plan->fold_rows_bwd, group),
-        plan->cu_q_prefix_bwd, plan->cu_k_prefix_bwd, plan->max_q_prefix,
-        plan->max_k_prefix_bwd, false, softmax_scale);
+        fold_heads(dc, plan->fold_rows, group), fold_heads(qc, plan->fold_rows, group), kc, vc,
+        fold_heads(oc, plan->fold_rows, group), fold_lse(lc, plan->fold_rows, group),
+        plan->cu_q_prefix, plan->cu_k_prefix, plan->max_q_prefix, plan->max_k_prefix, false,
+        softmax_scale);
     BackwardResult rest = call_backward(dc, qc, kc.index_select(0, plan->rest_rows),
                                         vc.index_select(0, plan->rest_rows), oc, lc,
                                         batch.cu_seqlens_q, plan->cu_k_rest, batch.max_seqlen_q,
@@ -358,7 +366,7 @@ class FlashKernel : public CoreAttentionKernel {
     result.dk = prefix.dk.index_add_(0, plan->rest_rows, rest.dk);
     result.dv = prefix.dv.index_add_(0, plan->rest_rows, rest.dv);
     result.dq = rest.dq.to(torch::kFloat)
-                    .index_add_(0, plan->fold_rows_bwd,
+                    .index_add_(0, plan->fold_rows,
                                 unfold_heads(prefix.dq, group).to(torch::kFloat))
                     .to(q.scalar_type());
     return result;
@@ -401,11 +409,12 @@ class FlashKernel : public CoreAttentionKernel {
   }
 
   // The split plan of `batch` (cached: a dispatch reuses one batch for every layer), or nullptr.
-  const SplitPlan* split_plan(const VarlenBatch& batch, int64_t group, const torch::Device& device) {
+  const SplitPlan* split_plan(const VarlenBatch& batch, int64_t group, Direction direction,
+                              const torch::Device& device) {
     if (!options_.split_short_shards || group < 2 || batch.cu_q_host.empty()) return nullptr;
     for (auto it = plans_.begin(); it != plans_.end(); ++it) {
-      if (it->group == group && it->device == device && it->cu_q == batch.cu_q_host &&
-          it->cu_k == batch.cu_k_host) {
+      if (it->group == group && it->direction == direction && it->device == device &&
+          it->cu_q == batch.cu_q_host && it->cu_k == batch.cu_k_host) {
         plans_.splice(plans_.begin(), plans_, it);  // most recent first
         return plans_.front().plan.get();
       }
@@ -415,8 +424,8 @@ class FlashKernel : public CoreAttentionKernel {
                 "flash kernel: the batch's host cumulative lengths (", batch.cu_q_host.size(), ", ",
                 batch.cu_k_host.size(), ") do not match its device ones (",
                 batch.cu_seqlens_q.size(0), ")");
-    plans_.push_front({batch.cu_q_host, batch.cu_k_host, group, device,
-                       make_split_plan(batch, group, options_, device)});
+    plans_.push_front({batch.cu_q_host, batch.cu_k_host, group, direction, device,
+                       make_split_plan(batch, group, direction, options_, device)});
     if (plans_.size() > kCachedPlans) plans_.pop_back();
     return plans_.front().plan.get();
   }
@@ -425,10 +434,11 @@ class FlashKernel : public CoreAttentionKernel {
   struct CachedPlan {
     std::vector<int64_t> cu_q, cu_k;
     int64_t group;
+    Direction direction;
     torch::Device device;
     std::unique_ptr<SplitPlan> plan;  // nullptr: the batch runs unsplit
   };
-  static constexpr size_t kCachedPlans = 8;
+  static constexpr size_t kCachedPlans = 16;
 
   FlashKernelOptions options_;
   std::list<CachedPlan> plans_;
@@ -439,9 +449,11 @@ class FlashKernel : public CoreAttentionKernel {
 }  // namespace
 
 std::unique_ptr<CoreAttentionKernel> make_flash_kernel(const FlashKernelOptions& options) {
-  CADRE_CHECK(options.max_split_queries >= 1 && options.prefix_chunk_keys >= 1,
-              "flash kernel: max_split_queries and prefix_chunk_keys must be positive; got ",
-              options.max_split_queries, " and ", options.prefix_chunk_keys);
+  CADRE_CHECK(options.max_split_queries >= 1 && options.prefix_chunk_keys >= 1 &&
+                  options.backward_min_prefix_ratio >= 0 && options.backward_min_prefix_keys >= 0 &&
+                  options.forward_min_keys >= 0,
+              "flash kernel: max_split_queries and prefix_chunk_keys must be positive and the "
+              "minimum prefix settings non-negative");
   return std::make_unique<FlashKernel>(options);
 }
 

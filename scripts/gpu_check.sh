@@ -108,10 +108,15 @@ if [ -x "$cadre" ]; then
     timeout 120 "$cadre" bench kernel --kv-heads 32 --no-calibration --repeats 5 --warmup 2 \
       --out "$kernel_mha_json" 2>&1 | tee "${prefix}_bench_kernel_mha.txt" | tee -a "$log"
   fi
-  say "== cadre bench comm (mpirun -np 2) at $(elapsed) s"
-  timeout 150 mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE \
-    "$cadre" bench comm "${comm_args[@]}" 2>&1 | tee "${prefix}_bench_comm.txt" | tee -a "$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] && status_comm=ok || status_comm=FAILED
+  if [ "$gpu_count" -ge 2 ]; then
+    say "== cadre bench comm (mpirun -np 2) at $(elapsed) s"
+    timeout 150 mpirun --allow-run-as-root --bind-to none -np 2 -x NCCL_NVLS_ENABLE \
+      "$cadre" bench comm "${comm_args[@]}" 2>&1 | tee "${prefix}_bench_comm.txt" | tee -a "$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] && status_comm=ok || status_comm=FAILED
+  else
+    say "== cadre bench comm skipped: it needs 2 GPUs, this machine has $gpu_count"
+    status_comm="skipped (needs 2 GPUs)"
+  fi
 fi
 
 # --- summary ----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 // The flash kernel (GPU build) against a float64 reference of the same masked attention, on
 // random fused layouts: output, log-sum-exp, dq, dk, dv; bf16 and fp16; head_dim 64 and 128; GQA
 // ratios 1, 4, 8; query shards (fewer queries than keys, bottom-right-aligned mask) beside whole
-// documents. Each with short GQA shards split into prefix and diagonal parts (the default), with
-// tiny prefix chunks, and unsplit. Also against the CPU reference kernel ("cpu") when it is
+// documents. Each with short GQA shards split into prefix and diagonal parts, with tiny prefix
+// chunks, with the default splitting rules, and unsplit. Also against the CPU reference kernel ("cpu") when it is
 // built. Skips without a GPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -88,17 +88,25 @@ VarlenBatch make_batch(const Shape& shape, torch::Device device) {
   return make_varlen_batch(cq, ck, device);
 }
 
-// The flash kernel as it runs by default (short GQA shards split into prefix and diagonal), with
-// tiny prefix chunks (many chunks per shard, merged by log-sum-exp), and unsplit.
+// The flash kernel splitting every short GQA shard into prefix and diagonal (the layouts here
+// are below the default rules' thresholds), the same with tiny prefix chunks (many chunks per
+// shard, merged by log-sum-exp), with the default rules, and unsplit.
 struct Variant {
   const char* name;
   FlashKernelOptions options;
 };
 std::vector<Variant> variants() {
-  FlashKernelOptions split, tiny_chunks, direct;
+  FlashKernelOptions always, tiny_chunks, defaults, direct;
+  always.backward_min_prefix_ratio = 0;
+  always.backward_min_prefix_keys = 0;
+  always.forward_min_keys = 0;
+  tiny_chunks = always;
   tiny_chunks.prefix_chunk_keys = 96;
   direct.split_short_shards = false;
-  return {{"split", split}, {"split, 96-key chunks", tiny_chunks}, {"direct", direct}};
+  return {{"split always", always},
+          {"split always, 96-key chunks", tiny_chunks},
+          {"default rules", defaults},
+          {"unsplit", direct}};
 }
 
 std::string describe(const Shape& shape) {
