@@ -25,14 +25,17 @@ namespace cadre::attention_server {
 // (the other key rows ride along as sequences without queries); only diagonal blocks and
 // unsplit sequences are gathered. Which sequences split (measured on H200, docs/gpu.md):
 //   backward: prefix >= backward_min_prefix_ratio * q and >= backward_min_prefix_keys;
-//   forward: keys > forward_min_keys (the folded, chunked forward only wins on long prefixes).
+//   forward: all eligible ones or none, whichever a schedule estimate of the two launches
+//     (thread blocks placed greedily on forward_slots concurrent slots, 0 = two per SM) says is
+//     faster: the folded, chunked forward is ~10% slower per key but has no long stragglers.
 // Not thread-safe (it caches the split of the last batches it saw).
 struct FlashKernelOptions {
   bool split_short_shards = true;
   int64_t max_split_queries = 1024;
   int64_t backward_min_prefix_ratio = 8;
-  int64_t backward_min_prefix_keys = 4096;
-  int64_t forward_min_keys = 65536;
+  int64_t backward_min_prefix_keys = 1024;
+  int64_t forward_slots = 0;
+  bool force_forward_split = false;  // split every eligible sequence in forward (tests)
   int64_t prefix_chunk_keys = 32768;
 };
 

@@ -8,10 +8,13 @@
 // against the reference: tests/attention_server/flash_kernel_gpu_test.cc), which is the mask a
 // query shard [s, e) of a document attending to keys [0, e) needs.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/types.h>
 
 #include <algorithm>
+#include <functional>
+#include <utility>
 #include <cmath>
 #include <limits>
 #include <list>
@@ -138,6 +141,11 @@ struct SplitPlan {
 
 enum class Direction { kForward, kBackward };
 
+// Folded, unmasked prefix forward per key against the unsplit causal kernel. Fitted on H200 so
+// that the estimate makes every choice the measurements made (docs/gpu.md): split the spread
+// shard batches of 128-1K queries, keep uniform batches of 4K-64K keys unsplit, split 4 x 128K.
+constexpr double kFoldedForwardEfficiency = 0.95;
+
 torch::Tensor int32_on(const std::vector<int64_t>& values, const torch::Device& device) {
   return torch::tensor(values, torch::kLong).to(torch::kInt).pin_memory().to(device, true);
 }
@@ -145,10 +153,10 @@ torch::Tensor int64_on(const std::vector<int64_t>& values, const torch::Device& 
   return torch::tensor(values, torch::kLong).pin_memory().to(device, true);
 }
 
-// Whether sequence (q queries, `keys` keys) is split in `direction` (rules measured on H200,
+// Whether sequence (q queries, `keys` keys) may be split in `direction` (rules measured on H200,
 // docs/gpu.md): backward whenever the prefix is long against the shard (there each key block
-// meets too few query rows); forward only for long prefixes, which chunks cut so that no
-// thread block runs alone at the end.
+// meets too few query rows). Forward splits all eligible sequences or none, by the schedule
+// estimate below.
 bool split_sequence(int64_t q, int64_t keys, Direction direction,
                     const FlashKernelOptions& options) {
   if (q <= 0 || q >= keys || q > options.max_split_queries) return false;
@@ -157,13 +165,94 @@ bool split_sequence(int64_t q, int64_t keys, Direction direction,
     return prefix >= options.backward_min_prefix_ratio * q &&
            prefix >= options.backward_min_prefix_keys;
   }
-  return keys > options.forward_min_keys;
+  return true;
+}
+
+// Forward time estimate of a FlashAttention-2 launch, in key-block units: thread blocks (one per
+// 128-query block, sequence and head, issued in that order) placed greedily on `slots`
+// concurrent slots, each taking its number of visible keys plus a fixed overhead.
+class ScheduleEstimate {
+ public:
+  explicit ScheduleEstimate(int64_t slots) : free_(std::max<int64_t>(slots, 1), 0.0) {}
+  void add(double keys) {
+    std::pop_heap(free_.begin(), free_.end(), std::greater<double>());
+    free_.back() += keys + kBlockOverheadKeys;
+    std::push_heap(free_.begin(), free_.end(), std::greater<double>());
+  }
+  double makespan() const { return *std::max_element(free_.begin(), free_.end()); }
+
+ private:
+  static constexpr double kBlockOverheadKeys = 256;
+  std::vector<double> free_;
+};
+
+constexpr int64_t kForwardBlockQueries = 128;
+
+// Causal forward of sequences (q_i queries against keys_i keys, bottom-right aligned).
+double causal_forward_estimate(const std::vector<std::pair<int64_t, int64_t>>& sequences,
+                               int64_t heads, int64_t slots) {
+  ScheduleEstimate estimate(slots);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (auto [q, keys] : sequences) {
+      for (int64_t m = 0; m * kForwardBlockQueries < q; ++m) {
+        estimate.add(static_cast<double>(keys - q + std::min(q, (m + 1) * kForwardBlockQueries)));
+      }
+    }
+  }
+  return estimate.makespan();
+}
+
+// Whether the forward of this batch should split its eligible sequences (prefix chunks folded
+// over the group, then the rest): the split wins when a few long prefixes would otherwise leave
+// their thread blocks running alone at the end of the launch. The folded prefix runs about 10%
+// below the unsplit kernel per key (measured on uniform batches), hence the factor.
+bool forward_split_pays(const VarlenBatch& batch, int64_t heads, int64_t group, int64_t slots,
+                        const FlashKernelOptions& options) {
+  const auto& cq = batch.cu_q_host;
+  const auto& ck = batch.cu_k_host;
+  std::vector<std::pair<int64_t, int64_t>> all, rest;
+  std::vector<std::pair<int64_t, int64_t>> chunks;  // (folded queries, keys) of prefix chunks
+  bool any = false;
+  for (size_t i = 0; i + 1 < cq.size(); ++i) {
+    const int64_t q = cq[i + 1] - cq[i], keys = ck[i + 1] - ck[i];
+    all.emplace_back(q, keys);
+    if (!split_sequence(q, keys, Direction::kForward, options)) {
+      rest.emplace_back(q, keys);
+      continue;
+    }
+    any = true;
+    rest.emplace_back(q, q);
+    for (int64_t c = 0; c < keys - q; c += options.prefix_chunk_keys) {
+      chunks.emplace_back(q * group, std::min(options.prefix_chunk_keys, keys - q - c));
+    }
+  }
+  if (!any) return false;
+  if (options.force_forward_split) return true;
+  const double unsplit = causal_forward_estimate(all, heads, slots);
+  ScheduleEstimate prefix(slots);
+  for (int64_t h = 0; h < heads / group; ++h) {
+    for (auto [rows, keys] : chunks) {
+      for (int64_t m = 0; m * kForwardBlockQueries < rows; ++m) prefix.add(static_cast<double>(keys));
+    }
+  }
+  const double split =
+      prefix.makespan() / kFoldedForwardEfficiency + causal_forward_estimate(rest, heads, slots);
+  return split < unsplit;
 }
 
 // nullptr when nothing in the batch is split in this direction.
-std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t group,
-                                           Direction direction, const FlashKernelOptions& options,
+std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t heads,
+                                           int64_t group, Direction direction,
+                                           const FlashKernelOptions& options,
                                            const torch::Device& device) {
+  if (direction == Direction::kForward) {
+    const int64_t slots =
+        options.forward_slots > 0
+            ? options.forward_slots
+            : 2 * static_cast<int64_t>(
+                      at::cuda::getDeviceProperties(device.index())->multiProcessorCount);
+    if (!forward_split_pays(batch, heads, group, slots, options)) return nullptr;
+  }
   const auto& cq = batch.cu_q_host;
   const auto& ck = batch.cu_k_host;
   // Forward cuts long prefixes into chunks; backward keeps one piece (it already splits keys
@@ -259,7 +348,7 @@ class FlashKernel : public CoreAttentionKernel {
     if (q.size(0) == 0) {
       return {torch::empty_like(q), torch::empty({heads, 0}, q.options().dtype(torch::kFloat))};
     }
-    const SplitPlan* plan = split_plan(batch, heads / k.size(1), Direction::kForward, q.device());
+    const SplitPlan* plan = split_plan(batch, heads, heads / k.size(1), Direction::kForward, q.device());
     if (plan == nullptr) {
       return call_forward(contiguous(q), contiguous(k), contiguous(v), batch.cu_seqlens_q,
                           batch.cu_seqlens_k, batch.max_seqlen_q, batch.max_seqlen_k, true,
@@ -341,7 +430,7 @@ class FlashKernel : public CoreAttentionKernel {
       return {torch::zeros_like(q), torch::zeros_like(k), torch::zeros_like(v)};
     }
     const SplitPlan* plan =
-        split_plan(batch, q.size(1) / k.size(1), Direction::kBackward, q.device());
+        split_plan(batch, q.size(1), q.size(1) / k.size(1), Direction::kBackward, q.device());
     if (plan == nullptr) {
       return call_backward(contiguous(dout), contiguous(q), contiguous(k), contiguous(v),
                            contiguous(out), contiguous(lse), batch.cu_seqlens_q,
@@ -409,8 +498,8 @@ class FlashKernel : public CoreAttentionKernel {
   }
 
   // The split plan of `batch` (cached: a dispatch reuses one batch for every layer), or nullptr.
-  const SplitPlan* split_plan(const VarlenBatch& batch, int64_t group, Direction direction,
-                              const torch::Device& device) {
+  const SplitPlan* split_plan(const VarlenBatch& batch, int64_t heads, int64_t group,
+                              Direction direction, const torch::Device& device) {
     if (!options_.split_short_shards || group < 2 || batch.cu_q_host.empty()) return nullptr;
     for (auto it = plans_.begin(); it != plans_.end(); ++it) {
       if (it->group == group && it->direction == direction && it->device == device &&
@@ -425,7 +514,7 @@ class FlashKernel : public CoreAttentionKernel {
                 batch.cu_k_host.size(), ") do not match its device ones (",
                 batch.cu_seqlens_q.size(0), ")");
     plans_.push_front({batch.cu_q_host, batch.cu_k_host, group, direction, device,
-                       make_split_plan(batch, group, direction, options_, device)});
+                       make_split_plan(batch, heads, group, direction, options_, device)});
     if (plans_.size() > kCachedPlans) plans_.pop_back();
     return plans_.front().plan.get();
   }
@@ -451,7 +540,7 @@ class FlashKernel : public CoreAttentionKernel {
 std::unique_ptr<CoreAttentionKernel> make_flash_kernel(const FlashKernelOptions& options) {
   CADRE_CHECK(options.max_split_queries >= 1 && options.prefix_chunk_keys >= 1 &&
                   options.backward_min_prefix_ratio >= 0 && options.backward_min_prefix_keys >= 0 &&
-                  options.forward_min_keys >= 0,
+                  options.forward_slots >= 0,
               "flash kernel: max_split_queries and prefix_chunk_keys must be positive and the "
               "minimum prefix settings non-negative");
   return std::make_unique<FlashKernel>(options);

@@ -99,7 +99,7 @@ std::vector<Variant> variants() {
   FlashKernelOptions always, tiny_chunks, defaults, direct;
   always.backward_min_prefix_ratio = 0;
   always.backward_min_prefix_keys = 0;
-  always.forward_min_keys = 0;
+  always.force_forward_split = true;
   tiny_chunks = always;
   tiny_chunks.prefix_chunk_keys = 96;
   direct.split_short_shards = false;
