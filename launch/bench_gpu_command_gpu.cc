@@ -421,7 +421,8 @@ int bench_kernel(const Args& args) {
   }
 
   const std::string device_label =
-      str_cat(info.name, " / LibTorch ", info.torch, " FlashAttention-2 (", dtype, ")");
+      str_cat(info.name, " / LibTorch ", info.torch,
+              " FlashAttention-2 through Cadre's flash kernel (short GQA shards split; ", dtype, ")");
   // scheduler/calibration.proto's JSON (unknown fields are rejected there, so the details that
   // have no field of their own go into "source").
   const std::string source = str_cat(
