@@ -39,7 +39,7 @@ const std::vector<NamedChoice>& named_choices() {
   static const std::vector<NamedChoice> kChoices = {
       {"data.distribution", {"wlb", "prolong", "lognormal", "uniform", "fixed", "file"}},
       {"data.token_dtype", {"uint16", "uint32"}},
-      {"data.packing", {"whole", "fill"}},
+      {"data.packing", {"whole", "fill", "span"}},
       {"scheduler.server_mode", {"in_place", "dedicated"}},
       {"training.attention", {"cad", "colocated"}},
       {"training.dtype", {"fp32", "bf16"}},

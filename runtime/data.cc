@@ -80,8 +80,8 @@ DataLoader::DataLoader(const config::DataConfig& data, int64_t vocab_size, int r
               " is outside a world of ", world_size);
   CADRE_CHECK(data.context_length() >= 2, "data.context_length must be at least 2; got ",
               data.context_length());
-  CADRE_CHECK(data.packing() == "whole" || data.packing() == "fill", "data.packing is '",
-              data.packing(), "'; accepted: whole, fill");
+  CADRE_CHECK(data.packing() == "whole" || data.packing() == "fill" || data.packing() == "span",
+              "data.packing is '", data.packing(), "'; accepted: whole, fill, span");
   if (data.token_file().empty()) {
     successor_ = successor_table(vocab_size, data.seed());
     // Fail at construction (every rank alike) rather than in the first step.
@@ -100,10 +100,10 @@ DataLoader::DataLoader(const config::DataConfig& data, int64_t vocab_size, int r
 }
 
 RankBatch DataLoader::next() {
-  const bool fill = data_.packing() == "fill";
+  const bool whole = data_.packing() == "whole", span = data_.packing() == "span";
   RankBatch batch = data_.token_file().empty()
-                        ? (fill ? next_synthetic_filled() : next_synthetic())
-                        : (fill ? next_from_file_filled() : next_from_file());
+                        ? (whole ? next_synthetic() : next_synthetic_filled(span))
+                        : (whole ? next_from_file() : next_from_file_filled(span));
   ++position_.batches;
   return batch;
 }
@@ -197,9 +197,30 @@ std::vector<Piece> deal_filled(LengthOf length, int64_t& document, int64_t& offs
   return mine;
 }
 
+// packing "span": marks `batch` (rank `rank` of the step, its `pieces` dealt by deal_filled
+// starting at `step_offset` tokens into `first_document`) where its first and last documents
+// continue across the neighbouring ranks' cuts. `token_at(document, offset)` reads a token.
+template <typename LengthOf, typename TokenAt>
+void mark_spans(RankBatch& batch, const std::vector<Piece>& pieces, int64_t first_document,
+                int64_t step_offset, int rank, int world_size, LengthOf length,
+                TokenAt token_at) {
+  if (pieces.empty()) return;
+  const Piece& first = pieces.front();
+  const int64_t start = first.document == first_document ? step_offset : 0;  // in this step
+  if (rank > 0 && first.offset > start) {
+    batch.first_continues = true;
+    batch.first_offset = first.offset - start;
+  }
+  const Piece& last = pieces.back();
+  if (rank + 1 < world_size && last.offset + last.length < length(last.document)) {
+    batch.last_continues = true;
+    batch.last_target = token_at(last.document, last.offset + last.length);
+  }
+}
+
 }  // namespace
 
-RankBatch DataLoader::next_synthetic_filled() {
+RankBatch DataLoader::next_synthetic_filled(bool span) {
   const int64_t budget = data_.context_length();
   // One stream per step, shared by every rank; world_size as the "rank" keeps it apart from the
   // per-rank streams of packing "whole".
@@ -228,10 +249,17 @@ RankBatch DataLoader::next_synthetic_filled() {
       token = successor_[token];
     }
   }
+  if (span) {
+    mark_spans(batch, pieces, 0, 0, rank_, world_size_, length, [&](int64_t d, int64_t at) {
+      int64_t token = starts[d];
+      for (int64_t i = 0; i < at; ++i) token = successor_[token];
+      return token;
+    });
+  }
   return batch;
 }
 
-RankBatch DataLoader::next_from_file_filled() {
+RankBatch DataLoader::next_from_file_filled(bool span) {
   const int64_t budget = data_.context_length();
   const int64_t count = static_cast<int64_t>(documents_.size());
   auto length = [&](int64_t d) { return static_cast<int64_t>(documents_[d % count].size()); };
@@ -241,6 +269,7 @@ RankBatch DataLoader::next_from_file_filled() {
               "data position (document ", document, ", token ", offset,
               ") is outside data.token_file '", data_.token_file(), "' (", count,
               " documents); was the checkpoint written with another file?");
+  const int64_t first_document = document, step_offset = offset;
   std::vector<Piece> pieces = deal_filled(length, document, offset, budget, rank_, world_size_);
   position_.file_document = document % count;
   position_.file_token_offset = offset;
@@ -251,6 +280,10 @@ RankBatch DataLoader::next_from_file_filled() {
     batch.doc_lengths.push_back(p.length);
     const auto& doc = documents_[p.document % count];
     for (int64_t i = 0; i < p.length; ++i) *out++ = doc[p.offset + i];
+  }
+  if (span) {
+    mark_spans(batch, pieces, first_document, step_offset, rank_, world_size_, length,
+               [&](int64_t d, int64_t at) { return static_cast<int64_t>(documents_[d % count][at]); });
   }
   return batch;
 }

@@ -13,10 +13,16 @@
 
 namespace cadre::runtime {
 
-// One rank's micro-batch: documents back to back.
+// One rank's micro-batch: documents back to back. With packing "span" the first and last
+// documents may be pieces of documents that continue on the neighbouring ranks.
 struct RankBatch {
   std::vector<int64_t> doc_lengths;
   torch::Tensor tokens;  // int64 [sum(doc_lengths)]
+  // packing "span" only:
+  bool first_continues = false;  // the first document is the rest of the previous rank's last
+  int64_t first_offset = 0;      // position of its first token in its document
+  bool last_continues = false;   // the last document goes on at the next rank's first token
+  int64_t last_target = -1;      // that token: the target of this batch's last token
   int64_t token_count() const;
 };
 
@@ -58,6 +64,11 @@ class DataLoader {
   //     and its rest opens the next rank's budget as a document of its own (positions restart,
   //     no attention across the cut). Synthetic: the rest left after the last rank is dropped;
   //     token file: the next step resumes inside that document, so no token is skipped.
+  //   packing "span": dealt as "fill", but a document cut between two ranks of the step stays
+  //     one document (DistCA's sequential packing): the next rank's piece continues its
+  //     positions and the last token before the cut has the first token after it as target (the
+  //     RankBatch fields say so); attention crosses the cut. At the end of the step the rest
+  //     starts the next step as a document of its own, as with "fill".
   RankBatch next();
 
   DataPosition position() const { return position_; }
@@ -66,8 +77,8 @@ class DataLoader {
  private:
   RankBatch next_synthetic();
   RankBatch next_from_file();
-  RankBatch next_synthetic_filled();
-  RankBatch next_from_file_filled();
+  RankBatch next_synthetic_filled(bool span);
+  RankBatch next_from_file_filled(bool span);
 
   config::DataConfig data_;
   int64_t vocab_size_ = 0;

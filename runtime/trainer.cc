@@ -64,14 +64,24 @@ double max_over_mean(const std::vector<double>& values) {
 }
 
 // Splits one rank's documents into `parts` groups of near-equal tokens (longest first onto the
-// lightest group; ties to the lower group), keeping their order inside each group.
-std::vector<std::vector<int>> split_documents(const std::vector<int64_t>& lengths, int parts) {
-  std::vector<int> order(lengths.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+// lightest group; ties to the lower group), keeping their order inside each group. Documents in
+// `pinned` go to group 0 first (pieces of documents that continue on a neighbouring rank: both
+// sides must be in the same nano-batch).
+std::vector<std::vector<int>> split_documents(const std::vector<int64_t>& lengths, int parts,
+                                              const std::vector<int>& pinned = {}) {
+  std::vector<int64_t> load(parts, 0);
+  std::vector<int> group(lengths.size(), -1);
+  for (int d : pinned) {
+    if (group[d] == 0) continue;
+    group[d] = 0;
+    load[0] += lengths[d];
+  }
+  std::vector<int> order;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    if (group[i] < 0) order.push_back(static_cast<int>(i));
+  }
   std::stable_sort(order.begin(), order.end(),
                    [&](int a, int b) { return lengths[a] > lengths[b]; });
-  std::vector<int64_t> load(parts, 0);
-  std::vector<int> group(lengths.size(), 0);
   for (int d : order) {
     const int g = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
     group[d] = g;
@@ -80,6 +90,13 @@ std::vector<std::vector<int>> split_documents(const std::vector<int64_t>& length
   std::vector<std::vector<int>> out(parts);
   for (size_t d = 0; d < lengths.size(); ++d) out[group[d]].push_back(static_cast<int>(d));
   return out;
+}
+
+bool has_spanning_document(const scheduler::Layout& layout) {
+  for (const auto& doc : layout.documents) {
+    if (doc.pieces.size() > 1) return true;
+  }
+  return false;
 }
 
 // Local rows of documents `docs` of a batch laid out back to back.
@@ -255,28 +272,44 @@ StepMetrics Trainer::forward_backward() {
     RankBatch batch;
     std::vector<std::vector<int>> nano_docs;               // this rank's docs per nano-batch
     std::vector<std::vector<std::vector<int64_t>>> nano_lengths;  // [nano][worker] lengths
+    std::vector<scheduler::Layout> nano_layouts;
   };
   std::vector<Micro> micros(micro_batches);
   std::vector<double> owner_us(num_workers_, 0.0);
   std::vector<int64_t> all_docs;
   for (Micro& mb : micros) {
     if (is_worker()) mb.batch = data_->next();
-    mb.nano_docs = split_documents(mb.batch.doc_lengths, nano_count);
+    std::vector<int> pinned;  // pieces of documents cut at a rank boundary (packing "span")
+    if (mb.batch.first_continues) pinned.push_back(0);
+    if (mb.batch.last_continues) {
+      pinned.push_back(static_cast<int>(mb.batch.doc_lengths.size()) - 1);
+    }
+    mb.nano_docs = split_documents(mb.batch.doc_lengths, nano_count, pinned);
     for (int j = 0; j < nano_count; ++j) {
-      std::vector<int64_t> mine;
+      // First entry: whether this rank's first piece here continues the previous rank's last.
+      std::vector<int64_t> mine{mb.batch.first_continues && j == 0 ? 1 : 0};
       for (int d : mb.nano_docs[j]) mine.push_back(mb.batch.doc_lengths[d]);
-      auto lengths = gather_lengths(control_, mine);
-      lengths.resize(num_workers_);
+      auto gathered = gather_lengths(control_, mine);
+      gathered.resize(num_workers_);
+      std::vector<std::vector<int64_t>> lengths(num_workers_);
+      std::vector<bool> continues(num_workers_, false);
       for (int r = 0; r < num_workers_; ++r) {
-        for (int64_t n : lengths[r]) {
-          metrics.tokens += n;
-          metrics.targets += std::max<int64_t>(0, n - 1);
-          ++metrics.documents;
-          owner_us[r] += cost_->attention_forward_backward_us(n, n);
-          all_docs.push_back(n);
+        continues[r] = gathered[r].at(0) != 0;
+        lengths[r].assign(gathered[r].begin() + 1, gathered[r].end());
+      }
+      scheduler::Layout layout = scheduler::layout_from_rank_pieces(lengths, continues);
+      for (const auto& doc : layout.documents) {
+        metrics.tokens += doc.length_tokens;
+        metrics.targets += std::max<int64_t>(0, doc.length_tokens - 1);
+        ++metrics.documents;
+        all_docs.push_back(doc.length_tokens);
+        for (const auto& piece : doc.pieces) {
+          owner_us[piece.rank] +=
+              cost_->attention_forward_backward_us(piece.doc_end - piece.doc_begin, piece.doc_end);
         }
       }
       mb.nano_lengths.push_back(std::move(lengths));
+      mb.nano_layouts.push_back(std::move(layout));
     }
   }
   metrics.imbalance_before = max_over_mean(owner_us);
@@ -316,14 +349,26 @@ StepMetrics Trainer::forward_backward() {
       if (is_worker()) {
         auto tokens = mb.batch.tokens.index_select(0, document_rows(mb.batch.doc_lengths,
                                                                     mb.nano_docs[j]));
+        torch::Tensor positions = document_positions(mine);
+        torch::Tensor targets = document_targets(tokens, mine);
+        // Pieces of documents cut at rank boundaries are in nano-batch 0, first and last.
+        if (j == 0 && mb.batch.first_continues) {
+          positions.narrow(0, 0, mine.front()).add_(mb.batch.first_offset);
+        }
+        if (j == 0 && mb.batch.last_continues) {
+          targets[targets.size(0) - 1] = mb.batch.last_target;
+        }
         nano.tokens = tokens.to(device_);
-        nano.positions = document_positions(mine).to(device_);
-        nano.targets = document_targets(tokens, mine).to(device_);
+        nano.positions = positions.to(device_);
+        nano.targets = targets.to(device_);
       }
-      if (cad) {
-        scheduler::Layout layout = scheduler::layout_from_rank_documents(mb.nano_lengths[j]);
-        plans[j] = scheduler::plan_cad(layout, servers, world, *cost_, planner_options);
-        add_server_times(plans[j], *cost_, &server_us);
+      const scheduler::Layout& layout = mb.nano_layouts[j];
+      if (cad || has_spanning_document(layout)) {
+        // colocated with documents cut at rank boundaries: each rank serves its own queries and
+        // fetches the K/V of the part of its document held by the rank before.
+        plans[j] = cad ? scheduler::plan_cad(layout, servers, world, *cost_, planner_options)
+                       : scheduler::plan_colocated(layout);
+        if (cad) add_server_times(plans[j], *cost_, &server_us);
         dispatches[j] = std::make_unique<attention_server::CadDispatch>(
             plans[j], data_transport_, *kernel_);
         dispatches[j]->set_timeline(timeline_.get());

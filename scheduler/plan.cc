@@ -209,21 +209,41 @@ Layout pack_sequential(const std::vector<int64_t>& lengths_tokens, int32_t num_r
 }
 
 Layout layout_from_rank_documents(const std::vector<std::vector<int64_t>>& lengths_per_rank) {
+  return layout_from_rank_pieces(lengths_per_rank,
+                                 std::vector<bool>(lengths_per_rank.size(), false));
+}
+
+Layout layout_from_rank_pieces(const std::vector<std::vector<int64_t>>& lengths_per_rank,
+                               const std::vector<bool>& continues) {
   CADRE_CHECK(!lengths_per_rank.empty(), "layout_from_rank_documents: no ranks given");
+  CADRE_CHECK(continues.size() == lengths_per_rank.size(), "layout_from_rank_pieces: ",
+              continues.size(), " continuation flags for ", lengths_per_rank.size(), " ranks");
   Layout layout;
   layout.num_ranks = static_cast<int32_t>(lengths_per_rank.size());
   layout.tokens_per_rank.assign(layout.num_ranks, 0);
   for (int32_t r = 0; r < layout.num_ranks; ++r) {
-    for (int64_t len : lengths_per_rank[r]) {
+    for (size_t i = 0; i < lengths_per_rank[r].size(); ++i) {
+      const int64_t len = lengths_per_rank[r][i];
       CADRE_CHECK(len >= 1, "layout_from_rank_documents: rank ", r,
                   " has a document of length ", len, "; accepted: >= 1 token");
-      PlacedDocument doc;
-      doc.id = static_cast<int64_t>(layout.documents.size());
-      doc.length_tokens = len;
-      doc.pieces.push_back({r, 0, len, layout.tokens_per_rank[r]});
+      if (i == 0 && continues[r]) {
+        CADRE_CHECK(!layout.documents.empty(), "layout_from_rank_pieces: rank ", r,
+                    "'s first piece continues a document, but no earlier rank holds one");
+        PlacedDocument& doc = layout.documents.back();
+        doc.pieces.push_back({r, doc.length_tokens, doc.length_tokens + len,
+                              layout.tokens_per_rank[r]});
+        doc.length_tokens += len;
+      } else {
+        PlacedDocument doc;
+        doc.id = static_cast<int64_t>(layout.documents.size());
+        doc.length_tokens = len;
+        doc.pieces.push_back({r, 0, len, layout.tokens_per_rank[r]});
+        layout.documents.push_back(std::move(doc));
+      }
       layout.tokens_per_rank[r] += len;
-      layout.documents.push_back(std::move(doc));
     }
+    CADRE_CHECK(!continues[r] || !lengths_per_rank[r].empty(), "layout_from_rank_pieces: rank ",
+                r, " is marked as continuing a document but holds no tokens");
   }
   return layout;
 }

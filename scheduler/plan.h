@@ -43,6 +43,13 @@ Layout pack_sequential(const std::vector<int64_t>& lengths_tokens, int32_t num_r
 // packed back to back in order).
 Layout layout_from_rank_documents(const std::vector<std::vector<int64_t>>& lengths_per_rank);
 
+// The same, where continues[r] says that rank r's first piece is the continuation of the last
+// document of the nearest earlier rank holding pieces (a document cut at a rank boundary, as
+// DistCA's sequential packing does): that document gains a piece on rank r. Throws
+// cadre::Error when a continuation has nothing before it to continue.
+Layout layout_from_rank_pieces(const std::vector<std::vector<int64_t>>& lengths_per_rank,
+                               const std::vector<bool>& continues);
+
 // Core-attention task: queries [q_begin, q_end) of document `document` (an index into
 // Layout::documents) attending to keys/values [0, q_end) under a causal mask.
 struct CaTask {

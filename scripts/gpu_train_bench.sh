@@ -75,6 +75,10 @@ for dist in $dists; do
         --set scheduler.server_mode=dedicated --set scheduler.num_dedicated_servers=1
     run "2gpu_${dist}_cad_noreduceoverlap" 2 "$dist" 65536 --set training.attention=cad \
         --set training.overlap_grad_reduce=false
+    # Documents cut at the rank boundary stay whole (DistCA's sequential packing).
+    run "2gpu_${dist}span_colocated" 2 "$dist" 65536 --set training.attention=colocated \
+        --set data.packing=span
+    run "2gpu_${dist}span_cad" 2 "$dist" 65536 --set training.attention=cad --set data.packing=span
   fi
 done
 if [ -z "${CADRE_TRAIN_QUICK:-}" ]; then
@@ -103,7 +107,7 @@ for r in rows:
 by = {r["run"]: r for r in rows}
 print()
 for g in ("1gpu", "2gpu"):
-    for d in ("wlb", "prolong", "prolong128k"):
+    for d in ("wlb", "prolong", "prolong128k", "wlbspan", "prolongspan"):
         base = by.get(f"{g}_{d}_colocated")
         for v in ("cad", "cad_nopp", "cad_dedicated", "cad_noreduceoverlap"):
             r = by.get(f"{g}_{d}_{v}")

@@ -166,6 +166,65 @@ TEST(Train, GradientsAreTheAverageOfEveryRanksLocalGradient) {
   }
 }
 
+// packing "span": documents cut at rank boundaries stay one document. cad (ping-pong) and
+// colocated (which then fetches the K/V of a document's earlier piece from the rank before) give
+// the loss and gradients of one process training the whole step's documents uncut.
+TEST(Train, SpanPackingMatchesOneProcessOverWholeDocuments) {
+  bool spanned = false;
+  for (const char* attention : {"cad", "colocated"}) {
+    auto config = tiny_run(attention);
+    config.mutable_data()->set_packing("span");
+    Trainer trainer(config, world());
+    LlamaModel reference(config.model(), config.training().seed());
+    for (int step = 0; step < 2; ++step) {
+      // The step's documents, rebuilt from every rank's loader.
+      std::vector<std::vector<int64_t>> lengths;
+      std::vector<bool> continues;
+      std::vector<torch::Tensor> tokens;
+      for (int r = 0; r < world().size(); ++r) {
+        DataLoader loader(config.data(), config.model().vocab_size(), r, world().size());
+        for (int s = 0; s < step; ++s) loader.next();
+        RankBatch batch = loader.next();
+        lengths.push_back(batch.doc_lengths);
+        continues.push_back(batch.first_continues);
+        tokens.push_back(batch.tokens);
+        spanned = spanned || batch.first_continues;
+      }
+      scheduler::Layout layout = scheduler::layout_from_rank_pieces(lengths, continues);
+      std::vector<int64_t> whole;
+      for (const auto& doc : layout.documents) whole.push_back(doc.length_tokens);
+      auto kernel = attention_server::make_kernel("cpu");
+      auto op = make_colocated_attention(scheduler::layout_from_rank_documents({whole}), 0,
+                                         *kernel);
+      for (const auto& p : reference.parameters()) {
+        if (p.value.grad().defined()) p.value.mutable_grad().zero_();
+      }
+      torch::Tensor loss_sum = reference.loss_sum(torch::cat(tokens), whole, *op);
+      loss_sum.backward();
+
+      const StepMetrics m = trainer.forward_backward();
+      const double want = loss_sum.item<double>() / m.targets;
+      EXPECT_LE(std::abs(m.loss - want), 1e-5 * std::abs(want))
+          << attention << " step " << step << ": " << m.loss << " vs one process " << want;
+      const auto& got = trainer.model().parameters();
+      const auto& ref = reference.parameters();
+      for (size_t i = 0; i < got.size(); ++i) {
+        const double rel = relative_difference(got[i].value.grad(), ref[i].value.grad() / m.targets);
+        EXPECT_LE(rel, 1e-5) << attention << " step " << step << ": gradient of " << got[i].name
+                             << " differs by " << rel;
+      }
+      // Both take the same optimizer step, so the next step starts from the same weights.
+      StepMetrics copy = m;
+      trainer.optimizer_step(&copy);
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < got.size(); ++i) ref[i].value.copy_(got[i].value);
+    }
+  }
+  if (world().size() > 1) {
+    EXPECT_TRUE(spanned) << "no document crossed a rank boundary";
+  }
+}
+
 // The reducer on its own: buckets of whole layers, last layer first, the rest last; each holds
 // the rank average after finish(); layers must be reported in order.
 TEST(Train, GradientReducerAveragesInBucketsOfLayers) {

@@ -242,6 +242,48 @@ TEST(Data, TokenFileFillCutsDocumentsAtBudgetsAndLosesNoToken) {
   EXPECT_THROW(rank1.next(), Error);
 }
 
+// packing "span": dealt like "fill", and the batches say where documents cross rank boundaries.
+TEST(Data, TokenFileSpanMarksDocumentsCutBetweenRanks) {
+  TempDir dir;
+  const std::string path = dir.path() + "/tokens.bin";
+  // Documents [1 2 3], [4 5], [6 7 8 9 10 11]; budget 4, three ranks.
+  std::vector<uint16_t> tokens = {1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10, 11, 0};
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(tokens.data()), tokens.size() * 2);
+  config::DataConfig d;
+  d.set_token_file(path);
+  d.set_context_length(4);
+  d.set_packing("span");
+  DataLoader r0(d, 16, 0, 3), r1(d, 16, 1, 3), r2(d, 16, 2, 3);
+  // Step 1: rank 0 [1 2 3][4 ->], rank 1 [-> 5][6 7 8 ->], rank 2 [-> 9 10 11][1 (last rank:
+  // not marked; the rest starts step 2 as a document of its own)].
+  RankBatch a = r0.next(), b = r1.next(), c = r2.next();
+  EXPECT_EQ(a.doc_lengths, (std::vector<int64_t>{3, 1}));
+  EXPECT_FALSE(a.first_continues);
+  EXPECT_TRUE(a.last_continues);
+  EXPECT_EQ(a.last_target, 5);
+  EXPECT_EQ(b.doc_lengths, (std::vector<int64_t>{1, 3}));
+  EXPECT_TRUE(b.first_continues);
+  EXPECT_EQ(b.first_offset, 1);
+  EXPECT_TRUE(b.last_continues);
+  EXPECT_EQ(b.last_target, 9);
+  EXPECT_EQ(c.doc_lengths, (std::vector<int64_t>{3, 1}));
+  EXPECT_TRUE(c.first_continues);
+  EXPECT_EQ(c.first_offset, 3);
+  EXPECT_FALSE(c.last_continues);
+  // Step 2 starts inside [1 2 3] (offset 1): for rank 0 that is a document of its own; [4 5]
+  // ends exactly at rank 0's budget, so rank 1 starts a new document [6 7 8 9 ->].
+  RankBatch a2 = r0.next(), b2 = r1.next();
+  EXPECT_EQ(a2.doc_lengths, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(a2.tokens[0].item<int64_t>(), 2);
+  EXPECT_FALSE(a2.first_continues);
+  EXPECT_FALSE(a2.last_continues);
+  EXPECT_EQ(b2.doc_lengths, (std::vector<int64_t>{4}));
+  EXPECT_FALSE(b2.first_continues);
+  EXPECT_TRUE(b2.last_continues);
+  EXPECT_EQ(b2.last_target, 10);
+}
+
 TEST(Data, SyntheticFillGivesEveryRankTheBudgetFromOneStream) {
   config::DataConfig d = synthetic_data();
   d.set_packing("fill");

@@ -133,6 +133,38 @@ TEST(PlanCad, AwkwardLayouts) {
   EXPECT_TRUE(none.tasks.empty());
 }
 
+// Documents cut at rank boundaries (packing "span"): hand-built pieces, then a plan over them.
+TEST(PlanCad, LayoutFromRankPiecesJoinsContinuations) {
+  // Rank 0: [5][3 ->], rank 1: [-> 4 ->] (the middle of the same document), rank 2: empty,
+  // rank 3: [-> 2][6]. Document 1 is 3 + 4 + 2 = 9 tokens over ranks 0, 1 and 3.
+  Layout layout = layout_from_rank_pieces({{5, 3}, {4}, {}, {2, 6}}, {false, true, false, true});
+  ASSERT_EQ(layout.documents.size(), 3u);
+  EXPECT_EQ(layout.tokens_per_rank, (std::vector<int64_t>{8, 4, 0, 8}));
+  const PlacedDocument& cut = layout.documents[1];
+  EXPECT_EQ(cut.length_tokens, 9);
+  ASSERT_EQ(cut.pieces.size(), 3u);
+  EXPECT_EQ(cut.pieces[0].rank, 0);
+  EXPECT_EQ(cut.pieces[0].doc_begin, 0);
+  EXPECT_EQ(cut.pieces[0].local_row, 5);
+  EXPECT_EQ(cut.pieces[1].rank, 1);
+  EXPECT_EQ(cut.pieces[1].doc_begin, 3);
+  EXPECT_EQ(cut.pieces[1].doc_end, 7);
+  EXPECT_EQ(cut.pieces[1].local_row, 0);
+  EXPECT_EQ(cut.pieces[2].rank, 3);
+  EXPECT_EQ(cut.pieces[2].doc_begin, 7);
+  EXPECT_EQ(cut.pieces[2].doc_end, 9);
+  EXPECT_EQ(layout.documents[2].pieces[0].local_row, 2);
+  CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
+  PlannerOptions options;
+  options.min_shard_tokens = 1;
+  expect_valid(plan_cad(layout, all_ranks(4), 4, cost, options), options);
+  validate_plan(plan_colocated(layout));
+  // Nothing to continue, or a continuing rank without tokens.
+  EXPECT_THROW(layout_from_rank_pieces({{}, {4}}, {false, true}), Error);
+  EXPECT_THROW(layout_from_rank_pieces({{3}, {}}, {false, true}), Error);
+  EXPECT_THROW(layout_from_rank_pieces({{3}}, {false, false}), Error);
+}
+
 TEST(PlanCad, BadOptionsAreRejected) {
   CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
   Layout layout = layout_from_rank_documents({{10}, {20}});
