@@ -199,8 +199,9 @@ TEST(Data, TokenFileDocumentsAreSplitAndDealtToRanks) {
 
 // packing "fill": every rank gets exactly the budget; the document crossing a budget's end is cut
 // and its rest opens the next rank's budget, or the next step's.
-TEST(Data, TokenFileFillCutsDocumentsAtBudgetsAndLosesNoToken) {
-  TempDir dir;
+// A uint16 token file of documents [1 2 3], [4 5], [6 7 8 9 10 11] in `dir`, read with a
+// 4-token budget and `packing`.
+config::DataConfig three_documents(const TempDir& dir, const std::string& packing) {
   const std::string path = dir.path() + "/tokens.bin";
   std::vector<uint16_t> tokens = {1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10, 11, 0};
   std::ofstream(path, std::ios::binary)
@@ -208,7 +209,13 @@ TEST(Data, TokenFileFillCutsDocumentsAtBudgetsAndLosesNoToken) {
   config::DataConfig d;
   d.set_token_file(path);
   d.set_context_length(4);
-  d.set_packing("fill");
+  d.set_packing(packing);
+  return d;
+}
+
+TEST(Data, TokenFileFillCutsDocumentsAtBudgetsAndLosesNoToken) {
+  TempDir dir;
+  config::DataConfig d = three_documents(dir, "fill");
   DataLoader rank0(d, 16, 0, 2), rank1(d, 16, 1, 2);
   auto values = [](const RankBatch& b) {
     std::vector<int64_t> v(b.tokens.data_ptr<int64_t>(),
@@ -245,15 +252,7 @@ TEST(Data, TokenFileFillCutsDocumentsAtBudgetsAndLosesNoToken) {
 // packing "span": dealt like "fill", and the batches say where documents cross rank boundaries.
 TEST(Data, TokenFileSpanMarksDocumentsCutBetweenRanks) {
   TempDir dir;
-  const std::string path = dir.path() + "/tokens.bin";
-  // Documents [1 2 3], [4 5], [6 7 8 9 10 11]; budget 4, three ranks.
-  std::vector<uint16_t> tokens = {1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10, 11, 0};
-  std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(tokens.data()), tokens.size() * 2);
-  config::DataConfig d;
-  d.set_token_file(path);
-  d.set_context_length(4);
-  d.set_packing("span");
+  config::DataConfig d = three_documents(dir, "span");  // three ranks below
   DataLoader r0(d, 16, 0, 3), r1(d, 16, 1, 3), r2(d, 16, 2, 3);
   // Step 1: rank 0 [1 2 3][4 ->], rank 1 [-> 5][6 7 8 ->], rank 2 [-> 9 10 11][1 (last rank:
   // not marked; the rest starts step 2 as a document of its own)].
@@ -315,7 +314,9 @@ TEST(Data, SyntheticFillGivesEveryRankTheBudgetFromOneStream) {
         const int64_t first = next.tokens[0].item<int64_t>();
         const bool continued = first == table[last];
         const bool whole_end = b.doc_lengths.back() + next.doc_lengths.front() > 40;
-        if (whole_end) EXPECT_TRUE(continued) << "rank " << r << " step " << step;
+        if (whole_end) {
+          EXPECT_TRUE(continued) << "rank " << r << " step " << step;
+        }
         continued_boundaries += continued;
       }
     }
