@@ -502,7 +502,8 @@ class FlashKernel : public CoreAttentionKernel {
                               Direction direction, const torch::Device& device) {
     if (!options_.split_short_shards || group < 2 || batch.cu_q_host.empty()) return nullptr;
     for (auto it = plans_.begin(); it != plans_.end(); ++it) {
-      if (it->group == group && it->direction == direction && it->device == device &&
+      if (it->heads == heads && it->group == group && it->direction == direction &&
+          it->device == device &&
           it->cu_q == batch.cu_q_host && it->cu_k == batch.cu_k_host) {
         plans_.splice(plans_.begin(), plans_, it);  // most recent first
         return plans_.front().plan.get();
@@ -513,7 +514,7 @@ class FlashKernel : public CoreAttentionKernel {
                 "flash kernel: the batch's host cumulative lengths (", batch.cu_q_host.size(), ", ",
                 batch.cu_k_host.size(), ") do not match its device ones (",
                 batch.cu_seqlens_q.size(0), ")");
-    plans_.push_front({batch.cu_q_host, batch.cu_k_host, group, direction, device,
+    plans_.push_front({batch.cu_q_host, batch.cu_k_host, heads, group, direction, device,
                        make_split_plan(batch, heads, group, direction, options_, device)});
     if (plans_.size() > kCachedPlans) plans_.pop_back();
     return plans_.front().plan.get();
@@ -522,6 +523,7 @@ class FlashKernel : public CoreAttentionKernel {
  private:
   struct CachedPlan {
     std::vector<int64_t> cu_q, cu_k;
+    int64_t heads;
     int64_t group;
     Direction direction;
     torch::Device device;

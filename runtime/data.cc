@@ -156,6 +156,7 @@ RankBatch DataLoader::next_from_file() {
     }
   }
   position_.file_document = cursor % count;
+  position_.file_token_offset = 0;  // whole documents: a fill/span position restarts there
   batch.tokens = torch::empty({batch.token_count()}, torch::kLong);
   int64_t* out = batch.tokens.data_ptr<int64_t>();
   for (size_t i = 0; i < mine.size(); ++i) {

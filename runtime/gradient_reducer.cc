@@ -30,23 +30,48 @@ GradientReducer::GradientReducer(const LlamaModel& model, comm::Transport& dp,
                 " is ", p.value.scalar_type(), "; the master weights must be fp32");
     by_layer[layer_of(p.name)].push_back(&p);
   }
-  // Group layers L-1 ... 0 into buckets of at least bucket_bytes; the rest is the last bucket.
+  // Buckets in the order backward finishes their parameters. The final norm and an untied LM
+  // head are final once the loss has run, before any layer: they ride in the first bucket. Then
+  // layers L-1 ... 0 in buckets of at least bucket_bytes (whole layers, never more elements than
+  // one all-reduce call takes); the embedding, which backward reaches last, alone at the end.
   std::vector<std::pair<int, std::vector<const NamedParameter*>>> groups;
-  std::vector<const NamedParameter*> pending;
-  int64_t pending_bytes = 0;
+  std::vector<const NamedParameter*> pending, embedding;
+  for (const NamedParameter* p : by_layer[-1]) {
+    (p->name == "embedding" ? embedding : pending).push_back(p);
+  }
+  auto elements = [](const std::vector<const NamedParameter*>& members) {
+    int64_t n = 0;
+    for (const NamedParameter* p : members) n += p->value.numel();
+    return n;
+  };
+  int64_t pending_elements = elements(pending);
+  int lowest = -1;  // the lowest layer in pending
   for (auto& [layer, members] : by_layer) {
     if (layer < 0) continue;
-    for (const NamedParameter* p : members) {
-      pending.push_back(p);
-      pending_bytes += p->value.numel() * 4;
+    const int64_t n = elements(members);
+    CADRE_CHECK(n <= kMaxBucketElements, "gradient reducer: layer ", layer, " has ", n,
+                " parameters; one all-reduce takes at most ", kMaxBucketElements);
+    if (lowest >= 0 && pending_elements + n > kMaxBucketElements) {
+      groups.emplace_back(lowest, std::move(pending));
+      pending.clear();
+      pending_elements = 0;
     }
-    if (pending_bytes >= bucket_bytes || layer == 0) {
+    pending.insert(pending.end(), members.begin(), members.end());
+    pending_elements += n;
+    lowest = layer;
+    if (pending_elements * 4 >= bucket_bytes || layer == 0) {
       groups.emplace_back(layer, std::move(pending));
       pending.clear();
-      pending_bytes = 0;
+      pending_elements = 0;
     }
   }
-  if (by_layer.count(-1)) groups.emplace_back(-1, by_layer[-1]);
+  if (!pending.empty()) groups.emplace_back(-1, std::move(pending));  // a model without layers
+  if (!embedding.empty()) {
+    CADRE_CHECK(elements(embedding) <= kMaxBucketElements, "gradient reducer: the embedding has ",
+                elements(embedding), " parameters; one all-reduce takes at most ",
+                kMaxBucketElements);
+    groups.emplace_back(-1, std::move(embedding));
+  }
 
   torch::NoGradGuard no_grad;
   for (auto& [last_layer, members] : groups) {
@@ -85,8 +110,18 @@ GradientReducer::~GradientReducer() {
 }
 
 void GradientReducer::begin() {
-  for (const Bucket& b : buckets_) {
-    CADRE_CHECK(!b.work, "gradient reducer: begin() while a reduction is in flight");
+  // A step that failed midway can leave reductions in flight and gradients half accumulated:
+  // wait for the former and clear the latter before anything else touches the buckets.
+  bool interrupted = false;
+  for (Bucket& b : buckets_) {
+    if (!b.work) continue;
+    b.work->wait();
+    b.work.reset();
+    interrupted = true;
+  }
+  if (interrupted) {
+    torch::NoGradGuard no_grad;
+    for (Bucket& b : buckets_) b.flat.zero_();
   }
   next_ = 0;
   expected_layer_ = model_.config().num_layers() - 1;

@@ -1,10 +1,10 @@
 // Data-parallel gradient all-reduce that overlaps with backward. Every parameter's .grad() is a
 // view into one of a few flat fp32 buffers ("buckets"), so the all-reduce runs in place on the
 // buffer with no packing copy. Buckets follow the order in which backward finishes parameters
-// (the last decoder layer first, the embedding, final norm and LM head last); a bucket's
-// all-reduce starts as soon as its last layer is reported ready, on the transport's
-// communication stream, while the compute stream goes on with earlier layers. finish() starts
-// the rest, waits for all of them and divides by the number of ranks.
+// (the final norm and an untied LM head with the last decoder layer, then the layers down to the
+// first, the embedding last); a bucket's all-reduce starts as soon as its last layer is reported
+// ready, on the transport's communication stream, while the compute stream goes on with earlier
+// layers. finish() starts the rest, waits for all of them and divides by the number of ranks.
 #pragma once
 
 #include <torch/types.h>
@@ -21,6 +21,9 @@ namespace cadre::runtime {
 
 class GradientReducer {
  public:
+  // One all-reduce call takes at most this many elements (the MPI transport's int count).
+  static constexpr int64_t kMaxBucketElements = 2147483647;
+
   // Allocates the buckets (zeros, on each parameter's device) and points every parameter's grad
   // at its slice; a bucket closes once it holds at least `bucket_bytes` (whole layers only).
   // `model` and `dp` must outlive the reducer. `stream` is passed to the timeline's
@@ -30,7 +33,8 @@ class GradientReducer {
   ~GradientReducer();
 
   // Starts a step's reduction; layer_ready is then called for layers L-1 ... 0 in that order,
-  // each once the layer's gradients are final, and finish() after the whole backward.
+  // each once the layer's gradients are final, and finish() after the whole backward. After a
+  // step that threw midway, begin() waits for its reductions and zeroes the gradients.
   void begin();
   void layer_ready(int layer);
   void finish();

@@ -132,12 +132,13 @@ class Executor {
     // Backward, mirrored.
     for (int l = layers - 1; l >= 0; --l) {
       for (NanoState& n : nanos) {
-        if (l < layers - 1) {
-          pre_backward(n, l + 1);
-          if (&n == &nanos.back()) layer_done(l + 1);
-        }
+        if (l < layers - 1) pre_backward(n, l + 1);
         post_backward(n, l);
       }
+      // Layer l+1 is finished. Its gradient all-reduce is issued after this layer's sends, so
+      // on a shared communication stream it runs under the servers' attention below instead of
+      // delaying the sends the servers wait for.
+      if (l < layers - 1) layer_done(l + 1);
       for (NanoState& n : nanos) n.layers[l].attention->backward_serve();
     }
     double loss = 0;

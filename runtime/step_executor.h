@@ -62,9 +62,10 @@ struct ExecutorOptions {
   int64_t loss_chunk_tokens = 0;   // 0: the whole nano-batch at once
   double loss_scale = 1.0;         // backward runs on loss_sum * loss_scale
   comm::Timeline* timeline = nullptr;
-  // Called with layers L-1, ..., 0, each as soon as that layer's parameters have received their
-  // last gradient of this run (every nano-batch's backward through it): the trainer starts their
-  // data-parallel all-reduce there. Empty: not called.
+  // Called with layers L-1, ..., 0, each once that layer's parameters have received their last
+  // gradient of this run (every nano-batch's backward through it) and the next layer's
+  // core-attention sends have been issued: the trainer starts their data-parallel all-reduce
+  // there. Empty: not called.
   std::function<void(int layer)> layer_gradients_ready;
 };
 

@@ -332,9 +332,13 @@ StepMetrics Trainer::forward_backward() {
   double local_loss = 0;
   if (reducer_) reducer_->begin();
   for (Micro& mb : micros) {
-    // The last micro-batch's backward finishes the gradients: its layers start their all-reduce.
+    // The last micro-batch's backward finishes the gradients: its layers start their all-reduce
+    // (in-place servers: on the same communicator and stream as the all-to-alls, in issue order).
     options.layer_gradients_ready = nullptr;
-    if (reducer_ && training.overlap_grad_reduce() && &mb == &micros.back()) {
+    // With dedicated servers the workers reduce on a communicator of their own; NCCL does not
+    // promise progress for two communicators' kernels in flight at once, so there the buckets
+    // start after backward.
+    if (reducer_ && training.overlap_grad_reduce() && !dedicated && &mb == &micros.back()) {
       GradientReducer* reducer = reducer_.get();
       options.layer_gradients_ready = [reducer](int layer) { reducer->layer_ready(layer); };
     }

@@ -215,7 +215,7 @@ Layout layout_from_rank_documents(const std::vector<std::vector<int64_t>>& lengt
 
 Layout layout_from_rank_pieces(const std::vector<std::vector<int64_t>>& lengths_per_rank,
                                const std::vector<bool>& continues) {
-  CADRE_CHECK(!lengths_per_rank.empty(), "layout_from_rank_documents: no ranks given");
+  CADRE_CHECK(!lengths_per_rank.empty(), "layout_from_rank_pieces: no ranks given");
   CADRE_CHECK(continues.size() == lengths_per_rank.size(), "layout_from_rank_pieces: ",
               continues.size(), " continuation flags for ", lengths_per_rank.size(), " ranks");
   Layout layout;
@@ -224,7 +224,7 @@ Layout layout_from_rank_pieces(const std::vector<std::vector<int64_t>>& lengths_
   for (int32_t r = 0; r < layout.num_ranks; ++r) {
     for (size_t i = 0; i < lengths_per_rank[r].size(); ++i) {
       const int64_t len = lengths_per_rank[r][i];
-      CADRE_CHECK(len >= 1, "layout_from_rank_documents: rank ", r,
+      CADRE_CHECK(len >= 1, "layout_from_rank_pieces: rank ", r,
                   " has a document of length ", len, "; accepted: >= 1 token");
       if (i == 0 && continues[r]) {
         CADRE_CHECK(!layout.documents.empty(), "layout_from_rank_pieces: rank ", r,
