@@ -128,6 +128,7 @@ void GradientReducer::begin() {
 }
 
 void GradientReducer::start(Bucket& bucket) {
+  bucket.seen_done = false;
   if (timeline_) bucket.span = timeline_->begin_communication("grad all-reduce", stream_);
   bucket.work = dp_.all_reduce_sum(bucket.flat.data_ptr(), bucket.flat.numel(),
                                    comm::DataType::kFloat32);
@@ -139,6 +140,15 @@ void GradientReducer::layer_ready(int layer) {
               " reported ready, expected layer ", expected_layer_,
               " (layers report once each, from the last to the first, after begin())");
   --expected_layer_;
+  // Poll the buckets in flight: MPI progresses a non-blocking all-reduce only inside MPI calls
+  // (no progress thread), and the host timeline ends a span when its completion is seen.
+  for (size_t i = 0; i < next_; ++i) {
+    Bucket& b = buckets_[i];
+    if (b.work && !b.seen_done && b.work->done()) {
+      b.seen_done = true;
+      if (timeline_) timeline_->communication_waited(b.span);
+    }
+  }
   while (next_ < buckets_.size() && buckets_[next_].last_layer >= 0 &&
          buckets_[next_].last_layer >= layer) {
     start(buckets_[next_++]);
@@ -156,7 +166,7 @@ void GradientReducer::finish() {
   for (Bucket& b : buckets_) {
     b.work->wait();
     b.work.reset();
-    if (timeline_) timeline_->communication_waited(b.span);
+    if (timeline_ && !b.seen_done) timeline_->communication_waited(b.span);
     if (ranks > 1) b.flat.div_(ranks);
   }
 }

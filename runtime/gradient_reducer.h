@@ -49,6 +49,7 @@ class GradientReducer {
     int last_layer = -1;  // the bucket starts when this layer is ready; -1: at finish()
     std::unique_ptr<comm::Work> work;
     int span = -1;
+    bool seen_done = false;  // completion seen while polling (its span is closed)
   };
   void start(Bucket& bucket);
 
