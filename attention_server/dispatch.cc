@@ -130,10 +130,7 @@ CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport
     for (size_t i = 0; i < expand.size() && expand_is_identity_; ++i) {
       expand_is_identity_ = expand[i] == static_cast<int64_t>(i);
     }
-    batch_ = make_varlen_batch(std::vector<int64_t>(b.cu_seqlens_q.begin(), b.cu_seqlens_q.end()),
-                               std::vector<int64_t>(b.cu_seqlens_k.begin(), b.cu_seqlens_k.end()));
-    batch_.max_seqlen_q = b.max_seqlen_q;
-    batch_.max_seqlen_k = b.max_seqlen_k;
+    batch_ = make_varlen_batch(b.cu_seqlens_q, b.cu_seqlens_k);  // maxima as b's
     server_q_rows_ = b.q_rows;
     server_kv_rows_ = b.kv_rows;
   }

@@ -236,6 +236,12 @@ RankBatch DataLoader::next_synthetic_filled(bool span) {
     }
     return lengths[d];
   };
+  // Token `at` of document d: its start token followed `at` times through the successor table.
+  auto token_at = [&](int64_t d, int64_t at) {
+    int64_t token = starts[d];
+    for (int64_t i = 0; i < at; ++i) token = successor_[token];
+    return token;
+  };
   int64_t document = 0, offset = 0;
   std::vector<Piece> pieces = deal_filled(length, document, offset, budget, rank_, world_size_);
   RankBatch batch;
@@ -243,20 +249,13 @@ RankBatch DataLoader::next_synthetic_filled(bool span) {
   int64_t* out = batch.tokens.data_ptr<int64_t>();
   for (const Piece& p : pieces) {
     batch.doc_lengths.push_back(p.length);
-    int64_t token = starts[p.document];
-    for (int64_t i = 0; i < p.offset; ++i) token = successor_[token];
+    int64_t token = token_at(p.document, p.offset);
     for (int64_t i = 0; i < p.length; ++i) {
       *out++ = token;
       token = successor_[token];
     }
   }
-  if (span) {
-    mark_spans(batch, pieces, 0, 0, rank_, world_size_, length, [&](int64_t d, int64_t at) {
-      int64_t token = starts[d];
-      for (int64_t i = 0; i < at; ++i) token = successor_[token];
-      return token;
-    });
-  }
+  if (span) mark_spans(batch, pieces, 0, 0, rank_, world_size_, length, token_at);
   return batch;
 }
 

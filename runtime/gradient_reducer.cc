@@ -75,11 +75,10 @@ GradientReducer::GradientReducer(const LlamaModel& model, comm::Transport& dp,
 
   torch::NoGradGuard no_grad;
   for (auto& [last_layer, members] : groups) {
-    int64_t total = 0;
-    for (const NamedParameter* p : members) total += p->value.numel();
     Bucket bucket;
     bucket.last_layer = last_layer;
-    bucket.flat = torch::zeros({total}, members.front()->value.options().requires_grad(false));
+    bucket.flat =
+        torch::zeros({elements(members)}, members.front()->value.options().requires_grad(false));
     int64_t offset = 0;
     for (const NamedParameter* p : members) {
       CADRE_CHECK(p->value.device() == bucket.flat.device(), "gradient reducer: parameter ",

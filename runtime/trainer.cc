@@ -99,6 +99,13 @@ bool has_spanning_document(const scheduler::Layout& layout) {
   return false;
 }
 
+// Lengths of documents `docs` of a batch.
+std::vector<int64_t> document_lengths(const RankBatch& batch, const std::vector<int>& docs) {
+  std::vector<int64_t> lengths;
+  for (int d : docs) lengths.push_back(batch.doc_lengths[d]);
+  return lengths;
+}
+
 // Local rows of documents `docs` of a batch laid out back to back.
 torch::Tensor document_rows(const std::vector<int64_t>& lengths, const std::vector<int>& docs) {
   std::vector<int64_t> start(lengths.size() + 1, 0);
@@ -270,9 +277,8 @@ StepMetrics Trainer::forward_backward() {
   // Every micro-batch's documents, known to every rank (servers contribute none).
   struct Micro {
     RankBatch batch;
-    std::vector<std::vector<int>> nano_docs;               // this rank's docs per nano-batch
-    std::vector<std::vector<std::vector<int64_t>>> nano_lengths;  // [nano][worker] lengths
-    std::vector<scheduler::Layout> nano_layouts;
+    std::vector<std::vector<int>> nano_docs;  // this rank's docs per nano-batch
+    std::vector<scheduler::Layout> nano_layouts;  // every worker's pieces per nano-batch
   };
   std::vector<Micro> micros(micro_batches);
   std::vector<double> owner_us(num_workers_, 0.0);
@@ -288,7 +294,7 @@ StepMetrics Trainer::forward_backward() {
     for (int j = 0; j < nano_count; ++j) {
       // First entry: whether this rank's first piece here continues the previous rank's last.
       std::vector<int64_t> mine{mb.batch.first_continues && j == 0 ? 1 : 0};
-      for (int d : mb.nano_docs[j]) mine.push_back(mb.batch.doc_lengths[d]);
+      for (int64_t n : document_lengths(mb.batch, mb.nano_docs[j])) mine.push_back(n);
       auto gathered = gather_lengths(control_, mine);
       gathered.resize(num_workers_);
       std::vector<std::vector<int64_t>> lengths(num_workers_);
@@ -308,7 +314,6 @@ StepMetrics Trainer::forward_backward() {
               cost_->attention_forward_backward_us(piece.doc_end - piece.doc_begin, piece.doc_end);
         }
       }
-      mb.nano_lengths.push_back(std::move(lengths));
       mb.nano_layouts.push_back(std::move(layout));
     }
   }
@@ -347,9 +352,8 @@ StepMetrics Trainer::forward_backward() {
     std::vector<NanoBatch> nanos(nano_count);
     for (int j = 0; j < nano_count; ++j) {
       NanoBatch& nano = nanos[j];
-      // This rank's lengths of nano-batch j, as gathered (a dedicated server has none).
-      const std::vector<int64_t> mine =
-          is_worker() ? mb.nano_lengths[j][control_.rank()] : std::vector<int64_t>{};
+      // This rank's lengths of nano-batch j (a dedicated server has none).
+      const std::vector<int64_t> mine = document_lengths(mb.batch, mb.nano_docs[j]);
       if (is_worker()) {
         auto tokens = mb.batch.tokens.index_select(0, document_rows(mb.batch.doc_lengths,
                                                                     mb.nano_docs[j]));
