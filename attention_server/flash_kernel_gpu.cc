@@ -202,36 +202,41 @@ double causal_forward_estimate(const std::vector<std::pair<int64_t, int64_t>>& s
   return estimate.makespan();
 }
 
-// (q, keys) of each sequence described by cumulative query and key counts.
-std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>& cu_q,
-                                                      const std::vector<int64_t>& cu_k) {
-  std::vector<std::pair<int64_t, int64_t>> sequences;
-  for (size_t i = 0; i + 1 < cu_q.size(); ++i) {
-    sequences.emplace_back(cu_q[i + 1] - cu_q[i], cu_k[i + 1] - cu_k[i]);
+// Whether the forward of this batch should split its eligible sequences (prefix chunks folded
+// over the group, then the rest): the split wins when a few long prefixes would otherwise leave
+// their thread blocks running alone at the end of the launch. The folded prefix runs about 10%
+// below the unsplit kernel per key (measured on uniform batches), hence the factor.
+bool forward_split_pays(const VarlenBatch& batch, int64_t heads, int64_t group, int64_t slots,
+                        const FlashKernelOptions& options) {
+  const auto& cq = batch.cu_q_host;
+  const auto& ck = batch.cu_k_host;
+  std::vector<std::pair<int64_t, int64_t>> all, rest;
+  std::vector<std::pair<int64_t, int64_t>> chunks;  // (folded queries, keys) of prefix chunks
+  bool any = false;
+  for (size_t i = 0; i + 1 < cq.size(); ++i) {
+    const int64_t q = cq[i + 1] - cq[i], keys = ck[i + 1] - ck[i];
+    all.emplace_back(q, keys);
+    if (!split_sequence(q, keys, Direction::kForward, options)) {
+      rest.emplace_back(q, keys);
+      continue;
+    }
+    any = true;
+    rest.emplace_back(q, q);
+    for (int64_t c = 0; c < keys - q; c += options.prefix_chunk_keys) {
+      chunks.emplace_back(q * group, std::min(options.prefix_chunk_keys, keys - q - c));
+    }
   }
-  return sequences;
-}
-
-// Whether a forward split pays, from the two launches it would make (the prefix call's folded
-// chunks, no mask, `kv_heads` heads; the rest call, causal) against the unsplit one: the split
-// wins when a few long prefixes would otherwise leave their thread blocks running alone at the
-// end of the launch. The folded prefix runs about 5-10% below the unsplit kernel per key
-// (measured on uniform batches), hence the factor.
-bool forward_split_pays(const VarlenBatch& batch, const std::vector<int64_t>& cu_q_prefix,
-                        const std::vector<int64_t>& cu_k_prefix,
-                        const std::vector<int64_t>& cu_k_rest, int64_t heads, int64_t group,
-                        int64_t slots) {
-  const double unsplit =
-      causal_forward_estimate(sequences_of(batch.cu_q_host, batch.cu_k_host), heads, slots);
+  if (!any) return false;
+  if (options.force_forward_split) return true;
+  const double unsplit = causal_forward_estimate(all, heads, slots);
   ScheduleEstimate prefix(slots);
   for (int64_t h = 0; h < heads / group; ++h) {
-    for (auto [rows, keys] : sequences_of(cu_q_prefix, cu_k_prefix)) {
+    for (auto [rows, keys] : chunks) {
       for (int64_t m = 0; m * kForwardBlockQueries < rows; ++m) prefix.add(static_cast<double>(keys));
     }
   }
-  const double split = prefix.makespan() / kFoldedForwardEfficiency +
-                       causal_forward_estimate(sequences_of(batch.cu_q_host, cu_k_rest), heads,
-                                               slots);
+  const double split =
+      prefix.makespan() / kFoldedForwardEfficiency + causal_forward_estimate(rest, heads, slots);
   return split < unsplit;
 }
 
@@ -240,6 +245,14 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
                                            int64_t group, Direction direction,
                                            const FlashKernelOptions& options,
                                            const torch::Device& device) {
+  if (direction == Direction::kForward) {
+    const int64_t slots =
+        options.forward_slots > 0
+            ? options.forward_slots
+            : 2 * static_cast<int64_t>(
+                      at::cuda::getDeviceProperties(device.index())->multiProcessorCount);
+    if (!forward_split_pays(batch, heads, group, slots, options)) return nullptr;
+  }
   const auto& cq = batch.cu_q_host;
   const auto& ck = batch.cu_k_host;
   // Forward cuts long prefixes into chunks; backward keeps one piece (it already splits keys
@@ -277,14 +290,6 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
     cu_rest.push_back(cu_rest.back() + q);
   }
   if (!any) return nullptr;
-  if (direction == Direction::kForward && !options.force_forward_split) {
-    const int64_t slots =
-        options.forward_slots > 0
-            ? options.forward_slots
-            : 2 * static_cast<int64_t>(
-                      at::cuda::getDeviceProperties(device.index())->multiProcessorCount);
-    if (!forward_split_pays(batch, cu_q, cu_k, cu_rest, heads, group, slots)) return nullptr;
-  }
   auto max_step = [](const std::vector<int64_t>& cu) {
     int64_t m = 0;
     for (size_t i = 1; i < cu.size(); ++i) m = std::max(m, cu[i] - cu[i - 1]);
