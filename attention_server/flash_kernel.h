@@ -13,9 +13,8 @@ namespace cadre::attention_server {
 // Short query shards: FlashAttention-2 runs a shard of q queries against a long key prefix at a
 // fraction of its whole-document speed (backward especially: each 128-key block meets only q
 // query rows, and GQA makes it expand dK/dV to every query head; forward: a few long prefixes
-// leave their thread blocks running alone at the end). With GQA (heads > kv_heads) and the
-// batch's host cumulative lengths, the kernel splits a sequence with q < keys and
-// q <= max_split_queries into
+// leave their thread blocks running alone at the end). With the batch's host cumulative lengths,
+// the kernel splits a sequence with q < keys into
 //   - its unmasked prefix (keys [0, keys - q)): no causal mask, so the heads sharing a KV head
 //     fold into query rows (q * group rows, kv_heads heads: plain multi-head attention, no dK/dV
 //     expansion); in forward cut into chunks of at most prefix_chunk_keys keys;
@@ -24,14 +23,18 @@ namespace cadre::attention_server {
 // which makes the parts' gradients exact; they are summed. The prefix call reads K/V in place
 // (the other key rows ride along as sequences without queries); only diagonal blocks and
 // unsplit sequences are gathered. Which sequences split (measured on H200, docs/gpu.md):
-//   backward: prefix >= backward_min_prefix_ratio * q and >= backward_min_prefix_keys;
-//   forward: all eligible ones or none, whichever a schedule estimate of the two launches
-//     (thread blocks placed greedily on forward_slots concurrent slots, 0 = two per SM) says is
-//     faster: the folded, chunked forward is ~10% slower per key but has no long stragglers.
+//   backward (GQA only: without a group to fold, the split gains nothing there): q <=
+//     max_backward_split_queries and prefix >= backward_min_prefix_ratio * q and >=
+//     backward_min_prefix_keys;
+//   forward (GQA and MHA): q <= max_forward_split_queries; all eligible ones or none, whichever a
+//     schedule estimate of the two launches (thread blocks placed greedily on forward_slots
+//     concurrent slots, 0 = two per SM) says is faster: the chunked forward is ~5% slower per
+//     key but has no long stragglers.
 // Not thread-safe (it caches the split of the last batches it saw).
 struct FlashKernelOptions {
   bool split_short_shards = true;
-  int64_t max_split_queries = 1024;
+  int64_t max_forward_split_queries = 2048;
+  int64_t max_backward_split_queries = 2048;
   int64_t backward_min_prefix_ratio = 8;
   int64_t backward_min_prefix_keys = 1024;
   int64_t forward_slots = 0;

@@ -25,6 +25,8 @@
 
 #include "attention_server/flash_kernel.h"
 #include "attention_server/kernel.h"
+#include "attention_server/lse_merge.h"
+#include "comm/cuda_check.h"
 #include "common/error.h"
 
 namespace cadre::attention_server {
@@ -137,6 +139,9 @@ struct SplitPlan {
   torch::Tensor rest_rows;  // int64 [rest keys]: rows of k, v
   torch::Tensor cu_k_rest;
   int64_t max_k_rest = 0;
+  // Forward merge (lse_merge.h): the split tokens, and for each its chunk rows.
+  torch::Tensor merge_tokens, merge_offsets, merge_rows;  // int32
+  int64_t merge_count = 0;
 };
 
 enum class Direction { kForward, kBackward };
@@ -159,13 +164,14 @@ torch::Tensor int64_on(const std::vector<int64_t>& values, const torch::Device& 
 // estimate below.
 bool split_sequence(int64_t q, int64_t keys, Direction direction,
                     const FlashKernelOptions& options) {
-  if (q <= 0 || q >= keys || q > options.max_split_queries) return false;
+  if (q <= 0 || q >= keys) return false;
   const int64_t prefix = keys - q;
   if (direction == Direction::kBackward) {
-    return prefix >= options.backward_min_prefix_ratio * q &&
+    return q <= options.max_backward_split_queries &&
+           prefix >= options.backward_min_prefix_ratio * q &&
            prefix >= options.backward_min_prefix_keys;
   }
-  return true;
+  return q <= options.max_forward_split_queries;
 }
 
 // Forward time estimate of a FlashAttention-2 launch, in key-block units: thread blocks (one per
@@ -202,41 +208,36 @@ double causal_forward_estimate(const std::vector<std::pair<int64_t, int64_t>>& s
   return estimate.makespan();
 }
 
-// Whether the forward of this batch should split its eligible sequences (prefix chunks folded
-// over the group, then the rest): the split wins when a few long prefixes would otherwise leave
-// their thread blocks running alone at the end of the launch. The folded prefix runs about 10%
-// below the unsplit kernel per key (measured on uniform batches), hence the factor.
-bool forward_split_pays(const VarlenBatch& batch, int64_t heads, int64_t group, int64_t slots,
-                        const FlashKernelOptions& options) {
-  const auto& cq = batch.cu_q_host;
-  const auto& ck = batch.cu_k_host;
-  std::vector<std::pair<int64_t, int64_t>> all, rest;
-  std::vector<std::pair<int64_t, int64_t>> chunks;  // (folded queries, keys) of prefix chunks
-  bool any = false;
-  for (size_t i = 0; i + 1 < cq.size(); ++i) {
-    const int64_t q = cq[i + 1] - cq[i], keys = ck[i + 1] - ck[i];
-    all.emplace_back(q, keys);
-    if (!split_sequence(q, keys, Direction::kForward, options)) {
-      rest.emplace_back(q, keys);
-      continue;
-    }
-    any = true;
-    rest.emplace_back(q, q);
-    for (int64_t c = 0; c < keys - q; c += options.prefix_chunk_keys) {
-      chunks.emplace_back(q * group, std::min(options.prefix_chunk_keys, keys - q - c));
-    }
+// (q, keys) of each sequence described by cumulative query and key counts.
+std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>& cu_q,
+                                                      const std::vector<int64_t>& cu_k) {
+  std::vector<std::pair<int64_t, int64_t>> sequences;
+  for (size_t i = 0; i + 1 < cu_q.size(); ++i) {
+    sequences.emplace_back(cu_q[i + 1] - cu_q[i], cu_k[i + 1] - cu_k[i]);
   }
-  if (!any) return false;
-  if (options.force_forward_split) return true;
-  const double unsplit = causal_forward_estimate(all, heads, slots);
+  return sequences;
+}
+
+// Whether a forward split pays, from the two launches it would make (the prefix call's folded
+// chunks, no mask, kv_heads heads; the rest call, causal) against the unsplit one: the split wins
+// when a few long prefixes would otherwise leave their thread blocks running alone at the end of
+// the launch. The folded prefix runs about 5% below the unsplit kernel per key (measured on
+// uniform batches), hence the factor.
+bool forward_split_pays(const VarlenBatch& batch, const std::vector<int64_t>& cu_q_prefix,
+                        const std::vector<int64_t>& cu_k_prefix,
+                        const std::vector<int64_t>& cu_k_rest, int64_t heads, int64_t group,
+                        int64_t slots) {
+  const double unsplit =
+      causal_forward_estimate(sequences_of(batch.cu_q_host, batch.cu_k_host), heads, slots);
   ScheduleEstimate prefix(slots);
   for (int64_t h = 0; h < heads / group; ++h) {
-    for (auto [rows, keys] : chunks) {
+    for (auto [rows, keys] : sequences_of(cu_q_prefix, cu_k_prefix)) {
       for (int64_t m = 0; m * kForwardBlockQueries < rows; ++m) prefix.add(static_cast<double>(keys));
     }
   }
   const double split =
-      prefix.makespan() / kFoldedForwardEfficiency + causal_forward_estimate(rest, heads, slots);
+      prefix.makespan() / kFoldedForwardEfficiency +
+      causal_forward_estimate(sequences_of(batch.cu_q_host, cu_k_rest), heads, slots);
   return split < unsplit;
 }
 
@@ -245,14 +246,6 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
                                            int64_t group, Direction direction,
                                            const FlashKernelOptions& options,
                                            const torch::Device& device) {
-  if (direction == Direction::kForward) {
-    const int64_t slots =
-        options.forward_slots > 0
-            ? options.forward_slots
-            : 2 * static_cast<int64_t>(
-                      at::cuda::getDeviceProperties(device.index())->multiProcessorCount);
-    if (!forward_split_pays(batch, heads, group, slots, options)) return nullptr;
-  }
   const auto& cq = batch.cu_q_host;
   const auto& ck = batch.cu_k_host;
   // Forward cuts long prefixes into chunks; backward keeps one piece (it already splits keys
@@ -261,6 +254,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
                             ? std::max<int64_t>(options.prefix_chunk_keys, 1)
                             : std::numeric_limits<int64_t>::max();
   std::vector<int64_t> fold, cu_q{0}, cu_k{0}, rest, cu_rest{0};
+  std::vector<int64_t> merge_tokens, merge_offsets{0}, merge_rows;
   bool any = false;
   auto add_prefix_sequence = [&](int64_t queries, int64_t key_end) {
     if (key_end == cu_k.back()) return;  // no keys: nothing to add
@@ -278,11 +272,18 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
     }
     any = true;
     const int64_t prefix = keys - q;
+    std::vector<int64_t> chunk_starts;  // first fold row of each chunk
     for (int64_t c = 0; c < prefix;) {
       const int64_t end = prefix - c > chunk ? c + chunk : prefix;
       add_prefix_sequence(q * group, ck[i] + end);
+      chunk_starts.push_back(static_cast<int64_t>(fold.size()));
       for (int64_t t = cq[i]; t < cq[i + 1]; ++t) fold.push_back(t);
       c = end;
+    }
+    for (int64_t t = cq[i]; t < cq[i + 1]; ++t) {
+      merge_tokens.push_back(t);
+      for (int64_t start : chunk_starts) merge_rows.push_back(start + t - cq[i]);
+      merge_offsets.push_back(static_cast<int64_t>(merge_rows.size()));
     }
     // The diagonal block: no queries in the prefix call, gathered for the rest call.
     add_prefix_sequence(0, ck[i + 1]);
@@ -290,6 +291,14 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
     cu_rest.push_back(cu_rest.back() + q);
   }
   if (!any) return nullptr;
+  if (direction == Direction::kForward && !options.force_forward_split) {
+    const int64_t slots =
+        options.forward_slots > 0
+            ? options.forward_slots
+            : 2 * static_cast<int64_t>(
+                      at::cuda::getDeviceProperties(device.index())->multiProcessorCount);
+    if (!forward_split_pays(batch, cu_q, cu_k, cu_rest, heads, group, slots)) return nullptr;
+  }
   auto max_step = [](const std::vector<int64_t>& cu) {
     int64_t m = 0;
     for (size_t i = 1; i < cu.size(); ++i) m = std::max(m, cu[i] - cu[i - 1]);
@@ -304,6 +313,15 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
   plan->rest_rows = int64_on(rest, device);
   plan->cu_k_rest = int32_on(cu_rest, device);
   plan->max_k_rest = max_step(cu_rest);
+  if (direction == Direction::kForward) {
+    CADRE_CHECK(static_cast<int64_t>(fold.size()) * group <= std::numeric_limits<int32_t>::max(),
+                "flash kernel: ", fold.size(), " folded prefix rows x group ", group,
+                " exceed the merge's 32-bit row index");
+    plan->merge_tokens = int32_on(merge_tokens, device);
+    plan->merge_offsets = int32_on(merge_offsets, device);
+    plan->merge_rows = int32_on(merge_rows, device);
+    plan->merge_count = static_cast<int64_t>(merge_tokens.size());
+  }
   return plan;
 }
 
@@ -324,11 +342,6 @@ torch::Tensor fold_lse(const torch::Tensor& lse, const torch::Tensor& rows, int6
   torch::Tensor picked = lse.index_select(1, rows);
   const int64_t n = picked.size(1), kv_heads = lse.size(0) / group;
   return picked.view({kv_heads, group, n}).transpose(1, 2).reshape({kv_heads, n * group});
-}
-// [kv_heads, rows * group] -> [heads, rows].
-torch::Tensor unfold_lse(const torch::Tensor& lse, int64_t group) {
-  const int64_t kv_heads = lse.size(0), n = lse.size(1) / group;
-  return lse.view({kv_heads, n, group}).transpose(1, 2).reshape({kv_heads * group, n});
 }
 
 class FlashKernel : public CoreAttentionKernel {
@@ -396,19 +409,26 @@ class FlashKernel : public CoreAttentionKernel {
     ForwardResult prefix = call_forward(fold_heads(q, plan.fold_rows, group), k, v,
                                         plan.cu_q_prefix, plan.cu_k_prefix, plan.max_q_prefix,
                                         plan.max_k_prefix, false, softmax_scale);
-    torch::Tensor lse_chunks = unfold_lse(prefix.lse, group);        // [heads, chunk rows]
-    torch::Tensor out_chunks = unfold_heads(prefix.out, group);      // [chunk rows, heads, d]
-    const torch::Tensor& rows = plan.fold_rows;
-    // m = max over a row's parts; weights exp(lse_part - m); out = sum(w * out_part) / sum(w).
-    torch::Tensor m = rest.lse.clone();
-    m.scatter_reduce_(1, rows.unsqueeze(0).expand_as(lse_chunks), lse_chunks, "amax", true);
-    torch::Tensor w_rest = torch::exp(rest.lse - m);                 // [heads, total_q]
-    torch::Tensor w_chunks = torch::exp(lse_chunks - m.index_select(1, rows));
-    torch::Tensor acc = rest.out.to(torch::kFloat) * w_rest.t().unsqueeze(-1);
-    acc.index_add_(0, rows, out_chunks.to(torch::kFloat) * w_chunks.t().unsqueeze(-1));
-    torch::Tensor total = w_rest.index_add(1, rows, w_chunks);
-    torch::Tensor out = (acc / total.t().unsqueeze(-1)).to(q.scalar_type());
-    return {out, m + torch::log(total)};
+    // The rest's output and log-sum-exp become the merge of every part, in place.
+    ForwardResult result{contiguous(rest.out), contiguous(rest.lse)};
+    const torch::Tensor part_out = contiguous(prefix.out), part_lse = contiguous(prefix.lse);
+    LseMergeArgs args;
+    args.dtype = q.scalar_type() == torch::kBFloat16 ? MergeDtype::kBFloat16 : MergeDtype::kHalf;
+    args.out = result.out.data_ptr();
+    args.lse = result.lse.data_ptr<float>();
+    args.part_out = part_out.data_ptr();
+    args.part_lse = part_lse.data_ptr<float>();
+    args.tokens = plan.merge_tokens.data_ptr<int32_t>();
+    args.offsets = plan.merge_offsets.data_ptr<int32_t>();
+    args.rows = plan.merge_rows.data_ptr<int32_t>();
+    args.num_tokens = plan.merge_count;
+    args.total_q = q.size(0);
+    args.part_rows = part_out.size(0);
+    args.heads = static_cast<int>(q.size(1));
+    args.kv_heads = static_cast<int>(k.size(1));
+    args.head_dim = static_cast<int>(q.size(2));
+    CADRE_CUDA_CHECK(launch_lse_merge(args, at::cuda::getCurrentCUDAStream(q.device().index())));
+    return result;
   }
 
   BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
@@ -500,7 +520,11 @@ class FlashKernel : public CoreAttentionKernel {
   // The split plan of `batch` (cached: a dispatch reuses one batch for every layer), or nullptr.
   const SplitPlan* split_plan(const VarlenBatch& batch, int64_t heads, int64_t group,
                               Direction direction, const torch::Device& device) {
-    if (!options_.split_short_shards || group < 2 || batch.cu_q_host.empty()) return nullptr;
+    // Backward splits only to fold a group: without one (MHA) its parts cost what the whole did.
+    if (!options_.split_short_shards || batch.cu_q_host.empty() ||
+        (direction == Direction::kBackward && group < 2)) {
+      return nullptr;
+    }
     for (auto it = plans_.begin(); it != plans_.end(); ++it) {
       if (it->heads == heads && it->group == group && it->direction == direction &&
           it->device == device &&
@@ -540,11 +564,12 @@ class FlashKernel : public CoreAttentionKernel {
 }  // namespace
 
 std::unique_ptr<CoreAttentionKernel> make_flash_kernel(const FlashKernelOptions& options) {
-  CADRE_CHECK(options.max_split_queries >= 1 && options.prefix_chunk_keys >= 1 &&
+  CADRE_CHECK(options.max_forward_split_queries >= 0 &&
+                  options.max_backward_split_queries >= 0 && options.prefix_chunk_keys >= 1 &&
                   options.backward_min_prefix_ratio >= 0 && options.backward_min_prefix_keys >= 0 &&
                   options.forward_slots >= 0,
-              "flash kernel: max_split_queries and prefix_chunk_keys must be positive and the "
-              "minimum prefix settings non-negative");
+              "flash kernel: prefix_chunk_keys must be positive and the split query limits, "
+              "minimum prefix settings and forward slots non-negative");
   return std::make_unique<FlashKernel>(options);
 }
 

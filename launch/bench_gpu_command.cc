@@ -27,6 +27,11 @@ std::string bench_kernel_usage() {
          "  --work-pairs N           query-key pairs per timed batch (1073741824)\n"
          "  --kv-rows-cap N          key rows per batch at most, bounds memory (2097152)\n"
          "  --warmup N --repeats N   untimed and timed runs per batch (3, 10); median reported\n"
+         "  --shards LIST            shard sizes of the table, comma-separated\n"
+         "                           (128,256,512,1024,2048,8192)\n"
+         "  --forward-split-max-queries N, --backward-split-max-queries N\n"
+         "                           longest shard the flash kernel splits in each direction\n"
+         "                           (2048, 2048; 0 = never; docs/gpu.md)\n"
          "  --no-calibration         skip the calibration grid\n";
 }
 

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -277,6 +278,25 @@ Sequences whole_documents(int64_t pairs, int64_t max_kv) {
   return Sequences(count, {length, length});
 }
 
+// "128,2048" -> {128, 2048}: positive multiples of 128 (a whole number of query blocks).
+std::vector<int64_t> parse_shard_sizes(const std::string& text) {
+  std::vector<int64_t> sizes;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    char* end = nullptr;
+    const long long value = std::strtoll(item.c_str(), &end, 10);
+    CADRE_CHECK(!item.empty() && end != nullptr && *end == '\0' && value >= 128 &&
+                    value % 128 == 0,
+                "bench kernel: --shards '", text, "': '", item,
+                "' is not a shard size; accepted: comma-separated multiples of 128, e.g. "
+                "128,2048");
+    sizes.push_back(value);
+  }
+  CADRE_CHECK(!sizes.empty(), "bench kernel: --shards is empty; accepted: e.g. 128,2048");
+  return sizes;
+}
+
 // bf16 GEMM rate on this GPU (8192^3), the ceiling the kernel is reported against.
 double measure_gemm_tflops(torch::ScalarType dtype) {
   auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA, 0);
@@ -317,7 +337,18 @@ int bench_kernel(const Args& args) {
   config.warmup = static_cast<int>(options.integer("warmup", config.warmup));
   config.repeats = static_cast<int>(options.integer("repeats", config.repeats));
   const bool calibration = !options.flag("no-calibration");
+  attention_server::FlashKernelOptions kernel_options;
+  kernel_options.max_forward_split_queries = options.integer(
+      "forward-split-max-queries", kernel_options.max_forward_split_queries);
+  kernel_options.max_backward_split_queries = options.integer(
+      "backward-split-max-queries", kernel_options.max_backward_split_queries);
+  const std::vector<int64_t> shards =
+      parse_shard_sizes(options.text("shards", "128,256,512,1024,2048,8192"));
   options.check_all_used("kernel");
+  CADRE_CHECK(kernel_options.max_forward_split_queries >= 0 &&
+                  kernel_options.max_backward_split_queries >= 0,
+              "bench kernel: --forward-split-max-queries and --backward-split-max-queries must "
+              "be >= 0 (0 = never split)");
   CADRE_CHECK(dtype == "bf16" || dtype == "fp16", "--dtype '", dtype, "'; accepted: bf16, fp16");
   config.dtype = dtype == "bf16" ? torch::kBFloat16 : torch::kHalf;
   CADRE_CHECK(config.heads > 0 && config.kv_heads > 0 && config.heads % config.kv_heads == 0,
@@ -329,7 +360,7 @@ int bench_kernel(const Args& args) {
   CADRE_CHECK(torch::cuda::is_available(), "bench kernel: no CUDA device is visible");
   CADRE_CUDA_CHECK(cudaSetDevice(0));
 
-  auto kernel = attention_server::make_flash_kernel();
+  auto kernel = attention_server::make_flash_kernel(kernel_options);
   attention_server::FlashKernelOptions unsplit;
   unsplit.split_short_shards = false;
   auto direct_kernel = attention_server::make_flash_kernel(unsplit);
@@ -340,15 +371,16 @@ int bench_kernel(const Args& args) {
             << config.kv_heads << " head_dim " << config.head_dim << "; measured " << dtype
             << " GEMM 8192^3: " << std::fixed << std::setprecision(0) << gemm_tflops
             << " TFLOP/s\n\n";
-  std::cout << "Shards run through the flash kernel as Cadre uses it (short GQA shards split into "
-               "prefix and diagonal; see docs/gpu.md); 'unsplit' is plain FlashAttention-2 on the "
-               "same batch.\n\n";
+  std::cout << "Shards run through the flash kernel as Cadre uses it (shards of up to "
+            << kernel_options.max_forward_split_queries << " / "
+            << kernel_options.max_backward_split_queries
+            << " queries split into prefix and diagonal in forward / backward, backward with GQA "
+               "only; see docs/gpu.md); 'unsplit' is plain FlashAttention-2 on the same batch.\n\n";
   std::cout << "shard  shards  max_kv   pairs(M) | fwd TF/s  bwd TF/s | unsplit fwd  bwd | whole "
                "docs   fwd TF/s  bwd TF/s | fwd ratio  bwd ratio | fwd/GEMM\n";
 
   std::ostringstream rows;
   bool all_targets_met = true;
-  const std::vector<int64_t> shards = {128, 256, 512, 1024, 2048, 8192};
   for (size_t i = 0; i < shards.size(); ++i) {
     Sequences shard_seqs = shard_batch(shards[i], config);
     KernelTiming shard = time_kernel(*kernel, shard_seqs, config, config.warmup, config.repeats);
@@ -422,7 +454,7 @@ int bench_kernel(const Args& args) {
 
   const std::string device_label =
       str_cat(info.name, " / LibTorch ", info.torch,
-              " FlashAttention-2 through Cadre's flash kernel (short GQA shards split; ", dtype, ")");
+              " FlashAttention-2 through Cadre's flash kernel (short shards split; ", dtype, ")");
   // scheduler/calibration.proto's JSON (unknown fields are rejected there, so the details that
   // have no field of their own go into "source").
   const std::string source = str_cat(
@@ -442,6 +474,8 @@ int bench_kernel(const Args& args) {
         ", \"head_dim\": ", config.head_dim, ", \"max_kv\": ", config.max_kv,
         ", \"work_pairs\": ", config.work_pairs, ", \"kv_rows_cap\": ", config.kv_rows_cap,
         ", \"warmup\": ", config.warmup, ", \"repeats\": ", config.repeats,
+        ", \"forward_split_max_queries\": ", kernel_options.max_forward_split_queries,
+        ", \"backward_split_max_queries\": ", kernel_options.max_backward_split_queries,
         ", \"flops\": \"forward 4 * causal pairs * head_dim * heads; backward 2.5x forward\"},\n"
         "  \"gemm_tflops_8192\": ",
         json_number(gemm_tflops),

@@ -9,7 +9,7 @@
 #   CADRE_BENCH_QUICK=1 scripts/gpu_check.sh   fewer repeats, no calibration grid
 #
 # A stage that fails is reported in the summary and the later stages still run; the exit code is
-# non-zero unless every stage passed.
+# non-zero unless every stage passed (bench comm skipped on a one-GPU machine counts as passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -160,4 +160,6 @@ if [ -n "${OUT:-}" ]; then
     [ -f "$f" ] && cp "$f" "$OUT/"
   done
 fi
-[ "$status_build" = ok ] && [ "$status_tests" = ok ] && [ "$status_kernel" = ok ] && [ "$status_comm" = ok ]
+# bench comm skipped for want of a second GPU is not a failure of this machine's check.
+[ "$status_build" = ok ] && [ "$status_tests" = ok ] && [ "$status_kernel" = ok ] &&
+  { [ "$status_comm" = ok ] || [ "$status_comm" = "skipped (needs 2 GPUs)" ]; }

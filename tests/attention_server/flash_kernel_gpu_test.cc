@@ -88,9 +88,10 @@ VarlenBatch make_batch(const Shape& shape, torch::Device device) {
   return make_varlen_batch(cq, ck, device);
 }
 
-// The flash kernel splitting every short GQA shard into prefix and diagonal (the layouts here
-// are below the default rules' thresholds), the same with tiny prefix chunks (many chunks per
-// shard, merged by log-sum-exp), with the default rules, and unsplit.
+// The flash kernel splitting every shard with a prefix into prefix and diagonal (forward with
+// and without GQA, backward with GQA; the layouts here are below the default rules'
+// thresholds), the same with tiny prefix chunks (many chunks per token, merged by the
+// log-sum-exp merge kernel), with the default rules, and unsplit.
 struct Variant {
   const char* name;
   FlashKernelOptions options;
