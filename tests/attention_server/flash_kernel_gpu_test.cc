@@ -1,9 +1,9 @@
 // The flash kernel (GPU build) against a float64 reference of the same masked attention, on
-// random fused layouts: output, log-sum-exp, dq, dk, dv; bf16 and fp16; head_dim 64 and 128; GQA
-// ratios 1, 4, 8; query shards (fewer queries than keys, bottom-right-aligned mask) beside whole
-// documents. Each with short GQA shards split into prefix and diagonal parts, with tiny prefix
-// chunks, with the default splitting rules, and unsplit. Also against the CPU reference kernel ("cpu") when it is
-// built. Skips without a GPU.
+// random fused layouts: output, log-sum-exp, dq, dk, dv; bf16 and fp16; head_dim 32 to 256; GQA
+// ratios 1, 2, 4, 8; query shards (fewer queries than keys, bottom-right-aligned mask) beside
+// whole documents. Each with shards split into prefix and diagonal parts, with tiny prefix
+// chunks, with the default splitting rules, and unsplit. Also against the CPU reference kernel
+// ("cpu") when it is built. Skips without a GPU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -181,6 +181,23 @@ TEST(FlashKernel, AwkwardLayouts) {
       check_shape(*flash, shape, seed++);
     }
   }
+  }
+}
+
+// The log-sum-exp merge kernel keeps head_dim / 32 values per lane (up to 256): head dims that
+// leave lanes idle (32, 96) and the largest (256), many chunks per token, both dtypes.
+TEST(FlashKernel, SplitMergeAcrossHeadDims) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  FlashKernelOptions options = variants()[1].options;  // split always, 96-key chunks
+  auto flash = make_flash_kernel(options);
+  uint64_t seed = 300;
+  for (int64_t dim : {32, 96, 256}) {
+    for (auto [heads, kv_heads] : std::vector<std::pair<int64_t, int64_t>>{{4, 4}, {4, 2}}) {
+      for (torch::ScalarType dtype : {torch::kBFloat16, torch::kHalf}) {
+        Shape shape{{{128, 1024}, {3, 700}, {64, 64}, {1, 97}}, heads, kv_heads, dim, dtype};
+        check_shape(*flash, shape, seed++);
+      }
+    }
   }
 }
 
