@@ -464,8 +464,9 @@ int bench_kernel(const Args& args) {
       "of 5 after 2 warm-up runs");
   std::string calibration_json = str_cat(
       "{\n  \"device\": ", json_string(device_label), ",\n  \"source\": ", json_string(source),
-      ",\n  \"heads\": ", config.heads, ",\n  \"head_dim\": ", config.head_dim,
-      ",\n  \"points\": [\n", points.str(), "\n  ]\n}\n");
+      ",\n  \"heads\": ", config.heads, ",\n  \"kv_heads\": ", config.kv_heads,
+      ",\n  \"head_dim\": ", config.head_dim, ",\n  \"points\": [\n", points.str(),
+      "\n  ]\n}\n");
   if (!out_path.empty()) {
     std::string json = str_cat(
         "{\n  \"benchmark\": \"cadre bench kernel\",\n  \"kernel\": \"flash\",\n  \"device\": ",
