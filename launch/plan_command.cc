@@ -196,7 +196,6 @@ int64_t sum(const std::vector<int64_t>& v) {
   return total;
 }
 
-
 std::string format_bytes(int64_t bytes) {
   std::ostringstream out;
   out << std::fixed << std::setprecision(2);
@@ -422,7 +421,8 @@ int run_plan(const Args& args) {
   }
 
   const auto& cluster = config.cluster();
-  const scheduler::CostModel cost(config.model(), cluster, scheduler::calibration_for(cluster));
+  const scheduler::CostModel cost(config.model(), cluster,
+                                  scheduler::calibration_for(cluster, config.model()));
   const int32_t stage_layers = config.model().num_layers() / cluster.pipeline_parallel();
 
   std::vector<int32_t> server_ranks;

@@ -229,8 +229,8 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   }
   const bool flash = device_.is_cuda() && dtype_ != torch::kFloat;
   kernel_ = attention_server::make_kernel(flash ? "flash" : "cpu");
-  cost_ = std::make_unique<scheduler::CostModel>(config.model(), config.cluster(),
-                                                 scheduler::calibration_for(config.cluster()));
+  cost_ = std::make_unique<scheduler::CostModel>(
+      config.model(), config.cluster(), scheduler::calibration_for(config.cluster(), config.model()));
 #ifdef CADRE_WITH_CUDA
   if (device_.is_cuda()) {
     const auto& nccl = static_cast<const comm::NcclTransport&>(data);

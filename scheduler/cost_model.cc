@@ -16,6 +16,7 @@
 namespace cadre::scheduler {
 
 extern const char* const kDefaultCalibrationJson;
+extern const char* const kDefaultMhaCalibrationJson;
 
 namespace {
 
@@ -33,6 +34,11 @@ CalibrationTable parse_calibration(const std::string& json, const std::string& s
   CalibrationTable table;
   table.device = proto.device();
   table.heads = proto.heads() > 0 ? proto.heads() : 32;
+  CADRE_CHECK(
+      proto.kv_heads() >= 0 && (proto.kv_heads() == 0 || table.heads % proto.kv_heads() == 0),
+      "calibration table ", source, " has kv_heads ", proto.kv_heads(), " for ", table.heads,
+      " heads; accepted: 0 (not recorded) or a divisor of heads");
+  table.kv_heads = proto.kv_heads();
   table.head_dim = proto.head_dim() > 0 ? proto.head_dim() : 128;
   CADRE_CHECK(proto.points_size() > 0, "calibration table ", source,
               " has no points; accepted: at least one measured shape");
@@ -57,9 +63,25 @@ const CalibrationTable& default_calibration() {
   return table;
 }
 
-CalibrationTable calibration_for(const config::ClusterConfig& cluster) {
+const CalibrationTable& default_mha_calibration() {
+  static const CalibrationTable table =
+      parse_calibration(kDefaultMhaCalibrationJson, "(built-in h200_flash_attention_mha.json)");
+  return table;
+}
+
+const CalibrationTable& default_calibration_for(const config::ModelConfig& model,
+                                                int32_t tensor_parallel) {
+  const int32_t tp = std::max(1, tensor_parallel);
+  const int32_t heads = std::max(1, model.num_heads() / tp);
+  const int32_t kv_heads = std::max(1, model.num_kv_heads() / tp);
+  const bool multi_head = model.kv_latent_dim() == 0 && heads == kv_heads;
+  return multi_head ? default_mha_calibration() : default_calibration();
+}
+
+CalibrationTable calibration_for(const config::ClusterConfig& cluster,
+                                 const config::ModelConfig& model) {
   return cluster.attention_calibration().empty()
-             ? default_calibration()
+             ? default_calibration_for(model, cluster.tensor_parallel())
              : load_calibration_json(cluster.attention_calibration());
 }
 
@@ -168,8 +190,8 @@ double CostModel::linear_step_us_per_token(int32_t layers) const {
 
 // Per GPU: tensor parallelism splits query heads, and KV heads down to one per GPU.
 int64_t CostModel::q_bytes_per_token() const {
-  return static_cast<int64_t>(model_.num_heads() / cluster_.tensor_parallel()) *
-         model_.head_dim() * kBytesPerValue;
+  return static_cast<int64_t>(model_.num_heads() / cluster_.tensor_parallel()) * model_.head_dim() *
+         kBytesPerValue;
 }
 
 int64_t CostModel::kv_bytes_per_token() const {
@@ -177,8 +199,7 @@ int64_t CostModel::kv_bytes_per_token() const {
     // Latent attention ships the compact latent plus the decoupled rotary key.
     return static_cast<int64_t>(model_.kv_latent_dim() + model_.rope_head_dim()) * kBytesPerValue;
   }
-  const int64_t kv_heads =
-      std::max<int64_t>(1, model_.num_kv_heads() / cluster_.tensor_parallel());
+  const int64_t kv_heads = std::max<int64_t>(1, model_.num_kv_heads() / cluster_.tensor_parallel());
   return 2 * kv_heads * model_.head_dim() * kBytesPerValue;
 }
 

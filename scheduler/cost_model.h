@@ -22,18 +22,28 @@ struct CalibrationPoint {
 struct CalibrationTable {
   std::string device;  // e.g. "NVIDIA H200 / LibTorch 2.11 FlashAttention-2"
   int32_t heads = 32;
+  int32_t kv_heads = 0;  // 0: not recorded
   int32_t head_dim = 128;
   std::vector<CalibrationPoint> points;
 };
 
-// The built-in table (H200, LibTorch FlashAttention-2, bf16), compiled in from
-// scheduler/data/h200_flash_attention.json.
+// The built-in tables (H200, Cadre's flash kernel, bf16, 32 query heads), compiled in from
+// scheduler/data/: with GQA (8 KV heads, h200_flash_attention.json) and multi-head attention
+// (32 KV heads, h200_flash_attention_mha.json). They differ where the kernel does: short shards'
+// backward is split and folded with GQA only (docs/gpu.md).
 const CalibrationTable& default_calibration();
+const CalibrationTable& default_mha_calibration();
+// The built-in table for a model on TP-way tensor parallelism: multi-head attention (one query
+// head per KV head on each GPU, no latent K/V) gets the MHA table, every other model the GQA one.
+const CalibrationTable& default_calibration_for(const config::ModelConfig& model,
+                                                int32_t tensor_parallel);
 // Loads a table from JSON ({"device":..., "points":[{"q_tokens":..,"kv_tokens":..,
 // "forward_tflops":..,"backward_tflops":..}, ...]}); throws cadre::Error on bad input.
 CalibrationTable load_calibration_json(const std::string& path);
-// The table a cluster config names: cluster.attention_calibration, or the built-in one if empty.
-CalibrationTable calibration_for(const config::ClusterConfig& cluster);
+// The table a cluster config names: cluster.attention_calibration, or if empty the built-in one
+// that matches the model (default_calibration_for).
+CalibrationTable calibration_for(const config::ClusterConfig& cluster,
+                                 const config::ModelConfig& model);
 
 enum class LinkClass { kSelf, kIntraNode, kInterNode };
 

@@ -388,7 +388,7 @@ SimulationResult simulate_step(const config::RunConfig& config,
                     simulator_strategies().end(),
                 "unknown strategy '", s, "'; accepted: cad, fixed, cp, wlb, ideal");
   }
-  CostModel cost(model, cl, calibration_for(cl));
+  CostModel cost(model, cl, calibration_for(cl, model));
   PlannerOptions options = planner_options(config);
   options.gpus_per_node = std::max(1, cl.gpus_per_node() / (c.tp * c.pp));
   int32_t cp = cl.context_parallel() > 1 ? cl.context_parallel() : std::min(c.dp, 8);

@@ -1,4 +1,5 @@
-// Cost model: calibration loading, exact values at measured points, linear and transfer pricing.
+// Cost model: calibration loading, the built-in table per model, exact values at measured points,
+// linear and transfer pricing.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -121,7 +122,65 @@ TEST(CostModel, BadCalibrationFilesSayWhatIsAccepted) {
   EXPECT_EQ(table.device, "y");
   ASSERT_EQ(table.points.size(), 1u);
   EXPECT_EQ(table.points[0].forward_tflops, 50);
+  EXPECT_EQ(table.kv_heads, 0);  // not recorded
+  {
+    std::ofstream out(path);
+    out << R"({"device": "z", "heads": 32, "kv_heads": 5, "points": [{"q_tokens": 100,
+              "kv_tokens": 100, "forward_tflops": 50, "backward_tflops": 40}]})";
+  }
+  try {
+    load_calibration_json(path);
+    FAIL() << "kv_heads 5 of 32 heads accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("divisor of heads"), std::string::npos) << e.message();
+  }
   std::remove(path.c_str());
+}
+
+// The built-in tables are the kernel's measurements with and without GQA; each model gets the one
+// its per-GPU head layout runs, unless the cluster names a table.
+TEST(CostModel, BuiltInTableMatchesTheModelsHeads) {
+  EXPECT_EQ(default_calibration().kv_heads, 8);
+  EXPECT_EQ(default_mha_calibration().kv_heads, 32);
+  EXPECT_EQ(default_calibration().heads, 32);
+  EXPECT_EQ(default_mha_calibration().heads, 32);
+
+  config::ModelConfig gqa = llama8b();  // 32 heads, 8 KV heads
+  config::ModelConfig mha = gqa;
+  mha.set_num_kv_heads(32);
+  config::ModelConfig mla = gqa;
+  mla.set_num_kv_heads(32);
+  mla.set_kv_latent_dim(512);
+  mla.set_rope_head_dim(64);
+  EXPECT_EQ(&default_calibration_for(gqa, 1), &default_calibration());
+  EXPECT_EQ(&default_calibration_for(mha, 1), &default_mha_calibration());
+  EXPECT_EQ(&default_calibration_for(mha, 4), &default_mha_calibration());  // 8 and 8 per GPU
+  EXPECT_EQ(&default_calibration_for(gqa, 8), &default_calibration());      // 4 heads on 1 KV head
+  EXPECT_EQ(&default_calibration_for(mla, 1), &default_calibration());      // latent K/V
+
+  config::ClusterConfig cluster;
+  EXPECT_EQ(calibration_for(cluster, mha).kv_heads, 32);
+  EXPECT_EQ(calibration_for(cluster, gqa).kv_heads, 8);
+  const std::string path = ::testing::TempDir() + "/named_calibration.json";
+  {
+    std::ofstream out(path);
+    out << R"({"device": "named", "points": [{"q_tokens": 100, "kv_tokens": 100,
+              "forward_tflops": 50, "backward_tflops": 40}]})";
+  }
+  cluster.set_attention_calibration(path);
+  EXPECT_EQ(calibration_for(cluster, mha).device, "named");
+  std::remove(path.c_str());
+
+  // Same heads and head_dim, so the same FLOPs: the MHA model's 128-token shards against long
+  // prefixes cost more in backward (not split without GQA), while whole documents cost about the
+  // same.
+  CostModel with_gqa(gqa, config::ClusterConfig(), calibration_for(config::ClusterConfig(), gqa));
+  CostModel with_mha(mha, config::ClusterConfig(), calibration_for(config::ClusterConfig(), mha));
+  EXPECT_GT(with_mha.attention_backward_us(128, 65536),
+            1.2 * with_gqa.attention_backward_us(128, 65536));
+  EXPECT_NEAR(with_mha.attention_backward_us(16384, 16384),
+              with_gqa.attention_backward_us(16384, 16384),
+              0.1 * with_gqa.attention_backward_us(16384, 16384));
 }
 
 }  // namespace
