@@ -291,6 +291,9 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
     cu_rest.push_back(cu_rest.back() + q);
   }
   if (!any) return nullptr;
+  // The prefix call's folded query rows and the merge's row indices are 32-bit: a batch whose
+  // folded rows do not fit runs unsplit.
+  if (cu_q.back() > std::numeric_limits<int32_t>::max()) return nullptr;
   if (direction == Direction::kForward && !options.force_forward_split) {
     const int64_t slots =
         options.forward_slots > 0
@@ -314,9 +317,6 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
   plan->cu_k_rest = int32_on(cu_rest, device);
   plan->max_k_rest = max_step(cu_rest);
   if (direction == Direction::kForward) {
-    CADRE_CHECK(static_cast<int64_t>(fold.size()) * group <= std::numeric_limits<int32_t>::max(),
-                "flash kernel: ", fold.size(), " folded prefix rows x group ", group,
-                " exceed the merge's 32-bit row index");
     plan->merge_tokens = int32_on(merge_tokens, device);
     plan->merge_offsets = int32_on(merge_offsets, device);
     plan->merge_rows = int32_on(merge_rows, device);

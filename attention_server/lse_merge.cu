@@ -22,6 +22,10 @@ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __fl
 template <>
 __device__ inline __half from_float<__half>(float x) { return __float2half(x); }
 
+// A part without a visible key has log-sum-exp -inf (FlashAttention-2 may report +inf for an
+// empty row): either way it carries no weight.
+__device__ inline float part_lse_of(float x) { return isfinite(x) ? x : -INFINITY; }
+
 template <typename T>
 __global__ void lse_merge_kernel(LseMergeArgs a) {
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
@@ -34,26 +38,26 @@ __global__ void lse_merge_kernel(LseMergeArgs a) {
   const int64_t t = a.tokens[i];
   const int begin = a.offsets[i], end = a.offsets[i + 1];
   float* lse = a.lse + h * a.total_q + t;
-  const float rest_lse = *lse;
+  const float rest_lse = part_lse_of(*lse);
   const float* part_lse = a.part_lse + kh * a.part_rows;
   float m = rest_lse;
   for (int j = begin; j < end; ++j) {
-    m = fmaxf(m, part_lse[static_cast<int64_t>(a.rows[j]) * group + g]);
+    m = fmaxf(m, part_lse_of(part_lse[static_cast<int64_t>(a.rows[j]) * group + g]));
   }
   if (m == -INFINITY) return;  // no visible key in any part: nothing to merge
   T* out = static_cast<T*>(a.out) + (t * a.heads + h) * a.head_dim;
   const T* part_out = static_cast<const T*>(a.part_out);
-  float w = expf(rest_lse - m);
+  float w = expf(rest_lse - m);  // 0 when the rest part saw no key (its output is not read)
   float total = w;
   float acc[kMaxPerLane];
 #pragma unroll
   for (int k = 0; k < kMaxPerLane; ++k) {
     const int d = lane + k * kWarp;
-    acc[k] = d < a.head_dim ? w * to_float(out[d]) : 0.0f;
+    acc[k] = d < a.head_dim && w > 0.0f ? w * to_float(out[d]) : 0.0f;
   }
   for (int j = begin; j < end; ++j) {
     const int64_t row = static_cast<int64_t>(a.rows[j]) * group + g;
-    w = expf(part_lse[row] - m);
+    w = expf(part_lse_of(part_lse[row]) - m);
     total += w;
     const T* p = part_out + (row * a.kv_heads + kh) * a.head_dim;
 #pragma unroll

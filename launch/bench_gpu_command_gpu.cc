@@ -357,6 +357,11 @@ int bench_kernel(const Args& args) {
   CADRE_CHECK(config.max_kv >= 8192 && config.work_pairs > 0 && config.kv_rows_cap > 0 &&
                   config.repeats > 0 && config.warmup >= 0,
               "bench kernel: --max-kv must be >= 8192 and budgets and --repeats positive");
+  for (int64_t shard : shards) {
+    CADRE_CHECK(shard <= config.max_kv, "bench kernel: --shards has ", shard,
+                " queries, more than --max-kv ", config.max_kv,
+                "; accepted: shard sizes up to the longest prefix");
+  }
   CADRE_CHECK(torch::cuda::is_available(), "bench kernel: no CUDA device is visible");
   CADRE_CUDA_CHECK(cudaSetDevice(0));
 
@@ -461,7 +466,8 @@ int bench_kernel(const Args& args) {
       "cadre bench kernel: ", dtype, ", ", config.heads, " query heads, ", config.kv_heads,
       " KV heads; each point a fused batch of identical shards of q_tokens queries, each the tail "
       "of a kv_tokens prefix (up to 2^28 query-key pairs, 512K key rows, 256 sequences); median "
-      "of 5 after 2 warm-up runs");
+      "of 5 after 2 warm-up runs; split limits ", kernel_options.max_forward_split_queries,
+      " (forward) / ", kernel_options.max_backward_split_queries, " (backward) queries");
   std::string calibration_json = str_cat(
       "{\n  \"device\": ", json_string(device_label), ",\n  \"source\": ", json_string(source),
       ",\n  \"heads\": ", config.heads, ",\n  \"kv_heads\": ", config.kv_heads,

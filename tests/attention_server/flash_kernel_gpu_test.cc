@@ -185,14 +185,16 @@ TEST(FlashKernel, AwkwardLayouts) {
 }
 
 // The log-sum-exp merge kernel keeps head_dim / 32 values per lane (up to 256): head dims that
-// leave lanes idle (32, 96) and the largest (256), many chunks per token, both dtypes.
+// leave lanes idle (32, 96) and the largest (256), groups 1, 2 and 8, many chunks per token,
+// both dtypes.
 TEST(FlashKernel, SplitMergeAcrossHeadDims) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   FlashKernelOptions options = variants()[1].options;  // split always, 96-key chunks
   auto flash = make_flash_kernel(options);
   uint64_t seed = 300;
   for (int64_t dim : {32, 96, 256}) {
-    for (auto [heads, kv_heads] : std::vector<std::pair<int64_t, int64_t>>{{4, 4}, {4, 2}}) {
+    for (auto [heads, kv_heads] :
+         std::vector<std::pair<int64_t, int64_t>>{{4, 4}, {4, 2}, {8, 1}}) {
       for (torch::ScalarType dtype : {torch::kBFloat16, torch::kHalf}) {
         Shape shape{{{128, 1024}, {3, 700}, {64, 64}, {1, 97}}, heads, kv_heads, dim, dtype};
         check_shape(*flash, shape, seed++);
@@ -276,6 +278,12 @@ TEST(FlashKernel, RejectsWrongInputs) {
   auto q16 = q.to(torch::kBFloat16);
   EXPECT_THROW(flash->forward(q16, q16.narrow(1, 0, 3), q16.narrow(1, 0, 3), batch, 0.0), Error);
   EXPECT_THROW(flash->forward(q16.cpu(), q16.cpu(), q16.cpu(), batch, 0.0), Error);
+  for (int which = 0; which < 3; ++which) {
+    FlashKernelOptions bad;
+    (which == 0 ? bad.max_forward_split_queries
+                : which == 1 ? bad.max_backward_split_queries : bad.prefix_chunk_keys) = -1;
+    EXPECT_THROW(make_flash_kernel(bad), Error) << "option " << which;
+  }
   std::cout << "[flash schemas]\n" << flash_kernel_schemas() << "\n";
 }
 
