@@ -74,8 +74,9 @@ const CalibrationTable& default_calibration_for(const config::ModelConfig& model
   const int32_t tp = std::max(1, tensor_parallel);
   const int32_t heads = std::max(1, model.num_heads() / tp);
   const int32_t kv_heads = std::max(1, model.num_kv_heads() / tp);
-  const bool multi_head = model.kv_latent_dim() == 0 && heads == kv_heads;
-  return multi_head ? default_mha_calibration() : default_calibration();
+  // Latent attention (MLA) counts by its heads too: the server expands the latent into per-head
+  // keys and values (num_kv_heads of them) before the kernel runs.
+  return heads == kv_heads ? default_mha_calibration() : default_calibration();
 }
 
 CalibrationTable calibration_for(const config::ClusterConfig& cluster,

@@ -33,8 +33,9 @@ struct CalibrationTable {
 // backward is split and folded with GQA only (docs/gpu.md).
 const CalibrationTable& default_calibration();
 const CalibrationTable& default_mha_calibration();
-// The built-in table for a model on TP-way tensor parallelism: multi-head attention (one query
-// head per KV head on each GPU, no latent K/V) gets the MHA table, every other model the GQA one.
+// The built-in table for a model on TP-way tensor parallelism: one query head per KV head on each
+// GPU (multi-head attention, latent attention expanded per head) gets the MHA table, every other
+// model the GQA one.
 const CalibrationTable& default_calibration_for(const config::ModelConfig& model,
                                                 int32_t tensor_parallel);
 // Loads a table from JSON ({"device":..., "points":[{"q_tokens":..,"kv_tokens":..,

@@ -157,7 +157,7 @@ TEST(CostModel, BuiltInTableMatchesTheModelsHeads) {
   EXPECT_EQ(&default_calibration_for(mha, 4), &default_mha_calibration());  // 8 and 8 per GPU
   EXPECT_EQ(&default_calibration_for(gqa, 8), &default_calibration());      // 4 heads on 1 KV head
   EXPECT_EQ(&default_calibration_for(gqa, 32), &default_mha_calibration());  // 1 and 1 per GPU
-  EXPECT_EQ(&default_calibration_for(mla, 1), &default_calibration());      // latent K/V
+  EXPECT_EQ(&default_calibration_for(mla, 1), &default_mha_calibration());  // expanded per head
 
   config::ClusterConfig cluster;
   EXPECT_EQ(calibration_for(cluster, mha).kv_heads, 32);
