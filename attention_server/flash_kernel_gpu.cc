@@ -13,14 +13,14 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include <functional>
-#include <utility>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <list>
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "attention_server/flash_kernel.h"
@@ -194,14 +194,16 @@ class ScheduleEstimate {
 
 constexpr int64_t kForwardBlockQueries = 128;
 
-// Causal forward of sequences (q_i queries against keys_i keys, bottom-right aligned).
-double causal_forward_estimate(const std::vector<std::pair<int64_t, int64_t>>& sequences,
-                               int64_t heads, int64_t slots) {
+// One forward launch over sequences (q_i queries against keys_i keys): causal (bottom-right
+// aligned, a query block sees the keys up to its last query) or unmasked (every key).
+double forward_estimate(const std::vector<std::pair<int64_t, int64_t>>& sequences, int64_t heads,
+                        int64_t slots, bool causal) {
   ScheduleEstimate estimate(slots);
   for (int64_t h = 0; h < heads; ++h) {
     for (auto [q, keys] : sequences) {
       for (int64_t m = 0; m * kForwardBlockQueries < q; ++m) {
-        estimate.add(static_cast<double>(keys - q + std::min(q, (m + 1) * kForwardBlockQueries)));
+        estimate.add(static_cast<double>(
+            causal ? keys - q + std::min(q, (m + 1) * kForwardBlockQueries) : keys));
       }
     }
   }
@@ -228,16 +230,11 @@ bool forward_split_pays(const VarlenBatch& batch, const std::vector<int64_t>& cu
                         const std::vector<int64_t>& cu_k_rest, int64_t heads, int64_t group,
                         int64_t slots) {
   const double unsplit =
-      causal_forward_estimate(sequences_of(batch.cu_q_host, batch.cu_k_host), heads, slots);
-  ScheduleEstimate prefix(slots);
-  for (int64_t h = 0; h < heads / group; ++h) {
-    for (auto [rows, keys] : sequences_of(cu_q_prefix, cu_k_prefix)) {
-      for (int64_t m = 0; m * kForwardBlockQueries < rows; ++m) prefix.add(static_cast<double>(keys));
-    }
-  }
+      forward_estimate(sequences_of(batch.cu_q_host, batch.cu_k_host), heads, slots, true);
   const double split =
-      prefix.makespan() / kFoldedForwardEfficiency +
-      causal_forward_estimate(sequences_of(batch.cu_q_host, cu_k_rest), heads, slots);
+      forward_estimate(sequences_of(cu_q_prefix, cu_k_prefix), heads / group, slots, false) /
+          kFoldedForwardEfficiency +
+      forward_estimate(sequences_of(batch.cu_q_host, cu_k_rest), heads, slots, true);
   return split < unsplit;
 }
 
@@ -254,7 +251,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
                             ? std::max<int64_t>(options.prefix_chunk_keys, 1)
                             : std::numeric_limits<int64_t>::max();
   std::vector<int64_t> fold, cu_q{0}, cu_k{0}, rest, cu_rest{0};
-  std::vector<int64_t> merge_tokens, merge_offsets{0}, merge_rows;
+  std::vector<int64_t> merge_tokens, merge_offsets{0}, merge_rows;  // forward only
   bool any = false;
   auto add_prefix_sequence = [&](int64_t queries, int64_t key_end) {
     if (key_end == cu_k.back()) return;  // no keys: nothing to add
@@ -280,7 +277,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
       for (int64_t t = cq[i]; t < cq[i + 1]; ++t) fold.push_back(t);
       c = end;
     }
-    for (int64_t t = cq[i]; t < cq[i + 1]; ++t) {
+    for (int64_t t = cq[i]; direction == Direction::kForward && t < cq[i + 1]; ++t) {
       merge_tokens.push_back(t);
       for (int64_t start : chunk_starts) merge_rows.push_back(start + t - cq[i]);
       merge_offsets.push_back(static_cast<int64_t>(merge_rows.size()));

@@ -70,5 +70,4 @@ std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name);
 // The CPU reference (attention_server/cpu_kernel.cc): dense masked attention per sequence.
 std::unique_ptr<CoreAttentionKernel> make_cpu_kernel();
 
-
 }  // namespace cadre::attention_server
