@@ -221,8 +221,7 @@ int run_bench_attention(const Args& args) {
       for (const auto& p : layout.documents[d].pieces) mine |= p.rank == rank;
       if (!mine) continue;
       const int64_t n = layout.documents[d].length_tokens;
-      attention_server::VarlenBatch whole{torch::tensor({0L, n}).to(torch::kInt),
-                                          torch::tensor({0L, n}).to(torch::kInt), n, n};
+      attention_server::VarlenBatch whole = attention_server::make_varlen_batch({0, n}, {0, n});
       auto ref = kernel->forward(docs[d][0], docs[d][1], docs[d][2], whole, 0);
       auto ref_grads = kernel->backward(docs[d][3], docs[d][0], docs[d][1], docs[d][2], ref.out,
                                         ref.lse, whole, 0);

@@ -54,6 +54,15 @@ class CadAttention : public CoreAttentionOp {
   CadDispatch dispatch_;
 };
 
+// `batch` with its cumulative-length tensors on `device` (host copies and maxima as they are).
+attention_server::VarlenBatch on_device(const attention_server::VarlenBatch& batch,
+                                        const torch::Device& device) {
+  attention_server::VarlenBatch moved = batch;
+  moved.cu_seqlens_q = batch.cu_seqlens_q.to(device);
+  moved.cu_seqlens_k = batch.cu_seqlens_k.to(device);
+  return moved;
+}
+
 // Local varlen attention over this rank's own documents.
 class ColocatedFunction : public torch::autograd::Function<ColocatedFunction> {
  public:
@@ -61,11 +70,7 @@ class ColocatedFunction : public torch::autograd::Function<ColocatedFunction> {
                                torch::Tensor v, CoreAttentionKernel* kernel,
                                const attention_server::VarlenBatch* batch, double scale) {
     auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-    attention_server::VarlenBatch on_device{batch->cu_seqlens_q.to(q.device()),
-                                            batch->cu_seqlens_k.to(q.device()),
-                                            batch->max_seqlen_q, batch->max_seqlen_k,
-                                            batch->cu_q_host, batch->cu_k_host};
-    auto result = kernel->forward(qc, kc, vc, on_device, scale);
+    auto result = kernel->forward(qc, kc, vc, on_device(*batch, q.device()), scale);
     ctx->saved_data["kernel"] = reinterpret_cast<int64_t>(kernel);
     ctx->saved_data["batch"] = reinterpret_cast<int64_t>(batch);
     ctx->saved_data["scale"] = scale;
@@ -78,13 +83,8 @@ class ColocatedFunction : public torch::autograd::Function<ColocatedFunction> {
     auto* batch =
         reinterpret_cast<const attention_server::VarlenBatch*>(ctx->saved_data["batch"].toInt());
     auto saved = ctx->get_saved_variables();
-    const auto device = saved[0].device();
-    attention_server::VarlenBatch on_device{batch->cu_seqlens_q.to(device),
-                                            batch->cu_seqlens_k.to(device), batch->max_seqlen_q,
-                                            batch->max_seqlen_k, batch->cu_q_host,
-                                            batch->cu_k_host};
     auto grads = kernel->backward(grad_outputs[0].contiguous(), saved[0], saved[1], saved[2],
-                                  saved[3], saved[4], on_device,
+                                  saved[3], saved[4], on_device(*batch, saved[0].device()),
                                   ctx->saved_data["scale"].toDouble());
     return {grads.dq, grads.dk, grads.dv, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

@@ -44,8 +44,9 @@ TEST(CpuKernel, ShardsMatchNaiveAttentionWithGradients) {
     auto k = torch::randn({cu_k.back(), kv_heads, dim}, torch::kDouble).requires_grad_();
     auto v = torch::randn({cu_k.back(), kv_heads, dim}, torch::kDouble).requires_grad_();
     auto dout = torch::randn({cu_q.back(), heads, dim}, torch::kDouble);
-    VarlenBatch batch{torch::tensor(cu_q).to(torch::kInt), torch::tensor(cu_k).to(torch::kInt),
-                      128, 131};
+    VarlenBatch batch = make_varlen_batch(cu_q, cu_k);
+    ASSERT_EQ(batch.max_seqlen_q, 128);
+    ASSERT_EQ(batch.max_seqlen_k, 131);
     ForwardResult fwd = kernel->forward(q.detach(), k.detach(), v.detach(), batch, 0);
     BackwardResult bwd = kernel->backward(dout, q.detach(), k.detach(), v.detach(), fwd.out,
                                           fwd.lse, batch, 0);
@@ -72,16 +73,14 @@ TEST(CpuKernel, BadInputsSayWhatIsAccepted) {
   auto kernel = make_kernel("cpu");
   auto q = torch::randn({4, 3, 8});
   auto k = torch::randn({4, 2, 8});
-  VarlenBatch batch{torch::tensor({0, 4}).to(torch::kInt), torch::tensor({0, 4}).to(torch::kInt),
-                    4, 4};
+  VarlenBatch batch = make_varlen_batch({0, 4}, {0, 4});
   try {
     kernel->forward(q, k, k, batch, 0);
     FAIL() << "3 query heads over 2 KV heads accepted";
   } catch (const Error& e) {
     EXPECT_NE(e.message().find("multiple of KV heads"), std::string::npos) << e.message();
   }
-  VarlenBatch more_queries{torch::tensor({0, 4}).to(torch::kInt),
-                           torch::tensor({0, 2}).to(torch::kInt), 4, 2};
+  VarlenBatch more_queries = make_varlen_batch({0, 4}, {0, 2});
   auto q2 = torch::randn({4, 2, 8});
   auto k2 = torch::randn({2, 2, 8});
   EXPECT_THROW(kernel->forward(q2, k2, k2, more_queries, 0), Error);
