@@ -3,17 +3,33 @@
 
 #include <algorithm>
 
+#include "attention_server/cudnn_kernel.h"
 #include "attention_server/flash_kernel.h"
 #include "common/error.h"
 
 namespace cadre::attention_server {
 
 std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name) {
-  if (name == "cpu") return make_cpu_kernel();
+  if (name == "cpu" || name == "reference") return make_cpu_kernel();
+  if (name == "auto") return make_auto_kernel();
 #ifdef CADRE_WITH_CUDA
   if (name == "flash") return make_flash_kernel();
 #endif
-  CADRE_FAIL("unknown core-attention kernel '", name, "'; accepted: cpu, flash (GPU build)");
+#ifdef CADRE_WITH_CUDNN
+  if (name == "cudnn") return make_cudnn_kernel();
+#endif
+  if (name == "cudnn") {
+    CADRE_FAIL("core-attention kernel 'cudnn' is not available: ", cudnn_kernel_unavailable_reason(),
+               "; accepted here: auto, reference, cpu", cudnn_kernel_built() ? ", cudnn" : "",
+#ifdef CADRE_WITH_CUDA
+               ", flash"
+#else
+               ""
+#endif
+    );
+  }
+  CADRE_FAIL("unknown core-attention kernel '", name,
+             "'; accepted: auto, flash (GPU build), cudnn (GPU build with cuDNN), reference (= cpu)");
 }
 
 VarlenBatch make_varlen_batch(const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k,

@@ -49,10 +49,20 @@ struct BackwardResult {
 VarlenBatch whole_documents_batch(const std::vector<int64_t>& doc_lengths,
                                   const torch::Device& device = torch::kCPU);
 
+// What a kernel did so far (kernels that build graphs count them; others report zeros).
+struct KernelCounters {
+  int64_t calls = 0;             // forward and backward calls
+  int64_t graphs_built = 0;      // execution plans built (first use of a shape class)
+  int64_t graph_cache_hits = 0;  // calls that reused a built plan
+  double graph_build_ms = 0;     // host time spent building them
+  int64_t fallback_calls = 0;    // calls an "auto" kernel sent to its fallback
+};
+
 class CoreAttentionKernel {
  public:
   virtual ~CoreAttentionKernel() = default;
   virtual std::string name() const = 0;
+  virtual KernelCounters counters() const { return {}; }
   // softmax_scale <= 0 means 1/sqrt(head_dim).
   virtual ForwardResult forward(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& v, const VarlenBatch& batch,
@@ -63,8 +73,10 @@ class CoreAttentionKernel {
                                   const VarlenBatch& batch, double softmax_scale) = 0;
 };
 
-// The kernel for a device: "cpu" (reference), "flash" (CUDA build only). Throws cadre::Error
-// naming the accepted kernels otherwise.
+// The kernel for a name: "cpu" or "reference" (the CPU reference, any device), "flash" (GPU
+// build), "cudnn" (GPU build with cuDNN, cudnn_kernel.h), "auto" (cudnn where it applies, else
+// flash; the reference in a CPU build). Throws cadre::Error naming the accepted kernels
+// otherwise, and for "cudnn" in a build without it, saying why.
 std::unique_ptr<CoreAttentionKernel> make_kernel(const std::string& name);
 
 // The CPU reference (attention_server/cpu_kernel.cc): dense masked attention per sequence.

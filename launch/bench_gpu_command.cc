@@ -32,6 +32,10 @@ std::string bench_kernel_usage() {
          "  --forward-split-max-queries N, --backward-split-max-queries N\n"
          "                           longest shard the flash kernel splits in each direction\n"
          "                           (2048, 2048; 0 = never; docs/gpu.md)\n"
+         "  --kernel flash|cudnn|auto  the kernel the shard table and calibration run (flash)\n"
+         "  --compare                first compare cuDNN's fused attention with FlashAttention-2\n"
+         "                           on whole documents (64K at head dims 128 and 64) and time\n"
+         "                           the host cost of a cached-graph call\n"
          "  --no-calibration         skip the calibration grid\n";
 }
 

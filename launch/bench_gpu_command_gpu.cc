@@ -10,6 +10,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "attention_server/cudnn_kernel.h"
 #include "attention_server/flash_kernel.h"
 #include "comm/cuda_check.h"
 #include "comm/nccl_transport.h"
@@ -318,12 +320,95 @@ std::string human_tokens(int64_t tokens) {
   return tokens >= 1024 && tokens % 1024 == 0 ? str_cat(tokens / 1024, "K") : str_cat(tokens);
 }
 
+// cuDNN's fused attention against FlashAttention-2 in the same run: one causal 64K document at
+// head dims 128 (16/4 heads) and 64 (32/8 heads), fwd/bwd TFLOP/s and their ratios (issue
+// targets: >= 1.6 / 1.5 at 128, >= 1.4 both at 64); and the host cost of one call once its
+// graph is cached (200 forward calls on a one-tile batch, host wall time each, median).
+struct KernelComparison {
+  std::string json;
+};
+
+KernelComparison compare_kernels(const KernelConfig& base) {
+  KernelComparison result;
+  if (!attention_server::cudnn_kernel_built()) {
+    std::cout << "kernel comparison skipped: " << attention_server::cudnn_kernel_unavailable_reason()
+              << "\n\n";
+    return result;
+  }
+  attention_server::FlashKernelOptions unsplit;
+  unsplit.split_short_shards = false;
+  auto flash = attention_server::make_flash_kernel(unsplit);
+  auto cudnn = attention_server::make_kernel("cudnn");
+  struct Case {
+    int64_t heads, kv_heads, head_dim;
+    Sequences sequences;
+    const char* label;
+    double fwd_target, bwd_target;
+  };
+  const std::vector<Case> cases = {
+      {16, 4, 128, Sequences{{65536, 65536}}, "one 64K document, d 128, 16/4 heads", 1.6, 1.5},
+      {32, 8, 64, Sequences{{65536, 65536}}, "one 64K document, d 64, 32/8 heads", 1.4, 1.4},
+      {32, 8, 128, Sequences(8, {8192, 8192}), "8 documents of 8K, d 128, 32/8 heads", 0, 0},
+      {32, 8, 128, Sequences(64, {1024, 1024}), "64 documents of 1K, d 128, 32/8 heads", 0, 0},
+      {32, 32, 128, Sequences{{32768, 32768}}, "one 32K document, d 128, 32/32 heads", 0, 0},
+  };
+  std::cout << "cuDNN fused attention vs FlashAttention-2 (same run; TFLOP/s fwd / bwd)\n";
+  std::ostringstream rows;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    KernelConfig config = base;
+    config.heads = c.heads;
+    config.kv_heads = c.kv_heads;
+    config.head_dim = c.head_dim;
+    KernelTiming f = time_kernel(*flash, c.sequences, config, base.warmup, base.repeats);
+    KernelTiming d = time_kernel(*cudnn, c.sequences, config, base.warmup, base.repeats);
+    const double fr = d.forward_tflops / f.forward_tflops, br = d.backward_tflops / f.backward_tflops;
+    const bool met = fr >= c.fwd_target && br >= c.bwd_target;
+    std::printf("  %-40s flash %5.0f / %5.0f  cudnn %5.0f / %5.0f  ratio %.2f / %.2f%s\n",
+                c.label, f.forward_tflops, f.backward_tflops, d.forward_tflops,
+                d.backward_tflops, fr, br,
+                c.fwd_target > 0 ? (met ? "  (target met)" : "  (below target)") : "");
+    std::fflush(stdout);
+    rows << (i == 0 ? "" : ",\n") << "    {\"case\": " << json_string(c.label)
+         << ", \"flash\": {" << timing_json(f) << "}, \"cudnn\": {" << timing_json(d)
+         << "}, \"forward_ratio\": " << json_number(fr) << ", \"backward_ratio\": "
+         << json_number(br) << ", \"forward_target\": " << json_number(c.fwd_target)
+         << ", \"backward_target\": " << json_number(c.bwd_target) << "}";
+  }
+  // Host cost of a call with a cached graph.
+  const torch::Device device(torch::kCUDA, 0);
+  auto opts = torch::TensorOptions().dtype(base.dtype).device(device);
+  auto q = torch::randn({128, 32, 128}, opts), k = torch::randn({128, 8, 128}, opts);
+  attention_server::VarlenBatch batch =
+      attention_server::make_varlen_batch({0, 128}, {0, 128}, device);
+  for (int i = 0; i < 5; ++i) cudnn->forward(q, k, k, batch, 0.0);
+  CADRE_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<double> host_us;
+  for (int i = 0; i < 200; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    cudnn->forward(q, k, k, batch, 0.0);
+    host_us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+            .count());
+  }
+  CADRE_CUDA_CHECK(cudaDeviceSynchronize());
+  const double host = median(host_us);
+  std::printf("  host cost of one cudnn forward call with its graph cached: %.1f us (target < 50)\n\n",
+              host);
+  result.json = str_cat("{\"cudnn_version\": ", json_string(attention_server::cudnn_kernel_version()),
+                        ", \"cases\": [\n", rows.str(), "\n  ], \"host_us_per_call\": ",
+                        json_number(host), "}");
+  return result;
+}
+
 int bench_kernel(const Args& args) {
-  Options options(args, {"no-calibration"});
+  Options options(args, {"no-calibration", "compare"});
   if (options.has("help")) {
     std::cout << bench_kernel_usage();
     return 0;
   }
+  const std::string kernel_name = options.text("kernel", "flash");
+  const bool compare = options.flag("compare");
   KernelConfig config;
   const std::string out_path = options.text("out", "");
   const std::string calibration_path = options.text("calibration-out", "");
@@ -365,7 +450,11 @@ int bench_kernel(const Args& args) {
   CADRE_CHECK(torch::cuda::is_available(), "bench kernel: no CUDA device is visible");
   CADRE_CUDA_CHECK(cudaSetDevice(0));
 
-  auto kernel = attention_server::make_flash_kernel(kernel_options);
+  std::unique_ptr<attention_server::CoreAttentionKernel> kernel =
+      kernel_name == "flash" ? attention_server::make_flash_kernel(kernel_options)
+                             : attention_server::make_kernel(kernel_name);
+  CADRE_CHECK(kernel_name == "flash" || kernel_name == "cudnn" || kernel_name == "auto",
+              "bench kernel: --kernel '", kernel_name, "'; accepted: flash, cudnn, auto");
   attention_server::FlashKernelOptions unsplit;
   unsplit.split_short_shards = false;
   auto direct_kernel = attention_server::make_flash_kernel(unsplit);
@@ -376,11 +465,20 @@ int bench_kernel(const Args& args) {
             << config.kv_heads << " head_dim " << config.head_dim << "; measured " << dtype
             << " GEMM 8192^3: " << std::fixed << std::setprecision(0) << gemm_tflops
             << " TFLOP/s\n\n";
-  std::cout << "Shards run through the flash kernel as Cadre uses it (shards of up to "
-            << kernel_options.max_forward_split_queries << " / "
-            << kernel_options.max_backward_split_queries
-            << " queries split into prefix and diagonal in forward / backward, backward with GQA "
-               "only; see docs/gpu.md); 'unsplit' is plain FlashAttention-2 on the same batch.\n\n";
+  KernelComparison comparison;
+  if (compare) comparison = compare_kernels(config);
+  if (kernel_name == "flash") {
+    std::cout << "Shards run through the flash kernel as Cadre uses it (shards of up to "
+              << kernel_options.max_forward_split_queries << " / "
+              << kernel_options.max_backward_split_queries
+              << " queries split into prefix and diagonal in forward / backward, backward with "
+                 "GQA only; see docs/gpu.md); 'unsplit' is plain FlashAttention-2 on the same "
+                 "batch.\n\n";
+  } else {
+    std::cout << "Shards run through the " << kernel->name()
+              << " kernel (whole documents too); 'unsplit' is plain FlashAttention-2 on the same "
+                 "batch.\n\n";
+  }
   std::cout << "shard  shards  max_kv   pairs(M) | fwd TF/s  bwd TF/s | unsplit fwd  bwd | whole "
                "docs   fwd TF/s  bwd TF/s | fwd ratio  bwd ratio | fwd/GEMM\n";
 
@@ -458,8 +556,17 @@ int bench_kernel(const Args& args) {
   }
 
   const std::string device_label =
-      str_cat(info.name, " / LibTorch ", info.torch,
-              " FlashAttention-2 through Cadre's flash kernel (short shards split; ", dtype, ")");
+      kernel_name == "flash"
+          ? str_cat(info.name, " / LibTorch ", info.torch,
+                    " FlashAttention-2 through Cadre's flash kernel (short shards split; ", dtype,
+                    ")")
+          : str_cat(info.name, " / cuDNN ", attention_server::cudnn_kernel_version(),
+                    " fused attention through Cadre's ", kernel_name, " kernel (", dtype, ")");
+  const attention_server::KernelCounters counters = kernel->counters();
+  std::cout << "\n" << kernel->name() << " kernel: " << counters.calls << " calls, "
+            << counters.graphs_built << " graphs built (" << std::setprecision(1) << std::fixed
+            << counters.graph_build_ms << " ms), " << counters.graph_cache_hits
+            << " cache hits, " << counters.fallback_calls << " fallback calls\n";
   // scheduler/calibration.proto's JSON (unknown fields are rejected there, so the details that
   // have no field of their own go into "source").
   const std::string source = str_cat(
@@ -475,7 +582,11 @@ int bench_kernel(const Args& args) {
       "\n  ]\n}\n");
   if (!out_path.empty()) {
     std::string json = str_cat(
-        "{\n  \"benchmark\": \"cadre bench kernel\",\n  \"kernel\": \"flash\",\n  \"device\": ",
+        "{\n  \"benchmark\": \"cadre bench kernel\",\n  \"kernel\": ", json_string(kernel_name),
+        ",\n  \"graphs\": {\"built\": ", counters.graphs_built, ", \"cache_hits\": ",
+        counters.graph_cache_hits, ", \"build_ms\": ", json_number(counters.graph_build_ms),
+        ", \"fallback_calls\": ", counters.fallback_calls, "},\n  \"comparison\": ",
+        comparison.json.empty() ? std::string("null") : comparison.json, ",\n  \"device\": ",
         device_json(info), ",\n  \"config\": {\"dtype\": ", json_string(dtype),
         ", \"heads\": ", config.heads, ", \"kv_heads\": ", config.kv_heads,
         ", \"head_dim\": ", config.head_dim, ", \"max_kv\": ", config.max_kv,

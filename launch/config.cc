@@ -45,6 +45,7 @@ const std::vector<NamedChoice>& named_choices() {
       {"training.dtype", {"fp32", "bf16"}},
       {"training.recompute", {"none", "linear"}},
       {"training.device", {"auto", "cpu", "cuda"}},
+      {"training.attention_kernel", {"auto", "flash", "cudnn", "reference"}},
       {"simulate.distributions", {"wlb", "prolong", "lognormal", "uniform", "fixed", "file"}},
       {"simulate.strategies", {"cad", "fixed", "cp", "wlb", "ideal"}},
   };
@@ -799,6 +800,7 @@ void finalize_training(const config::TrainingConfig& t) {
   check_name("training.dtype", t.dtype());
   check_name("training.recompute", t.recompute());
   check_name("training.device", t.device());
+  check_name("training.attention_kernel", t.attention_kernel());
   check_at_least<int64_t>("training.loss_chunk_tokens", t.loss_chunk_tokens(), 0);
   check_at_least("training.trace_step", t.trace_step(), 1);
   check_at_least("training.grad_bucket_mib", t.grad_bucket_mib(), 1);

@@ -227,8 +227,14 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
     data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(), rank,
                                          num_workers_);
   }
-  const bool flash = device_.is_cuda() && dtype_ != torch::kFloat;
-  kernel_ = attention_server::make_kernel(flash ? "flash" : "cpu");
+  // GPU kernels take bf16/fp16 only; fp32 and CPU training run the reference.
+  const bool gpu_kernel = device_.is_cuda() && dtype_ != torch::kFloat;
+  const std::string& kernel_name = training.attention_kernel();
+  CADRE_CHECK(gpu_kernel || kernel_name == "auto" || kernel_name == "reference",
+              "training.attention_kernel=", kernel_name, " needs bf16 training on a CUDA device (",
+              device_.is_cuda() ? "training.dtype is fp32" : "this run is on the CPU",
+              "); accepted here: auto, reference");
+  kernel_ = attention_server::make_kernel(gpu_kernel ? kernel_name : "reference");
   cost_ = std::make_unique<scheduler::CostModel>(
       config.model(), config.cluster(), scheduler::calibration_for(config.cluster(), config.model()));
 #ifdef CADRE_WITH_CUDA
@@ -427,6 +433,7 @@ void Trainer::optimizer_step(StepMetrics* metrics) {
 }
 
 StepMetrics Trainer::train_step() {
+  const attention_server::KernelCounters kernel_before = kernel_->counters();
   const auto start = std::chrono::steady_clock::now();
   StepMetrics metrics = forward_backward();
   optimizer_step(&metrics);
@@ -463,6 +470,9 @@ StepMetrics Trainer::train_step() {
   metrics.allreduce_ms = comm[2];
   metrics.a2a_bytes = static_cast<int64_t>(comm[3]);
   metrics.exposed_allreduce_ms = comm[4];
+  const attention_server::KernelCounters kernel_after = kernel_->counters();
+  metrics.kernel_graphs_built = kernel_after.graphs_built - kernel_before.graphs_built;
+  metrics.kernel_graph_hits = kernel_after.graph_cache_hits - kernel_before.graph_cache_hits;
   return metrics;
 }
 
@@ -588,6 +598,11 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
   const size_t skip = steps.size() > 3 ? 2 : 0;
   double n = 0, step_ms = 0, tps = 0, mfu = 0, a2a = 0, exposed = 0, reduce = 0, before = 0,
          after = 0, bytes = 0, exposed_reduce = 0;
+  int64_t graphs_built = 0, graphs_built_measured = 0, graph_hits = 0;
+  for (const StepMetrics& m : steps) {
+    graphs_built += m.kernel_graphs_built;
+    graph_hits += m.kernel_graph_hits;
+  }
   for (size_t i = skip; i < steps.size(); ++i) {
     const StepMetrics& m = steps[i];
     n += 1;
@@ -601,6 +616,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     before += m.imbalance_before;
     after += m.imbalance_after;
     bytes += static_cast<double>(m.a2a_bytes);
+    graphs_built_measured += m.kernel_graphs_built;
   }
   std::ostringstream out;
   out.precision(6);
@@ -619,7 +635,11 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << (t.overlap_grad_reduce() ? "true" : "false") << ",\"packing\":\""
       << config.data().packing() << "\""
       << ",\"a2a_bytes\":" << bytes / n << ",\"imbalance_before\":" << before / n
-      << ",\"imbalance_after\":" << after / n << ",\"first_loss\":" << Num{steps.front().loss}
+      << ",\"imbalance_after\":" << after / n << ",\"attention_kernel\":\""
+      << t.attention_kernel() << "\",\"kernel_graphs_built\":" << graphs_built
+      << ",\"kernel_graphs_built_in_measured_steps\":" << graphs_built_measured
+      << ",\"kernel_graph_cache_hits\":" << graph_hits
+      << ",\"first_loss\":" << Num{steps.front().loss}
       << ",\"last_loss\":" << Num{steps.back().loss} << "}\n";
   return out.str();
 }

@@ -43,6 +43,9 @@ struct StepMetrics {
   double exposed_allreduce_ms = 0;  // rank 0: the part of it with the compute stream idle
   int64_t a2a_bytes = 0;      // rank 0: bytes sent + received by CAD dispatch in the step
   int32_t nano_batches = 1;
+  // This rank's core-attention kernel during the step: graphs it built and reused (cudnn).
+  int64_t kernel_graphs_built = 0;
+  int64_t kernel_graph_hits = 0;
 };
 
 class Trainer {

@@ -18,75 +18,10 @@
 #include "attention_server/flash_kernel.h"
 #include "attention_server/kernel.h"
 #include "common/error.h"
+#include "tests/attention_server/attention_reference.h"
 
 namespace cadre::attention_server {
 namespace {
-
-struct Shape {
-  std::vector<std::pair<int64_t, int64_t>> sequences;  // (queries, keys), keys >= queries
-  int64_t heads = 8;
-  int64_t kv_heads = 8;
-  int64_t head_dim = 128;
-  torch::ScalarType dtype = torch::kBFloat16;
-};
-
-struct Reference {
-  torch::Tensor out, lse, dq, dk, dv;
-};
-
-// Obviously-right attention in float64: per sequence, scores over all keys, the causal mask
-// aligned bottom-right (query j of nq sees keys [0, nk - nq + j]), softmax, gradients by autograd.
-Reference reference_attention(const torch::Tensor& q, const torch::Tensor& k,
-                              const torch::Tensor& v, const torch::Tensor& dout, const Shape& shape,
-                              double scale) {
-  auto q64 = q.to(torch::kDouble).detach().requires_grad_(true);
-  auto k64 = k.to(torch::kDouble).detach().requires_grad_(true);
-  auto v64 = v.to(torch::kDouble).detach().requires_grad_(true);
-  const int64_t group = shape.heads / shape.kv_heads;
-  std::vector<torch::Tensor> outs, lses;
-  int64_t q_at = 0, k_at = 0;
-  for (auto [nq, nk] : shape.sequences) {
-    auto qs = q64.narrow(0, q_at, nq);
-    auto ks = k64.narrow(0, k_at, nk).repeat_interleave(group, 1);
-    auto vs = v64.narrow(0, k_at, nk).repeat_interleave(group, 1);
-    auto scores = torch::einsum("qhd,khd->hqk", {qs, ks}) * scale;
-    auto opts = torch::TensorOptions().dtype(torch::kLong).device(q.device());
-    auto qi = torch::arange(nq, opts).view({nq, 1});
-    auto kj = torch::arange(nk, opts).view({1, nk});
-    auto allowed = kj <= qi + (nk - nq);
-    scores = scores.masked_fill(allowed.logical_not(), -INFINITY);
-    lses.push_back(torch::logsumexp(scores, -1));
-    outs.push_back(torch::einsum("hqk,khd->qhd", {torch::softmax(scores, -1), vs}));
-    q_at += nq;
-    k_at += nk;
-  }
-  Reference ref;
-  ref.out = torch::cat(outs, 0);
-  ref.lse = torch::cat(lses, 1);
-  auto grads = torch::autograd::grad({ref.out}, {q64, k64, v64}, {dout.to(torch::kDouble)});
-  ref.out = ref.out.detach();
-  ref.lse = ref.lse.detach();
-  ref.dq = grads[0];
-  ref.dk = grads[1];
-  ref.dv = grads[2];
-  return ref;
-}
-
-double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
-  auto g = got.to(torch::kDouble).to(want.device());
-  if (!torch::isfinite(g).all().item<bool>()) return INFINITY;  // NaN never passes
-  double norm = want.norm().item<double>();
-  return (g - want).norm().item<double>() / (norm > 0 ? norm : 1.0);
-}
-
-VarlenBatch make_batch(const Shape& shape, torch::Device device) {
-  std::vector<int64_t> cq{0}, ck{0};
-  for (auto [nq, nk] : shape.sequences) {
-    cq.push_back(cq.back() + nq);
-    ck.push_back(ck.back() + nk);
-  }
-  return make_varlen_batch(cq, ck, device);
-}
 
 // The flash kernel splitting every shard with a prefix into prefix and diagonal (forward with
 // and without GQA, backward with GQA; the layouts here are below the default rules'
@@ -108,13 +43,6 @@ std::vector<Variant> variants() {
           {"split always, 96-key chunks", tiny_chunks},
           {"default rules", defaults},
           {"unsplit", direct}};
-}
-
-std::string describe(const Shape& shape) {
-  std::string text = str_cat(shape.dtype == torch::kBFloat16 ? "bf16" : "fp16", " heads ",
-                             shape.heads, "/", shape.kv_heads, " d ", shape.head_dim, " seqs");
-  for (auto [nq, nk] : shape.sequences) text += str_cat(" ", nq, "/", nk);
-  return text;
 }
 
 void check_shape(CoreAttentionKernel& flash, const Shape& shape, uint64_t seed) {

@@ -1,0 +1,41 @@
+// The "cudnn" core-attention kernel: cuDNN's fused flash attention (forward with log-sum-exp,
+// backward) built through cuDNN's graph API over packed variable-length batches, and the "auto"
+// kernel that picks cudnn or flash per shape class. Declared in every build; defined in
+// cudnn_kernel.cc, which only a GPU build that found cuDNN compiles (CADRE_WITH_CUDNN).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "attention_server/kernel.h"
+
+namespace cadre::attention_server {
+
+// Whether this build has the cudnn kernel; when not, the reason (for logs and errors).
+bool cudnn_kernel_built();
+std::string cudnn_kernel_unavailable_reason();
+// The cuDNN the process loaded and the headers it was built with, e.g. "9.19.0 (headers 9.19.0)";
+// "none" without cuDNN.
+std::string cudnn_kernel_version();
+
+// cuDNN's SDPA graphs over a VarlenBatch: q [total_q, heads, d_qk], k [total_k, kv_heads, d_qk],
+// v [total_k, kv_heads, d_v] (d_qk, d_v in {64, 128}, or 192 / 128 for latent attention;
+// bf16/fp16; GQA), causal mask aligned bottom-right per sequence, out [total_q, heads, d_v],
+// lse [heads, total_q] fp32. Sequences are ragged (element offsets) with per-sequence lengths,
+// so one graph serves every batch of its shape class: the number of sequences rounded up to a
+// power of two (padding sequences have length 0) and the longest query and key lengths rounded
+// up to a quarter octave. Graphs are built on first use and cached; counters() reports builds
+// and hits. Throws cadre::Error for inputs it does not accept (supports() says which).
+std::unique_ptr<CoreAttentionKernel> make_cudnn_kernel();
+
+// Whether the cudnn kernel accepts these inputs (shapes, dtype, 32-bit element offsets); when not,
+// why (empty when it does).
+std::string cudnn_unsupported_reason(const torch::Tensor& q, const torch::Tensor& k,
+                                     const torch::Tensor& v, const VarlenBatch& batch);
+
+// "auto": cudnn for every batch it supports, flash otherwise (a refusal is logged once per
+// reason); CPU tensors go to the reference kernel. See docs/gpu.md for the measurements behind
+// the choice.
+std::unique_ptr<CoreAttentionKernel> make_auto_kernel();
+
+}  // namespace cadre::attention_server

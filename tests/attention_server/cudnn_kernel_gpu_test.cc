@@ -1,0 +1,220 @@
+// The cudnn kernel (GPU build with cuDNN) against the float64 reference of the same masked
+// attention: output, log-sum-exp, dq, dk, dv on awkward and random fused layouts (empty and
+// one-token sequences, primes, tile edges, query shards of 1-2K against long prefixes), bf16 and
+// fp16, head dims 64, 128 and 192/128 (latent attention), GQA 1, 4, 8; the graph cache (one build
+// per shape class, hits after); the auto kernel's choice; inputs it refuses. Skips without a GPU
+// or without cuDNN in the build.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <iostream>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "attention_server/cudnn_kernel.h"
+#include "attention_server/kernel.h"
+#include "common/error.h"
+#include "tests/attention_server/attention_reference.h"
+
+namespace cadre::attention_server {
+namespace {
+
+bool usable(std::string* why) {
+  if (!torch::cuda::is_available() || torch::cuda::device_count() == 0) {
+    *why = "no CUDA device";
+    return false;
+  }
+  if (!cudnn_kernel_built()) {
+    *why = cudnn_kernel_unavailable_reason();
+    return false;
+  }
+  return true;
+}
+#define CADRE_NEED_CUDNN()                  \
+  do {                                      \
+    std::string why;                        \
+    if (!usable(&why)) GTEST_SKIP() << why; \
+  } while (0)
+
+struct Inputs {
+  torch::Tensor q, k, v, dout;
+  VarlenBatch batch;
+};
+
+Inputs make_inputs(const Shape& shape, uint64_t seed) {
+  torch::manual_seed(seed);
+  const torch::Device device(torch::kCUDA, 0);
+  int64_t total_q = 0, total_k = 0;
+  for (auto [nq, nk] : shape.sequences) {
+    total_q += nq;
+    total_k += nk;
+  }
+  auto opts = torch::TensorOptions().dtype(shape.dtype).device(device);
+  Inputs in;
+  in.q = torch::randn({total_q, shape.heads, shape.head_dim}, opts);
+  in.k = torch::randn({total_k, shape.kv_heads, shape.head_dim}, opts);
+  in.v = torch::randn({total_k, shape.kv_heads, shape.value_dim()}, opts);
+  in.dout = torch::randn({total_q, shape.heads, shape.value_dim()}, opts);
+  in.batch = make_batch(shape, device);
+  return in;
+}
+
+void check_shape(CoreAttentionKernel& kernel, const Shape& shape, uint64_t seed) {
+  Inputs in = make_inputs(shape, seed);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
+  ForwardResult fwd = kernel.forward(in.q, in.k, in.v, in.batch, 0.0);
+  BackwardResult bwd = kernel.backward(in.dout, in.q, in.k, in.v, fwd.out, fwd.lse, in.batch, 0.0);
+  Reference ref = reference_attention(in.q, in.k, in.v, in.dout, shape, scale);
+  ASSERT_EQ(fwd.out.sizes(), ref.out.sizes());
+  ASSERT_EQ(fwd.lse.sizes(), ref.lse.sizes());
+  // Rows of sequences without keys have no defined log-sum-exp; every layout here has keys.
+  const double tol_out = 1e-2, tol_grad = 2e-2, tol_lse = 1e-3;
+  struct Row {
+    const char* name;
+    double error, tolerance;
+  } rows[] = {{"out", relative_error(fwd.out, ref.out), tol_out},
+              {"lse", relative_error(fwd.lse, ref.lse), tol_lse},
+              {"dq", relative_error(bwd.dq, ref.dq), tol_grad},
+              {"dk", relative_error(bwd.dk, ref.dk), tol_grad},
+              {"dv", relative_error(bwd.dv, ref.dv), tol_grad}};
+  std::string table;
+  bool ok = true;
+  for (const Row& row : rows) {
+    table += str_cat(" ", row.name, "=", row.error);
+    ok = ok && row.error <= row.tolerance;
+  }
+  EXPECT_TRUE(ok) << describe(shape) << ": relative errors" << table << " (tolerances out "
+                  << tol_out << ", lse " << tol_lse << ", grads " << tol_grad << ")";
+  std::cout << "[" << kernel.name() << " vs float64] " << describe(shape).substr(0, 110) << ":"
+            << table << "\n";
+}
+
+TEST(CudnnKernel, AwkwardLayouts) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_kernel();
+  EXPECT_EQ(kernel->name(), "cudnn");
+  const std::vector<std::vector<std::pair<int64_t, int64_t>>> layouts = {
+      {{1, 1}},                                       // one token
+      {{1, 1000}},                                    // last token of a document
+      {{0, 0}, {5, 5}, {0, 0}},                       // empty sequences around one
+      {{0, 40}, {3, 3}},                              // keys without queries
+      {{127, 127}, {128, 128}, {129, 129}},           // whole documents around a tile
+      {{128, 1024}, {256, 256}, {129, 700}},          // tail shards beside a whole document
+      {{2, 3}, {5, 5}, {7, 1500}, {13, 17}, {1, 2}},  // primes
+      {{1024, 1024}},                                 // one larger document
+  };
+  uint64_t seed = 1;
+  for (const auto& sequences : layouts) {
+    for (auto [heads, kv_heads, dim] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {8, 8, 128}, {8, 2, 64}, {8, 1, 128}, {16, 4, 128}}) {
+      Shape shape{sequences, heads, kv_heads, dim, torch::kBFloat16};
+      check_shape(*kernel, shape, seed++);
+    }
+  }
+}
+
+TEST(CudnnKernel, LatentAttentionHeadDims) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_kernel();
+  uint64_t seed = 50;
+  for (torch::ScalarType dtype : {torch::kBFloat16, torch::kHalf}) {
+    Shape shape{{{64, 64}, {128, 900}, {1, 33}, {257, 257}}, 8, 8, 192, dtype, 128};
+    check_shape(*kernel, shape, seed++);
+  }
+}
+
+TEST(CudnnKernel, LongShardsAgainstLongPrefixes) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_kernel();
+  Shape shape{{{1024, 16384}, {2048, 6144}, {512, 512}}, 8, 2, 128, torch::kBFloat16};
+  check_shape(*kernel, shape, 77);
+}
+
+TEST(CudnnKernel, RandomLayoutsBf16AndFp16) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_kernel();
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 12; ++trial) {
+    Shape shape;
+    shape.dtype = trial % 2 == 0 ? torch::kBFloat16 : torch::kHalf;
+    shape.head_dim = trial % 3 == 0 ? 64 : 128;
+    const int64_t groups[] = {1, 4, 8};
+    shape.kv_heads = 1 + trial % 2;
+    shape.heads = shape.kv_heads * groups[trial % 3];
+    int sequences = 1 + static_cast<int>(rng() % 7);
+    for (int s = 0; s < sequences; ++s) {
+      int64_t nk = 1 + rng() % 1500;
+      int64_t nq = (rng() % 3 == 0) ? nk : 1 + static_cast<int64_t>(rng() % nk);
+      shape.sequences.emplace_back(nq, nk);
+    }
+    check_shape(*kernel, shape, 100 + trial);
+  }
+}
+
+// One graph per shape class and direction, reused by every batch of the class.
+TEST(CudnnKernel, GraphCacheServesAShapeClass) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_kernel();
+  auto run = [&](const Shape& shape) {
+    Inputs in = make_inputs(shape, 3);
+    ForwardResult f = kernel->forward(in.q, in.k, in.v, in.batch, 0.0);
+    kernel->backward(in.dout, in.q, in.k, in.v, f.out, f.lse, in.batch, 0.0);
+  };
+  // 3 and 4 sequences share the 4-sequence class, 100 and 110 queries the 112 class, 900 and
+  // 1000 keys the 1024 class.
+  run(Shape{{{100, 900}, {50, 50}, {7, 7}}, 8, 2, 128});
+  KernelCounters first = kernel->counters();
+  EXPECT_EQ(first.graphs_built, 2);  // forward and backward
+  EXPECT_EQ(first.graph_cache_hits, 0);
+  run(Shape{{{110, 1000}, {1, 1}, {9, 9}, {100, 100}}, 8, 2, 128});
+  KernelCounters second = kernel->counters();
+  EXPECT_EQ(second.graphs_built, 2);
+  EXPECT_EQ(second.graph_cache_hits, 2);
+  run(Shape{{{100, 5000}}, 8, 2, 128});  // a longer key class
+  EXPECT_EQ(kernel->counters().graphs_built, 4);
+  EXPECT_EQ(kernel->counters().calls, 6);
+  std::cout << "[cudnn graph cache] built " << kernel->counters().graphs_built << " in "
+            << kernel->counters().graph_build_ms << " ms, hits "
+            << kernel->counters().graph_cache_hits << "\n";
+}
+
+TEST(CudnnKernel, AutoPicksCudnnAndFallsBackToFlash) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_kernel("auto");
+  EXPECT_EQ(kernel->name(), "auto");
+  check_shape(*kernel, Shape{{{64, 300}, {20, 20}}, 8, 2, 128}, 9);
+  EXPECT_EQ(kernel->counters().fallback_calls, 0);
+  EXPECT_GT(kernel->counters().graphs_built, 0);
+  check_shape(*kernel, Shape{{{64, 300}, {20, 20}}, 8, 2, 96}, 10);  // head dim cuDNN refuses
+  EXPECT_EQ(kernel->counters().fallback_calls, 2);
+}
+
+TEST(CudnnKernel, RejectsWhatItDoesNotTake) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_kernel();
+  const torch::Device device(torch::kCUDA, 0);
+  Shape shape{{{4, 4}}, 4, 4, 64};
+  VarlenBatch batch = make_batch(shape, device);
+  auto q32 = torch::randn({4, 4, 64}, torch::TensorOptions().device(device));
+  auto expect_message = [&](const torch::Tensor& q, const torch::Tensor& k, const std::string& text) {
+    try {
+      kernel->forward(q, k, k, batch, 0.0);
+      ADD_FAILURE() << "accepted inputs it should refuse (" << text << ")";
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find(text), std::string::npos) << e.message();
+    }
+  };
+  expect_message(q32, q32, "accepted: bf16, fp16");
+  auto q16 = q32.to(torch::kBFloat16);
+  expect_message(q16.narrow(2, 0, 48).contiguous(), q16.narrow(2, 0, 48).contiguous(),
+                 "accepted: 64/64, 128/128, 192/128");
+  expect_message(q16, q16.narrow(1, 0, 3).contiguous(), "multiple of kv_heads");
+  expect_message(q16.cpu(), q16.cpu(), "CUDA tensors");
+}
+
+}  // namespace
+}  // namespace cadre::attention_server
