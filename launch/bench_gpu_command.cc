@@ -36,6 +36,7 @@ std::string bench_kernel_usage() {
          "  --compare                first compare cuDNN's fused attention with FlashAttention-2\n"
          "                           on whole documents (64K at head dims 128 and 64) and time\n"
          "                           the host cost of a cached-graph call\n"
+         "  --compare-only           the comparison alone\n"
          "  --no-calibration         skip the calibration grid\n";
 }
 

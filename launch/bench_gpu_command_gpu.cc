@@ -402,13 +402,14 @@ KernelComparison compare_kernels(const KernelConfig& base) {
 }
 
 int bench_kernel(const Args& args) {
-  Options options(args, {"no-calibration", "compare"});
+  Options options(args, {"no-calibration", "compare", "compare-only"});
   if (options.has("help")) {
     std::cout << bench_kernel_usage();
     return 0;
   }
   const std::string kernel_name = options.text("kernel", "flash");
-  const bool compare = options.flag("compare");
+  const bool compare_only = options.flag("compare-only");
+  const bool compare = options.flag("compare") || compare_only;
   KernelConfig config;
   const std::string out_path = options.text("out", "");
   const std::string calibration_path = options.text("calibration-out", "");
@@ -467,6 +468,15 @@ int bench_kernel(const Args& args) {
             << " TFLOP/s\n\n";
   KernelComparison comparison;
   if (compare) comparison = compare_kernels(config);
+  if (compare_only) {
+    if (!out_path.empty() && !comparison.json.empty()) {
+      write_file(out_path, str_cat("{\n  \"benchmark\": \"cadre bench kernel --compare-only\",\n"
+                                   "  \"device\": ", device_json(info), ",\n  \"comparison\": ",
+                                   comparison.json, "\n}\n"));
+      std::cout << "wrote " << out_path << "\n";
+    }
+    return 0;
+  }
   if (kernel_name == "flash") {
     std::cout << "Shards run through the flash kernel as Cadre uses it (shards of up to "
               << kernel_options.max_forward_split_queries << " / "
