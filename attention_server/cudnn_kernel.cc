@@ -516,7 +516,7 @@ struct ClassEntry {
   }
 };
 
-class CudnnKernel : public CoreAttentionKernel {
+class CudnnKernel : public CudnnAttention {
  public:
   CudnnKernel() {
     const int64_t runtime = cudnn::runtime_version(), header = cudnn::header_version();
@@ -528,9 +528,9 @@ class CudnnKernel : public CoreAttentionKernel {
   std::string name() const override { return "cudnn"; }
   KernelCounters counters() const override { return counters_; }
 
-  ForwardResult forward(const torch::Tensor& q_in, const torch::Tensor& k_in,
-                        const torch::Tensor& v_in, const VarlenBatch& batch,
-                        double softmax_scale) override {
+  ForwardResult forward_masked(const torch::Tensor& q_in, const torch::Tensor& k_in,
+                               const torch::Tensor& v_in, const VarlenBatch& batch,
+                               double softmax_scale, bool causal) override {
     const std::string why = cudnn_unsupported_reason(q_in, k_in, v_in, batch);
     CADRE_CHECK(why.empty(), "cudnn kernel: ", why);
     c10::cuda::CUDAGuard guard(q_in.device());
@@ -546,7 +546,7 @@ class CudnnKernel : public CoreAttentionKernel {
     }
     float scale = static_cast<float>(softmax_scale > 0 ? softmax_scale
                                                        : 1.0 / std::sqrt(double(dqk)));
-    const ClassKey key = class_key(false, q, k, v, batch);
+    const ClassKey key = class_key(false, causal, q, k, v, batch);
     ClassEntry& entry = entry_for(key, q.device().index());
     Metadata meta = make_metadata(batch, key.batch, hq, hk, dqk, dv, q.device());
     Workspace workspace;
@@ -565,10 +565,11 @@ class CudnnKernel : public CoreAttentionKernel {
     return {out, stats.t().contiguous()};
   }
 
-  BackwardResult backward(const torch::Tensor& dout_in, const torch::Tensor& q_in,
-                          const torch::Tensor& k_in, const torch::Tensor& v_in,
-                          const torch::Tensor& out_in, const torch::Tensor& lse,
-                          const VarlenBatch& batch, double softmax_scale) override {
+  BackwardResult backward_masked(const torch::Tensor& dout_in, const torch::Tensor& q_in,
+                                 const torch::Tensor& k_in, const torch::Tensor& v_in,
+                                 const torch::Tensor& out_in, const torch::Tensor& lse,
+                                 const VarlenBatch& batch, double softmax_scale,
+                                 bool causal) override {
     const std::string why = cudnn_unsupported_reason(q_in, k_in, v_in, batch);
     CADRE_CHECK(why.empty(), "cudnn kernel: ", why);
     CADRE_CHECK(dout_in.sizes() == out_in.sizes() && out_in.size(0) == q_in.size(0) &&
@@ -598,7 +599,7 @@ class CudnnKernel : public CoreAttentionKernel {
     dvt.zero_();
     float scale = static_cast<float>(softmax_scale > 0 ? softmax_scale
                                                        : 1.0 / std::sqrt(double(dqk)));
-    const ClassKey key = class_key(true, q, k, v, batch);
+    const ClassKey key = class_key(true, causal, q, k, v, batch);
     ClassEntry& entry = entry_for(key, q.device().index());
     Metadata meta = make_metadata(batch, key.batch, hq, hk, dqk, dv, q.device());
     const torch::Tensor stats = lse.t().contiguous();  // [total_q, heads]
@@ -639,7 +640,7 @@ class CudnnKernel : public CoreAttentionKernel {
   }
 
  private:
-  ClassKey class_key(bool backward, const torch::Tensor& q, const torch::Tensor& k,
+  ClassKey class_key(bool backward, bool causal, const torch::Tensor& q, const torch::Tensor& k,
                      const torch::Tensor& v, const VarlenBatch& batch) const {
     ClassKey key;
     key.backward = backward;
@@ -649,7 +650,9 @@ class CudnnKernel : public CoreAttentionKernel {
     for (size_t i = 0; square && i < batch.cu_q_host.size(); ++i) {
       square = batch.cu_q_host[i] == batch.cu_k_host[i];
     }
-    key.mask = static_cast<int>(square ? Mask::kTopLeft : Mask::kBottomRight);
+    key.mask = static_cast<int>(!causal ? Mask::kNone
+                                : square ? Mask::kTopLeft
+                                         : Mask::kBottomRight);
     key.dtype = static_cast<int>(q.scalar_type());
     key.heads = q.size(1);
     key.kv_heads = k.size(1);
@@ -826,5 +829,6 @@ std::string cudnn_unsupported_reason(const torch::Tensor& q, const torch::Tensor
 }
 
 std::unique_ptr<CoreAttentionKernel> make_cudnn_kernel() { return std::make_unique<CudnnKernel>(); }
+std::unique_ptr<CudnnAttention> make_cudnn_attention() { return std::make_unique<CudnnKernel>(); }
 
 }  // namespace cadre::attention_server

@@ -28,13 +28,39 @@ std::string cudnn_kernel_version();
 // and hits. Throws cadre::Error for inputs it does not accept (supports() says which).
 std::unique_ptr<CoreAttentionKernel> make_cudnn_kernel();
 
+// The cudnn kernel with the mask chosen per call (causal bottom-right, or none: the unmasked
+// prefix part of a split query shard, flash_kernel.h), for kernels that split a batch.
+class CudnnAttention : public CoreAttentionKernel {
+ public:
+  virtual ForwardResult forward_masked(const torch::Tensor& q, const torch::Tensor& k,
+                                       const torch::Tensor& v, const VarlenBatch& batch,
+                                       double softmax_scale, bool causal) = 0;
+  virtual BackwardResult backward_masked(const torch::Tensor& dout, const torch::Tensor& q,
+                                         const torch::Tensor& k, const torch::Tensor& v,
+                                         const torch::Tensor& out, const torch::Tensor& lse,
+                                         const VarlenBatch& batch, double softmax_scale,
+                                         bool causal) = 0;
+  ForwardResult forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const VarlenBatch& batch, double softmax_scale) override {
+    return forward_masked(q, k, v, batch, softmax_scale, true);
+  }
+  BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q,
+                          const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& out,
+                          const torch::Tensor& lse, const VarlenBatch& batch,
+                          double softmax_scale) override {
+    return backward_masked(dout, q, k, v, out, lse, batch, softmax_scale, true);
+  }
+};
+std::unique_ptr<CudnnAttention> make_cudnn_attention();
+
 // Whether the cudnn kernel accepts these inputs (shapes, dtype, 32-bit element offsets); when not,
 // why (empty when it does).
 std::string cudnn_unsupported_reason(const torch::Tensor& q, const torch::Tensor& k,
                                      const torch::Tensor& v, const VarlenBatch& batch);
 
-// "auto": cudnn for every batch it supports, flash otherwise (a refusal is logged once per
-// reason); CPU tensors go to the reference kernel. See docs/gpu.md for the measurements behind
+// "auto": cuDNN for every batch it supports, with short query shards split into a folded prefix
+// and a causal diagonal (the flash kernel's split, FlashKernelOptions::cudnn_parts), flash
+// otherwise (a refusal is logged once per reason); CPU tensors go to the reference kernel. See docs/gpu.md for the measurements behind
 // the choice.
 std::unique_ptr<CoreAttentionKernel> make_auto_kernel();
 

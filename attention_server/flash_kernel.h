@@ -40,6 +40,10 @@ struct FlashKernelOptions {
   int64_t forward_slots = 0;
   bool force_forward_split = false;  // split every eligible sequence in forward (tests)
   int64_t prefix_chunk_keys = 32768;
+  // The kernel the parts run on: LibTorch's FlashAttention-2, or cuDNN's fused attention
+  // (cudnn_kernel.h; GPU build with cuDNN). With cuDNN, forward splits every eligible shard (the
+  // schedule estimate above is FlashAttention-2's) and the kernel is named "cudnn-split".
+  bool cudnn_parts = false;
 };
 
 // FlashAttention-2 varlen forward/backward over a fused batch (bf16/fp16, head_dim multiple of 8

@@ -23,6 +23,9 @@
 #include <utility>
 #include <vector>
 
+#ifdef CADRE_WITH_CUDNN
+#include "attention_server/cudnn_kernel.h"
+#endif
 #include "attention_server/flash_kernel.h"
 #include "attention_server/kernel.h"
 #include "attention_server/lse_merge.h"
@@ -133,11 +136,13 @@ struct SplitPlan {
   // form sequences without queries, whose dK/dV come back zero).
   torch::Tensor fold_rows;  // int64 [chunk rows]: the token row of each chunk row
   torch::Tensor cu_q_prefix, cu_k_prefix;
+  std::vector<int64_t> cu_q_prefix_host, cu_k_prefix_host;
   int64_t max_q_prefix = 0, max_k_prefix = 0;
   // Rest call: every query row in order, against gathered keys: the diagonal block of a split
   // sequence, every key of an unsplit one (causal).
   torch::Tensor rest_rows;  // int64 [rest keys]: rows of k, v
   torch::Tensor cu_k_rest;
+  std::vector<int64_t> cu_k_rest_host;
   int64_t max_k_rest = 0;
   // Forward merge (lse_merge.h): the split tokens, and for each its chunk rows.
   torch::Tensor merge_tokens, merge_offsets, merge_rows;  // int32
@@ -291,7 +296,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
   // The prefix call's folded query rows and the merge's row indices are 32-bit: a batch whose
   // folded rows do not fit runs unsplit.
   if (cu_q.back() > std::numeric_limits<int32_t>::max()) return nullptr;
-  if (direction == Direction::kForward && !options.force_forward_split) {
+  if (direction == Direction::kForward && !options.force_forward_split && !options.cudnn_parts) {
     const int64_t slots =
         options.forward_slots > 0
             ? options.forward_slots
@@ -308,6 +313,9 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
   plan->fold_rows = int64_on(fold, device);
   plan->cu_q_prefix = int32_on(cu_q, device);
   plan->cu_k_prefix = int32_on(cu_k, device);
+  plan->cu_q_prefix_host = cu_q;
+  plan->cu_k_prefix_host = cu_k;
+  plan->cu_k_rest_host = cu_rest;
   plan->max_q_prefix = max_step(cu_q);
   plan->max_k_prefix = max_step(cu_k);
   plan->rest_rows = int64_on(rest, device);
@@ -346,9 +354,16 @@ class FlashKernel : public CoreAttentionKernel {
   explicit FlashKernel(const FlashKernelOptions& options)
       : options_(options),
         forward_op_("aten::_flash_attention_forward"),
-        backward_op_("aten::_flash_attention_backward") {}
+        backward_op_("aten::_flash_attention_backward") {
+#ifdef CADRE_WITH_CUDNN
+    if (options.cudnn_parts) cudnn_ = make_cudnn_attention();
+#endif
+    CADRE_CHECK(!options.cudnn_parts || cudnn_ != nullptr,
+                "flash kernel: cudnn_parts needs the GPU build with cuDNN");
+  }
 
-  std::string name() const override { return "flash"; }
+  std::string name() const override { return cudnn_ ? "cudnn-split" : "flash"; }
+  KernelCounters counters() const override { return cudnn_ ? cudnn_->counters() : KernelCounters{}; }
 
   ForwardResult forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const VarlenBatch& batch, double softmax_scale) override {
@@ -362,15 +377,23 @@ class FlashKernel : public CoreAttentionKernel {
     if (plan == nullptr) {
       return call_forward(contiguous(q), contiguous(k), contiguous(v), batch.cu_seqlens_q,
                           batch.cu_seqlens_k, batch.max_seqlen_q, batch.max_seqlen_k, true,
-                          softmax_scale);
+                          softmax_scale, batch.cu_q_host, batch.cu_k_host);
     }
     return split_forward(*plan, contiguous(q), contiguous(k), contiguous(v), batch, softmax_scale);
   }
 
+  // One call of the parts' kernel; the host cumulative lengths (possibly empty) serve cuDNN.
   ForwardResult call_forward(const torch::Tensor& q, const torch::Tensor& k,
                              const torch::Tensor& v, const torch::Tensor& cu_q,
                              const torch::Tensor& cu_k, int64_t max_q, int64_t max_k, bool causal,
-                             double softmax_scale) {
+                             double softmax_scale, const std::vector<int64_t>& cu_q_host,
+                             const std::vector<int64_t>& cu_k_host) {
+#ifdef CADRE_WITH_CUDNN
+    if (cudnn_) {
+      return cudnn_->forward_masked(q, k, v, parts_batch(cu_q, cu_k, max_q, max_k, cu_q_host, cu_k_host),
+                                    softmax_scale, causal);
+    }
+#endif
     const int64_t heads = q.size(1);
     NamedArgs args{{"query", q},
                    {"key", k},
@@ -402,10 +425,11 @@ class FlashKernel : public CoreAttentionKernel {
     ForwardResult rest = call_forward(q, k.index_select(0, plan.rest_rows),
                                       v.index_select(0, plan.rest_rows), batch.cu_seqlens_q,
                                       plan.cu_k_rest, batch.max_seqlen_q, plan.max_k_rest, true,
-                                      softmax_scale);
+                                      softmax_scale, batch.cu_q_host, plan.cu_k_rest_host);
     ForwardResult prefix = call_forward(fold_heads(q, plan.fold_rows, group), k, v,
                                         plan.cu_q_prefix, plan.cu_k_prefix, plan.max_q_prefix,
-                                        plan.max_k_prefix, false, softmax_scale);
+                                        plan.max_k_prefix, false, softmax_scale,
+                                        plan.cu_q_prefix_host, plan.cu_k_prefix_host);
     // The rest's output and log-sum-exp become the merge of every part, in place.
     ForwardResult result{contiguous(rest.out), contiguous(rest.lse)};
     const torch::Tensor part_out = contiguous(prefix.out), part_lse = contiguous(prefix.lse);
@@ -452,7 +476,7 @@ class FlashKernel : public CoreAttentionKernel {
       return call_backward(contiguous(dout), contiguous(q), contiguous(k), contiguous(v),
                            contiguous(out), contiguous(lse), batch.cu_seqlens_q,
                            batch.cu_seqlens_k, batch.max_seqlen_q, batch.max_seqlen_k, true,
-                           softmax_scale);
+                           softmax_scale, batch.cu_q_host, batch.cu_k_host);
     }
     const int64_t group = q.size(1) / k.size(1);
     const torch::Tensor qc = contiguous(q), kc = contiguous(k), vc = contiguous(v);
@@ -462,11 +486,12 @@ class FlashKernel : public CoreAttentionKernel {
         fold_heads(dc, plan->fold_rows, group), fold_heads(qc, plan->fold_rows, group), kc, vc,
         fold_heads(oc, plan->fold_rows, group), fold_lse(lc, plan->fold_rows, group),
         plan->cu_q_prefix, plan->cu_k_prefix, plan->max_q_prefix, plan->max_k_prefix, false,
-        softmax_scale);
+        softmax_scale, plan->cu_q_prefix_host, plan->cu_k_prefix_host);
     BackwardResult rest = call_backward(dc, qc, kc.index_select(0, plan->rest_rows),
                                         vc.index_select(0, plan->rest_rows), oc, lc,
                                         batch.cu_seqlens_q, plan->cu_k_rest, batch.max_seqlen_q,
-                                        plan->max_k_rest, true, softmax_scale);
+                                        plan->max_k_rest, true, softmax_scale, batch.cu_q_host,
+                                        plan->cu_k_rest_host);
     // The prefix call wrote zeros for the key rows it had no queries for: add the rest there.
     BackwardResult result;
     result.dk = prefix.dk.index_add_(0, plan->rest_rows, rest.dk);
@@ -482,7 +507,16 @@ class FlashKernel : public CoreAttentionKernel {
                                const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& out, const torch::Tensor& lse,
                                const torch::Tensor& cu_q, const torch::Tensor& cu_k,
-                               int64_t max_q, int64_t max_k, bool causal, double softmax_scale) {
+                               int64_t max_q, int64_t max_k, bool causal, double softmax_scale,
+                               const std::vector<int64_t>& cu_q_host,
+                               const std::vector<int64_t>& cu_k_host) {
+#ifdef CADRE_WITH_CUDNN
+    if (cudnn_) {
+      return cudnn_->backward_masked(dout, q, k, v, out, lse,
+                                     parts_batch(cu_q, cu_k, max_q, max_k, cu_q_host, cu_k_host),
+                                     softmax_scale, causal);
+    }
+#endif
     // Without dropout the random-number state is never read; the operator still takes tensors.
     torch::Tensor no_rng = torch::zeros({2}, q.options().dtype(torch::kLong));
     NamedArgs args{{"grad_out", dout},
@@ -541,6 +575,19 @@ class FlashKernel : public CoreAttentionKernel {
     return plans_.front().plan.get();
   }
 
+  static VarlenBatch parts_batch(const torch::Tensor& cu_q, const torch::Tensor& cu_k,
+                                 int64_t max_q, int64_t max_k, const std::vector<int64_t>& cu_q_host,
+                                 const std::vector<int64_t>& cu_k_host) {
+    VarlenBatch b;
+    b.cu_seqlens_q = cu_q;
+    b.cu_seqlens_k = cu_k;
+    b.max_seqlen_q = max_q;
+    b.max_seqlen_k = max_k;
+    b.cu_q_host = cu_q_host;
+    b.cu_k_host = cu_k_host;
+    return b;
+  }
+
  private:
   struct CachedPlan {
     std::vector<int64_t> cu_q, cu_k;
@@ -553,6 +600,11 @@ class FlashKernel : public CoreAttentionKernel {
   static constexpr size_t kCachedPlans = 16;
 
   FlashKernelOptions options_;
+#ifdef CADRE_WITH_CUDNN
+  std::unique_ptr<CudnnAttention> cudnn_;
+#else
+  std::unique_ptr<CoreAttentionKernel> cudnn_;  // always null without cuDNN
+#endif
   std::list<CachedPlan> plans_;
   NamedOperator forward_op_;
   NamedOperator backward_op_;

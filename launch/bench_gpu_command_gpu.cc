@@ -451,11 +451,18 @@ int bench_kernel(const Args& args) {
   CADRE_CHECK(torch::cuda::is_available(), "bench kernel: no CUDA device is visible");
   CADRE_CUDA_CHECK(cudaSetDevice(0));
 
-  std::unique_ptr<attention_server::CoreAttentionKernel> kernel =
-      kernel_name == "flash" ? attention_server::make_flash_kernel(kernel_options)
-                             : attention_server::make_kernel(kernel_name);
-  CADRE_CHECK(kernel_name == "flash" || kernel_name == "cudnn" || kernel_name == "auto",
-              "bench kernel: --kernel '", kernel_name, "'; accepted: flash, cudnn, auto");
+  CADRE_CHECK(kernel_name == "flash" || kernel_name == "cudnn" || kernel_name == "cudnn-split" ||
+                  kernel_name == "auto",
+              "bench kernel: --kernel '", kernel_name,
+              "'; accepted: flash, cudnn, cudnn-split (the flash kernel's split on cuDNN), auto");
+  std::unique_ptr<attention_server::CoreAttentionKernel> kernel;
+  if (kernel_name == "flash" || kernel_name == "cudnn-split") {
+    attention_server::FlashKernelOptions split_options = kernel_options;
+    split_options.cudnn_parts = kernel_name == "cudnn-split";
+    kernel = attention_server::make_flash_kernel(split_options);
+  } else {
+    kernel = attention_server::make_kernel(kernel_name);
+  }
   attention_server::FlashKernelOptions unsplit;
   unsplit.split_short_shards = false;
   auto direct_kernel = attention_server::make_flash_kernel(unsplit);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "attention_server/cudnn_kernel.h"
+#include "attention_server/flash_kernel.h"
 #include "attention_server/kernel.h"
 #include "common/error.h"
 #include "tests/attention_server/attention_reference.h"
@@ -191,6 +192,34 @@ TEST(CudnnKernel, AutoPicksCudnnAndFallsBackToFlash) {
   EXPECT_GT(kernel->counters().graphs_built, 0);
   check_shape(*kernel, Shape{{{64, 300}, {20, 20}}, 8, 2, 96}, 10);  // head dim cuDNN refuses
   EXPECT_EQ(kernel->counters().fallback_calls, 2);
+}
+
+// The flash kernel's split (folded unmasked prefix + causal diagonal, merged by log-sum-exp) with
+// its parts on cuDNN: every shard split in both directions (tiny prefix chunks too), and the
+// default rules; GQA 1, 2, 4, 8, both dtypes, head dims 64 and 128.
+TEST(CudnnSplit, PartsOnCudnnMatchFloat64) {
+  CADRE_NEED_CUDNN();
+  FlashKernelOptions always, tiny, defaults;
+  always.cudnn_parts = tiny.cudnn_parts = defaults.cudnn_parts = true;
+  always.backward_min_prefix_ratio = 0;
+  always.backward_min_prefix_keys = 0;
+  always.force_forward_split = true;
+  tiny = always;
+  tiny.prefix_chunk_keys = 96;
+  uint64_t seed = 500;
+  for (const FlashKernelOptions& options : {always, tiny, defaults}) {
+    auto kernel = make_flash_kernel(options);
+    EXPECT_EQ(kernel->name(), "cudnn-split");
+    for (auto [heads, kv_heads, dim] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {8, 8, 128}, {8, 4, 64}, {8, 1, 128}, {16, 2, 128}}) {
+      for (torch::ScalarType dtype : {torch::kBFloat16, torch::kHalf}) {
+        Shape shape{{{128, 1024}, {3, 700}, {64, 64}, {1, 97}, {256, 4096}, {0, 30}}, heads,
+                    kv_heads, dim, dtype};
+        check_shape(*kernel, shape, seed++);
+      }
+    }
+    EXPECT_GT(kernel->counters().graphs_built, 0);
+  }
 }
 
 TEST(CudnnKernel, RejectsWhatItDoesNotTake) {

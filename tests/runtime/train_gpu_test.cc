@@ -1,5 +1,5 @@
 // Training on GPUs: 1-2 ranks, one GPU each, NCCL for tensors and MPI for the control plane.
-// bf16 training with the flash kernel (cad with ping-pong, in place and dedicated, and colocated)
+// bf16 training with the flash, cudnn and auto kernels (cad with ping-pong, in place and dedicated, and colocated)
 // against an fp32 run of the same model on the same GPUs with the reference kernel: same loss and
 // gradients within bf16 tolerance, no NaN, identical weights across ranks; plus a timeline with
 // communication spans and the memory of a recomputed step.
@@ -8,6 +8,7 @@
 #include <mpi.h>
 #include <torch/torch.h>
 
+#include "attention_server/cudnn_kernel.h"
 #include "comm/mpi_transport.h"
 #include "comm/nccl_transport.h"
 #include "tests/gpu_mpi_main.h"
@@ -20,7 +21,8 @@ namespace {
 comm::NcclTransport* g_nccl = nullptr;
 comm::Transport* g_mpi = nullptr;
 
-config::RunConfig small_run(const std::string& attention, const std::string& dtype) {
+config::RunConfig small_run(const std::string& attention, const std::string& dtype,
+                            const std::string& kernel = "auto") {
   config::RunConfig c;
   auto* m = c.mutable_model();
   m->set_preset("custom");
@@ -42,6 +44,7 @@ config::RunConfig small_run(const std::string& attention, const std::string& dty
   auto* t = c.mutable_training();
   t->set_attention(attention);
   t->set_dtype(dtype);
+  t->set_attention_kernel(kernel);
   t->set_device("cuda");
   t->set_steps(10);
   t->set_learning_rate(1e-3);
@@ -77,11 +80,16 @@ void expect_close(Trainer& bf16, Trainer& fp32, const std::string& what) {
 
 TEST(TrainGpu, Bf16MatchesFp32ReferenceInEveryMode) {
   if (!g_nccl) GTEST_SKIP() << "needs one GPU per rank";
-  for (const std::string attention : {"colocated", "cad"}) {
-    Trainer bf16(small_run(attention, "bf16"), *g_mpi, *g_nccl);
-    Trainer fp32(small_run("colocated", "fp32"), *g_mpi, *g_nccl);
-    EXPECT_NE(bf16.describe().find("kernel flash"), std::string::npos) << bf16.describe();
-    expect_close(bf16, fp32, attention);
+  // Every GPU kernel: flash, cudnn (when built) and auto.
+  std::vector<std::string> kernels{"flash", "auto"};
+  if (attention_server::cudnn_kernel_built()) kernels.push_back("cudnn");
+  for (const std::string& kernel : kernels) {
+    for (const std::string attention : {"colocated", "cad"}) {
+      Trainer bf16(small_run(attention, "bf16", kernel), *g_mpi, *g_nccl);
+      Trainer fp32(small_run("colocated", "fp32"), *g_mpi, *g_nccl);
+      EXPECT_NE(bf16.describe().find("kernel " + kernel), std::string::npos) << bf16.describe();
+      expect_close(bf16, fp32, attention + ", kernel " + kernel);
+    }
   }
   if (g_mpi->size() >= 2) {
     auto config = small_run("cad", "bf16");
