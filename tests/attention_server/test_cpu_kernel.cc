@@ -5,6 +5,7 @@
 
 #include <random>
 
+#include "attention_server/cudnn_kernel.h"
 #include "attention_server/kernel.h"
 #include "common/error.h"
 
@@ -85,6 +86,31 @@ TEST(CpuKernel, BadInputsSayWhatIsAccepted) {
   auto k2 = torch::randn({2, 2, 8});
   EXPECT_THROW(kernel->forward(q2, k2, k2, more_queries, 0), Error);
   EXPECT_THROW(make_kernel("fastest"), Error);
+}
+
+// "reference" is the CPU kernel; "auto" runs it for CPU tensors; "cudnn" in a build without it
+// says why and what this build accepts.
+TEST(KernelSelection, NamesAndFallbacks) {
+  EXPECT_EQ(make_kernel("reference")->name(), "cpu");
+  auto automatic = make_kernel("auto");
+  EXPECT_EQ(automatic->name(), "auto");
+  VarlenBatch batch = make_varlen_batch({0, 3, 5}, {0, 3, 9});
+  torch::manual_seed(2);
+  auto q = torch::randn({5, 4, 8}), k = torch::randn({9, 2, 8}), v = torch::randn({9, 2, 8});
+  ForwardResult a = automatic->forward(q, k, v, batch, 0);
+  ForwardResult r = make_cpu_kernel()->forward(q, k, v, batch, 0);
+  EXPECT_TRUE(torch::equal(a.out, r.out));
+  EXPECT_TRUE(torch::equal(a.lse, r.lse));
+  if (!cudnn_kernel_built()) {
+    try {
+      make_kernel("cudnn");
+      ADD_FAILURE() << "make_kernel(\"cudnn\") succeeded in a build without cuDNN";
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("'cudnn' is not available"), std::string::npos) << e.message();
+      EXPECT_NE(e.message().find("accepted here: auto, reference"), std::string::npos)
+          << e.message();
+    }
+  }
 }
 
 }  // namespace

@@ -360,6 +360,8 @@ TEST(FinalizeConfig, TrainingAndSimulateErrors) {
   expect_finalize_error({"training.attention=ring"},
                         {"training.attention=\"ring\"", "cad, colocated"});
   expect_finalize_error({"training.dtype=fp16"}, {"training.dtype=\"fp16\"", "fp32, bf16"});
+  expect_finalize_error({"training.attention_kernel=triton"},
+                        {"training.attention_kernel=\"triton\"", "auto, flash, cudnn, reference"});
   expect_finalize_error({"training.checkpoint_every=10"},
                         {"training.checkpoint_every=10", "checkpoint_dir"});
   expect_finalize_error({"training.adam_beta2=1"}, {"training.adam_beta2=1", "[0, 1)"});

@@ -501,6 +501,13 @@ TEST(Train, BadSettingsFailOnEveryRank) {
   config.mutable_scheduler()->set_server_mode("dedicated");
   config.mutable_scheduler()->set_num_dedicated_servers(world().size());
   expect_rejected(config, "a run without workers", "at least one worker");
+  // GPU kernels on a CPU run: one message naming the field and what CPU runs accept.
+  for (const char* kernel : {"flash", "cudnn"}) {
+    config = tiny_run("cad");
+    config.mutable_training()->set_attention_kernel(kernel);
+    expect_rejected(config, str_cat("training.attention_kernel=", kernel),
+                    "accepted here: auto, reference");
+  }
 }
 
 }  // namespace
