@@ -810,8 +810,13 @@ std::string cudnn_unsupported_reason(const torch::Tensor& q, const torch::Tensor
       return str_cat("cu_seqlens must be int32 [batch + 1] on ", q.device());
     }
   }
-  if (batch.cu_seqlens_q.size(0) != batch.cu_seqlens_k.size(0) || batch.cu_seqlens_q.size(0) < 2) {
-    return "cu_seqlens_q and cu_seqlens_k must have one length of at least 2";
+  if (batch.cu_seqlens_q.size(0) != batch.cu_seqlens_k.size(0) || batch.cu_seqlens_q.size(0) < 1) {
+    return "cu_seqlens_q and cu_seqlens_k must have one length of at least 1";
+  }
+  // A batch without sequences (an empty nano-batch) has nothing for cuDNN to do: forward and
+  // backward return empty results without a graph.
+  if (batch.cu_seqlens_q.size(0) == 1 && (q.size(0) != 0 || k.size(0) != 0)) {
+    return "a batch without sequences has rows";
   }
   // Element offsets are 32-bit in the graph. A GQA backward whose full-head dK/dV cannot be
   // virtual (see kVirtualFullHeadsBytes) keeps them ragged, addressed with query heads.
