@@ -329,6 +329,9 @@ StepMetrics Trainer::forward_backward() {
   options.loss_scale = metrics.targets > 0 ? static_cast<double>(num_workers_) / metrics.targets : 0.0;
   options.timeline = timeline_.get();
   timeline_->begin_step();
+  last_record_ = StepRecord{};
+  last_record_.nano_count = nano_count;
+  if (reducer_) last_record_.bucket_bytes = reducer_->bucket_bytes();
 
   std::vector<int32_t> servers;
   for (int r = dedicated ? num_workers_ : 0; r < world; ++r) servers.push_back(r);
@@ -393,6 +396,11 @@ StepMetrics Trainer::forward_backward() {
         };
       }
     }
+    for (int j = 0; j < nano_count; ++j) {
+      last_record_.nanos.push_back({static_cast<int>(&mb - micros.data()), j,
+                                    document_lengths(mb.batch, mb.nano_docs[j]),
+                                    dispatches[j] != nullptr, plans[j]});
+    }
     local_loss +=
         run_forward_backward(model_.get(), config_.model(), dtype_, device_, nanos, options);
     for (auto& d : dispatches) {
@@ -413,6 +421,7 @@ StepMetrics Trainer::forward_backward() {
 void Trainer::optimizer_step(StepMetrics* metrics) {
   const double lr = learning_rate_at(step_, config_.training());
   if (is_worker()) {
+    const int span = timeline_->begin_compute(kOptimizerSpan);
     const auto params = model_->parameter_tensors();
     const double norm = clip_grad_norm(params, config_.training().grad_clip());
     optimizer_->step(lr);
@@ -421,6 +430,7 @@ void Trainer::optimizer_step(StepMetrics* metrics) {
       if (p.grad().defined()) p.grad().zero_();
     }
     if (metrics != nullptr) metrics->grad_norm = norm;
+    timeline_->end_compute(span);
   }
   ++step_;
   if (metrics != nullptr) metrics->learning_rate = lr;
