@@ -34,7 +34,9 @@ const char* kUsage =
     "  --distributions LIST  wlb, prolong, lognormal, uniform, fixed, file (default data.distribution)\n"
     "  --strategies LIST     cad, fixed, cp, wlb, ideal (default all)\n"
     "  --batches N           global batches averaged per cell (default simulate.batches, 3)\n"
-    "  --out DIR             where simulate.json, simulate.csv, simulate.svg go (default output.dir)\n\n"
+    "  --out DIR             where simulate.json, simulate.csv, simulate.svg go (default output.dir)\n"
+    "  --training-step       price the steps `cadre train` runs with this config instead\n"
+    "                        (`cadre simulate --training-step --help`)\n\n"
     "Memory (act_GiB, mem_GiB, fits) is priced with activation recomputation of the non-attention\n"
     "layers (training.recompute=linear, as long-context runs use) unless training.recompute is set,\n"
     "e.g. --set training.recompute=none; it never changes the times.\n";
@@ -225,6 +227,9 @@ std::string to_svg(const std::vector<Row>& rows, const std::vector<std::string>&
 }  // namespace
 
 int run_simulate(const Args& args) {
+  for (const std::string& a : args) {
+    if (a == "--training-step") return run_simulate_training_step(args);
+  }
   for (const std::string& a : args) {
     if (a == "--help" || a == "-h") {
       std::cout << kUsage << "\n" << config_options_help();
