@@ -289,7 +289,7 @@ StepPrice price_training_step(const config::RunConfig& config,
   StepPrice price;
   std::vector<double> rank_calls(world, 0);
   double r0_a2a = 0, r0_exposed = 0, r0_reduce = 0, r0_exposed_reduce = 0;
-  std::vector<std::pair<double, double>> r0_comm, r0_compute;  // intervals on rank 0
+  std::vector<std::pair<double, double>> r0_comm, r0_grad, r0_compute;  // intervals on rank 0
   auto compute = [&](int r, double us, double* kind_total) {
     if (us <= 0) return;
     if (r == 0) r0_compute.push_back({C[r], C[r] + us});
@@ -306,7 +306,7 @@ StepPrice price_training_step(const config::RunConfig& config,
     for (double d : durations) longest = std::max(longest, d);
     for (int r = 0; r < world; ++r) M[r] = start + longest;
     if (longest > 0) {
-      r0_comm.push_back({start, start + longest});
+      (grad ? r0_grad : r0_comm).push_back({start, start + longest});
       (grad ? r0_reduce : r0_a2a) += longest;
     }
     return start + longest;
@@ -421,10 +421,9 @@ StepPrice price_training_step(const config::RunConfig& config,
   for (int r = 0; r < world; ++r) compute(r, costs[r].optimizer, &kind_opt);
 
   // Rank 0's exposed communication: its communication intervals outside its compute intervals.
-  auto exposed = [&](bool grad_only) {
+  auto exposed = [&](bool grad) {
     double total = 0;
-    (void)grad_only;
-    for (const auto& [s, e] : r0_comm) {
+    for (const auto& [s, e] : grad ? r0_grad : r0_comm) {
       double covered = 0;
       for (const auto& [cs, ce] : r0_compute) covered += std::max(0.0, std::min(e, ce) - std::max(s, cs));
       total += (e - s) - std::min(e - s, covered);
@@ -433,9 +432,8 @@ StepPrice price_training_step(const config::RunConfig& config,
   };
   price.a2a_us = r0_a2a;
   price.grad_reduce_us = r0_reduce;
-  const double exposed_all = exposed(false);
-  price.exposed_a2a_us = r0_a2a + r0_reduce > 0 ? exposed_all * r0_a2a / (r0_a2a + r0_reduce) : 0;
-  price.exposed_grad_reduce_us = exposed_all - price.exposed_a2a_us;
+  price.exposed_a2a_us = exposed(false);
+  price.exposed_grad_reduce_us = exposed(true);
   price.attention_us = kind_attention;
   price.linear_us = kind_linear;
   price.recompute_us = kind_recompute;
