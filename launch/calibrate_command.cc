@@ -194,6 +194,18 @@ int run_simulate_training_step(const Args& args) {
   for (size_t s = 0; s < prices.size(); ++s) {
     o << (s ? "," : "") << prices[s].step_us / 1e3;
   }
+  o << "],\"nano_tokens\":[";  // per step, per worker, per nano-batch
+  for (size_t s = 0; s < prices.size(); ++s) {
+    o << (s ? "," : "") << "[";
+    for (size_t r = 0; r < prices[s].nano_tokens.size(); ++r) {
+      o << (r ? "," : "") << "[";
+      for (size_t j = 0; j < prices[s].nano_tokens[r].size(); ++j) {
+        o << (j ? "," : "") << prices[s].nano_tokens[r][j];
+      }
+      o << "]";
+    }
+    o << "]";
+  }
   o << "]}\n";
   std::cout << o.str();
   return 0;

@@ -167,6 +167,7 @@ StepPrice price_training_step(const config::RunConfig& config,
   std::vector<NanoExchanges> exchanges(total_nanos);
   std::vector<double> rank_activation_bytes(world, 0), rank_attention_bytes(world, 0);
   std::vector<int64_t> rank_max_tokens(world, 0);
+  std::vector<std::vector<int64_t>> nano_tokens(workers);
   const ActivationBytes act = activation_bytes_per_token_per_layer(model, tp, training.recompute());
   for (RankCosts& c : costs) {
     c.embed_f.assign(total_nanos, 0);
@@ -218,6 +219,7 @@ StepPrice price_training_step(const config::RunConfig& config,
           }
         }
         rank_max_tokens[r] = std::max(rank_max_tokens[r], tokens);
+        nano_tokens[r].push_back(tokens);
         micro_activation[r] += tokens * act.owner;
       }
       NanoExchanges& ex = exchanges[index];
@@ -451,6 +453,8 @@ StepPrice price_training_step(const config::RunConfig& config,
       price.compute_us = busy[r];
     }
   }
+
+  price.nano_tokens = std::move(nano_tokens);
 
   // --- memory -----------------------------------------------------------------------------------
   for (int r = 0; r < world; ++r) {

@@ -75,6 +75,7 @@ struct StepPrice {
   double overhead_us = 0;       // host overhead of the slowest rank
   int64_t a2a_bytes = 0;        // rank 0: sent + received by CAD exchanges
   std::vector<double> rank_step_us;
+  std::vector<std::vector<int64_t>> nano_tokens;  // [worker][nano-batch, micro-batch-major]
   MemoryByComponent memory;     // the rank with the highest peak
 };
 

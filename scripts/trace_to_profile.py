@@ -4,15 +4,16 @@
 
 A trace lacks what a profile adds, so this fills it as follows (each choice is recorded in the
 profile's description, and docs/simulation.md lists them):
-  * tokens per nano-batch: --tokens-per-nano (fill packing splits a rank's budget into
-    near-equal halves; the exact split is a document length or so off);
+  * tokens per nano-batch: --nano-tokens, the exact counts of the traced step from
+    `cadre simulate --training-step` with the run's config (its "nano_tokens"), or
+    --tokens-per-nano, one assumed count;
   * recomputation: traces before the recompute spans existed fold it into "... bwd"; it is split
     off as the same layer's forward time (a recomputation re-runs that forward);
   * the optimizer step was not a span: --optimizer-us (an estimate, default from HBM traffic);
   * attention calls have no shapes (calibration then keeps the kernel table unscaled);
   * gradient buckets and exchanges are left out (no byte counts in the trace).
 
-  scripts/trace_to_profile.py TRACE --model llama-1b --tokens-per-nano 32768 \
+  scripts/trace_to_profile.py TRACE --model llama-1b --nano-tokens 32263,32154;30934,31302 \
       --step-ms 1866 --recompute linear --out PROFILE
 """
 import argparse
@@ -37,7 +38,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trace")
     ap.add_argument("--model", default="llama-1b", choices=sorted(PRESETS))
-    ap.add_argument("--tokens-per-nano", type=int, required=True)
+    ap.add_argument("--tokens-per-nano", type=int, default=None,
+                    help="one count for every nano-batch of every rank (an assumption)")
+    ap.add_argument("--nano-tokens", default=None,
+                    help="exact counts per rank and nano-batch, 'A,B;A,B' in rank order (from "
+                         "`cadre simulate --training-step` with the run's config: nano_tokens)")
     ap.add_argument("--step-ms", type=float, required=True, help="the run's measured step time")
     ap.add_argument("--recompute", default="linear", choices=["linear", "none"])
     ap.add_argument("--optimizer-us", type=float, default=None,
@@ -48,6 +53,9 @@ def main():
     ap.add_argument("--context", type=int, default=65536)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    if (a.tokens_per_nano is None) == (a.nano_tokens is None):
+        ap.error("give exactly one of --tokens-per-nano and --nano-tokens")
+    exact = [[int(x) for x in r.split(",")] for r in a.nano_tokens.split(";")] if a.nano_tokens else None
     layers, h, heads, kv, ffn, vocab, tied = PRESETS[a.model]
     params = parameters(layers, h, heads, kv, ffn, vocab, tied)
     optimizer_us = a.optimizer_us if a.optimizer_us is not None else params * 28 / 3.5e12 * 1e6
@@ -58,6 +66,7 @@ def main():
     layer_re = re.compile(r"^L(\d+) (qkv|out\+mlp)( bwd)?( A| B)?$")
     ranks = []
     for pid in pids:
+        tokens_of = (lambda n, pid=pid: exact[pid][n]) if exact else (lambda n: a.tokens_per_nano)
         spans = sorted((e for e in events if e["pid"] == pid), key=lambda e: e["ts"])
         t0 = min(e["ts"] for e in spans)
         forward = {}
@@ -78,23 +87,23 @@ def main():
                 layer, kind = int(m.group(1)), "qkv" if m.group(2) == "qkv" else "out_mlp"
                 if not m.group(3):
                     segments.append(dict(name=name, kind=kind, direction="forward", layer=layer,
-                                         nano=nano, tokens=a.tokens_per_nano, start_us=start, us=dur))
+                                         nano=nano, tokens=tokens_of(nano), start_us=start, us=dur))
                     continue
                 rec = forward.get((layer, m.group(2), m.group(4) or " A"), 0) if a.recompute == "linear" else 0
                 rec = min(rec, dur)
                 if a.recompute == "linear":
                     segments.append(dict(name=name + " (recompute part)", kind=kind, direction="recompute",
-                                         layer=layer, nano=nano, tokens=a.tokens_per_nano,
+                                         layer=layer, nano=nano, tokens=tokens_of(nano),
                                          start_us=start, us=rec))
                 segments.append(dict(name=name, kind=kind, direction="backward", layer=layer, nano=nano,
-                                     tokens=a.tokens_per_nano, start_us=start + rec, us=dur - rec))
+                                     tokens=tokens_of(nano), start_us=start + rec, us=dur - rec))
             elif name.startswith("embed"):
                 segments.append(dict(name=name, kind="embedding",
                                      direction="backward" if " bwd" in name else "forward", layer=-1,
-                                     nano=nano, tokens=a.tokens_per_nano, start_us=start, us=dur))
+                                     nano=nano, tokens=tokens_of(nano), start_us=start, us=dur))
             elif name.startswith("head+loss"):
                 segments.append(dict(name=name, kind="head_loss", direction="step", layer=-1, nano=nano,
-                                     tokens=a.tokens_per_nano, start_us=start, us=dur))
+                                     tokens=tokens_of(nano), start_us=start, us=dur))
             elif name.startswith("attention "):
                 d = "forward" if "fwd" in name else "backward"
                 k = counts[d]
@@ -119,7 +128,7 @@ def main():
         # Communication outside compute: the step's timeline extent minus compute busy time.
         exposed = max(0.0, end + optimizer_us - busy)
         ranks.append(dict(rank=pid, worker=True,
-                          nano_batches=[dict(micro_batch=0, nano=j, tokens=a.tokens_per_nano,
+                          nano_batches=[dict(micro_batch=0, nano=j, tokens=tokens_of(j),
                                              doc_lengths=[]) for j in range(nanos)],
                           segments=segments, attention=attention, exchanges=[], gradient_buckets=[],
                           compute_busy_us=busy, exposed_communication_us=exposed,
@@ -127,10 +136,11 @@ def main():
     profile = dict(
         schema="cadre.profile/1",
         description=("converted by scripts/trace_to_profile.py from %s (%s): tokens per nano-batch "
-                     "%d assumed; recomputation split off as the forward's time; optimizer step "
+                     "%s; recomputation split off as the forward's time; optimizer step "
                      "%.0f us estimated, not measured; no attention shapes, buckets or exchanges"
-                     % (a.trace, trace.get("otherData", {}).get("title", ""), a.tokens_per_nano,
-                        optimizer_us)),
+                     % (a.trace, trace.get("otherData", {}).get("title", ""),
+                        ("from the data loader: " + a.nano_tokens) if exact else
+                        ("%d assumed" % a.tokens_per_nano), optimizer_us)),
         model=dict(preset=a.model, num_layers=layers, hidden_size=h, num_heads=heads, num_kv_heads=kv,
                    head_dim=h // heads, ffn_hidden_size=ffn, vocab_size=vocab, tie_embeddings=tied,
                    parameters=params),
