@@ -43,6 +43,7 @@ struct Pricing {
   int32_t gradient_buckets = 1;
   double backward_fraction = 0.7;  // of a micro-batch's compute, the backward (and recompute)
   double layer_forward_per_token = 0, layer_backward_per_token = 0;  // one layer
+  double tp_per_token = 0, tp_fixed_per_nano = 0;  // TP/SP collectives, in linear_per_token
   double forward_share = 1 / 3.5;  // of attention: forward (backward is 2.5x its FLOPs)
   double activation_scale = 1, memory_fixed_gib = 0;
   double link_us(double bytes, bool inter_node) const {
@@ -127,16 +128,31 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
                                           : 0.0);
   const double head = per_token("head_loss", "step") + per_token("embedding", "forward") +
                       per_token("embedding", "backward");
+  // Tensor and sequence parallelism (Megatron-style, as issue 11 builds it): per layer, an
+  // all-gather of the sequence-sharded hidden states before attention's and the MLP's column-
+  // parallel GEMMs and a reduce-scatter after their row-parallel ones, forward (4) and backward
+  // (4), plus the recomputation's 2 all-gathers; each moves (TP - 1) / TP of tokens x hidden bf16
+  // values per rank over the intra-node link. Not overlapped (Megatron's default).
+  if (c.tp > 1) {
+    const double collectives = 8 + (recompute ? 2 : 0);
+    const double bytes_per_token = 2.0 * model.hidden_size() * (c.tp - 1) / c.tp;
+    const LinkCost* l = cal.link("intra_node");
+    const double gbps = l ? l->gbps : cl.intra_node_bandwidth_gbps();
+    p.tp_per_token = c.layers_per_stage * collectives * bytes_per_token / (gbps * 1e3);
+    p.tp_fixed_per_nano = c.layers_per_stage * collectives * (l ? l->latency_us : 0.0);
+  }
   // The LM head and loss run on the last stage, the embedding on the first; the slowest stage
   // sets a pipeline's pace, so every stage is charged both (exact for PP = 1).
   p.linear_per_token =
-      c.layers_per_stage * (p.layer_forward_per_token + p.layer_backward_per_token) + head;
+      c.layers_per_stage * (p.layer_forward_per_token + p.layer_backward_per_token) + head +
+      p.tp_per_token;
   double fixed = 0;
   for (const char* kind : {"qkv", "out_mlp"}) {
     fixed += cal.segment(kind, "forward").fixed_us + cal.segment(kind, "backward").fixed_us +
              (recompute ? cal.segment(kind, "recompute").fixed_us : 0.0);
   }
-  p.fixed_per_nano = c.layers_per_stage * fixed + cal.segment("head_loss", "step").fixed_us +
+  p.fixed_per_nano = c.layers_per_stage * fixed + p.tp_fixed_per_nano +
+                     cal.segment("head_loss", "step").fixed_us +
                      cal.segment("embedding", "forward").fixed_us +
                      cal.segment("embedding", "backward").fixed_us;
   p.backward_fraction = p.layer_backward_per_token /
@@ -197,7 +213,7 @@ std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const P
   std::vector<RankWork> ranks(c.dp);
   for (auto& r : ranks) {
     r.attention_us.assign(c.micro_batches, 0);
-    r.linear_us.assign(c.micro_batches, 0);
+    r.linear_us.assign(c.micro_batches, pricing.fixed_per_nano);  // one call of each segment
     r.tokens.assign(c.micro_batches, 0);
   }
   const double linear_per_token = pricing.linear_per_token;
@@ -221,11 +237,10 @@ std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const P
 //     here, the outliers dealt round-robin over the bins before anything else.
 //  2. Variable-length packing: the other documents, costliest first, onto the least loaded bin
 //     with room (up to 1.25 x cp x context tokens; cost = attention + linear work).
-//  3. Per-document context parallelism: inside a group, a document of at least
-//     simulate.wlb_shard_threshold_tokens is split head-tail over the group's ranks (each does
-//     1/cp of its attention, at the efficiency of its shards, and all-gathers the rest of its K/V
-//     per layer, overlapped with that attention); shorter documents stay whole on the group's
-//     least loaded rank (sharding them would lose kernel efficiency).
+//  3. Context parallelism with per-document sharding: inside a group every rank works on every
+//     document of the micro-batch; documents of at least simulate.wlb_shard_threshold_tokens are
+//     split head-tail per document, the rest either per document too or per sequence, whichever
+//     the costs say is faster (adaptive selection; details below).
 // Documents longer than a bin are cut into bin-sized pieces (each attends to its prefix).
 std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, const Pricing& pricing,
                                         const Cluster& c, int32_t cp, int64_t outlier_tokens,
@@ -284,7 +299,14 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
     members[chosen].push_back(&p);
     by_load.insert({load[chosen], chosen});
   }
-  // Bin b is micro-batch b / groups of group b % groups; inside the group, per-document CP.
+  // Bin b is micro-batch b / groups of group b % groups. Inside the group every rank works on
+  // every document (context parallelism), sharded one of two ways, whichever makes the group's
+  // slowest rank faster (the paper's adaptive selection, with our costs as its estimate):
+  //  - per-document: each document in 2 x cp head-tail shards (equal work, at the shards' rate);
+  //  - per-sequence, for documents under the threshold (the long ones stay per-document): the
+  //    bin's concatenation cut into 2 x cp equal chunks, rank k taking chunks k and 2cp - 1 - k
+  //    (equal tokens; each piece of a document attends to its prefix, so attention differs).
+  // Either way each rank all-gathers the group's K/V per layer (and reduce-scatters dK/dV).
   std::vector<RankWork> ranks(c.dp);
   for (auto& r : ranks) {
     r.attention_us.assign(c.micro_batches, 0);
@@ -293,43 +315,70 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
   }
   const bool inter_node = cp * c.tp > cost.cluster().gpus_per_node();
   const int64_t kv_bytes = cost.kv_bytes_per_token();
+  auto shard_attention = [&](const Piece* p) {
+    const int64_t shard = std::max<int64_t>(1, p->len / (2 * cp));
+    const double full = sequence_attention_us(pricing, p->len, p->end, c);
+    const double rate = cost.attention_forward_backward_us(shard, p->len) /
+                        std::max(1e-12, cost.attention_forward_backward_us(p->len, p->len)) *
+                        static_cast<double>(causal_pairs(0, p->len)) /
+                        static_cast<double>(causal_pairs(p->len - shard, p->len));
+    return full * std::max(1.0, rate) / cp;
+  };
   for (int32_t b = 0; b < bins; ++b) {
     const int32_t g = b % groups, m = b / groups;
-    std::vector<double> attention(cp, 0), sharded_attention(cp, 0);
-    std::vector<int64_t> rank_tokens(cp, 0);
-    double gather_bytes = 0;
-    std::vector<const Piece*> whole;
-    for (const Piece* p : members[b]) {
-      if (cp > 1 && p->len >= shard_tokens) {
-        const int64_t shard = std::max<int64_t>(1, p->len / (2 * cp));
-        const double full = sequence_attention_us(pricing, p->len, p->end, c);
-        const double rate = cost.attention_forward_backward_us(shard, p->len) /
-                            std::max(1e-12, cost.attention_forward_backward_us(p->len, p->len)) *
-                            static_cast<double>(causal_pairs(0, p->len)) /
-                            static_cast<double>(causal_pairs(p->len - shard, p->len));
-        for (int32_t k = 0; k < cp; ++k) {
-          attention[k] += full * std::max(1.0, rate) / cp;
-          sharded_attention[k] += full * std::max(1.0, rate) / cp;
-          rank_tokens[k] += p->len / cp;
+    int64_t bin_tokens = 0;
+    for (const Piece* p : members[b]) bin_tokens += p->len;
+    std::vector<double> attention(cp, 0);
+    if (cp == 1) {
+      for (const Piece* p : members[b]) attention[0] += sequence_attention_us(pricing, p->len, p->end, c);
+    } else {
+      // Per-document for all.
+      double per_document = 0;
+      for (const Piece* p : members[b]) per_document += shard_attention(p);
+      // Per-sequence for the short ones.
+      std::vector<double> mixed(cp, 0);
+      int64_t short_tokens = 0;
+      for (const Piece* p : members[b]) {
+        if (p->len >= shard_tokens) {
+          const double a = shard_attention(p);
+          for (int32_t k = 0; k < cp; ++k) mixed[k] += a;
+        } else {
+          short_tokens += p->len;
         }
-        gather_bytes += 2.0 * (cp - 1) * (p->len / cp) * kv_bytes;
+      }
+      const int32_t chunks = 2 * cp;
+      const int64_t chunk = std::max<int64_t>(1, (short_tokens + chunks - 1) / chunks);
+      int64_t at = 0;  // position in the concatenation of the short documents
+      for (const Piece* p : members[b]) {
+        if (p->len >= shard_tokens) continue;
+        // The document's tokens [at, at + len) of the concatenation, cut at chunk boundaries.
+        for (int64_t s0 = at; s0 < at + p->len;) {
+          const int64_t c0 = s0 / chunk;
+          const int64_t e0 = std::min(at + p->len, (c0 + 1) * chunk);
+          const int32_t k = static_cast<int32_t>(c0 < cp ? c0 : chunks - 1 - c0);
+          const int64_t doc_end = p->end - p->len + (e0 - at);
+          mixed[std::clamp<int32_t>(k, 0, cp - 1)] +=
+              sequence_attention_us(pricing, e0 - s0, doc_end, c);
+          s0 = e0;
+        }
+        at += p->len;
+      }
+      const double worst_mixed = *std::max_element(mixed.begin(), mixed.end());
+      if (per_document <= worst_mixed) {
+        std::fill(attention.begin(), attention.end(), per_document);
       } else {
-        whole.push_back(p);
+        attention = mixed;
       }
     }
-    for (const Piece* p : whole) {  // already costliest first
-      const int32_t k = static_cast<int32_t>(
-          std::min_element(attention.begin(), attention.end()) - attention.begin());
-      attention[k] += sequence_attention_us(pricing, p->len, p->end, c);
-      rank_tokens[k] += p->len;
-    }
-    const double comm = gather_bytes > 0 ? c.layers_per_stage * pricing.link_us(gather_bytes, inter_node) : 0;
+    const double gather_bytes = cp > 1 ? 2.0 * (cp - 1) * (static_cast<double>(bin_tokens) / cp) * kv_bytes : 0.0;
+    const double comm = gather_bytes > 0 ? c.layers_per_stage * pricing.link_us(gather_bytes, inter_node) : 0.0;
     for (int32_t k = 0; k < cp; ++k) {
       RankWork& r = ranks[g * cp + k];
+      const int64_t tokens = bin_tokens / cp;
       r.attention_us[m] = attention[k];
-      r.linear_us[m] = rank_tokens[k] * linear_per_token + pricing.fixed_per_nano;
-      r.tokens[m] = rank_tokens[k];
-      r.comm_us += std::max(0.0, comm - sharded_attention[k]);
+      r.linear_us[m] = tokens * linear_per_token + pricing.fixed_per_nano;
+      r.tokens[m] = tokens;
+      r.comm_us += std::max(0.0, comm - attention[k]);
       r.bytes += gather_bytes * c.layers_per_stage;
     }
   }
@@ -379,7 +428,7 @@ std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, cons
       for (int32_t k = 0; k < cp; ++k) {
         RankWork& r = ranks[g * cp + k];
         r.attention_us[m] = attention;
-        r.linear_us[m] = c.context * linear_per_token;
+        r.linear_us[m] = c.context * linear_per_token + pricing.fixed_per_nano;
         r.comm_us += std::max(0.0, comm - attention);
         r.bytes += bytes_per_layer * c.layers_per_stage;
       }

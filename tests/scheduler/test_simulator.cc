@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "scheduler/simulator.h"
+#include "scheduler/step_calibration.h"
 
 namespace cadre::scheduler {
 namespace {
@@ -65,6 +66,41 @@ TEST(Simulator, EqualDocumentsLeaveNoStragglerAndTheBubbleHasItsShare) {
   // (the step less what it adds once: optimizer, host overhead, gradient all-reduce).
   EXPECT_GT(c.step_fixed_us, 0);
   EXPECT_NEAR(c.pp_bubble_us / (c.step_us - c.step_fixed_us), 1.0 / 7.0, 1e-9);
+}
+
+// Linear time per rank, hand-computed from the built-in calibration: every layer segment (no
+// recomputation), head, loss and embedding, their FLOPs split by TP, plus with TP > 1 the
+// sequence-parallel collectives (8 per layer, (TP - 1) / TP of tokens x hidden bf16 values each)
+// at the intra-node link.
+TEST(Simulator, LinearTimeFollowsTheCalibrationAndTensorParallelCollectives) {
+  for (int32_t tp : {1, 2}) {
+    auto config = small_config(8, "fixed");
+    config.mutable_data()->set_fixed_tokens(4096);
+    config.mutable_cluster()->set_tensor_parallel(tp);
+    const auto r = simulate_step(config, {"fixed"}, 1);
+    const StepCalibration& cal = default_step_calibration();
+    const auto& m = config.model();
+    auto per_token = [&](const char* kind, const char* direction) {
+      return cal.segment(kind, direction).us_per_unit * segment_work(kind, m, tp, 1);
+    };
+    double expected = m.num_layers() * (per_token("qkv", "forward") + per_token("qkv", "backward") +
+                                         per_token("out_mlp", "forward") +
+                                         per_token("out_mlp", "backward")) +
+                      per_token("head_loss", "step") + per_token("embedding", "forward") +
+                      per_token("embedding", "backward");
+    if (tp > 1) {
+      expected += m.num_layers() * 8 * 2.0 * m.hidden_size() * (tp - 1) / tp /
+                  (cal.link("intra_node")->gbps * 1e3);
+    }
+    double fixed = 0;  // per-call costs: the built-in fit has none, but count them if it does
+    for (const auto& [kind, direction] : calibrated_segments()) {
+      if (kind != "optimizer" && direction != "recompute") fixed += cal.segment(kind, direction).fixed_us;
+    }
+    const double tokens = 32768.0;  // one micro-batch of the context per rank
+    EXPECT_NEAR(r.costs[0].linear_us, tokens * expected + fixed + (tp > 1 ? m.num_layers() * 8 * cal.link("intra_node")->latency_us : 0.0),
+                1e-6 * r.costs[0].linear_us)
+        << "tp " << tp;
+  }
 }
 
 TEST(Simulator, RejectsUnknownStrategiesAndBadClusters) {
