@@ -96,8 +96,13 @@ int run_calibrate(const Args& args) {
     inputs.comm_json.push_back(read_text(c, "comm results"));
     inputs.comm_names.push_back(c);
   }
-  const std::string json =
-      scheduler::step_calibration_json(scheduler::fit_step_calibration(inputs)) + "\n";
+  scheduler::StepCalibration calibration = scheduler::fit_step_calibration(inputs);
+  // Memory from the profiles that measured peaks (the GPU build's), priced on their documents.
+  const int with_peaks = scheduler::fit_memory(inputs.profiles, &calibration);
+  if (with_peaks == 0) {
+    calibration.notes.push_back("memory: no profile measured peaks; activation scale 1, fixed 0");
+  }
+  const std::string json = scheduler::step_calibration_json(calibration) + "\n";
   if (out.empty()) {
     std::cout << json;
   } else {

@@ -481,3 +481,106 @@ StepPrice price_training_step(const config::RunConfig& config,
 }
 
 }  // namespace cadre::scheduler
+
+namespace cadre::scheduler {
+
+config::RunConfig profile_run_config(const profile::RunProfile& p) {
+  config::RunConfig c;
+  auto* m = c.mutable_model();
+  m->set_preset(p.model().preset());
+  m->set_num_layers(p.model().num_layers());
+  m->set_hidden_size(p.model().hidden_size());
+  m->set_num_heads(p.model().num_heads());
+  m->set_num_kv_heads(p.model().num_kv_heads());
+  m->set_head_dim(p.model().head_dim());
+  m->set_ffn_hidden_size(p.model().ffn_hidden_size());
+  m->set_vocab_size(p.model().vocab_size());
+  m->set_tie_embeddings(p.model().tie_embeddings());
+  c.mutable_cluster()->set_num_gpus(p.ranks());
+  c.mutable_cluster()->set_gpus_per_node(p.ranks());
+  c.mutable_cluster()->set_tensor_parallel(std::max(1, p.tensor_parallel()));
+  auto* t = c.mutable_training();
+  t->set_attention(p.attention().empty() ? "cad" : p.attention());
+  t->set_ping_pong(p.ping_pong());
+  t->set_recompute(p.recompute().empty() ? "none" : p.recompute());
+  t->set_loss_chunk_tokens(p.loss_chunk_tokens());
+  if (p.grad_bucket_mib() > 0) t->set_grad_bucket_mib(p.grad_bucket_mib());
+  t->set_overlap_grad_reduce(p.overlap_grad_reduce());
+  t->set_micro_batches(std::max(1, p.micro_batches()));
+  t->set_dtype(p.dtype().empty() ? "bf16" : p.dtype());
+  if (p.server_mode() == "dedicated") {
+    c.mutable_scheduler()->set_server_mode("dedicated");
+    c.mutable_scheduler()->set_num_dedicated_servers(p.ranks() - p.workers());
+  }
+  c.mutable_data()->set_context_length(p.context_length());
+  return c;
+}
+
+int fit_memory(const std::vector<profile::RunProfile>& profiles, StepCalibration* cal) {
+  StepCalibration unscaled = *cal;
+  unscaled.activation_memory_scale = 1;
+  unscaled.memory_fixed_gib = 0;
+  std::vector<double> modelled, residual;
+  for (const auto& p : profiles) {
+    double measured = 0;
+    for (const auto& step : p.steps()) {
+      for (const auto& r : step.ranks()) measured = std::max<double>(measured, r.peak_allocated_bytes());
+    }
+    if (measured <= 0) continue;
+    const config::RunConfig config = profile_run_config(p);
+    double fixed_part = 0, scaled_part = 0, best = -1;
+    for (const auto& step : p.steps()) {
+      std::vector<MicroBatchDocuments> micro(std::max(1, p.micro_batches()),
+                                             MicroBatchDocuments(p.workers()));
+      for (const auto& r : step.ranks()) {
+        if (!r.worker() || r.rank() >= p.workers()) continue;
+        for (const auto& nb : r.nano_batches()) {
+          auto& docs = micro.at(nb.micro_batch())[r.rank()].lengths;
+          docs.insert(docs.end(), nb.doc_lengths().begin(), nb.doc_lengths().end());
+        }
+      }
+      const StepPrice price = price_training_step(config, micro, unscaled);
+      const MemoryByComponent& mem = price.memory;
+      if (mem.peak_gib > best) {
+        best = mem.peak_gib;
+        fixed_part = mem.weights_gib + mem.gradients_gib + mem.optimizer_gib;
+        scaled_part = mem.activations_gib + mem.loss_gib + mem.attention_gib;
+      }
+    }
+    if (scaled_part <= 0) continue;
+    modelled.push_back(scaled_part);
+    residual.push_back(measured / (1024.0 * 1024.0 * 1024.0) - fixed_part);
+  }
+  if (modelled.empty()) return 0;
+  double lo = modelled[0], hi = modelled[0];
+  for (double v : modelled) {
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  double scale = 0, fixed = 0;
+  if (modelled.size() >= 2 && hi - lo > 1e-6 * hi) {
+    double n = modelled.size(), sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (size_t i = 0; i < modelled.size(); ++i) {
+      sx += modelled[i];
+      sy += residual[i];
+      sxx += modelled[i] * modelled[i];
+      sxy += modelled[i] * residual[i];
+    }
+    scale = (n * sxy - sx * sy) / (n * sxx - sx * sx);
+    fixed = (sy - scale * sx) / n;
+  }
+  if (scale <= 0) {  // one size (or a fit that makes no sense): the scale alone
+    double sx = 0, sy = 0;
+    for (size_t i = 0; i < modelled.size(); ++i) {
+      sx += modelled[i];
+      sy += residual[i];
+    }
+    scale = sy / sx;
+    fixed = 0;
+  }
+  cal->activation_memory_scale = scale;
+  cal->memory_fixed_gib = fixed;
+  return static_cast<int>(modelled.size());
+}
+
+}  // namespace cadre::scheduler

@@ -86,3 +86,19 @@ StepPrice price_training_step(const config::RunConfig& config,
                               const StepCalibration& calibration);
 
 }  // namespace cadre::scheduler
+
+namespace cadre::scheduler {
+
+// Fits the calibration's memory terms to profiles that measured peaks (the GPU build's allocator
+// peaks, max over the run): per profile, measured peak - (weights + gradients + optimizer) =
+// activation_memory_scale x (activations + loss chunk + server buffers) + memory_fixed_gib, the
+// modelled terms from price_training_step on the profile's own documents. Two or more profiles of
+// different activation sizes fit both terms (least squares); one fits the scale alone. Profiles
+// without peaks are skipped; with none, the calibration is unchanged. Returns the profiles used.
+int fit_memory(const std::vector<profile::RunProfile>& profiles, StepCalibration* calibration);
+
+// The run configuration a profile describes (model, ranks, attention, ping-pong, recomputation,
+// loss chunk, buckets, micro-batches, dtype, server mode), for pricing its steps.
+config::RunConfig profile_run_config(const profile::RunProfile& profile);
+
+}  // namespace cadre::scheduler

@@ -299,6 +299,36 @@ TEST(StepModel, OneRankColocatedStepMatchesAHandComputedCase) {
   EXPECT_EQ(p.a2a_bytes, 0);
 }
 
+// Memory: measured peak = weights/gradients/optimizer + 1.3 x modelled activations + 2 GiB over
+// two profiles of different sizes recovers the scale and the fixed part.
+TEST(StepCalibration, MemoryFitRecoversScaleAndFixedPartFromPeaks) {
+  std::vector<profile::RunProfile> profiles = {synthetic_profile({1000, 3000}, true),
+                                               synthetic_profile({20000}, true)};
+  StepCalibration cal = default_step_calibration();
+  EXPECT_EQ(fit_memory(profiles, &cal), 0);  // no peaks yet: unchanged
+  EXPECT_EQ(cal.activation_memory_scale, default_step_calibration().activation_memory_scale);
+  for (auto& p : profiles) {
+    p.set_attention("colocated");
+    // The modelled terms on the profile's own documents (every nano-batch's documents).
+    std::vector<int64_t> docs;
+    for (const auto& nb : p.steps(0).ranks(0).nano_batches()) {
+      docs.insert(docs.end(), nb.doc_lengths().begin(), nb.doc_lengths().end());
+    }
+    StepCalibration unscaled = default_step_calibration();
+    unscaled.activation_memory_scale = 1;
+    unscaled.memory_fixed_gib = 0;
+    const MemoryByComponent m =
+        price_training_step(profile_run_config(p), {{{docs, false, false}}}, unscaled).memory;
+    const double peak_gib = m.weights_gib + m.gradients_gib + m.optimizer_gib +
+                            1.3 * (m.activations_gib + m.loss_gib + m.attention_gib) + 2.0;
+    p.mutable_steps(0)->mutable_ranks(0)->set_peak_allocated_bytes(
+        static_cast<int64_t>(peak_gib * 1024 * 1024 * 1024));
+  }
+  EXPECT_EQ(fit_memory(profiles, &cal), 2);
+  EXPECT_NEAR(cal.activation_memory_scale, 1.3, 1e-6);
+  EXPECT_NEAR(cal.memory_fixed_gib, 2.0, 1e-6);
+}
+
 TEST(StepModel, PingPongHidesExchangesAndSplitMatchesTheTrainer) {
   // Two nano-batches of near-equal tokens, longest first onto the lightest, ties to the lower:
   // 9 -> A, 5 -> B, 4 -> B (9 = 9), 1 -> A; order kept inside each.
