@@ -10,7 +10,8 @@ void device_memory_peaks(bool cuda, int64_t* allocated, int64_t* reserved) {
   *allocated = 0;
   *reserved = 0;
   if (!cuda) return;
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+  const auto stats =
+      c10::cuda::CUDACachingAllocator::get()->getDeviceStats(c10::cuda::current_device());
   // Index 0 is the aggregate over pool kinds (StatType::AGGREGATE).
   *allocated = stats.allocated_bytes[0].peak;
   *reserved = stats.reserved_bytes[0].peak;
