@@ -24,7 +24,8 @@ const char* kCalibrateUsage =
     "  --profiles FILE...  profile.json of `cadre train` runs with output.profile=true\n"
     "  --kernel FILE...    `cadre bench kernel` JSON results (their calibration grid becomes the\n"
     "                      attention table) or attention tables\n"
-    "  --comm FILE...      `cadre bench comm` JSON results (intra-node link latency and bandwidth)\n"
+    "  --comm FILE...      `cadre bench comm` JSON results (intra-node link latency and "
+    "bandwidth)\n"
     "  --out FILE          the calibration file (default: stdout); cluster.calibration loads it\n"
     "The cluster config prices links nothing measured (cluster.*_bandwidth_gbps). The output is\n"
     "deterministic: the same inputs give the same bytes.\n";
@@ -77,12 +78,14 @@ int run_calibrate(const Args& args) {
       list = nullptr;
     } else {
       CADRE_CHECK(list != nullptr && a.rfind("--", 0) != 0, "cadre calibrate: unknown argument '",
-                  a, "'; accepted: --profiles FILE..., --kernel FILE..., --comm FILE..., --out "
+                  a,
+                  "'; accepted: --profiles FILE..., --kernel FILE..., --comm FILE..., --out "
                   "FILE, --config FILE, --set PATH=VALUE");
       list->push_back(a);
     }
   }
-  CADRE_CHECK(!profiles.empty(), "cadre calibrate: no --profiles; accepted: one or more "
+  CADRE_CHECK(!profiles.empty(),
+              "cadre calibrate: no --profiles; accepted: one or more "
               "profile.json files of `cadre train` runs with output.profile=true");
   for (const auto& p : profiles) {
     inputs.profiles.push_back(scheduler::parse_profile_json(read_text(p, "profile"), p));
@@ -130,8 +133,7 @@ int run_simulate_training_step(const Args& args) {
   const bool dedicated = config.scheduler().server_mode() == "dedicated";
   const int workers = dedicated ? world - config.scheduler().num_dedicated_servers() : world;
   CADRE_CHECK(workers >= 1, "cluster.num_gpus ", world, " leaves no workers");
-  const scheduler::StepCalibration calibration =
-      scheduler::step_calibration_for(config.cluster());
+  const scheduler::StepCalibration calibration = scheduler::step_calibration_for(config.cluster());
   std::vector<runtime::DataLoader> loaders;
   for (int r = 0; r < workers; ++r) {
     loaders.emplace_back(config.data(), config.model().vocab_size(), r, workers);
@@ -179,8 +181,7 @@ int run_simulate_training_step(const Args& args) {
     << training.attention() << "\",\"ping_pong\":"
     << (training.attention() == "cad" && training.ping_pong() ? "true" : "false")
     << ",\"distribution\":\"" << config.data().distribution()
-    << "\",\"context_length\":" << config.data().context_length()
-    << ",\"calibration\":\""
+    << "\",\"context_length\":" << config.data().context_length() << ",\"calibration\":\""
     << (config.cluster().calibration().empty() ? "(built-in)" : config.cluster().calibration())
     << "\",\"measured_steps\":" << n << ",\"step_ms\":" << ms(mean.step_us)
     << ",\"compute_ms\":" << ms(mean.compute_us) << ",\"attention_ms\":" << ms(mean.attention_us)

@@ -86,10 +86,10 @@ profile::ProfileRankStep rank_step_profile(const config::RunConfig& config, int 
   const int layers = model.num_layers();
   const int nano_count = std::max(1, record.nano_count);
   const int tp = std::max(1, config.cluster().tensor_parallel());
-  const int64_t q_bytes = static_cast<int64_t>(model.num_heads() / tp) * model.head_dim() *
-                          element_bytes;
-  const int64_t kv_bytes = 2 * std::max<int64_t>(1, model.num_kv_heads() / tp) *
-                           model.head_dim() * element_bytes;
+  const int64_t q_bytes =
+      static_cast<int64_t>(model.num_heads() / tp) * model.head_dim() * element_bytes;
+  const int64_t kv_bytes =
+      2 * std::max<int64_t>(1, model.num_kv_heads() / tp) * model.head_dim() * element_bytes;
   CADRE_CHECK(!record.nanos.empty() && record.nanos.size() % nano_count == 0,
               "profile: the step record has ", record.nanos.size(), " nano-batches for ",
               nano_count, " per micro-batch; accepted: a positive multiple");
@@ -329,12 +329,12 @@ void ProfileWriter::write(comm::Transport& control, const std::string& path, int
   std::string all(width * control.size(), '\0');
   control.all_gather(padded.data(), all.data(), width);
   if (control.rank() != 0) return;
-  profile::RunProfile run = profile_header(config_, control.size(), workers, parameters,
-                                           description);
+  profile::RunProfile run =
+      profile_header(config_, control.size(), workers, parameters, description);
   for (int r = 0; r < control.size(); ++r) {
     profile::RunProfile theirs;
-    CADRE_CHECK(theirs.ParseFromString(all.substr(r * width, lengths[r])),
-                "profile: rank ", r, "'s steps could not be decoded");
+    CADRE_CHECK(theirs.ParseFromString(all.substr(r * width, lengths[r])), "profile: rank ", r,
+                "'s steps could not be decoded");
     CADRE_CHECK(r == 0 || theirs.steps_size() == run.steps_size(), "profile: rank ", r, " has ",
                 theirs.steps_size(), " steps but rank 0 has ", run.steps_size());
     for (int i = 0; i < theirs.steps_size(); ++i) {

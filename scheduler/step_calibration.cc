@@ -71,8 +71,8 @@ Line fit_line(const std::vector<double>& x, const std::vector<double>& y, bool w
     hi = std::max(hi, x[i]);
   }
   const double det = sw * sxx - sx * sx;
-  bool through_origin = !with_intercept || hi - lo <= 1e-9 * std::max(1.0, std::fabs(hi)) ||
-                        std::fabs(det) < 1e-30;
+  bool through_origin =
+      !with_intercept || hi - lo <= 1e-9 * std::max(1.0, std::fabs(hi)) || std::fabs(det) < 1e-30;
   if (!through_origin) {
     line.a = (sw * sxy - sx * sy) / det;
     line.b = (sy - line.a * sx) / sw;
@@ -131,15 +131,16 @@ CalibrationTable kernel_table(const std::string& json, const std::string& name) 
   const auto& fields = root.fields();
   if (fields.count("points")) return parse_calibration_json(json, "'" + name + "'");
   CADRE_CHECK(fields.count("calibration") && fields.at("calibration").has_struct_value(),
-              "kernel results '", name, "' have no \"calibration\" table; accepted: a `cadre "
+              "kernel results '", name,
+              "' have no \"calibration\" table; accepted: a `cadre "
               "bench kernel` result run with its calibration grid, or an attention table");
   std::string table_json;
-  google::protobuf::util::MessageToJsonString(fields.at("calibration").struct_value(),
-                                              &table_json);
+  google::protobuf::util::MessageToJsonString(fields.at("calibration").struct_value(), &table_json);
   CalibrationTable table = parse_calibration_json(table_json, "'" + name + "' calibration");
   if (fields.count("config") && fields.at("config").has_struct_value()) {
     const auto& config = fields.at("config").struct_value().fields();
-    if (config.count("kv_heads")) table.kv_heads = static_cast<int32_t>(config.at("kv_heads").number_value());
+    if (config.count("kv_heads"))
+      table.kv_heads = static_cast<int32_t>(config.at("kv_heads").number_value());
   }
   return table;
 }
@@ -173,9 +174,9 @@ void comm_samples(const std::string& json, const std::string& name, std::vector<
 
 const std::vector<std::pair<std::string, std::string>>& calibrated_segments() {
   static const std::vector<std::pair<std::string, std::string>> all = {
-      {"qkv", "forward"},        {"qkv", "backward"},      {"qkv", "recompute"},
-      {"out_mlp", "forward"},    {"out_mlp", "backward"},  {"out_mlp", "recompute"},
-      {"head_loss", "step"},     {"embedding", "forward"}, {"embedding", "backward"},
+      {"qkv", "forward"},     {"qkv", "backward"},      {"qkv", "recompute"},
+      {"out_mlp", "forward"}, {"out_mlp", "backward"},  {"out_mlp", "recompute"},
+      {"head_loss", "step"},  {"embedding", "forward"}, {"embedding", "backward"},
       {"optimizer", "step"}};
   return all;
 }
@@ -197,7 +198,8 @@ double segment_work(const std::string& kind, const config::ModelConfig& m, int32
   if (kind == "head_loss") return 2.0 * t * h * m.vocab_size() / shards / 1e9;
   if (kind == "embedding") return t * h / 1e6;
   if (kind == "optimizer") return parameters / shards / 1e6;
-  CADRE_FAIL("unknown segment kind '", kind, "'; accepted: qkv, out_mlp, head_loss, embedding, "
+  CADRE_FAIL("unknown segment kind '", kind,
+             "'; accepted: qkv, out_mlp, head_loss, embedding, "
              "optimizer");
 }
 
@@ -223,27 +225,29 @@ StepCalibration parse_step_calibration(const std::string& json, const std::strin
   CADRE_CHECK(status.ok(), "calibration file ", source, " is not valid: ", status.ToString(),
               "; accepted: the JSON `cadre calibrate` writes (scheduler/calibration.proto, "
               "StepCalibrationProto)");
-  CADRE_CHECK(proto.schema() == "cadre.calibration/1", "calibration file ", source,
-              " has schema '", proto.schema(), "'; accepted: cadre.calibration/1");
+  CADRE_CHECK(proto.schema() == "cadre.calibration/1", "calibration file ", source, " has schema '",
+              proto.schema(), "'; accepted: cadre.calibration/1");
   StepCalibration c;
   c.device = proto.device();
   c.sources.assign(proto.sources().begin(), proto.sources().end());
   c.notes.assign(proto.notes().begin(), proto.notes().end());
   for (const auto& s : proto.segments()) {
-    CADRE_CHECK(s.us_per_unit() >= 0 && s.fixed_us() >= 0, "calibration file ", source,
-                " segment ", key(s.kind(), s.direction()), " has us_per_unit ", s.us_per_unit(),
+    CADRE_CHECK(s.us_per_unit() >= 0 && s.fixed_us() >= 0, "calibration file ", source, " segment ",
+                key(s.kind(), s.direction()), " has us_per_unit ", s.us_per_unit(),
                 " and fixed_us ", s.fixed_us(), "; accepted: both >= 0");
     c.segments[key(s.kind(), s.direction())] =
-        SegmentCost{s.kind(), s.direction(), s.unit(), s.us_per_unit(), s.fixed_us(),
+        SegmentCost{s.kind(),    s.direction(),          s.unit(),  s.us_per_unit(), s.fixed_us(),
                     s.samples(), s.rms_relative_error(), s.source()};
   }
   for (const auto& [kind, direction] : calibrated_segments()) {
     CADRE_CHECK(c.segments.count(key(kind, direction)), "calibration file ", source,
-                " lacks segment ", key(kind, direction), "; accepted: every one of qkv, "
+                " lacks segment ", key(kind, direction),
+                "; accepted: every one of qkv, "
                 "out_mlp (forward, backward, recompute), head_loss/step, embedding (forward, "
                 "backward), optimizer/step");
   }
-  c.attention_forward_scale = proto.attention_forward_scale() > 0 ? proto.attention_forward_scale() : 1;
+  c.attention_forward_scale =
+      proto.attention_forward_scale() > 0 ? proto.attention_forward_scale() : 1;
   c.attention_backward_scale =
       proto.attention_backward_scale() > 0 ? proto.attention_backward_scale() : 1;
   c.attention_call_us = proto.attention_call_us();
@@ -372,9 +376,8 @@ void validate_profile(const profile::RunProfile& p, const std::string& name) {
     CADRE_CHECK(step.ranks_size() == p.ranks(), "profile '", name, "' step ", step.step(), " has ",
                 step.ranks_size(), " ranks; the run has ", p.ranks());
     for (const auto& r : step.ranks()) {
-      const std::string where =
-          "profile '" + name + "' step " + std::to_string(step.step()) + " rank " +
-          std::to_string(r.rank());
+      const std::string where = "profile '" + name + "' step " + std::to_string(step.step()) +
+                                " rank " + std::to_string(r.rank());
       if (!r.worker()) continue;
       const int nanos = r.nano_batches_size();
       CADRE_CHECK(nanos > 0, where, " is a worker without nano-batches");
@@ -389,16 +392,16 @@ void validate_profile(const profile::RunProfile& p, const std::string& name) {
         }
         CADRE_CHECK(s.nano() >= 0 && s.nano() < nanos, where, " segment '", s.name(),
                     "' names nano-batch ", s.nano(), " of ", nanos);
-        CADRE_CHECK(s.tokens() == r.nano_batches(s.nano()).tokens(), where, " segment '",
-                    s.name(), "' has ", s.tokens(), " tokens but its nano-batch has ",
+        CADRE_CHECK(s.tokens() == r.nano_batches(s.nano()).tokens(), where, " segment '", s.name(),
+                    "' has ", s.tokens(), " tokens but its nano-batch has ",
                     r.nano_batches(s.nano()).tokens());
         CADRE_CHECK(s.us() >= 0, where, " segment '", s.name(), "' has negative time ", s.us());
         have.insert({s.kind(), s.direction(), s.layer(), s.nano()});
       }
       auto require = [&](const std::string& kind, const std::string& direction, int layer,
                          int nano) {
-        CADRE_CHECK(have.count({kind, direction, layer, nano}), where, " lacks segment ", kind,
-                    " ", direction, layer >= 0 ? " of layer " + std::to_string(layer) : "",
+        CADRE_CHECK(have.count({kind, direction, layer, nano}), where, " lacks segment ", kind, " ",
+                    direction, layer >= 0 ? " of layer " + std::to_string(layer) : "",
                     " for nano-batch ", nano, " (every worker step has qkv and out_mlp forward ",
                     "and backward per layer and nano-batch", recompute ? ", their recompute" : "",
                     ", embedding forward and backward and head_loss per nano-batch)");
@@ -420,8 +423,10 @@ void validate_profile(const profile::RunProfile& p, const std::string& name) {
       int forward = 0, backward = 0;
       for (const auto& a : r.attention()) (a.direction() == "forward" ? forward : backward)++;
       CADRE_CHECK(forward == layers * nanos && backward == layers * nanos, where, " has ", forward,
-                  " forward and ", backward, " backward attention calls; accepted: layers x "
-                  "nano-batches = ", layers * nanos, " each");
+                  " forward and ", backward,
+                  " backward attention calls; accepted: layers x "
+                  "nano-batches = ",
+                  layers * nanos, " each");
       for (const auto& b : r.gradient_buckets()) {
         CADRE_CHECK(b.bytes() > 0, where, " gradient bucket ", b.index(), " has no bytes");
       }
@@ -433,7 +438,8 @@ void validate_profile(const profile::RunProfile& p, const std::string& name) {
 
 StepCalibration fit_step_calibration(const CalibrationInputs& in) {
   StepCalibration c;
-  CADRE_CHECK(!in.profiles.empty(), "calibration needs at least one profile (--profiles); "
+  CADRE_CHECK(!in.profiles.empty(),
+              "calibration needs at least one profile (--profiles); "
               "accepted: profile.json files from `cadre train` with output.profile=true");
   // Kernel tables.
   for (size_t i = 0; i < in.kernel_json.size(); ++i) {
@@ -500,7 +506,8 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
           bucket_us.push_back(b.us());
         }
         // Host time of the step outside the GPU's compute and exposed communication.
-        const double outside = r.wall_ms() * 1e3 - r.compute_busy_us() - r.exposed_communication_us();
+        const double outside =
+            r.wall_ms() * 1e3 - r.compute_busy_us() - r.exposed_communication_us();
         if (r.wall_ms() > 0 && outside > 0) {
           overhead_calls.push_back(calls);
           overhead_us.push_back(outside);
@@ -515,7 +522,8 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
       k = key(kind, "forward");  // no profile recomputed: a recomputation costs a forward
       source = "no recompute samples: the forward fit";
     }
-    CADRE_CHECK(xs.count(k), "calibration: no profile has samples of segment ", key(kind, direction),
+    CADRE_CHECK(xs.count(k), "calibration: no profile has samples of segment ",
+                key(kind, direction),
                 "; accepted: profiles of workers that run it (`cadre train`, output.profile)");
     const bool intercept = kind != "optimizer";
     const Line line = fit_line(xs[k], ys[k], intercept);
@@ -538,8 +546,9 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
   const double call_b = attention(attn_pred_b, attn_meas_b, &c.attention_backward_scale);
   c.attention_call_us = 0.5 * (call_f + call_b);
   if (attn_pred_f.empty()) {
-    c.notes.push_back("attention: no profile has attention shapes; the kernel table is used "
-                      "unscaled");
+    c.notes.push_back(
+        "attention: no profile has attention shapes; the kernel table is used "
+        "unscaled");
   }
   // Links: `bench comm` rows (intra-node all-to-all-v), profile buckets (all-reduce).
   std::vector<double> comm_bytes, comm_us;

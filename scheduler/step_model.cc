@@ -22,12 +22,12 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // Durations of one rank's work, per nano-batch (micro-batch-major) and layer.
 struct RankCosts {
-  std::vector<double> embed_f, embed_b, head;                 // per nano
-  std::vector<std::vector<double>> qkv_f, qkv_r, qkv_b;       // [nano][layer]
+  std::vector<double> embed_f, embed_b, head;            // per nano
+  std::vector<std::vector<double>> qkv_f, qkv_r, qkv_b;  // [nano][layer]
   std::vector<std::vector<double>> mlp_f, mlp_r, mlp_b;
-  std::vector<std::vector<double>> attn_f, attn_b;            // [nano][layer] (same every layer)
-  std::vector<bool> serves;                                   // per nano: runs an attention call
-  std::vector<bool> worker_nano;                              // per nano: has the model's work
+  std::vector<std::vector<double>> attn_f, attn_b;  // [nano][layer] (same every layer)
+  std::vector<bool> serves;                         // per nano: runs an attention call
+  std::vector<bool> worker_nano;                    // per nano: has the model's work
   double optimizer = 0;
   int calls = 0;
 };
@@ -35,7 +35,7 @@ struct RankCosts {
 // Exchange stage durations per nano: [stage 0..3] = fwd out, fwd back, bwd out, bwd back.
 struct NanoExchanges {
   bool dispatched = false;
-  std::vector<std::array<double, 4>> us;   // per rank
+  std::vector<std::array<double, 4>> us;      // per rank
   std::vector<std::array<int64_t, 4>> bytes;  // per rank (sent + received)
 };
 
@@ -100,7 +100,8 @@ std::vector<GradientBucket> gradient_buckets(const config::ModelConfig& m, int32
                                              int64_t bucket_bytes) {
   // As runtime::GradientReducer: the final norm (and an untied head) ride with the last layers;
   // layers L-1 ... 0 in buckets of at least bucket_bytes; the embedding alone at the end.
-  const double h = m.hidden_size(), embedding = static_cast<double>(m.vocab_size()) * h / std::max(1, tp);
+  const double h = m.hidden_size(),
+               embedding = static_cast<double>(m.vocab_size()) * h / std::max(1, tp);
   std::vector<GradientBucket> out;
   double pending = h + (m.tie_embeddings() ? 0.0 : embedding);
   for (int l = m.num_layers() - 1; l >= 0; --l) {
@@ -131,8 +132,8 @@ StepPrice price_training_step(const config::RunConfig& config,
   CADRE_CHECK(workers >= 1 && !micro_batches.empty(), "step model: ", workers, " workers and ",
               micro_batches.size(), " micro-batches; accepted: at least one of each");
   for (const auto& mb : micro_batches) {
-    CADRE_CHECK(static_cast<int>(mb.size()) == workers, "step model: a micro-batch has ",
-                mb.size(), " workers' documents; the cluster has ", workers, " workers");
+    CADRE_CHECK(static_cast<int>(mb.size()) == workers, "step model: a micro-batch has ", mb.size(),
+                " workers' documents; the cluster has ", workers, " workers");
   }
   // Planning prices as the trainer does (the cluster's attention table, unscaled) so the plans
   // are the runtime's; pricing uses the calibration's table and scales.
@@ -158,7 +159,8 @@ StepPrice price_training_step(const config::RunConfig& config,
     const bool inter = world > cluster.gpus_per_node();
     const LinkCost* l = cal.link(inter ? "inter_node" : "intra_node");
     if (l != nullptr) return l->us(static_cast<double>(bytes));
-    const double gbps = inter ? cluster.inter_node_bandwidth_gbps() : cluster.intra_node_bandwidth_gbps();
+    const double gbps =
+        inter ? cluster.inter_node_bandwidth_gbps() : cluster.intra_node_bandwidth_gbps();
     return bytes > 0 ? bytes / (gbps * 1e3) : 0.0;
   };
 
@@ -173,8 +175,8 @@ StepPrice price_training_step(const config::RunConfig& config,
     c.embed_f.assign(total_nanos, 0);
     c.embed_b.assign(total_nanos, 0);
     c.head.assign(total_nanos, 0);
-    for (auto* v : {&c.qkv_f, &c.qkv_r, &c.qkv_b, &c.mlp_f, &c.mlp_r, &c.mlp_b, &c.attn_f,
-                    &c.attn_b}) {
+    for (auto* v :
+         {&c.qkv_f, &c.qkv_r, &c.qkv_b, &c.mlp_f, &c.mlp_r, &c.mlp_b, &c.attn_f, &c.attn_b}) {
       v->assign(total_nanos, std::vector<double>(layers, 0.0));
     }
     c.serves.assign(total_nanos, false);
@@ -226,8 +228,8 @@ StepPrice price_training_step(const config::RunConfig& config,
       ex.us.assign(world, {0, 0, 0, 0});
       ex.bytes.assign(world, {0, 0, 0, 0});
       if (cad || spanning) {
-        const Plan plan = cad ? plan_cad(layout, servers, world, planning, options)
-                              : plan_colocated(layout);
+        const Plan plan =
+            cad ? plan_cad(layout, servers, world, planning, options) : plan_colocated(layout);
         ex.dispatched = true;
         for (size_t s = 0; s < plan.server_ranks.size(); ++s) {
           const int r = plan.server_ranks[s];
@@ -258,7 +260,8 @@ StepPrice price_training_step(const config::RunConfig& config,
           }
         }
         for (const PeerTransfer& t : plan.transfers) {
-          if (plan.server_ranks[t.server] != t.owner) micro_activation[t.owner] += t.q_rows() * act.output;
+          if (plan.server_ranks[t.server] != t.owner)
+            micro_activation[t.owner] += t.q_rows() * act.output;
         }
       } else {
         for (int r = 0; r < workers; ++r) {
@@ -283,7 +286,8 @@ StepPrice price_training_step(const config::RunConfig& config,
   }
   const double parameters = worker_parameters(model, tp);
   for (int r = 0; r < workers; ++r) {
-    costs[r].optimizer = cal.segment("optimizer", "step").us(segment_work("optimizer", model, 1, 0, parameters));
+    costs[r].optimizer =
+        cal.segment("optimizer", "step").us(segment_work("optimizer", model, 1, 0, parameters));
   }
 
   // --- replay the executor's program ----------------------------------------------------------
@@ -332,7 +336,8 @@ StepPrice price_training_step(const config::RunConfig& config,
   };
   // Buckets: in-place servers share the exchanges' stream; dedicated workers reduce after
   // backward on their own (modelled as the same streams, started at the end).
-  const auto buckets = gradient_buckets(model, tp, static_cast<int64_t>(training.grad_bucket_mib()) << 20);
+  const auto buckets =
+      gradient_buckets(model, tp, static_cast<int64_t>(training.grad_bucket_mib()) << 20);
   size_t next_bucket = 0;
   const LinkCost* ar = cal.link("all_reduce");
   auto bucket_us = [&](int64_t bytes) {
@@ -427,7 +432,8 @@ StepPrice price_training_step(const config::RunConfig& config,
     double total = 0;
     for (const auto& [s, e] : grad ? r0_grad : r0_comm) {
       double covered = 0;
-      for (const auto& [cs, ce] : r0_compute) covered += std::max(0.0, std::min(e, ce) - std::max(s, cs));
+      for (const auto& [cs, ce] : r0_compute)
+        covered += std::max(0.0, std::min(e, ce) - std::max(s, cs));
       total += (e - s) - std::min(e - s, covered);
     }
     return total;
@@ -472,17 +478,15 @@ StepPrice price_training_step(const config::RunConfig& config,
     mem.activations_gib = rank_activation_bytes[r] / kGiB;
     mem.attention_gib = rank_attention_bytes[r] / kGiB;
     mem.fixed_gib = cal.memory_fixed_gib;
-    mem.peak_gib = mem.weights_gib + mem.gradients_gib + mem.optimizer_gib +
-                   cal.activation_memory_scale * (mem.activations_gib + mem.loss_gib + mem.attention_gib) +
-                   mem.fixed_gib;
+    mem.peak_gib =
+        mem.weights_gib + mem.gradients_gib + mem.optimizer_gib +
+        cal.activation_memory_scale * (mem.activations_gib + mem.loss_gib + mem.attention_gib) +
+        mem.fixed_gib;
     if (mem.peak_gib > price.memory.peak_gib) price.memory = mem;
   }
   return price;
 }
 
-}  // namespace cadre::scheduler
-
-namespace cadre::scheduler {
 
 config::RunConfig profile_run_config(const profile::RunProfile& p) {
   config::RunConfig c;
@@ -524,7 +528,8 @@ int fit_memory(const std::vector<profile::RunProfile>& profiles, StepCalibration
   for (const auto& p : profiles) {
     double measured = 0;
     for (const auto& step : p.steps()) {
-      for (const auto& r : step.ranks()) measured = std::max<double>(measured, r.peak_allocated_bytes());
+      for (const auto& r : step.ranks())
+        measured = std::max<double>(measured, r.peak_allocated_bytes());
     }
     if (measured <= 0) continue;
     const config::RunConfig config = profile_run_config(p);

@@ -61,22 +61,22 @@ struct MemoryByComponent {
 };
 
 struct StepPrice {
-  double step_us = 0;           // slowest rank: its streams' end + host overhead
-  double compute_us = 0;        // slowest rank's compute-stream busy time
-  double attention_us = 0;      // these five: rank 0's compute by kind
-  double linear_us = 0;         // qkv and out+mlp forward and backward
+  double step_us = 0;       // slowest rank: its streams' end + host overhead
+  double compute_us = 0;    // slowest rank's compute-stream busy time
+  double attention_us = 0;  // these five: rank 0's compute by kind
+  double linear_us = 0;     // qkv and out+mlp forward and backward
   double recompute_us = 0;
   double head_embedding_us = 0;
   double optimizer_us = 0;
-  double a2a_us = 0;            // rank 0: time CAD exchanges were in flight
-  double exposed_a2a_us = 0;    // rank 0: of it, with its compute stream idle
-  double grad_reduce_us = 0;    // rank 0: all-reduce buckets in flight
+  double a2a_us = 0;          // rank 0: time CAD exchanges were in flight
+  double exposed_a2a_us = 0;  // rank 0: of it, with its compute stream idle
+  double grad_reduce_us = 0;  // rank 0: all-reduce buckets in flight
   double exposed_grad_reduce_us = 0;
-  double overhead_us = 0;       // host overhead of the slowest rank
-  int64_t a2a_bytes = 0;        // rank 0: sent + received by CAD exchanges
+  double overhead_us = 0;  // host overhead of the slowest rank
+  int64_t a2a_bytes = 0;   // rank 0: sent + received by CAD exchanges
   std::vector<double> rank_step_us;
   std::vector<std::vector<int64_t>> nano_tokens;  // [worker][nano-batch, micro-batch-major]
-  MemoryByComponent memory;     // the rank with the highest peak
+  MemoryByComponent memory;                       // the rank with the highest peak
 };
 
 // `config` finalized (model sizes set); cluster.num_gpus ranks (workers + dedicated servers);
@@ -85,9 +85,6 @@ StepPrice price_training_step(const config::RunConfig& config,
                               const std::vector<MicroBatchDocuments>& micro_batches,
                               const StepCalibration& calibration);
 
-}  // namespace cadre::scheduler
-
-namespace cadre::scheduler {
 
 // Fits the calibration's memory terms to profiles that measured peaks (the GPU build's allocator
 // peaks, max over the run): per profile, measured peak - (weights + gradients + optimizer) =

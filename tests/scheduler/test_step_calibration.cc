@@ -345,8 +345,8 @@ TEST(StepModel, PingPongHidesExchangesAndSplitMatchesTheTrainer) {
   config.mutable_cluster()->set_gpus_per_node(2);
   config.mutable_training()->set_attention("cad");
   const StepCalibration c = hand_calibration();
-  const std::vector<MicroBatchDocuments> docs = {{{{3000, 500, 200}, false, false},
-                                                  {{400, 300, 200, 100}, false, false}}};
+  const std::vector<MicroBatchDocuments> docs = {
+      {{{3000, 500, 200}, false, false}, {{400, 300, 200, 100}, false, false}}};
   config.mutable_training()->set_ping_pong(true);
   const StepPrice on = price_training_step(config, docs, c);
   config.mutable_training()->set_ping_pong(false);
