@@ -10,30 +10,10 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "scheduler/step_model.h"
 
 namespace cadre::runtime {
 namespace {
-
-// Bytes one exchange stage moves for rank `rank` of `plan`: (sent, received), self excluded.
-// out (forward): Q and K/V rows owners -> servers; back (forward): O rows servers -> owners;
-// out (backward): dO rows owners -> servers; back (backward): dQ and dK/dV rows servers -> owners.
-struct StageBytes {
-  int64_t sent = 0, received = 0;
-};
-StageBytes stage_bytes(const scheduler::Plan& plan, int rank, bool to_servers, bool with_kv,
-                       int64_t q_bytes, int64_t kv_bytes) {
-  StageBytes b;
-  for (const scheduler::PeerTransfer& t : plan.transfers) {
-    const int server = plan.server_ranks[t.server];
-    if (server == t.owner) continue;
-    const int64_t bytes = t.q_rows() * q_bytes + (with_kv ? t.kv_rows() * kv_bytes : 0);
-    const int from = to_servers ? t.owner : server;
-    const int to = to_servers ? server : t.owner;
-    if (from == rank) b.sent += bytes;
-    if (to == rank) b.received += bytes;
-  }
-  return b;
-}
 
 struct ParsedName {
   std::string kind, direction;
@@ -216,7 +196,7 @@ profile::ProfileRankStep rank_step_profile(const config::RunConfig& config, int 
     // executor order.
     const int k = exchange_seen[s.name]++;
     int found = -1, found_layer = -1;
-    StageBytes bytes;
+    scheduler::StageBytes bytes;
     int count = 0;
     for (int micro = 0; micro < micros && found < 0; ++micro) {
       for (int step = 0; step < layers && found < 0; ++step) {
@@ -224,7 +204,8 @@ profile::ProfileRankStep rank_step_profile(const config::RunConfig& config, int 
           const int index = micro * nano_count + j;
           const NanoRecord& n = record.nanos[index];
           if (!n.dispatched) continue;
-          const StageBytes b = stage_bytes(n.plan, rank, to_servers, with_kv, q_bytes, kv_bytes);
+          const scheduler::StageBytes b =
+              scheduler::exchange_stage_bytes(n.plan, rank, to_servers, with_kv, q_bytes, kv_bytes);
           if (b.sent + b.received == 0) continue;
           if (count++ == k) {
             found = index;

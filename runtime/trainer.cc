@@ -22,6 +22,7 @@
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
+#include "scheduler/step_model.h"
 
 namespace cadre::runtime {
 namespace {
@@ -61,35 +62,6 @@ double max_over_mean(const std::vector<double>& values) {
     sum += v;
   }
   return sum > 0 ? max / (sum / values.size()) : 1.0;
-}
-
-// Splits one rank's documents into `parts` groups of near-equal tokens (longest first onto the
-// lightest group; ties to the lower group), keeping their order inside each group. Documents in
-// `pinned` go to group 0 first (pieces of documents that continue on a neighbouring rank: both
-// sides must be in the same nano-batch).
-std::vector<std::vector<int>> split_documents(const std::vector<int64_t>& lengths, int parts,
-                                              const std::vector<int>& pinned = {}) {
-  std::vector<int64_t> load(parts, 0);
-  std::vector<int> group(lengths.size(), -1);
-  for (int d : pinned) {
-    if (group[d] == 0) continue;
-    group[d] = 0;
-    load[0] += lengths[d];
-  }
-  std::vector<int> order;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    if (group[i] < 0) order.push_back(static_cast<int>(i));
-  }
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int a, int b) { return lengths[a] > lengths[b]; });
-  for (int d : order) {
-    const int g = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-    group[d] = g;
-    load[g] += lengths[d];
-  }
-  std::vector<std::vector<int>> out(parts);
-  for (size_t d = 0; d < lengths.size(); ++d) out[group[d]].push_back(static_cast<int>(d));
-  return out;
 }
 
 bool has_spanning_document(const scheduler::Layout& layout) {
@@ -290,7 +262,7 @@ StepMetrics Trainer::forward_backward() {
     if (mb.batch.last_continues) {
       pinned.push_back(static_cast<int>(mb.batch.doc_lengths.size()) - 1);
     }
-    mb.nano_docs = split_documents(mb.batch.doc_lengths, nano_count, pinned);
+    mb.nano_docs = scheduler::split_nano_batches(mb.batch.doc_lengths, nano_count, pinned);
     for (int j = 0; j < nano_count; ++j) {
       // First entry: whether this rank's first piece here continues the previous rank's last.
       std::vector<int64_t> mine{mb.batch.first_continues && j == 0 ? 1 : 0};
