@@ -81,8 +81,8 @@ def svg(rows, path):
         stroke = colors.get(r["gpus"], "#2ca02c")
         p.append('<circle cx="%.1f" cy="%.1f" r="4" fill="%s" stroke="%s"><title>%s: measured %.0f, simulated %.0f</title></circle>'
                  % (sx(r["measured_ms"]), sy(r["simulated_ms"]), fill, stroke, r["cell"], r["measured_ms"], r["simulated_ms"]))
-    p.append('<text x="%d" y="44" fill="#1f77b4">&#9679; 1 GPU (gated, 10%%)</text>' % (m + 10))
-    p.append('<text x="%d" y="60" fill="#d62728">&#9675; 2 GPUs (reported: measured on an older runtime)</text>' % (m + 10))
+    p.append('<text x="%d" y="44"><tspan fill="#1f77b4">&#9679; 1 GPU</tspan> <tspan fill="#d62728">&#9679; 2 GPUs</tspan> (filled: gated, 10%% / 15%%)</text>' % (m + 10))
+    p.append('<text x="%d" y="60" fill="#666">&#9675; hollow: reported only (measured on an older runtime)</text>' % (m + 10))
     p.append('<text x="%d" y="76" fill="#888">dashed: &#177;10%%</text>' % (m + 10))
     p.append("</svg>")
     with open(path + ".tmp", "w") as f:
