@@ -95,13 +95,11 @@ profile::ProfileRankStep rank_step_profile(const config::RunConfig& config, int 
   std::map<std::string, int> seen;
   int attention_forward = 0, attention_backward = 0, buckets = 0;
   std::map<std::string, int> exchange_seen;
-  bool worker = false;
   for (const comm::Span& s : spans) {
     const double us = std::max(0.0, s.end_us - s.start_us);
     if (s.lane == comm::Lane::kCompute) {
       ParsedName p;
       if (parse_compute_name(s.name, &p)) {
-        worker = true;
         const int micro = seen[s.name]++;
         CADRE_CHECK(p.layer < layers, "profile: span '", s.name, "' names layer ", p.layer,
                     " but the model has ", layers, " layers");
@@ -228,7 +226,11 @@ profile::ProfileRankStep rank_step_profile(const config::RunConfig& config, int 
     e->set_start_us(s.start_us);
     e->set_us(us);
   }
-  out.set_worker(worker);
+  // Dedicated attention servers are the last ranks; they run the executor's spans on empty inputs.
+  const bool dedicated = config.scheduler().server_mode() == "dedicated";
+  const int workers = config.cluster().num_gpus() -
+                      (dedicated ? config.scheduler().num_dedicated_servers() : 0);
+  out.set_worker(rank < workers);
   out.set_compute_busy_us(comm::busy_us(spans, comm::Lane::kCompute));
   out.set_exposed_communication_us(comm::exposed_communication_us(spans));
   return out;
