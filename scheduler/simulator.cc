@@ -151,7 +151,8 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
     fixed += cal.segment(kind, "forward").fixed_us + cal.segment(kind, "backward").fixed_us +
              (recompute ? cal.segment(kind, "recompute").fixed_us : 0.0);
   }
-  p.fixed_per_nano = c.layers_per_stage * fixed + p.tp_fixed_per_nano +
+  // One forward and one backward attention kernel call per layer too.
+  p.fixed_per_nano = c.layers_per_stage * (fixed + 2 * cal.attention_call_us) + p.tp_fixed_per_nano +
                      cal.segment("head_loss", "step").fixed_us +
                      cal.segment("embedding", "forward").fixed_us +
                      cal.segment("embedding", "backward").fixed_us;

@@ -294,7 +294,7 @@ StepPrice price_training_step(const config::RunConfig& config,
   std::vector<double> C(world, 0), M(world, 0), busy(world, 0);
   StepPrice price;
   std::vector<double> rank_calls(world, 0);
-  double r0_a2a = 0, r0_exposed = 0, r0_reduce = 0, r0_exposed_reduce = 0;
+  double r0_a2a = 0, r0_reduce = 0;
   std::vector<std::pair<double, double>> r0_comm, r0_grad, r0_compute;  // intervals on rank 0
   auto compute = [&](int r, double us, double* kind_total) {
     if (us <= 0) return;
@@ -447,8 +447,6 @@ StepPrice price_training_step(const config::RunConfig& config,
   price.recompute_us = kind_recompute;
   price.head_embedding_us = kind_head;
   price.optimizer_us = kind_opt;
-  (void)r0_exposed;
-  (void)r0_exposed_reduce;
   price.rank_step_us.resize(world);
   for (int r = 0; r < world; ++r) {
     const double overhead = cal.step_overhead_us + cal.call_overhead_us * rank_calls[r];
@@ -486,7 +484,6 @@ StepPrice price_training_step(const config::RunConfig& config,
   }
   return price;
 }
-
 
 config::RunConfig profile_run_config(const profile::RunProfile& p) {
   config::RunConfig c;

@@ -92,10 +92,15 @@ TEST(Simulator, LinearTimeFollowsTheCalibrationAndTensorParallelCollectives) {
       expected += m.num_layers() * 8 * 2.0 * m.hidden_size() * (tp - 1) / tp /
                   (cal.link("intra_node")->gbps * 1e3);
     }
-    double fixed = 0;  // per-call costs: the built-in fit has none, but count them if it does
-    for (const auto& [kind, direction] : calibrated_segments()) {
-      if (kind != "optimizer" && direction != "recompute") fixed += cal.segment(kind, direction).fixed_us;
-    }
+    // Per-call costs of one micro-batch: each layer segment and attention call once per layer,
+    // the head, loss and embedding once.
+    const double fixed =
+        m.num_layers() * (cal.segment("qkv", "forward").fixed_us +
+                          cal.segment("qkv", "backward").fixed_us +
+                          cal.segment("out_mlp", "forward").fixed_us +
+                          cal.segment("out_mlp", "backward").fixed_us + 2 * cal.attention_call_us) +
+        cal.segment("head_loss", "step").fixed_us + cal.segment("embedding", "forward").fixed_us +
+        cal.segment("embedding", "backward").fixed_us;
     const double tokens = 32768.0;  // one micro-batch of the context per rank
     EXPECT_NEAR(r.costs[0].linear_us, tokens * expected + fixed + (tp > 1 ? m.num_layers() * 8 * cal.link("intra_node")->latency_us : 0.0),
                 1e-6 * r.costs[0].linear_us)
