@@ -11,6 +11,8 @@ using Args = std::vector<std::string>;
 int run_simulate(const Args& args);      // simulate_command.cc
 int run_plan(const Args& args);          // plan_command.cc
 int run_train(const Args& args);         // train_command.cc
+int run_calibrate(const Args& args);     // calibrate_command.cc
+int run_simulate_training_step(const Args& args);  // calibrate_command.cc
 int run_bench_attention(const Args& args);  // bench_attention_command.cc (CPU/MPI CAD attention)
 int run_bench_kernel(const Args& args);     // bench_gpu_command.cc
 int run_bench_comm(const Args& args);       // bench_gpu_command.cc

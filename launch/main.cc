@@ -12,6 +12,7 @@ void print_usage(std::ostream& out) {
          "commands:\n"
          "  simulate          plan and price training steps for any cluster size (CPU only)\n"
          "  plan              plan one step for given document lengths and print the plan\n"
+         "  calibrate         fit the simulator's step costs to training profiles and benchmarks\n"
          "  train             train a Llama-style model with CAD or colocated attention\n"
          "  bench attention   CAD attention across ranks with a check against the reference\n"
          "  bench kernel      fused core-attention kernel throughput (GPU)\n"
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (command == "simulate") return run_simulate(args);
+    if (command == "calibrate") return run_calibrate(args);
     if (command == "plan") return run_plan(args);
     if (command == "train") return run_train(args);
     if (command == "bench") {
@@ -76,7 +78,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::cerr << "cadre: unknown command '" << command
-              << "'; accepted: simulate, plan, train, bench\n\n";
+              << "'; accepted: simulate, plan, calibrate, train, bench\n\n";
     print_usage(std::cerr);
     return 2;
   } catch (const cadre::Error& e) {

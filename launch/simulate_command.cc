@@ -34,7 +34,9 @@ const char* kUsage =
     "  --distributions LIST  wlb, prolong, lognormal, uniform, fixed, file (default data.distribution)\n"
     "  --strategies LIST     cad, fixed, cp, wlb, ideal (default all)\n"
     "  --batches N           global batches averaged per cell (default simulate.batches, 3)\n"
-    "  --out DIR             where simulate.json, simulate.csv, simulate.svg go (default output.dir)\n\n"
+    "  --out DIR             where simulate.json, simulate.csv, simulate.svg go (default output.dir)\n"
+    "  --training-step       price the steps `cadre train` runs with this config instead\n"
+    "                        (`cadre simulate --training-step --help`)\n\n"
     "Memory (act_GiB, mem_GiB, fits) is priced with activation recomputation of the non-attention\n"
     "layers (training.recompute=linear, as long-context runs use) unless training.recompute is set,\n"
     "e.g. --set training.recompute=none; it never changes the times.\n";
@@ -110,6 +112,7 @@ std::string to_json(const std::vector<Row>& rows) {
           << c.linear_us / 1e3 << ", \"pp_bubble_ms\": " << c.pp_bubble_us / 1e3
           << ", \"dp_straggler_ms\": " << c.dp_straggler_us / 1e3
           << ", \"exposed_comm_ms\": " << c.exposed_comm_us / 1e3
+          << ", \"step_fixed_ms\": " << c.step_fixed_us / 1e3
           << ", \"attention_imbalance\": " << c.attention_imbalance
           << ", \"mb_moved_per_rank\": " << c.bytes_per_rank / 1e6
           << ", \"recompute\": \"" << row.result.recompute
@@ -130,7 +133,7 @@ std::string to_csv(const std::vector<Row>& rows) {
   out << "model,distribution,context,gpus,strategy,step_ms,tokens_per_s_per_gpu,cad_speedup,"
          "attention_ms,linear_ms,pp_bubble_ms,dp_straggler_ms,exposed_comm_ms,"
          "attention_imbalance,mb_moved_per_rank,peak_activation_gib,planning_ms,recompute,"
-         "weights_optimizer_gib,peak_memory_gib,fits_memory\n";
+         "weights_optimizer_gib,peak_memory_gib,fits_memory,step_fixed_ms\n";
   for (const Row& row : rows) {
     for (const auto& c : row.result.costs) {
       out << row.model << "," << row.distribution << "," << row.context << "," << row.result.gpus
@@ -141,7 +144,7 @@ std::string to_csv(const std::vector<Row>& rows) {
           << c.attention_imbalance << "," << c.bytes_per_rank / 1e6 << ","
           << c.peak_activation_gib << "," << c.planning_ms << "," << row.result.recompute << ","
           << c.weights_optimizer_gib << "," << c.peak_memory_gib << ","
-          << (c.fits_memory ? "yes" : "no") << "\n";
+          << (c.fits_memory ? "yes" : "no") << "," << c.step_fixed_us / 1e3 << "\n";
     }
   }
   return out.str();
@@ -225,6 +228,9 @@ std::string to_svg(const std::vector<Row>& rows, const std::vector<std::string>&
 }  // namespace
 
 int run_simulate(const Args& args) {
+  for (const std::string& a : args) {
+    if (a == "--training-step") return run_simulate_training_step(args);
+  }
   for (const std::string& a : args) {
     if (a == "--help" || a == "-h") {
       std::cout << kUsage << "\n" << config_options_help();

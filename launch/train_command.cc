@@ -1,6 +1,8 @@
 // `cadre train`: one process per rank under mpirun; loads the config, builds the Trainer, runs the
 // steps with a rank-0 step line and metrics file, checkpoints and resumes.
+#include <chrono>
 #include <cstring>
+#include <memory>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -13,6 +15,7 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "runtime/checkpoint.h"
+#include "runtime/profile.h"
 #include "runtime/trainer.h"
 
 namespace cadre::launch {
@@ -30,7 +33,8 @@ std::string train_help() {
          "  -h, --help       this help\n\n"
          "Rank 0 prints one line per step, appends JSON lines to output.dir/metrics.jsonl,\n"
          "writes output.dir/summary.json at the end and, with output.trace, a Chrome trace of\n"
-         "step training.trace_step to output.dir/trace.json; see docs/training.md.\n\n" +
+         "step training.trace_step to output.dir/trace.json and, with output.profile, every\n"
+         "step's profile to output.dir/profile.json (docs/simulation.md); see docs/training.md.\n\n" +
          config_options_help();
 }
 
@@ -152,10 +156,23 @@ int run_train(const Args& args) {
   }
 
   std::vector<runtime::StepMetrics> history;
+  // output.profile: every step's segments, attention batches, exchanges and buckets.
+  std::unique_ptr<runtime::ProfileWriter> profile;
+  if (config.output().profile()) {
+    profile = std::make_unique<runtime::ProfileWriter>(
+        config, rank, training.dtype() == "bf16" ? 2 : 4);
+  }
   try {
     while (trainer->step() < training.steps()) {
+      const auto started = std::chrono::steady_clock::now();
       runtime::StepMetrics m = trainer->train_step();
       history.push_back(m);
+      if (profile) {
+        const double wall_ms = std::chrono::duration<double, std::milli>(
+                                   std::chrono::steady_clock::now() - started).count();
+        profile->add_step(m.step, m.step_ms, wall_ms, trainer->device().is_cuda(),
+                          trainer->last_timeline(), trainer->last_record());
+      }
       if (rank == 0) {
         if (!config.output().quiet()) {
           std::cout << runtime::format_step_line(m, training.steps()) << std::endl;
@@ -173,6 +190,16 @@ int run_train(const Args& args) {
         const std::string path = trainer->save_checkpoint();
         if (rank == 0 && !config.output().quiet()) std::cout << "checkpoint " << path << "\n";
       }
+    }
+    if (profile) {
+      const std::string path = (std::filesystem::path(out_dir) / "profile.json").string();
+      // Rank 0 writes it and is always a worker (dedicated servers are the last ranks).
+      const int64_t parameters = trainer->is_worker() ? trainer->model().parameter_count() : 0;
+      const int workers = config.scheduler().server_mode() == "dedicated"
+                              ? world - config.scheduler().num_dedicated_servers()
+                              : world;
+      profile->write(*transport, path, workers, parameters, trainer->describe());
+      if (rank == 0 && !config.output().quiet()) std::cout << "profile " << path << "\n";
     }
   } catch (const Error& e) {
     // Mid-run failures may be seen by one rank only; its peers end through comm's deadline.

@@ -176,4 +176,10 @@ std::vector<std::vector<std::string>> GradientReducer::bucket_names() const {
   return names;
 }
 
+std::vector<int64_t> GradientReducer::bucket_bytes() const {
+  std::vector<int64_t> bytes;
+  for (const Bucket& b : buckets_) bytes.push_back(b.flat.numel() * b.flat.element_size());
+  return bytes;
+}
+
 }  // namespace cadre::runtime

@@ -41,6 +41,8 @@ class GradientReducer {
 
   // Buckets and their sizes, for tests and the docs: parameter names per bucket.
   std::vector<std::vector<std::string>> bucket_names() const;
+  // Bytes of each bucket's flat buffer, in start order (the training profile records them).
+  std::vector<int64_t> bucket_bytes() const;
 
  private:
   struct Bucket {

@@ -234,12 +234,15 @@ class Executor {
       s.attention->backward_send(empty_heads(config_.num_heads()));
       return;
     }
-    const int span = begin("L" + std::to_string(l) + " out+mlp bwd" + n.tag);
     if (options_.recompute) {
+      // Its own span, so that profiles price recomputation apart from the backward.
+      const int recompute = begin("L" + std::to_string(l) + " out+mlp recompute" + n.tag);
       s.x = s.x.detach().requires_grad_(true);
       s.o = s.o.detach().requires_grad_(true);
       s.out = model_->layer_output(l, s.x, s.o);
+      end(recompute);
     }
+    const int span = begin("L" + std::to_string(l) + " out+mlp bwd" + n.tag);
     torch::autograd::backward({s.out}, {n.grad});
     s.out = torch::Tensor();
     auto dout = s.o.grad().defined() ? s.o.grad() : torch::zeros_like(s.o);
@@ -253,8 +256,12 @@ class Executor {
     auto grads = s.attention->backward_finish();
     s.attention.reset();
     if (model_ == nullptr) return;
+    if (options_.recompute) {
+      const int recompute = begin("L" + std::to_string(l) + " qkv recompute" + n.tag);
+      s.qkv = model_->attention_inputs(l, s.x, n.rope);
+      end(recompute);
+    }
     const int span = begin("L" + std::to_string(l) + " qkv bwd" + n.tag);
-    if (options_.recompute) s.qkv = model_->attention_inputs(l, s.x, n.rope);
     torch::autograd::backward(s.qkv, grads);
     n.grad = s.x.grad().defined() ? s.x.grad() : torch::zeros_like(s.x);
     s = LayerState{};

@@ -22,6 +22,7 @@
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
+#include "scheduler/step_model.h"
 
 namespace cadre::runtime {
 namespace {
@@ -61,35 +62,6 @@ double max_over_mean(const std::vector<double>& values) {
     sum += v;
   }
   return sum > 0 ? max / (sum / values.size()) : 1.0;
-}
-
-// Splits one rank's documents into `parts` groups of near-equal tokens (longest first onto the
-// lightest group; ties to the lower group), keeping their order inside each group. Documents in
-// `pinned` go to group 0 first (pieces of documents that continue on a neighbouring rank: both
-// sides must be in the same nano-batch).
-std::vector<std::vector<int>> split_documents(const std::vector<int64_t>& lengths, int parts,
-                                              const std::vector<int>& pinned = {}) {
-  std::vector<int64_t> load(parts, 0);
-  std::vector<int> group(lengths.size(), -1);
-  for (int d : pinned) {
-    if (group[d] == 0) continue;
-    group[d] = 0;
-    load[0] += lengths[d];
-  }
-  std::vector<int> order;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    if (group[i] < 0) order.push_back(static_cast<int>(i));
-  }
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int a, int b) { return lengths[a] > lengths[b]; });
-  for (int d : order) {
-    const int g = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-    group[d] = g;
-    load[g] += lengths[d];
-  }
-  std::vector<std::vector<int>> out(parts);
-  for (size_t d = 0; d < lengths.size(); ++d) out[group[d]].push_back(static_cast<int>(d));
-  return out;
 }
 
 bool has_spanning_document(const scheduler::Layout& layout) {
@@ -296,7 +268,7 @@ StepMetrics Trainer::forward_backward() {
     if (mb.batch.last_continues) {
       pinned.push_back(static_cast<int>(mb.batch.doc_lengths.size()) - 1);
     }
-    mb.nano_docs = split_documents(mb.batch.doc_lengths, nano_count, pinned);
+    mb.nano_docs = scheduler::split_nano_batches(mb.batch.doc_lengths, nano_count, pinned);
     for (int j = 0; j < nano_count; ++j) {
       // First entry: whether this rank's first piece here continues the previous rank's last.
       std::vector<int64_t> mine{mb.batch.first_continues && j == 0 ? 1 : 0};
@@ -335,6 +307,9 @@ StepMetrics Trainer::forward_backward() {
   options.loss_scale = metrics.targets > 0 ? static_cast<double>(num_workers_) / metrics.targets : 0.0;
   options.timeline = timeline_.get();
   timeline_->begin_step();
+  last_record_ = StepRecord{};
+  last_record_.nano_count = nano_count;
+  if (reducer_) last_record_.bucket_bytes = reducer_->bucket_bytes();
 
   std::vector<int32_t> servers;
   for (int r = dedicated ? num_workers_ : 0; r < world; ++r) servers.push_back(r);
@@ -399,6 +374,11 @@ StepMetrics Trainer::forward_backward() {
         };
       }
     }
+    for (int j = 0; j < nano_count; ++j) {
+      last_record_.nanos.push_back({static_cast<int>(&mb - micros.data()), j,
+                                    document_lengths(mb.batch, mb.nano_docs[j]),
+                                    dispatches[j] != nullptr, plans[j]});
+    }
     local_loss +=
         run_forward_backward(model_.get(), config_.model(), dtype_, device_, nanos, options);
     for (auto& d : dispatches) {
@@ -419,6 +399,7 @@ StepMetrics Trainer::forward_backward() {
 void Trainer::optimizer_step(StepMetrics* metrics) {
   const double lr = learning_rate_at(step_, config_.training());
   if (is_worker()) {
+    const int span = timeline_->begin_compute(kOptimizerSpan);
     const auto params = model_->parameter_tensors();
     const double norm = clip_grad_norm(params, config_.training().grad_clip());
     optimizer_->step(lr);
@@ -427,6 +408,7 @@ void Trainer::optimizer_step(StepMetrics* metrics) {
       if (p.grad().defined()) p.grad().zero_();
     }
     if (metrics != nullptr) metrics->grad_norm = norm;
+    timeline_->end_compute(span);
   }
   ++step_;
   if (metrics != nullptr) metrics->learning_rate = lr;

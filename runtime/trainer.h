@@ -16,6 +16,7 @@
 #include "runtime/gradient_reducer.h"
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
+#include "runtime/profile.h"
 #include "scheduler/config.pb.h"
 #include "scheduler/cost_model.h"
 
@@ -79,6 +80,9 @@ class Trainer {
 
   // The timeline of the last step on this rank (empty unless timing was on for it).
   const std::vector<comm::Span>& last_timeline() const { return last_spans_; }
+  // What the last step ran on this rank besides its timeline (documents, plans, buckets): the
+  // training profile joins the two (runtime/profile.h).
+  const StepRecord& last_record() const { return last_record_; }
   // Writes every rank's timeline of the last step as one Chrome trace (collective; rank 0
   // writes).
   void write_trace(const std::string& path);
@@ -110,6 +114,7 @@ class Trainer {
   void* dp_stream_ = nullptr;  // the workers' communication stream when it is not data's
   std::unique_ptr<GradientReducer> reducer_;  // workers only; after timeline_ (destroyed first)
   std::vector<comm::Span> last_spans_;
+  StepRecord last_record_;
   int64_t step_ = 0;
 };
 

@@ -86,6 +86,10 @@ CalibrationTable calibration_for(const config::ClusterConfig& cluster,
              : load_calibration_json(cluster.attention_calibration());
 }
 
+CalibrationTable parse_calibration_json(const std::string& json, const std::string& source) {
+  return parse_calibration(json, source);
+}
+
 CalibrationTable load_calibration_json(const std::string& path) {
   std::ifstream in(path);
   CADRE_CHECK(in.good(), "cannot read calibration table '", path,

@@ -41,6 +41,8 @@ const CalibrationTable& default_calibration_for(const config::ModelConfig& model
 // Loads a table from JSON ({"device":..., "points":[{"q_tokens":..,"kv_tokens":..,
 // "forward_tflops":..,"backward_tflops":..}, ...]}); throws cadre::Error on bad input.
 CalibrationTable load_calibration_json(const std::string& path);
+// The same from JSON text; `source` names it in errors.
+CalibrationTable parse_calibration_json(const std::string& json, const std::string& source);
 // The table a cluster config names: cluster.attention_calibration, or if empty the built-in one
 // that matches the model (default_calibration_for).
 CalibrationTable calibration_for(const config::ClusterConfig& cluster,

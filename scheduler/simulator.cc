@@ -12,6 +12,7 @@
 #include "scheduler/cost_model.h"
 #include "scheduler/doc_lengths.h"
 #include "scheduler/planner.h"
+#include "scheduler/step_calibration.h"
 
 namespace cadre::scheduler {
 
@@ -22,7 +23,32 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 struct Cluster {
   int32_t gpus, tp, pp, dp, micro_batches, layers_per_stage;
+  int32_t nano_batches = 1;  // CAD with ping-pong: 2
   int64_t context;
+};
+
+// The calibrated costs (scheduler/step_calibration.h) the strategies share: linear work per
+// token (every segment a layer runs, recomputation included when training.recompute = linear, the
+// LM head, loss and embedding), fixed per-call costs per micro-batch, attention scales, links, and
+// what every step adds once (optimizer, host overhead, the exposed part of the gradient
+// all-reduce).
+struct Pricing {
+  const CostModel* cost = nullptr;
+  double linear_per_token = 0;   // one stage's layers + head/loss/embedding, per token
+  double fixed_per_nano = 0;     // per nano-batch (one call of each layer segment)
+  double attention_forward_scale = 1, attention_backward_scale = 1, attention_call_us = 0;
+  LinkCost intra, inter, all_reduce_intra;
+  double optimizer_us = 0, overhead_us = 0;
+  double gradient_bytes = 0;     // fp32 gradients of one stage on one TP rank
+  int32_t gradient_buckets = 1;
+  double backward_fraction = 0.7;  // of a micro-batch's compute, the backward (and recompute)
+  double layer_forward_per_token = 0, layer_backward_per_token = 0;  // one layer
+  double tp_per_token = 0, tp_fixed_per_nano = 0;  // TP/SP collectives, in linear_per_token
+  double forward_share = 1 / 3.5;  // of attention: forward (backward is 2.5x its FLOPs)
+  double activation_scale = 1, memory_fixed_gib = 0;
+  double link_us(double bytes, bool inter_node) const {
+    return (inter_node ? inter : intra).us(bytes);
+  }
 };
 
 // One data-parallel rank's micro-batches: per micro-batch attention and linear time of one
@@ -31,6 +57,7 @@ struct RankWork {
   std::vector<double> attention_us, linear_us;
   std::vector<int64_t> tokens;
   double comm_us = 0;  // exposed communication of the whole step on this rank
+  double step_fixed_us = 0;  // optimizer, host overhead, exposed gradient all-reduce
   double bytes = 0;
   // CAD only, per micro-batch (empty: attention colocated with the tokens): query and K/V-prefix
   // rows this rank holds as a server, and its own query rows computed elsewhere.
@@ -60,11 +87,12 @@ StepCost compose(const std::string& strategy, const std::vector<RankWork>& ranks
       longest = std::max(longest, r.attention_us[i] + r.linear_us[i]);
     }
     const double bubble = (c.pp - 1) * longest;
-    const double total = attention + linear + bubble + r.comm_us;
+    const double total = attention + linear + bubble + r.comm_us + r.step_fixed_us;
     cost.attention_us += attention / ranks.size();
     cost.linear_us += linear / ranks.size();
     cost.pp_bubble_us += bubble / ranks.size();
     cost.exposed_comm_us += r.comm_us / ranks.size();
+    cost.step_fixed_us += r.step_fixed_us / ranks.size();
     cost.bytes_per_rank += r.bytes / ranks.size();
     worst = std::max(worst, total);
     sum_total += total;
@@ -77,8 +105,101 @@ StepCost compose(const std::string& strategy, const std::vector<RankWork>& ranks
   return cost;
 }
 
-double sequence_attention_us(const CostModel& cost, int64_t q, int64_t kv, const Cluster& c) {
-  return cost.attention_step_us(q, kv, c.layers_per_stage);
+double sequence_attention_us(const Pricing& p, int64_t q, int64_t kv, const Cluster& c) {
+  if (q <= 0) return 0;
+  return c.layers_per_stage * (p.attention_forward_scale * p.cost->attention_forward_us(q, kv) +
+                               p.attention_backward_scale * p.cost->attention_backward_us(q, kv));
+}
+
+Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal,
+                     const CostModel& cost, const Cluster& c) {
+  const auto& model = config.model();
+  const auto& cl = config.cluster();
+  const bool recompute = config.training().recompute() == "linear";
+  Pricing p;
+  p.cost = &cost;
+  auto per_token = [&](const char* kind, const char* direction) {
+    return cal.segment(kind, direction).us_per_unit * segment_work(kind, model, c.tp, 1);
+  };
+  p.layer_forward_per_token = per_token("qkv", "forward") + per_token("out_mlp", "forward");
+  p.layer_backward_per_token = per_token("qkv", "backward") + per_token("out_mlp", "backward") +
+                               (recompute ? per_token("qkv", "recompute") +
+                                                per_token("out_mlp", "recompute")
+                                          : 0.0);
+  const double head = per_token("head_loss", "step") + per_token("embedding", "forward") +
+                      per_token("embedding", "backward");
+  // Tensor and sequence parallelism (Megatron-style, as issue 11 builds it): per layer, an
+  // all-gather of the sequence-sharded hidden states before attention's and the MLP's column-
+  // parallel GEMMs and a reduce-scatter after their row-parallel ones, forward (4) and backward
+  // (4), plus the recomputation's 2 all-gathers; each moves (TP - 1) / TP of tokens x hidden bf16
+  // values per rank over the intra-node link. Not overlapped (Megatron's default).
+  if (c.tp > 1) {
+    const double collectives = 8 + (recompute ? 2 : 0);
+    const double bytes_per_token = 2.0 * model.hidden_size() * (c.tp - 1) / c.tp;
+    const LinkCost* l = cal.link("intra_node");
+    const double gbps = l ? l->gbps : cl.intra_node_bandwidth_gbps();
+    p.tp_per_token = c.layers_per_stage * collectives * bytes_per_token / (gbps * 1e3);
+    p.tp_fixed_per_nano = c.layers_per_stage * collectives * (l ? l->latency_us : 0.0);
+  }
+  // The LM head and loss run on the last stage, the embedding on the first; the slowest stage
+  // sets a pipeline's pace, so every stage is charged both (exact for PP = 1).
+  p.linear_per_token =
+      c.layers_per_stage * (p.layer_forward_per_token + p.layer_backward_per_token) + head +
+      p.tp_per_token;
+  double fixed = 0;
+  for (const char* kind : {"qkv", "out_mlp"}) {
+    fixed += cal.segment(kind, "forward").fixed_us + cal.segment(kind, "backward").fixed_us +
+             (recompute ? cal.segment(kind, "recompute").fixed_us : 0.0);
+  }
+  // One forward and one backward attention kernel call per layer too.
+  p.fixed_per_nano = c.layers_per_stage * (fixed + 2 * cal.attention_call_us) + p.tp_fixed_per_nano +
+                     cal.segment("head_loss", "step").fixed_us +
+                     cal.segment("embedding", "forward").fixed_us +
+                     cal.segment("embedding", "backward").fixed_us;
+  p.backward_fraction = p.layer_backward_per_token /
+                        std::max(1e-12, p.layer_forward_per_token + p.layer_backward_per_token);
+  p.attention_forward_scale = cal.attention_forward_scale;
+  p.attention_backward_scale = cal.attention_backward_scale;
+  p.attention_call_us = cal.attention_call_us;
+  const LinkCost* intra = cal.link("intra_node");
+  const LinkCost* inter = cal.link("inter_node");
+  const LinkCost* reduce = cal.link("all_reduce");
+  p.intra = intra ? *intra : LinkCost{0, cl.intra_node_bandwidth_gbps(), 0, "cluster"};
+  p.inter = inter ? *inter : LinkCost{0, cl.inter_node_bandwidth_gbps(), 0, "cluster"};
+  p.all_reduce_intra = reduce ? *reduce : p.intra;
+  const double parameters = parameters_per_stage(model, c.pp) / c.tp;
+  p.optimizer_us = cal.segment("optimizer", "step").us(parameters / 1e6);
+  p.overhead_us = cal.step_overhead_us;
+  p.gradient_bytes = 4 * parameters;
+  p.gradient_buckets = std::max<int32_t>(
+      1, static_cast<int32_t>(std::ceil(p.gradient_bytes /
+                                        (static_cast<double>(config.training().grad_bucket_mib()) *
+                                         1024 * 1024))));
+  p.activation_scale = cal.activation_memory_scale;
+  p.memory_fixed_gib = cal.memory_fixed_gib;
+  return p;
+}
+
+// What every step adds once on every rank: the optimizer step, host overhead, and the part of
+// the data-parallel gradient all-reduce that backward does not hide. The runtime starts each
+// bucket as backward finishes its layers (training.overlap_grad_reduce), so the reduction
+// overlaps the last micro-batch's backward; the embedding's bucket, last, is always exposed.
+// Ring all-reduce: 2 (n - 1) / n of the bytes per rank; inter-node once the DP group spans nodes.
+void add_step_costs(const Pricing& p, const Cluster& c, std::vector<RankWork>* ranks) {
+  const double n = c.dp;
+  const bool inter_node = static_cast<int64_t>(c.dp) * c.tp * c.pp > p.cost->cluster().gpus_per_node();
+  const LinkCost& link = inter_node ? p.inter : p.all_reduce_intra;
+  const double moved = n > 1 ? p.gradient_bytes * 2 * (n - 1) / n : 0.0;
+  const double reduce_us = p.gradient_buckets * link.latency_us + moved / (link.gbps * 1e3);
+  const double last_bucket = reduce_us / p.gradient_buckets;
+  for (RankWork& r : *ranks) {
+    const size_t last = r.linear_us.empty() ? 0 : r.linear_us.size() - 1;
+    const double window = r.linear_us.empty()
+                              ? 0.0
+                              : p.backward_fraction * (r.linear_us[last] + r.attention_us[last]);
+    const double exposed = c.dp > 1 ? std::max(last_bucket, reduce_us - window) : 0.0;
+    r.step_fixed_us += p.optimizer_us + p.overhead_us + exposed;
+  }
 }
 
 // Every strategy computes the same attention: a document piece [b, e) (a document split at a
@@ -87,22 +208,22 @@ double sequence_attention_us(const CostModel& cost, int64_t q, int64_t kv, const
 // fixed: documents packed back to back into DP x M chunks of `context` tokens, split at chunk
 // boundaries; chunk i is micro-batch i / DP of rank i % DP (wave-major, so a document split at a
 // chunk boundary lands on neighbouring ranks of one wave), which computes its pieces' attention.
-std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const CostModel& cost,
+std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const Pricing& pricing,
                                     const Cluster& c) {
   Layout layout = pack_sequential(lengths, c.dp * c.micro_batches, c.context);
   std::vector<RankWork> ranks(c.dp);
   for (auto& r : ranks) {
     r.attention_us.assign(c.micro_batches, 0);
-    r.linear_us.assign(c.micro_batches, 0);
+    r.linear_us.assign(c.micro_batches, pricing.fixed_per_nano);  // one call of each segment
     r.tokens.assign(c.micro_batches, 0);
   }
-  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
+  const double linear_per_token = pricing.linear_per_token;
   for (const PlacedDocument& doc : layout.documents) {
     for (const DocumentPiece& p : doc.pieces) {
       RankWork& r = ranks[p.rank % c.dp];
       const int m = p.rank / c.dp;
       const int64_t len = p.doc_end - p.doc_begin;
-      r.attention_us[m] += sequence_attention_us(cost, len, p.doc_end, c);
+      r.attention_us[m] += sequence_attention_us(pricing, len, p.doc_end, c);
       r.linear_us[m] += len * linear_per_token;
       r.tokens[m] += len;
     }
@@ -110,56 +231,157 @@ std::vector<RankWork> fixed_packing(const std::vector<int64_t>& lengths, const C
   return ranks;
 }
 
-// wlb: whole documents (longer than the context cut into context-sized pieces) assigned
-// longest-cost-first to the least loaded of DP x M micro-batches with room (1.25 x context), so
-// micro-batches carry equal attention + linear work; micro-batch j goes to rank j % DP.
-std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, const CostModel& cost,
-                                        const Cluster& c) {
-  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
-  struct Seq {
-    int64_t len;
+// wlb, WLB-LLM-like (Wang et al., arXiv 2503.17924; docs/simulation.md cites the sections):
+// context-parallel groups of `cp` ranks process micro-batches ("bins") of variable length.
+//  1. Outlier delay: documents of at least simulate.wlb_outlier_tokens are held back and released
+//     so that every step carries an even share; in the steady state one step sees, modelled
+//     here, the outliers dealt round-robin over the bins before anything else.
+//  2. Variable-length packing: the other documents, costliest first, onto the least loaded bin
+//     with room (up to 1.25 x cp x context tokens; cost = attention + linear work).
+//  3. Context parallelism with per-document sharding: inside a group every rank works on every
+//     document of the micro-batch; documents of at least simulate.wlb_shard_threshold_tokens are
+//     split head-tail per document, the rest either per document too or per sequence, whichever
+//     the costs say is faster (adaptive selection; details below).
+// Documents longer than a bin are cut into bin-sized pieces (each attends to its prefix).
+std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, const Pricing& pricing,
+                                        const Cluster& c, int32_t cp, int64_t outlier_tokens,
+                                        int64_t shard_tokens) {
+  const CostModel& cost = *pricing.cost;
+  const double linear_per_token = pricing.linear_per_token;
+  const int32_t groups = c.dp / cp;
+  const int32_t bins = groups * c.micro_batches;
+  const int64_t group_context = static_cast<int64_t>(cp) * c.context;
+  const int64_t cap = group_context + group_context / 4;
+  struct Piece {
+    int64_t len, end;  // tokens and the prefix they attend to
     double cost;
+    bool outlier;
   };
-  std::vector<Seq> seqs;
-  int64_t budget = static_cast<int64_t>(c.dp) * c.micro_batches * c.context;
+  std::vector<Piece> pieces;
+  int64_t budget = static_cast<int64_t>(bins) * group_context;
   for (int64_t len : lengths) {
-    for (int64_t begin = 0; begin < len && budget > 0; begin += c.context) {
-      const int64_t piece = std::min({c.context, len - begin, budget});
-      seqs.push_back({piece, sequence_attention_us(cost, piece, begin + piece, c) +
-                                 piece * linear_per_token});
+    for (int64_t begin = 0; begin < len && budget > 0; begin += group_context) {
+      const int64_t piece = std::min({group_context, len - begin, budget});
+      pieces.push_back({piece, begin + piece,
+                        sequence_attention_us(pricing, piece, begin + piece, c) +
+                            piece * linear_per_token,
+                        len >= outlier_tokens});
       budget -= piece;
     }
   }
-  std::stable_sort(seqs.begin(), seqs.end(),
-                   [](const Seq& a, const Seq& b) { return a.cost > b.cost; });
-  const int32_t bins = c.dp * c.micro_batches;
-  const int64_t cap = c.context + c.context / 4;
+  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {
+    return a.outlier != b.outlier ? a.outlier : a.cost > b.cost;
+  });
   std::vector<double> load(bins, 0);
   std::vector<int64_t> tokens(bins, 0);
-  std::vector<double> attention(bins, 0);
+  std::vector<std::vector<const Piece*>> members(bins);
   std::set<std::pair<double, int32_t>> by_load;
   for (int32_t b = 0; b < bins; ++b) by_load.insert({0.0, b});
-  for (const Seq& s : seqs) {
-    // The least loaded bin with room; if none has room, the least loaded overall.
-    int32_t chosen = by_load.begin()->second;
-    for (const auto& entry : by_load) {
-      if (tokens[entry.second] + s.len <= cap) {
-        chosen = entry.second;
-        break;
+  int32_t next_outlier_bin = 0;
+  for (const Piece& p : pieces) {
+    int32_t chosen = -1;
+    if (p.outlier) {
+      chosen = next_outlier_bin;
+      next_outlier_bin = (next_outlier_bin + 1) % bins;
+      if (tokens[chosen] + p.len > cap) chosen = -1;
+    }
+    if (chosen < 0) {
+      chosen = by_load.begin()->second;
+      for (const auto& entry : by_load) {
+        if (tokens[entry.second] + p.len <= cap) {
+          chosen = entry.second;
+          break;
+        }
       }
     }
     by_load.erase({load[chosen], chosen});
-    load[chosen] += s.cost;
-    tokens[chosen] += s.len;
-    attention[chosen] += s.cost - s.len * linear_per_token;
+    load[chosen] += p.cost;
+    tokens[chosen] += p.len;
+    members[chosen].push_back(&p);
     by_load.insert({load[chosen], chosen});
   }
+  // Bin b is micro-batch b / groups of group b % groups. Inside the group every rank works on
+  // every document (context parallelism), sharded one of two ways, whichever makes the group's
+  // slowest rank faster (the paper's adaptive selection, with our costs as its estimate):
+  //  - per-document: each document in 2 x cp head-tail shards (equal work, at the shards' rate);
+  //  - per-sequence, for documents under the threshold (the long ones stay per-document): the
+  //    bin's concatenation cut into 2 x cp equal chunks, rank k taking chunks k and 2cp - 1 - k
+  //    (equal tokens; each piece of a document attends to its prefix, so attention differs).
+  // Either way each rank all-gathers the group's K/V per layer (and reduce-scatters dK/dV).
   std::vector<RankWork> ranks(c.dp);
+  for (auto& r : ranks) {
+    r.attention_us.assign(c.micro_batches, 0);
+    r.linear_us.assign(c.micro_batches, 0);
+    r.tokens.assign(c.micro_batches, 0);
+  }
+  const bool inter_node = cp * c.tp > cost.cluster().gpus_per_node();
+  const int64_t kv_bytes = cost.kv_bytes_per_token();
+  auto shard_attention = [&](const Piece* p) {
+    const int64_t shard = std::max<int64_t>(1, p->len / (2 * cp));
+    const double full = sequence_attention_us(pricing, p->len, p->end, c);
+    const double rate = cost.attention_forward_backward_us(shard, p->len) /
+                        std::max(1e-12, cost.attention_forward_backward_us(p->len, p->len)) *
+                        static_cast<double>(causal_pairs(0, p->len)) /
+                        static_cast<double>(causal_pairs(p->len - shard, p->len));
+    return full * std::max(1.0, rate) / cp;
+  };
   for (int32_t b = 0; b < bins; ++b) {
-    RankWork& r = ranks[b % c.dp];
-    r.attention_us.push_back(attention[b]);
-    r.linear_us.push_back(tokens[b] * linear_per_token);
-    r.tokens.push_back(tokens[b]);
+    const int32_t g = b % groups, m = b / groups;
+    int64_t bin_tokens = 0;
+    for (const Piece* p : members[b]) bin_tokens += p->len;
+    std::vector<double> attention(cp, 0);
+    if (cp == 1) {
+      for (const Piece* p : members[b]) attention[0] += sequence_attention_us(pricing, p->len, p->end, c);
+    } else {
+      // Per-document for all.
+      double per_document = 0;
+      for (const Piece* p : members[b]) per_document += shard_attention(p);
+      // Per-sequence for the short ones.
+      std::vector<double> mixed(cp, 0);
+      int64_t short_tokens = 0;
+      for (const Piece* p : members[b]) {
+        if (p->len >= shard_tokens) {
+          const double a = shard_attention(p);
+          for (int32_t k = 0; k < cp; ++k) mixed[k] += a;
+        } else {
+          short_tokens += p->len;
+        }
+      }
+      const int32_t chunks = 2 * cp;
+      const int64_t chunk = std::max<int64_t>(1, (short_tokens + chunks - 1) / chunks);
+      int64_t at = 0;  // position in the concatenation of the short documents
+      for (const Piece* p : members[b]) {
+        if (p->len >= shard_tokens) continue;
+        // The document's tokens [at, at + len) of the concatenation, cut at chunk boundaries.
+        for (int64_t s0 = at; s0 < at + p->len;) {
+          const int64_t c0 = s0 / chunk;
+          const int64_t e0 = std::min(at + p->len, (c0 + 1) * chunk);
+          const int32_t k = static_cast<int32_t>(c0 < cp ? c0 : chunks - 1 - c0);
+          const int64_t doc_end = p->end - p->len + (e0 - at);
+          mixed[std::clamp<int32_t>(k, 0, cp - 1)] +=
+              sequence_attention_us(pricing, e0 - s0, doc_end, c);
+          s0 = e0;
+        }
+        at += p->len;
+      }
+      const double worst_mixed = *std::max_element(mixed.begin(), mixed.end());
+      if (per_document <= worst_mixed) {
+        std::fill(attention.begin(), attention.end(), per_document);
+      } else {
+        attention = mixed;
+      }
+    }
+    const double gather_bytes = cp > 1 ? 2.0 * (cp - 1) * (static_cast<double>(bin_tokens) / cp) * kv_bytes : 0.0;
+    const double comm = gather_bytes > 0 ? c.layers_per_stage * pricing.link_us(gather_bytes, inter_node) : 0.0;
+    for (int32_t k = 0; k < cp; ++k) {
+      RankWork& r = ranks[g * cp + k];
+      const int64_t tokens = bin_tokens / cp;
+      r.attention_us[m] = attention[k];
+      r.linear_us[m] = tokens * linear_per_token + pricing.fixed_per_nano;
+      r.tokens[m] = tokens;
+      r.comm_us += std::max(0.0, comm - attention[k]);
+      r.bytes += gather_bytes * c.layers_per_stage;
+    }
   }
   return ranks;
 }
@@ -167,8 +389,9 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
 // cp: groups of `cp` ranks process micro-batches of cp x context tokens; every document is cut
 // into 2 x cp head/tail shards so each rank of the group gets equal attention; each rank
 // all-gathers the group's K/V per layer (and reduce-scatters dK/dV), overlapped with attention.
-std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, const CostModel& cost,
+std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, const Pricing& pricing,
                                        const Cluster& c, int32_t cp) {
+  const CostModel& cost = *pricing.cost;
   const int32_t groups = c.dp / cp;
   Layout layout = pack_sequential(lengths, groups * c.micro_batches, c.context * cp);
   std::vector<RankWork> ranks(c.dp);
@@ -177,7 +400,7 @@ std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, cons
     r.linear_us.assign(c.micro_batches, 0);
     r.tokens.assign(c.micro_batches, c.context);
   }
-  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
+  const double linear_per_token = pricing.linear_per_token;
   std::vector<double> group_attention(groups * c.micro_batches, 0);
   for (const PlacedDocument& doc : layout.documents) {
     for (const DocumentPiece& p : doc.pieces) {
@@ -185,7 +408,7 @@ std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, cons
       // Head/tail sharding balances the group: each rank does 1/cp of the work, at the rate of
       // shards of len / (2 cp) queries.
       const int64_t shard = std::max<int64_t>(1, len / (2 * cp));
-      const double whole = sequence_attention_us(cost, len, p.doc_end, c);
+      const double whole = sequence_attention_us(pricing, len, p.doc_end, c);
       const double shard_rate = cost.attention_forward_backward_us(shard, len) /
                                 std::max(1e-12, cost.attention_forward_backward_us(len, len)) *
                                 static_cast<double>(causal_pairs(0, len)) /
@@ -202,13 +425,11 @@ std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, cons
       // Per layer: all-gather (cp - 1) x context tokens of K/V forward, reduce-scatter of dK/dV
       // backward; hidden behind that layer's attention where it is long enough.
       const double bytes_per_layer = 2.0 * (cp - 1) * c.context * kv_bytes;
-      const double comm = c.layers_per_stage *
-                          cost.transfer_us(static_cast<int64_t>(bytes_per_layer),
-                                           inter_node ? LinkClass::kInterNode : LinkClass::kIntraNode);
+      const double comm = c.layers_per_stage * pricing.link_us(bytes_per_layer, inter_node);
       for (int32_t k = 0; k < cp; ++k) {
         RankWork& r = ranks[g * cp + k];
         r.attention_us[m] = attention;
-        r.linear_us[m] = c.context * linear_per_token;
+        r.linear_us[m] = c.context * linear_per_token + pricing.fixed_per_nano;
         r.comm_us += std::max(0.0, comm - attention);
         r.bytes += bytes_per_layer * c.layers_per_stage;
       }
@@ -221,11 +442,12 @@ std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, cons
 // at chunk boundaries keep their context) are planned with plan_cad over the DP ranks as attention
 // servers; each rank's attention is its server load; the dispatch is priced and hidden by
 // ping-pong behind the other nano-batch's compute.
-std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& cost,
+std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pricing,
                           const Cluster& c, const PlannerOptions& options, double* planning_ms) {
+  const CostModel& cost = *pricing.cost;
   Layout all = pack_sequential(lengths, c.dp * c.micro_batches, c.context);
   std::vector<RankWork> ranks(c.dp);
-  const double linear_per_token = cost.linear_step_us_per_token(c.layers_per_stage);
+  const double linear_per_token = pricing.linear_per_token;
   std::vector<int32_t> servers(c.dp);
   std::iota(servers.begin(), servers.end(), 0);
   const bool inter_node = static_cast<int64_t>(c.dp) * c.tp * c.pp > cost.cluster().gpus_per_node();
@@ -271,22 +493,30 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     std::vector<double> server_us(c.dp, 0);
     for (const CaTask& t : plan.tasks) {
-      server_us[t.server] += sequence_attention_us(cost, t.q_end - t.q_begin, t.q_end, c);
+      server_us[t.server] += sequence_attention_us(pricing, t.q_end - t.q_begin, t.q_end, c);
     }
     // Bytes each rank moves per layer (forward; backward moves about as much again).
     std::vector<double> bytes(c.dp, 0);
+    // Per rank, bytes it sends and receives in the stage that carries K/V (forward out, backward
+    // back) and in the one that carries query rows only (forward back, backward out).
+    std::vector<double> kv_sent(c.dp, 0), kv_received(c.dp, 0), q_sent(c.dp, 0), q_received(c.dp, 0);
     std::vector<int64_t> queries_away(c.dp, 0);
     for (const PeerTransfer& tr : plan.transfers) {
       if (tr.owner == tr.server) continue;
       queries_away[tr.owner] += tr.q_rows();
-      const double b = 2.0 * tr.q_rows() * cost.q_bytes_per_token() +
-                       static_cast<double>(tr.kv_rows()) * cost.kv_bytes_per_token();
+      const double q = static_cast<double>(tr.q_rows()) * cost.q_bytes_per_token();
+      const double kv = static_cast<double>(tr.kv_rows()) * cost.kv_bytes_per_token();
+      const double b = 2.0 * q + kv;
       bytes[tr.owner] += b;
       bytes[tr.server] += b;
+      kv_sent[tr.owner] += q + kv;
+      kv_received[tr.server] += q + kv;
+      q_sent[tr.server] += q;
+      q_received[tr.owner] += q;
     }
     for (int32_t r = 0; r < c.dp; ++r) {
       RankWork& rank = ranks[r];
-      const double linear = wave.tokens_per_rank[r] * linear_per_token;
+      const double linear = wave.tokens_per_rank[r] * linear_per_token + c.nano_batches * pricing.fixed_per_nano;
       rank.attention_us.push_back(server_us[r]);
       rank.linear_us.push_back(linear);
       rank.tokens.push_back(wave.tokens_per_rank[r]);
@@ -294,10 +524,26 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const CostModel& 
       rank.served_kv_rows.push_back(plan.batches[r].kv_rows);
       rank.queries_away.push_back(queries_away[r]);
       const double step_bytes = 2.0 * bytes[r] * c.layers_per_stage;
-      const double comm = cost.transfer_us(static_cast<int64_t>(step_bytes),
-                                           inter_node ? LinkClass::kInterNode : LinkClass::kIntraNode);
-      // Ping-pong: one nano-batch's dispatch runs while the other computes (half the work).
-      rank.comm_us += std::max(0.0, comm - 0.5 * (server_us[r] + linear));
+      // Ping-pong in the step executor's order (runtime/step_executor.cc): per layer and
+      // direction, nano-batch A's dispatch runs under B's linear segment, B's under A's
+      // attention, A's return under B's attention and B's return under A's next linear segment.
+      // Each exchange moves half the micro-batch's bytes (one nano-batch), forward and backward
+      // alike; what a segment cannot cover is exposed.
+      const double layers = c.layers_per_stage;
+      const double half_tokens = 0.5 * wave.tokens_per_rank[r];
+      const double with_kv =
+          pricing.link_us(0.5 * std::max(kv_sent[r], kv_received[r]), inter_node);
+      const double rows = pricing.link_us(0.5 * std::max(q_sent[r], q_received[r]), inter_node);
+      const double attn_f = 0.5 * server_us[r] / layers * pricing.forward_share;
+      const double attn_b = 0.5 * server_us[r] / layers * (1 - pricing.forward_share);
+      const double lin_f = half_tokens * pricing.layer_forward_per_token;
+      const double lin_b = half_tokens * pricing.layer_backward_per_token;
+      auto gap = [](double e, double hidden) { return std::max(0.0, e - hidden); };
+      const double exposed = layers * (gap(with_kv, lin_f) + gap(with_kv, attn_f) +
+                                       gap(rows, attn_f) + gap(rows, lin_f) +
+                                       gap(rows, lin_b) + gap(rows, attn_b) +
+                                       gap(with_kv, attn_b) + gap(with_kv, lin_b));
+      rank.comm_us += c.nano_batches == 2 ? exposed : 4 * layers * (with_kv + rows);
       rank.bytes += step_bytes;
     }
   }
@@ -388,7 +634,17 @@ SimulationResult simulate_step(const config::RunConfig& config,
                     simulator_strategies().end(),
                 "unknown strategy '", s, "'; accepted: cad, fixed, cp, wlb, ideal");
   }
-  CostModel cost(model, cl, calibration_for(cl, model));
+  // Attention tables: cluster.attention_calibration, else the calibration's own, else built-in.
+  const StepCalibration calibration = step_calibration_for(cl);
+  CalibrationTable table = calibration_for(cl, model);
+  if (cl.attention_calibration().empty()) {
+    const bool mha = std::max(1, model.num_heads() / c.tp) == std::max(1, model.num_kv_heads() / c.tp);
+    if (mha && calibration.attention_table_mha) table = *calibration.attention_table_mha;
+    if (!mha && calibration.attention_table) table = *calibration.attention_table;
+  }
+  CostModel cost(model, cl, table);
+  const Pricing pricing = make_pricing(config, calibration, cost, c);
+  c.nano_batches = config.training().ping_pong() ? 2 : 1;
   PlannerOptions options = planner_options(config);
   options.gpus_per_node = std::max(1, cl.gpus_per_node() / (c.tp * c.pp));
   int32_t cp = cl.context_parallel() > 1 ? cl.context_parallel() : std::min(c.dp, 8);
@@ -413,15 +669,21 @@ SimulationResult simulate_step(const config::RunConfig& config,
       std::vector<RankWork> ranks;
       double planning_ms = 0;
       if (strategy == "fixed") {
-        ranks = fixed_packing(lengths, cost, c);
+        ranks = fixed_packing(lengths, pricing, c);
       } else if (strategy == "wlb") {
-        ranks = workload_balanced(lengths, cost, c);
+        ranks = workload_balanced(
+            lengths, pricing, c, cp,
+            config.simulate().wlb_outlier_tokens() > 0 ? config.simulate().wlb_outlier_tokens()
+                                                       : c.context,
+            config.simulate().wlb_shard_threshold_tokens() > 0
+                ? config.simulate().wlb_shard_threshold_tokens()
+                : c.context / 2);
       } else if (strategy == "cp") {
-        ranks = context_parallel(lengths, cost, c, cp);
+        ranks = context_parallel(lengths, pricing, c, cp);
       } else if (strategy == "cad") {
-        ranks = cad(lengths, cost, c, options, &planning_ms);
+        ranks = cad(lengths, pricing, c, options, &planning_ms);
       } else {  // ideal: every rank gets the average of the fixed packing's work
-        ranks = fixed_packing(lengths, cost, c);
+        ranks = fixed_packing(lengths, pricing, c);
         double attention = 0, linear = 0;
         for (const RankWork& r : ranks) {
           attention += std::accumulate(r.attention_us.begin(), r.attention_us.end(), 0.0);
@@ -432,6 +694,7 @@ SimulationResult simulate_step(const config::RunConfig& config,
           r.linear_us.assign(1, linear / ranks.size());
         }
       }
+      add_step_costs(pricing, c, &ranks);
       StepCost one = compose(strategy, ranks, c);
       if (strategy == "ideal") {
         one.step_us -= one.pp_bubble_us;
@@ -455,7 +718,9 @@ SimulationResult simulate_step(const config::RunConfig& config,
                                      : max_tokens;
       const double first_stage = std::min(c.pp, c.micro_batches) * max_micro_batch;
       const double last_stage = max_micro_batch + loss_chunk_bytes(model, c.tp, loss_chunk);
-      one.peak_activation_gib = std::max(first_stage, last_stage) / kGiB;
+      one.peak_activation_gib =
+          pricing.activation_scale * std::max(first_stage, last_stage) / kGiB +
+          pricing.memory_fixed_gib;
       one.planning_ms = planning_ms;
       const double w = 1.0 / batches;
       mean.step_us += w * one.step_us;
@@ -464,6 +729,7 @@ SimulationResult simulate_step(const config::RunConfig& config,
       mean.pp_bubble_us += w * one.pp_bubble_us;
       mean.dp_straggler_us += w * one.dp_straggler_us;
       mean.exposed_comm_us += w * one.exposed_comm_us;
+      mean.step_fixed_us += w * one.step_fixed_us;
       mean.attention_imbalance += w * one.attention_imbalance;
       mean.bytes_per_rank += w * one.bytes_per_rank;
       mean.peak_activation_gib = std::max(mean.peak_activation_gib, one.peak_activation_gib);

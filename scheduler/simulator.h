@@ -18,7 +18,7 @@ const std::vector<std::string>& simulator_strategies();
 
 // One step's price for one strategy, averaged over the simulated global batches. Times are per
 // step in microseconds; step_us = attention_us + linear_us + pp_bubble_us + dp_straggler_us +
-// exposed_comm_us (each effect separately).
+// exposed_comm_us + step_fixed_us (each effect separately).
 struct StepCost {
   std::string strategy;
   double step_us = 0;
@@ -27,6 +27,8 @@ struct StepCost {
   double pp_bubble_us = 0;         // 1F1B fill and drain: (PP - 1) x the longest micro-batch
   double dp_straggler_us = 0;      // slowest data-parallel rank minus the average
   double exposed_comm_us = 0;      // communication not hidden behind compute
+  double step_fixed_us = 0;        // once per step: optimizer, host overhead, exposed gradient
+                                   // all-reduce (calibration)
   double tokens_per_s = 0;         // whole cluster
   double attention_imbalance = 1;  // max / mean attention time over data-parallel ranks
   double bytes_per_rank = 0;       // moved per GPU per step (CAD dispatch, CP all-gathers)

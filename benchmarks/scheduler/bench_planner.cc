@@ -41,8 +41,7 @@ void BM_PlanCad(benchmark::State& state) {
 
 BENCHMARK(BM_PlanCad)
     ->ArgsProduct({{8, 16, 32, 64, 128, 256, 512}, {131072}, {0, 1}})
-    ->Args({512, 524288, 0})
-    ->Args({512, 524288, 1})
+    ->ArgsProduct({{512, 1024, 2048, 4096}, {524288}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -177,6 +178,69 @@ TEST(Cli, SimulateMemoryFollowsRecompute) {
   // Llama-8B at 128K on TP 8 with recomputation fits in 141 GiB.
   expect_output(run_cadre(cell + " --set cluster.tensor_parallel=8"), 0, {" yes "});
   cadre::posix_fs::remove_tree(out);
+}
+
+// `cadre calibrate` fits a committed profile (deterministic bytes) and names what it lacks;
+// `cadre simulate --training-step` loads the result through cluster.calibration.
+TEST(Cli, CalibrateAndPriceATrainingStep) {
+  const std::string out = temp_path("calibration.json");
+  const std::string args =
+      "calibrate --profiles benchmarks/results/profiles/h200x2_prolong_cad_from_trace.profile.json "
+      "--kernel benchmarks/results/h200x1_bench_kernel.json --comm "
+      "benchmarks/results/h200x2_bench_comm.json --out '" + out + "'";
+  expect_output(run_cadre(args), 0, {"calibration " + out});
+  const CliResult again = run_cadre(args.substr(0, args.find("--out")));
+  std::ifstream file(out);
+  std::stringstream text;
+  text << file.rdbuf();
+  EXPECT_EQ(text.str(), again.output) << "calibration output is not deterministic";
+  EXPECT_NE(text.str().find("\"schema\": \"cadre.calibration/1\""), std::string::npos);
+  expect_output(run_cadre("calibrate --kernel x.json"), 1, {"no --profiles"});
+  expect_output(run_cadre("calibrate --profiles /nonexistent.json"), 1,
+                {"cannot read profile '/nonexistent.json'"});
+  expect_output(
+      run_cadre("simulate --training-step --config configs/train_1b.pbtxt --set cluster.num_gpus=1 "
+                "--set training.steps=2 --set data.packing=fill --set cluster.calibration='" +
+                out + "'"),
+      0, {"\"step_ms\":", "\"calibration\":\"" + out, "\"peak_gib\":"});
+  expect_output(run_cadre("simulate --training-step --set cluster.calibration=/nonexistent.json"),
+                1, {"cannot read calibration file '/nonexistent.json'"});
+  std::filesystem::remove(out);
+}
+
+// scripts/validate_simulator.py exits 0 when every gated cell is within its target and 1 when
+// one is not (here a measured step time three times what the model predicts).
+TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
+  const std::string results = temp_path("measured.jsonl");
+  auto write_cell = [&](double step_ms) {
+    std::ofstream(results) << "{\"run\": \"1gpu_wlb_colocated\", \"gpus\": 1, "
+                              "\"distribution\": \"wlb\", \"context_length\": 65536, "
+                              "\"attention\": \"colocated\", \"steps\": 4, \"step_ms\": "
+                           << step_ms << "}\n";
+  };
+  auto validate = [&]() {
+    const std::string command = std::string("cd '") + CADRE_SOURCE_DIR +
+                                "' && python3 scripts/validate_simulator.py --cadre '" +
+                                CADRE_BINARY + "' --results '" + results + ":fill:gate' --out '" +
+                                temp_path("validation") + "' > /dev/null 2>&1";
+    const int status = std::system(command.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  // What the model predicts for the cell, read back from the first run's JSON.
+  write_cell(1000);
+  validate();
+  std::ifstream json(temp_path("validation") + ".json");
+  std::stringstream text;
+  text << json.rdbuf();
+  const auto at = text.str().find("\"simulated_ms\": ");
+  ASSERT_NE(at, std::string::npos) << text.str();
+  const double simulated = std::stod(text.str().substr(at + 16));
+  write_cell(simulated * 1.05);
+  EXPECT_EQ(validate(), 0);
+  write_cell(simulated * 3);
+  EXPECT_EQ(validate(), 1);
+  for (const char* ext : {".md", ".json", ".svg"}) std::filesystem::remove(temp_path("validation") + ext);
+  std::filesystem::remove(results);
 }
 
 }  // namespace

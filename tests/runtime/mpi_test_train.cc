@@ -19,6 +19,7 @@
 #include "runtime/gradient_reducer.h"
 #include "runtime/trainer.h"
 #include "scheduler/plan.h"
+#include "scheduler/step_calibration.h"
 
 namespace cadre::runtime {
 namespace {
@@ -384,6 +385,46 @@ TEST(Train, DedicatedServersGiveTheColocatedNumbersOfTheWorkers) {
       dedicated.optimizer_step(&a);
     }
   }
+}
+
+// The profile joins the timeline with the trainer's record: every segment the executor runs,
+// attention calls whose task shapes cover every query once per layer, and exchange bytes (from
+// the plans) that add up to what the dispatch counted.
+TEST(Train, ProfileJoinsTheTimelineWithTheStepRecord) {
+  auto config = tiny_run("cad");
+  config.mutable_training()->set_recompute("linear");
+  Trainer trainer(config, world());
+  StepMetrics m = trainer.train_step();
+  profile::RunProfile run = profile_header(config, world().size(), world().size(),
+                                           trainer.model().parameter_count(), "test");
+  auto* step = run.add_steps();
+  step->set_step(m.step);
+  // Every rank validates a profile holding its own entry (validation is per rank).
+  *step->add_ranks() =
+      rank_step_profile(config, world().rank(), 4, trainer.last_timeline(), trainer.last_record());
+  run.set_ranks(1);
+  EXPECT_NO_THROW(scheduler::validate_profile(run, "live")) << world().rank();
+  const auto& mine = step->ranks(0);
+  int64_t exchange_bytes = 0, queries = 0;
+  for (const auto& e : mine.exchanges()) exchange_bytes += e.sent_bytes() + e.received_bytes();
+  for (const auto& a : mine.attention()) {
+    if (a.direction() != "forward" || a.layer() != 0) continue;
+    for (const auto& shape : a.shapes()) queries += shape.q_tokens();
+  }
+  int64_t total_queries = 0;
+  std::vector<int64_t> all(world().size());
+  world().all_gather(&queries, all.data(), sizeof(int64_t));
+  for (int64_t q : all) total_queries += q;
+  EXPECT_EQ(total_queries, m.tokens);
+  // metrics.a2a_bytes is rank 0's dispatch count (every layer).
+  if (world().rank() == 0) EXPECT_EQ(exchange_bytes, m.a2a_bytes);
+  int recompute = 0, optimizer = 0;
+  for (const auto& seg : mine.segments()) {
+    recompute += seg.direction() == "recompute";
+    optimizer += seg.kind() == "optimizer";
+  }
+  EXPECT_EQ(recompute, 2 * config.model().num_layers() * 2);  // qkv, out+mlp; two nano-batches
+  EXPECT_EQ(optimizer, 1);
 }
 
 TEST(Train, StepTimelineAndTrace) {

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "scheduler/simulator.h"
+#include "scheduler/step_calibration.h"
 
 namespace cadre::scheduler {
 namespace {
@@ -40,7 +41,7 @@ TEST(Simulator, IdealBoundsEveryStrategyAndCadBalances) {
         EXPECT_GE(c.step_us, ideal.step_us * (1 - 1e-9)) << c.strategy << " " << distribution;
         // The effects add up to the step.
         EXPECT_NEAR(c.attention_us + c.linear_us + c.pp_bubble_us + c.dp_straggler_us +
-                        c.exposed_comm_us,
+                        c.exposed_comm_us + c.step_fixed_us,
                     c.step_us, 1e-6 * c.step_us)
             << c.strategy;
       }
@@ -61,8 +62,50 @@ TEST(Simulator, EqualDocumentsLeaveNoStragglerAndTheBubbleHasItsShare) {
   const StepCost& c = r.costs[0];
   EXPECT_EQ(r.micro_batches, 6);
   EXPECT_NEAR(c.dp_straggler_us, 0, 1e-6 * c.step_us);
-  // Equal micro-batches under 1F1B: bubble share (PP - 1) / (M + PP - 1).
-  EXPECT_NEAR(c.pp_bubble_us / c.step_us, 1.0 / 7.0, 1e-9);
+  // Equal micro-batches under 1F1B: bubble share (PP - 1) / (M + PP - 1) of the pipeline's time
+  // (the step less what it adds once: optimizer, host overhead, gradient all-reduce).
+  EXPECT_GT(c.step_fixed_us, 0);
+  EXPECT_NEAR(c.pp_bubble_us / (c.step_us - c.step_fixed_us), 1.0 / 7.0, 1e-9);
+}
+
+// Linear time per rank, hand-computed from the built-in calibration: every layer segment (no
+// recomputation), head, loss and embedding, their FLOPs split by TP, plus with TP > 1 the
+// sequence-parallel collectives (8 per layer, (TP - 1) / TP of tokens x hidden bf16 values each)
+// at the intra-node link.
+TEST(Simulator, LinearTimeFollowsTheCalibrationAndTensorParallelCollectives) {
+  for (int32_t tp : {1, 2}) {
+    auto config = small_config(8, "fixed");
+    config.mutable_data()->set_fixed_tokens(4096);
+    config.mutable_cluster()->set_tensor_parallel(tp);
+    const auto r = simulate_step(config, {"fixed"}, 1);
+    const StepCalibration& cal = default_step_calibration();
+    const auto& m = config.model();
+    auto per_token = [&](const char* kind, const char* direction) {
+      return cal.segment(kind, direction).us_per_unit * segment_work(kind, m, tp, 1);
+    };
+    double expected = m.num_layers() * (per_token("qkv", "forward") + per_token("qkv", "backward") +
+                                         per_token("out_mlp", "forward") +
+                                         per_token("out_mlp", "backward")) +
+                      per_token("head_loss", "step") + per_token("embedding", "forward") +
+                      per_token("embedding", "backward");
+    if (tp > 1) {
+      expected += m.num_layers() * 8 * 2.0 * m.hidden_size() * (tp - 1) / tp /
+                  (cal.link("intra_node")->gbps * 1e3);
+    }
+    // Per-call costs of one micro-batch: each layer segment and attention call once per layer,
+    // the head, loss and embedding once.
+    const double fixed =
+        m.num_layers() * (cal.segment("qkv", "forward").fixed_us +
+                          cal.segment("qkv", "backward").fixed_us +
+                          cal.segment("out_mlp", "forward").fixed_us +
+                          cal.segment("out_mlp", "backward").fixed_us + 2 * cal.attention_call_us) +
+        cal.segment("head_loss", "step").fixed_us + cal.segment("embedding", "forward").fixed_us +
+        cal.segment("embedding", "backward").fixed_us;
+    const double tokens = 32768.0;  // one micro-batch of the context per rank
+    EXPECT_NEAR(r.costs[0].linear_us, tokens * expected + fixed + (tp > 1 ? m.num_layers() * 8 * cal.link("intra_node")->latency_us : 0.0),
+                1e-6 * r.costs[0].linear_us)
+        << "tp " << tp;
+  }
 }
 
 TEST(Simulator, RejectsUnknownStrategiesAndBadClusters) {

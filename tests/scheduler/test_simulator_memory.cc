@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "scheduler/simulator.h"
+#include "scheduler/step_calibration.h"
 #include "tests/scheduler/test_models.h"
 
 namespace cadre::scheduler {
@@ -111,8 +112,19 @@ TEST(SimulatorMemory, FitsFlipsAtTheLimitAndTimesDoNotChange) {
   config.mutable_training()->set_recompute("linear");
   const SimulationResult linear = simulate_step(config, strategies, 1);
   for (size_t i = 0; i < strategies.size(); ++i) {
-    // Recomputation changes the memory columns only.
-    EXPECT_EQ(none.costs[i].step_us, linear.costs[i].step_us);
+    // Recomputation costs each layer's forward segments again (the calibration's recompute
+    // costs): for fixed packing, every rank's tokens x layers x that per-token cost.
+    EXPECT_GT(linear.costs[i].step_us, none.costs[i].step_us);
+    if (strategies[i] == "fixed") {
+      const StepCalibration& cal = default_step_calibration();
+      const double per_token =
+          cal.segment("qkv", "recompute").us_per_unit * segment_work("qkv", small_model(), 1, 1) +
+          cal.segment("out_mlp", "recompute").us_per_unit *
+              segment_work("out_mlp", small_model(), 1, 1);
+      const double tokens = static_cast<double>(none.tokens_per_step) / none.data_parallel;
+      EXPECT_NEAR(linear.costs[i].step_us - none.costs[i].step_us,
+                  tokens * small_model().num_layers() * per_token, 1e-6 * none.costs[i].step_us);
+    }
     EXPECT_GT(none.costs[i].peak_activation_gib, 2 * linear.costs[i].peak_activation_gib);
     const double need = linear.costs[i].peak_memory_gib;
     for (double limit : {need * (1 - 1e-6), need * (1 + 1e-6)}) {
