@@ -11,7 +11,7 @@ void device_memory_peaks(bool cuda, int64_t* allocated, int64_t* reserved) {
   *reserved = 0;
   if (!cuda) return;
   const auto stats =
-      c10::cuda::CUDACachingAllocator::get()->getDeviceStats(c10::cuda::current_device());
+      c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
   // Index 0 is the aggregate over pool kinds (StatType::AGGREGATE).
   *allocated = stats.allocated_bytes[0].peak;
   *reserved = stats.reserved_bytes[0].peak;
