@@ -21,6 +21,8 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "runtime/hf_weights.h"
+#include "runtime/corpus.h"
 
 namespace cadre::launch {
 namespace {
@@ -40,6 +42,7 @@ const std::vector<NamedChoice>& named_choices() {
       {"data.distribution", {"wlb", "prolong", "lognormal", "uniform", "fixed", "file"}},
       {"data.token_dtype", {"uint16", "uint32"}},
       {"data.packing", {"whole", "fill", "span"}},
+      {"data.format", {"tokens", "megatron"}},
       {"scheduler.server_mode", {"in_place", "dedicated"}},
       {"training.attention", {"cad", "colocated"}},
       {"training.dtype", {"fp32", "bf16"}},
@@ -102,6 +105,7 @@ const std::vector<ModelPreset>& model_presets() {
 }
 
 const char* const kCustomPreset = "custom";
+const char* const kFromInitPreset = "from_init";
 
 const ModelPreset* find_preset(const std::string& name) {
   for (const auto& p : model_presets()) {
@@ -605,7 +609,8 @@ std::string divisors_of(int64_t n) {
 
 void finalize_model(config::ModelConfig& m) {
   const std::string& preset_name = m.preset();
-  if (preset_name == kCustomPreset) {
+  // from_init: finalize_config has filled the sizes from training.init_from's config.json.
+  if (preset_name == kCustomPreset || preset_name == kFromInitPreset) {
     const std::pair<const char*, bool> required[] = {{"num_layers", m.has_num_layers()},
                                                      {"hidden_size", m.has_hidden_size()},
                                                      {"num_heads", m.has_num_heads()},
@@ -624,7 +629,8 @@ void finalize_model(config::ModelConfig& m) {
   } else {
     const ModelPreset* p = find_preset(preset_name);
     CADRE_CHECK(p != nullptr, "model.preset=\"", preset_name,
-                "\" is not a known preset; accepted: ", join(model_preset_names()));
+                "\" is not a known preset; accepted: ", join(model_preset_names()), ", ",
+                kFromInitPreset, " (sizes from training.init_from's config.json)");
     if (!m.has_num_layers()) m.set_num_layers(p->num_layers);
     if (!m.has_hidden_size()) m.set_hidden_size(p->hidden_size);
     if (!m.has_num_heads()) m.set_num_heads(p->num_heads);
@@ -749,6 +755,19 @@ void finalize_data(const config::ModelConfig& m, const config::DataConfig& d) {
   check_name("data.packing", d.packing());
   if (!d.token_file().empty()) {
     check_file_readable("data.token_file", d.token_file(), "token file");
+  }
+  check_name("data.format", d.format());
+  if (d.format() == "megatron") {
+    CADRE_CHECK(d.token_file().empty(), "data.token_file=\"", d.token_file(),
+                "\" is set but data.format=\"megatron\" reads data.path or data.blend; "
+                "accepted: data.token_file empty with format megatron, or data.format=tokens");
+    // Names the field, prefix and problem (missing .idx/.bin, bad weight).
+    runtime::megatron_sources(d);
+  } else {
+    CADRE_CHECK(d.path().empty() && d.blend_size() == 0,
+                "data.path / data.blend are set but data.format=\"", d.format(),
+                "\" reads data.token_file; accepted: --set data.format=megatron for indexed "
+                "datasets");
   }
   const uint64_t dtype_limit = d.token_dtype() == "uint16" ? (1ull << 16) : (1ull << 32);
   CADRE_CHECK(d.eod_token() < static_cast<uint64_t>(m.vocab_size()) && d.eod_token() < dtype_limit,
@@ -924,7 +943,16 @@ void apply_override(config::RunConfig& config, const std::string& assignment) {
 }
 
 void finalize_config(config::RunConfig& config, int world_size) {
+  const std::string& init_from = config.training().init_from();
+  if (config.model().preset() == kFromInitPreset) {
+    CADRE_CHECK(!init_from.empty(), "model.preset=\"", kFromInitPreset,
+                "\" takes the model sizes from training.init_from, which is empty; accepted: "
+                "--set training.init_from=DIR (a Hugging Face model directory), or another "
+                "preset");
+    runtime::fill_model_from_hf(config.mutable_model(), init_from);
+  }
   finalize_model(*config.mutable_model());
+  if (!init_from.empty()) runtime::check_hf_config_matches(config.model(), init_from);
   finalize_cluster(config.model(), *config.mutable_cluster());
   finalize_data(config.model(), config.data());
   finalize_scheduler(config.cluster(), config.scheduler());

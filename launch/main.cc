@@ -13,6 +13,9 @@ void print_usage(std::ostream& out) {
          "  simulate          plan and price training steps for any cluster size (CPU only)\n"
          "  plan              plan one step for given document lengths and print the plan\n"
          "  train             train a Llama-style model with CAD or colocated attention\n"
+         "  export            write a checkpoint's weights as a Hugging Face model directory\n"
+         "  data inspect      document and token counts, length histogram and simulated CAD gain\n"
+         "                    of a token file or Megatron indexed dataset\n"
          "  bench attention   CAD attention across ranks with a check against the reference\n"
          "  bench kernel      fused core-attention kernel throughput (GPU)\n"
          "  bench comm        all-to-all-v bandwidth (GPU, NCCL)\n\n"
@@ -55,6 +58,8 @@ int main(int argc, char** argv) {
     if (command == "simulate") return run_simulate(args);
     if (command == "plan") return run_plan(args);
     if (command == "train") return run_train(args);
+    if (command == "export") return run_export(args);
+    if (command == "data") return run_data(args);
     if (command == "bench") {
       if (args.empty()) {
         std::cerr << "cadre bench: missing benchmark; accepted: attention, kernel, comm\n\n";
@@ -76,7 +81,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::cerr << "cadre: unknown command '" << command
-              << "'; accepted: simulate, plan, train, bench\n\n";
+              << "'; accepted: simulate, plan, train, export, data, bench\n\n";
     print_usage(std::cerr);
     return 2;
   } catch (const cadre::Error& e) {
