@@ -59,7 +59,7 @@ class IndexedDatasetCorpus : public Corpus {
 class BlendedCorpus : public Corpus {
  public:
   BlendedCorpus(std::vector<std::unique_ptr<Corpus>> corpora, const std::vector<double>& weights)
-      : corpora_(std::move(corpora)) {
+      : corpora_(std::move(corpora)), taken_(corpora_.size(), 0) {
     CADRE_CHECK(!corpora_.empty() && corpora_.size() == weights.size() &&
                     corpora_.size() <= std::numeric_limits<uint16_t>::max(),
                 "a blend needs 1 to 65535 corpora, one weight each; got ", corpora_.size(),
@@ -69,27 +69,10 @@ class BlendedCorpus : public Corpus {
       CADRE_CHECK(w > 0 && std::isfinite(w), "blend weight ", w, " is not positive");
       total += w;
     }
-    int64_t period = 0;
-    for (const auto& c : corpora_) period += c->size();
-    std::vector<int64_t> taken(corpora_.size(), 0);
-    which_.resize(period);
-    rank_.resize(period);
-    for (int64_t i = 0; i < period; ++i) {
-      size_t best = 0;
-      double best_gap = -std::numeric_limits<double>::infinity();
-      for (size_t k = 0; k < corpora_.size(); ++k) {
-        const double gap = weights[k] / total * static_cast<double>(i + 1) - taken[k];
-        if (gap > best_gap) {
-          best_gap = gap;
-          best = k;
-        }
-      }
-      which_[i] = static_cast<uint16_t>(best);
-      rank_[i] = taken[best]++;
-    }
-    per_period_ = taken;
+    for (double w : weights) shares_.push_back(w / total);
   }
-  int64_t size() const override { return static_cast<int64_t>(which_.size()); }
+  // A blend has no end of its own: each corpus wraps around separately.
+  int64_t size() const override { return std::numeric_limits<int64_t>::max() / 4; }
   int64_t length(int64_t d) const override {
     const auto [k, local] = locate(d);
     return corpora_[k]->length(local);
@@ -104,17 +87,34 @@ class BlendedCorpus : public Corpus {
   }
 
  private:
-  // Blend document d (any index >= 0: later periods continue each corpus) -> (corpus, document).
+  // Blend document d -> (corpus, its document). The schedule is extended on demand, always from
+  // position 0, so it is the same whatever order documents are asked for in (a resumed run
+  // rebuilds it up to its saved position).
   std::pair<size_t, int64_t> locate(int64_t d) const {
-    const int64_t period = size(), cycle = d / period, i = d % period;
-    const size_t k = which_[i];
-    return {k, (cycle * per_period_[k] + rank_[i]) % corpora_[k]->size()};
+    CADRE_CHECK(d >= 0, "blend document ", d, " is negative");
+    while (static_cast<int64_t>(which_.size()) <= d) {
+      const double next = static_cast<double>(which_.size() + 1);
+      size_t best = 0;
+      double best_gap = -std::numeric_limits<double>::infinity();
+      for (size_t k = 0; k < corpora_.size(); ++k) {
+        const double gap = shares_[k] * next - static_cast<double>(taken_[k]);
+        if (gap > best_gap) {
+          best_gap = gap;
+          best = k;
+        }
+      }
+      which_.push_back(static_cast<uint16_t>(best));
+      rank_.push_back(taken_[best]++);
+    }
+    const size_t k = which_[d];
+    return {k, rank_[d] % corpora_[k]->size()};
   }
 
   std::vector<std::unique_ptr<Corpus>> corpora_;
-  std::vector<uint16_t> which_;
-  std::vector<int64_t> rank_;
-  std::vector<int64_t> per_period_;
+  std::vector<double> shares_;
+  mutable std::vector<int64_t> taken_;
+  mutable std::vector<uint16_t> which_;
+  mutable std::vector<int64_t> rank_;
 };
 
 void check_prefix(const std::string& field, const std::string& entry, const std::string& prefix) {

@@ -15,8 +15,8 @@ namespace cadre::runtime {
 class Corpus {
  public:
   virtual ~Corpus() = default;
-  // Documents in one pass (a blend: one period of its schedule; see blend_corpora). Every
-  // document has at least one token; readers wrap around at the end.
+  // Documents in one pass (a blend: unbounded; see blend_corpora). Every document has at least
+  // one token; readers wrap around at the end.
   virtual int64_t size() const = 0;
   virtual int64_t length(int64_t document) const = 0;
   // Tokens [offset, offset + count) of `document` into out.
@@ -33,12 +33,12 @@ std::unique_ptr<Corpus> open_token_file_corpus(const std::string& path, const st
 // skipped. Throws when it holds no token.
 std::unique_ptr<Corpus> open_indexed_dataset_corpus(const std::string& prefix);
 
-// Several corpora interleaved by weight (weights > 0, normalised). Position i of the schedule
-// takes the corpus whose share is furthest behind its weight, w_k * (i + 1) - taken_k, the lowest
-// index on ties, and that corpus's next document (each corpus wraps around on its own). One
-// period is sum of the corpora's sizes; the next period continues each corpus where the previous
-// one left it. So every prefix of the stream matches the weights to within about one document
-// per corpus. The period's schedule is stored (10 bytes per document).
+// Several corpora interleaved by weight (weights > 0, normalised). Position i of the stream
+// takes the corpus whose share is furthest behind its weight, w_k * (i + 1) - taken_k (the lowest
+// index on ties), and that corpus's next document; each corpus wraps around on its own and the
+// blend never ends (size() is huge). So every prefix of the stream matches the weights to within
+// about one document per corpus. The schedule up to the furthest document read is kept (10 bytes
+// a document).
 std::unique_ptr<Corpus> blend_corpora(std::vector<std::unique_ptr<Corpus>> corpora,
                                       const std::vector<double>& weights);
 
