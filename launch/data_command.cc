@@ -141,26 +141,32 @@ void print_summary(const Lengths& data) {
               static_cast<long long>(quantile(0.99)), static_cast<long long>(sorted.back()));
   // Power-of-two bins: [2^k, 2^(k+1)).
   std::vector<int64_t> docs(64, 0), tokens(64, 0);
+  std::vector<double> pairs(64, 0.0);  // causal attention pairs, n (n + 1) / 2 per document
+  double all_pairs = 0;
   int first = 63, last = 0;
   for (int64_t n : sorted) {
     int k = 0;
     while ((int64_t{2} << k) <= n) ++k;
     ++docs[k];
     tokens[k] += n;
+    pairs[k] += 0.5 * static_cast<double>(n) * static_cast<double>(n + 1);
+    all_pairs += 0.5 * static_cast<double>(n) * static_cast<double>(n + 1);
     first = std::min(first, k);
     last = std::max(last, k);
   }
   const int64_t most = *std::max_element(docs.begin(), docs.end());
-  std::printf("\nlength histogram (bar: documents; the token share is what attention work "
-              "follows):\n");
-  std::printf("  %-15s %12s %7s %8s\n", "tokens", "documents", "docs %", "tokens %");
+  std::printf("\nlength histogram (bar: documents; attn %%: share of the causal attention "
+              "work, ~ length^2):\n");
+  std::printf("  %-15s %10s %7s %8s %7s\n", "tokens", "documents", "docs %", "tokens %",
+              "attn %");
   for (int k = first; k <= last; ++k) {
-    const std::string range = short_tokens(int64_t{1} << k) + "-" +
-                              short_tokens((int64_t{2} << k) - 1 == 0 ? 1 : (int64_t{2} << k)) ;
-    const int bar = most > 0 ? static_cast<int>((40 * docs[k] + most - 1) / most) : 0;
-    std::printf("  [%-13s %12s %6.1f%% %7.1f%%  %s\n", (range + ")").c_str(),
+    const std::string range =
+        "[" + short_tokens(int64_t{1} << k) + "-" + short_tokens(int64_t{2} << k) + ")";
+    const int bar = most > 0 ? static_cast<int>((30 * docs[k] + most - 1) / most) : 0;
+    std::printf("  %-15s %10s %6.1f%% %7.1f%% %6.1f%%  %s\n", range.c_str(),
                 with_commas(docs[k]).c_str(), 100.0 * docs[k] / sorted.size(),
-                100.0 * tokens[k] / total, std::string(docs[k] > 0 ? bar : 0, '#').c_str());
+                100.0 * tokens[k] / total, 100.0 * pairs[k] / all_pairs,
+                std::string(bar, '#').c_str());
   }
 }
 
