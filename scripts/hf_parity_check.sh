@@ -23,6 +23,8 @@ work=out/hf_parity
 rm -rf "$work"
 mkdir -p "$work" benchmarks/results
 results=benchmarks/results/hf_parity.jsonl
+# Without transformers nothing is compared with Hugging Face: keep that record out of results/.
+if [ "$mode" = "--no-transformers" ]; then results="$work/hf_parity.jsonl"; fi
 : >"$results"
 
 # Documents of 100, 60, 37, 40 and 19 tokens (256 in all: one step's budget of train_tiny's
