@@ -43,6 +43,7 @@ const std::vector<NamedChoice>& named_choices() {
       {"data.token_dtype", {"uint16", "uint32"}},
       {"data.packing", {"whole", "fill", "span"}},
       {"data.format", {"tokens", "megatron"}},
+      {"model.rope_scaling", {"none", "llama3"}},
       {"scheduler.server_mode", {"in_place", "dedicated"}},
       {"training.attention", {"cad", "colocated"}},
       {"training.dtype", {"fp32", "bf16"}},
@@ -667,6 +668,16 @@ void finalize_model(config::ModelConfig& m) {
   CADRE_CHECK(m.head_dim() % 2 == 0, "model.head_dim=", m.head_dim(),
               " is odd; accepted: an even number (RoPE rotates pairs of dimensions)");
   check_positive_number("model.rope_theta", m.rope_theta());
+  check_name("model.rope_scaling", m.rope_scaling());
+  if (m.rope_scaling() == "llama3") {
+    check_positive_number("model.rope_scaling_factor", m.rope_scaling_factor());
+    check_positive_number("model.rope_low_freq_factor", m.rope_low_freq_factor());
+    CADRE_CHECK(m.rope_high_freq_factor() > m.rope_low_freq_factor(),
+                "model.rope_high_freq_factor=", m.rope_high_freq_factor(),
+                " is not above model.rope_low_freq_factor=", m.rope_low_freq_factor(),
+                "; accepted: high > low (4 and 1 for Llama 3.1)");
+    check_at_least<int64_t>("model.rope_original_max_positions", m.rope_original_max_positions(), 1);
+  }
   check_positive_number("model.norm_eps", m.norm_eps());
   check_at_least("model.kv_latent_dim", m.kv_latent_dim(), 0);
   check_at_least("model.rope_head_dim", m.rope_head_dim(), 0);

@@ -183,7 +183,17 @@ std::string hf_config_json(const config::ModelConfig& m, const std::string& torc
   j["vocab_size"] = m.vocab_size();
   j["rms_norm_eps"] = m.norm_eps();
   j["rope_theta"] = m.rope_theta();
-  j["rope_scaling"] = nullptr;
+  if (m.rope_scaling() == "llama3") {
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", m.rope_scaling_factor()},
+                         {"low_freq_factor", m.rope_low_freq_factor()},
+                         {"high_freq_factor", m.rope_high_freq_factor()},
+                         {"original_max_position_embeddings", m.rope_original_max_positions()}};
+  } else {
+    CADRE_CHECK(m.rope_scaling() == "none", "model.rope_scaling=\"", m.rope_scaling(),
+                "\"; accepted: none, llama3");
+    j["rope_scaling"] = nullptr;
+  }
   j["tie_word_embeddings"] = m.tie_embeddings();
   j["max_position_embeddings"] = max_position_embeddings;
   j["hidden_act"] = "silu";
@@ -213,14 +223,27 @@ config::ModelConfig read_hf_config(const std::string& dir) {
                 j[key].dump(), "; accepted: false (Cadre's projections have no bias)");
   }
   const Json none;
-  const Json& scaling = j.contains("rope_scaling") ? j["rope_scaling"] : none;
-  CADRE_CHECK(default_rope(scaling), "'", path, "' has rope_scaling ", scaling.dump(),
-              "; accepted: null (Cadre implements the plain rotary embedding; scaled variants "
-              "such as Llama-3.1's \"llama3\" are not implemented)");
+  // Older files say rope_scaling, newer ones rope_parameters (which also holds rope_theta).
   const Json& parameters = j.contains("rope_parameters") ? j["rope_parameters"] : none;
-  CADRE_CHECK(default_rope(parameters), "'", path, "' has rope_parameters ", parameters.dump(),
-              "; accepted: rope_type \"default\" (scaled rotary embeddings are not implemented)");
+  const Json& scaling = !default_rope(parameters) ? parameters
+                        : j.contains("rope_scaling") ? j["rope_scaling"]
+                                                     : none;
   config::ModelConfig m;
+  m.set_rope_scaling("none");
+  if (!default_rope(scaling)) {
+    const std::string key = &scaling == &parameters ? "rope_parameters" : "rope_scaling";
+    const std::string type = scaling.is_object() ? scaling.value("rope_type", scaling.value("type", std::string()))
+                                                 : std::string();
+    CADRE_CHECK(type == "llama3", "'", path, "' has ", key, " ", scaling.dump(),
+                "; accepted: null, the default rotary embedding, or rope_type \"llama3\" (other "
+                "scaled rotary embeddings, e.g. linear, dynamic, yarn, are not implemented)");
+    m.set_rope_scaling("llama3");
+    m.set_rope_scaling_factor(get_number(scaling, "factor", path, 8));
+    m.set_rope_low_freq_factor(get_number(scaling, "low_freq_factor", path, 1));
+    m.set_rope_high_freq_factor(get_number(scaling, "high_freq_factor", path, 4));
+    m.set_rope_original_max_positions(
+        static_cast<int64_t>(get_number(scaling, "original_max_position_embeddings", path, 8192)));
+  }
   m.set_preset("custom");
   m.set_hidden_size(static_cast<int32_t>(get_int(j, "hidden_size", path)));
   m.set_ffn_hidden_size(static_cast<int32_t>(get_int(j, "intermediate_size", path)));
@@ -280,6 +303,27 @@ void check_hf_config_matches(const config::ModelConfig& m, const std::string& di
               fix);
   CADRE_CHECK(close_enough(hf.norm_eps(), m.norm_eps(), 1e-6), where, "rms_norm_eps=",
               hf.norm_eps(), " but the configured model has model.norm_eps=", m.norm_eps(), fix);
+  CADRE_CHECK(hf.rope_scaling() == m.rope_scaling(), where, "rope_scaling ",
+              hf.rope_scaling() == "none" ? "null" : hf.rope_scaling(),
+              " but the configured model has model.rope_scaling=", m.rope_scaling(), fix);
+  if (hf.rope_scaling() == "llama3") {
+    const std::pair<const char*, std::pair<double, double>> scaled[] = {
+        {"factor", {hf.rope_scaling_factor(), m.rope_scaling_factor()}},
+        {"low_freq_factor", {hf.rope_low_freq_factor(), m.rope_low_freq_factor()}},
+        {"high_freq_factor", {hf.rope_high_freq_factor(), m.rope_high_freq_factor()}},
+        {"original_max_position_embeddings",
+         {static_cast<double>(hf.rope_original_max_positions()),
+          static_cast<double>(m.rope_original_max_positions())}},
+    };
+    const char* fields[] = {"rope_scaling_factor", "rope_low_freq_factor",
+                            "rope_high_freq_factor", "rope_original_max_positions"};
+    for (int i = 0; i < 4; ++i) {
+      CADRE_CHECK(close_enough(scaled[i].second.first, scaled[i].second.second, 1e-9), where,
+                  "rope_scaling.", scaled[i].first, "=", scaled[i].second.first,
+                  " but the configured model has model.", fields[i], "=",
+                  scaled[i].second.second, fix);
+    }
+  }
   CADRE_CHECK(hf.tie_embeddings() == m.tie_embeddings(), where, "tie_word_embeddings=",
               hf.tie_embeddings() ? "true" : "false",
               " but the configured model has model.tie_embeddings=",
@@ -303,6 +347,15 @@ void fill_model_from_hf(config::ModelConfig* model, const std::string& dir) {
   if (!model->has_norm_eps()) model->set_norm_eps(hf.norm_eps());
   if (!model->has_kv_latent_dim()) model->set_kv_latent_dim(0);
   if (!model->has_rope_head_dim()) model->set_rope_head_dim(0);
+  if (!model->has_rope_scaling()) model->set_rope_scaling(hf.rope_scaling());
+  if (!model->has_rope_scaling_factor()) model->set_rope_scaling_factor(hf.rope_scaling_factor());
+  if (!model->has_rope_low_freq_factor()) model->set_rope_low_freq_factor(hf.rope_low_freq_factor());
+  if (!model->has_rope_high_freq_factor()) {
+    model->set_rope_high_freq_factor(hf.rope_high_freq_factor());
+  }
+  if (!model->has_rope_original_max_positions()) {
+    model->set_rope_original_max_positions(hf.rope_original_max_positions());
+  }
 }
 
 std::vector<std::string> export_hf(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,

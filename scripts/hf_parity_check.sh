@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Cadre vs Hugging Face transformers on the same tokens, in one command (GPU machine: its
-# python3 has torch and transformers). For a tied and an untied tiny model: train on a small token
-# file until its loss is about 0.14 nats (30 steps, CPU, fp32), `cadre export` the checkpoint, compute Cadre's loss of the
-# exported weights on a token file (`cadre train --set training.init_from=... --set
-# model.preset=from_init`, first step), and have benchmarks/hf_parity.py load the directory with
+# python3 has torch and transformers). For an untied, a tied and a Llama-3.1-rotary-scaled tiny
+# model: train on a small token file until its loss is about 0.14-0.3 nats (30 steps, CPU, fp32),
+# `cadre export` the checkpoint, compute Cadre's loss of the exported weights on that file
+# (`cadre train --set training.init_from=... --set model.preset=from_init`, first step), and have benchmarks/hf_parity.py load the directory with
 # LlamaForCausalLM and compute the loss of the same documents: they must agree to 1e-4 (fp32),
 # and the bf16 export to 2e-2. Results: benchmarks/results/hf_parity.jsonl (and $OUT if set).
 #
@@ -42,19 +42,26 @@ base=(--config configs/train_tiny.pbtxt --set cluster.num_gpus=1 --set cluster.g
       --set training.device=cpu --set output.quiet=true)
 status=0
 steps=${CADRE_PARITY_STEPS:-30}
-for tied in false true; do
-  d="$work/tied_$tied"
+# Three models: untied, tied, and untied with Llama 3.1's rotary scaling at a small original
+# context (64 positions: wavelengths under 16 kept, over 64 divided by 8, between interpolated).
+for variant in untied tied llama3; do
+  d="$work/$variant"
+  model=(--set model.tie_embeddings=$([ $variant = tied ] && echo true || echo false))
+  if [ $variant = llama3 ]; then
+    model+=(--set model.rope_scaling=llama3 --set model.rope_scaling_factor=8
+            --set model.rope_original_max_positions=64)
+  fi
   # Trained on the token file itself until it has memorised part of it: random tokens are only
   # predictable from their position and context, so the weights use attention and RoPE: read
   # with interleaved rotary pairs instead of rotate-half, the untied model's loss moves from
   # 0.136 to 0.189, 500 times the fp32 tolerance (docs/weights.md).
-  "$cadre" train "${base[@]}" --set model.tie_embeddings=$tied --set training.steps=$steps \
+  "$cadre" train "${base[@]}" "${model[@]}" --set training.steps=$steps \
     --set data.token_file="$work/tokens.bin" --set training.learning_rate=0.01 \
     --set training.min_learning_rate=0.001 \
     --set output.dir="$d/train" --set training.checkpoint_dir="$d/ckpt" \
     --set training.checkpoint_every=$steps
   for dtype in fp32 bf16; do
-    "$cadre" export "${base[@]}" --set model.tie_embeddings=$tied \
+    "$cadre" export "${base[@]}" "${model[@]}" \
       --checkpoint "$d/ckpt/step_$(printf %08d $steps).ckpt" --out "$d/hf_$dtype" --dtype $dtype
   done
   # Cadre's loss of the exported fp32 weights on the token file: step 1 of a run from them
@@ -63,7 +70,7 @@ for tied in false true; do
     --set data.token_file="$work/tokens.bin" --set training.steps=1 --set output.dir="$d/eval"
   loss=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["loss"])' \
            "$d/eval/metrics.jsonl")
-  echo "tied=$tied: Cadre loss $loss"
+  echo "$variant: Cadre loss $loss"
   if [ "$mode" = "--no-transformers" ]; then
     python3 benchmarks/hf_parity.py --model "$d/hf_fp32" --no-transformers | tee -a "$results" || status=1
     python3 benchmarks/hf_parity.py --model "$d/hf_bf16" --no-transformers | tee -a "$results" || status=1

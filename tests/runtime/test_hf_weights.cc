@@ -18,6 +18,7 @@
 #include "runtime/attention_op.h"
 #include "runtime/hf_weights.h"
 #include "runtime/model.h"
+#include "runtime/rope_scaling.h"
 #include "runtime/safetensors.h"
 #include "scheduler/plan.h"
 #include "tests/runtime/tiny_model.h"
@@ -157,7 +158,9 @@ TEST(HfWeights, ExportThenImportGivesIdenticalTensors) {
       const bool sharded = shard_bytes < 1'000'000;
       EXPECT_EQ(posix_fs::exists(dir.path() + "/model.safetensors"), !sharded);
       EXPECT_EQ(posix_fs::exists(dir.path() + "/model.safetensors.index.json"), sharded);
-      if (sharded) EXPECT_GT(written.size(), 3u);  // several shards + index + config
+      if (sharded) {
+        EXPECT_GT(written.size(), 3u);  // several shards + index + config
+      }
       LlamaModel other(m, 99);  // other random weights, then the exported ones loaded over them
       load_hf_weights(other, dir.path());
       ASSERT_EQ(other.parameters().size(), model.parameters().size());
@@ -278,6 +281,71 @@ TEST(HfWeights, RotaryLayoutIsHuggingFaceRotateHalf) {
   }
   EXPECT_TRUE(torch::allclose(ours, reference, 1e-5, 1e-5))
       << (ours - reference).abs().max().item<float>();
+}
+
+// Llama 3.1's rotary scaling at sizes where all three regimes occur: head_dim 16, theta 1e4
+// (wavelengths 6.3, 19.9, 62.8, 199, ...), original context 64, factor 4, low 1, high 4 (so
+// wavelengths under 16 are kept, over 64 divided by 4, and between interpolated).
+TEST(HfWeights, Llama3RopeScalingByHand) {
+  config::ModelConfig m = tiny_model(false);
+  m.set_head_dim(16);
+  m.set_rope_theta(10000);
+  m.set_rope_scaling("llama3");
+  m.set_rope_scaling_factor(4);
+  m.set_rope_low_freq_factor(1);
+  m.set_rope_high_freq_factor(4);
+  m.set_rope_original_max_positions(64);
+  const auto f = rope_inverse_frequencies(m);
+  ASSERT_EQ(f.size(), 8u);
+  EXPECT_DOUBLE_EQ(f[0], 1.0);  // wavelength 2 pi: kept
+  // i = 1: f = 1e4^(-1/8) = 0.316228, wavelength 19.869, smooth = (64/19.869 - 1)/3 = 0.74037,
+  // (1 - smooth) f / 4 + smooth f = 0.2546479 (computed by hand to 7 digits).
+  EXPECT_NEAR(f[1], 0.2546479, 1e-6);
+  // i = 2: f = 0.1, wavelength 62.832 (just under 64), smooth = 0.0061972: 0.0254648.
+  EXPECT_NEAR(f[2], 0.0254648, 1e-7);
+  for (int i = 3; i < 8; ++i) EXPECT_DOUBLE_EQ(f[i], std::pow(10000.0, -i / 8.0) / 4) << i;
+  m.set_rope_scaling("none");
+  EXPECT_DOUBLE_EQ(rope_inverse_frequencies(m)[3], std::pow(10000.0, -3 / 8.0));
+  m.set_rope_scaling("yarn");
+  expect_error([&] { rope_inverse_frequencies(m); }, {"yarn", "none, llama3"});
+}
+
+TEST(HfWeights, Llama3RopeScalingTravelsThroughConfigJson) {
+  TempDir dir;
+  config::ModelConfig m = tiny_model(false);
+  m.set_rope_scaling("llama3");
+  m.set_rope_scaling_factor(32);
+  m.set_rope_original_max_positions(64);  // wavelengths 6.3 kept, 62.8 interpolated, 628+ / 32
+  LlamaModel model(m, 3);
+  export_hf(weights_of(model), m, dir.path(), HfExportOptions());
+  const auto j = nlohmann::json::parse(read_bytes(dir.path() + "/config.json"));
+  EXPECT_EQ(j["rope_scaling"]["rope_type"], "llama3");
+  EXPECT_EQ(j["rope_scaling"]["factor"], 32.0);
+  EXPECT_EQ(j["rope_scaling"]["original_max_position_embeddings"], 64);
+  const auto hf = read_hf_config(dir.path());
+  EXPECT_EQ(hf.rope_scaling(), "llama3");
+  EXPECT_EQ(hf.rope_scaling_factor(), 32);
+  EXPECT_EQ(hf.rope_high_freq_factor(), 4);
+  LlamaModel loaded(m, 4);
+  load_hf_weights(loaded, dir.path());
+  auto plain = m;
+  plain.set_rope_scaling("none");
+  expect_error([&] { check_hf_config_matches(plain, dir.path()); },
+               {"rope_scaling llama3", "model.rope_scaling=none"});
+  auto other = m;
+  other.set_rope_scaling_factor(8);
+  expect_error([&] { check_hf_config_matches(other, dir.path()); },
+               {"rope_scaling.factor=32", "model.rope_scaling_factor=8"});
+  // The scaled model attends differently from the plain one (positions past the original
+  // context are where the frequencies change).
+  LlamaModel unscaled(plain, 3);
+  auto tokens = torch::randint(0, m.vocab_size(), {40}, torch::kLong);
+  auto kernel = attention_server::make_kernel("cpu");
+  auto layout = scheduler::layout_from_rank_documents({{40}});
+  auto a = make_colocated_attention(layout, 0, *kernel);
+  auto b = make_colocated_attention(layout, 0, *kernel);
+  EXPECT_NE(model.loss_sum(tokens, {40}, *a).item<float>(),
+            unscaled.loss_sum(tokens, {40}, *b).item<float>());
 }
 
 // The loaded model computes the same loss as the exported one (same weights, same layout).
@@ -481,8 +549,8 @@ TEST(HfWeights, ConfigFeaturesCadreLacksAreRefused) {
   const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::vector<std::string>>>
       cases = {
           {[](auto& j) { j["model_type"] = "qwen2"; }, {"model_type \"qwen2\"", "\"llama\""}},
-          {[](auto& j) { j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32}}; },
-           {"rope_scaling", "llama3", "not implemented"}},
+          {[](auto& j) { j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 32}}; },
+           {"rope_scaling", "yarn", "not implemented"}},
           {[](auto& j) { j["attention_bias"] = true; }, {"attention_bias true", "no bias"}},
           {[](auto& j) { j["hidden_act"] = "gelu"; }, {"hidden_act \"gelu\"", "silu"}},
           {[](auto& j) { j.erase("hidden_size"); }, {"lacks \"hidden_size\""}},
