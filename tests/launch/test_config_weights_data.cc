@@ -80,6 +80,17 @@ TEST(ConfigWeights, FromInitTakesSizesFromConfigJson) {
   expect_error([&] { finalize_config(unknown); }, {"llama-9b", "from_init"});
 }
 
+TEST(ConfigWeights, RopeScalingIsValidated) {
+  config::RunConfig c = with({"model.rope_scaling=yarn"});
+  expect_error([&] { finalize_config(c); }, {"model.rope_scaling=\"yarn\"", "none, llama3"});
+  c = with({"model.rope_scaling=llama3", "model.rope_high_freq_factor=0.5"});
+  expect_error([&] { finalize_config(c); },
+               {"model.rope_high_freq_factor=0.5", "rope_low_freq_factor=1"});
+  c = with({"model.rope_scaling=llama3", "model.rope_scaling_factor=32"});
+  finalize_config(c);
+  EXPECT_EQ(c.model().rope_original_max_positions(), 8192);
+}
+
 TEST(ConfigData, FormatPathAndBlendAreValidated) {
   config::RunConfig c = with({"data.format=parquet"});
   expect_error([&] { finalize_config(c); }, {"data.format=\"parquet\"", "tokens, megatron"});
