@@ -12,11 +12,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
+# An existing build is reused (on the GPU machine: CADRE_BUILD_DIR=build-gpu-check after
+# scripts/gpu_check.sh); otherwise `cadre` is built, against the Python wheel's LibTorch where
+# there is one (the GPU machines have no libtorch-dev).
 build_dir=${CADRE_BUILD_DIR:-build}
 cadre="$build_dir/bin/cadre"
 if [ ! -x "$cadre" ]; then
+  prefix=()
+  if torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null); then
+    prefix=(-DCMAKE_PREFIX_PATH="$torch_prefix")
+  fi
   cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DCADRE_BUILD_TESTS=OFF \
-        -DCADRE_BUILD_BENCHMARKS=OFF ${CADRE_CMAKE_ARGS:-} >/dev/null
+        -DCADRE_BUILD_BENCHMARKS=OFF "${prefix[@]}" >/dev/null
   cmake --build "$build_dir" --target cadre -j "${CADRE_JOBS:-$(nproc)}" >/dev/null
 fi
 work=out/hf_parity
