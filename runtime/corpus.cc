@@ -36,24 +36,33 @@ class TokenFileCorpus : public Corpus {
 class IndexedDatasetCorpus : public Corpus {
  public:
   explicit IndexedDatasetCorpus(const std::string& prefix) : dataset_(prefix) {
-    for (int64_t d = 0; d < dataset_.document_count(); ++d) {
-      if (dataset_.document_tokens(d) > 0) documents_.push_back(d);
-    }
-    CADRE_CHECK(!documents_.empty(), "Megatron dataset '", prefix, "' holds no token (",
+    CADRE_CHECK(dataset_.total_tokens() > 0, "Megatron dataset '", prefix, "' holds no token (",
                 dataset_.document_count(), " documents, all empty)");
+    int64_t empty = 0;
+    for (int64_t d = 0; d < dataset_.document_count(); ++d) empty += dataset_.document_tokens(d) == 0;
+    // The non-empty documents' indices, kept only when some are empty (else the identity).
+    if (empty > 0) {
+      for (int64_t d = 0; d < dataset_.document_count(); ++d) {
+        if (dataset_.document_tokens(d) > 0) documents_.push_back(d);
+      }
+    }
   }
-  int64_t size() const override { return static_cast<int64_t>(documents_.size()); }
-  int64_t length(int64_t d) const override { return dataset_.document_tokens(documents_[d]); }
+  int64_t size() const override {
+    return documents_.empty() ? dataset_.document_count() : static_cast<int64_t>(documents_.size());
+  }
+  int64_t length(int64_t d) const override { return dataset_.document_tokens(index(d)); }
   void read(int64_t d, int64_t offset, int64_t count, int64_t* out) const override {
-    dataset_.read(documents_[d], offset, count, out);
+    dataset_.read(index(d), offset, count, out);
   }
   std::string describe(int64_t d) const override {
-    return str_cat("Megatron dataset '", dataset_.prefix(), "' document ", documents_[d]);
+    return str_cat("Megatron dataset '", dataset_.prefix(), "' document ", index(d));
   }
 
  private:
+  int64_t index(int64_t d) const { return documents_.empty() ? d : documents_[d]; }
+
   IndexedDataset dataset_;
-  std::vector<int64_t> documents_;  // the non-empty documents
+  std::vector<int64_t> documents_;  // the non-empty documents, when some are empty
 };
 
 class BlendedCorpus : public Corpus {

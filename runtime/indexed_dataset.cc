@@ -112,7 +112,6 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
                 idx, "': the document index ends at sequence ",
                 load_i64(doc_index_ + 8 * (doc_entries - 1)), " but there are ", sequence_count_,
                 " sequences; accepted: a document index ending with the sequence count");
-    std::vector<int64_t> sequence_tokens(sequences);
     for (uint64_t s = 0; s < sequences; ++s) {
       const int32_t n = load_i32(lengths_ + 4 * s);
       const int64_t at = load_i64(pointers_ + 8 * s);
@@ -121,17 +120,26 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
                   "sequence ", s, " of '", prefix, "' (", n, " tokens at byte ", at,
                   ") reaches past the end of '", bin, "' (", bin_bytes_,
                   " bytes); is the data file truncated or from another dataset?");
-      sequence_tokens[s] = n;
+      total_tokens_ += n;
     }
-    document_tokens_.resize(doc_entries - 1);
+    document_count_ = static_cast<int64_t>(doc_entries) - 1;
+    bool one_per_document = document_count_ == sequence_count_;
     for (uint64_t d = 0; d + 1 < doc_entries; ++d) {
       const int64_t first = load_i64(doc_index_ + 8 * d), end = load_i64(doc_index_ + 8 * (d + 1));
       CADRE_CHECK(first <= end, "index file '", idx, "': document ", d, " runs from sequence ",
                   first, " back to ", end, "; accepted: a non-decreasing document index");
-      int64_t tokens = 0;
-      for (int64_t s = first; s < end; ++s) tokens += sequence_tokens[s];
-      document_tokens_[d] = tokens;
-      total_tokens_ += tokens;
+      one_per_document = one_per_document && end == first + 1;
+    }
+    if (!one_per_document) {
+      document_tokens_.resize(document_count_);
+      for (int64_t d = 0; d < document_count_; ++d) {
+        int64_t tokens = 0;
+        const int64_t end = load_i64(doc_index_ + 8 * (d + 1));
+        for (int64_t s = load_i64(doc_index_ + 8 * d); s < end; ++s) {
+          tokens += load_i32(lengths_ + 4 * s);
+        }
+        document_tokens_[d] = tokens;
+      }
     }
   } catch (...) {
     if (bin_map_ != nullptr) ::munmap(bin_map_, bin_bytes_);
@@ -143,6 +151,13 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
 IndexedDataset::~IndexedDataset() {
   if (bin_map_ != nullptr) ::munmap(bin_map_, bin_bytes_);
   if (idx_map_ != nullptr) ::munmap(idx_map_, idx_bytes_);
+}
+
+int64_t IndexedDataset::document_tokens(int64_t document) const {
+  CADRE_CHECK(document >= 0 && document < document_count_, "document ", document, " of '",
+              prefix_, "' is out of range (", document_count_, " documents)");
+  if (document_tokens_.empty()) return load_i32(lengths_ + 4 * document);
+  return document_tokens_[document];
 }
 
 const char* IndexedDataset::dtype_name() const { return token_type(dtype_code_)->name; }
@@ -160,10 +175,10 @@ int64_t IndexedDataset::token_at(const unsigned char* p) const {
 
 void IndexedDataset::read(int64_t document, int64_t offset, int64_t count, int64_t* out) const {
   CADRE_CHECK(document >= 0 && document < document_count() && offset >= 0 && count >= 0 &&
-                  offset + count <= document_tokens_[document],
+                  offset + count <= document_tokens(document),
               "tokens [", offset, ", ", offset + count, ") of document ", document, " of '",
               prefix_, "' are out of range (", document_count(), " documents, this one ",
-              document < 0 || document >= document_count() ? 0 : document_tokens_[document],
+              document < 0 || document >= document_count() ? 0 : document_tokens(document),
               " tokens)");
   const auto* bin = static_cast<const unsigned char*>(bin_map_);
   int64_t s = load_i64(doc_index_ + 8 * document);

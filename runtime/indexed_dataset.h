@@ -32,9 +32,9 @@ class IndexedDataset {
   const std::string& prefix() const { return prefix_; }
   // Documents as the index defines them (each the concatenation of its sequences), empty ones
   // included.
-  int64_t document_count() const { return static_cast<int64_t>(document_tokens_.size()); }
+  int64_t document_count() const { return document_count_; }
   int64_t sequence_count() const { return sequence_count_; }
-  int64_t document_tokens(int64_t document) const { return document_tokens_.at(document); }
+  int64_t document_tokens(int64_t document) const;
   int64_t total_tokens() const { return total_tokens_; }
   // "uint16", "int32", ...
   const char* dtype_name() const;
@@ -55,6 +55,10 @@ class IndexedDataset {
   const unsigned char* lengths_ = nullptr;    // i32 [S], unaligned
   const unsigned char* pointers_ = nullptr;   // i64 [S], unaligned
   const unsigned char* doc_index_ = nullptr;  // i64 [D], unaligned
+  int64_t document_count_ = 0;
+  // Tokens per document, kept only when some document has several sequences; with one sequence
+  // per document (ordinary preprocessing) the lengths are read from the mapped index instead, so
+  // a corpus of any size costs no memory beyond its mapping.
   std::vector<int64_t> document_tokens_;
   int64_t total_tokens_ = 0;
 };

@@ -131,6 +131,21 @@ TEST(IndexedDataset, Int32AndUint8Tokens) {
   b.read(0, 0, 3, got.data());
   EXPECT_EQ(got, (std::vector<int64_t>{255, 0, 9}));
   EXPECT_STREQ(b.dtype_name(), "uint8");
+  // One sequence per document (lengths read from the index itself), one of them empty.
+  write_megatron(dir.path() + "/c", {{{1}}, {{}}, {{2, 3}}});
+  IndexedDataset c(dir.path() + "/c");
+  EXPECT_EQ(c.document_count(), 3);
+  EXPECT_EQ(c.document_tokens(1), 0);
+  EXPECT_EQ(c.document_tokens(2), 2);
+  EXPECT_EQ(c.total_tokens(), 3);
+  auto corpus = open_indexed_dataset_corpus(dir.path() + "/c");
+  ASSERT_EQ(corpus->size(), 2);
+  EXPECT_EQ(corpus->length(1), 2);
+  corpus->read(1, 0, 2, got.data());
+  EXPECT_EQ(got[0], 2);
+  EXPECT_EQ(got[1], 3);
+  write_megatron(dir.path() + "/d", {{{}}, {}});
+  expect_error([&] { open_indexed_dataset_corpus(dir.path() + "/d"); }, {"holds no token"});
 }
 
 TEST(IndexedDataset, BadFilesAreRefusedWithTheProblem) {
