@@ -21,8 +21,8 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "runtime/hf_weights.h"
 #include "runtime/corpus.h"
+#include "runtime/hf_weights.h"
 
 namespace cadre::launch {
 namespace {
