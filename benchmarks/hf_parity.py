@@ -115,6 +115,7 @@ def main():
     ap.add_argument("--cadre-loss", type=float, help="Cadre's loss on those tokens")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--rtol", type=float, default=1e-4)
+    ap.add_argument("--device", default="cpu", help="torch device for transformers (default cpu)")
     ap.add_argument("--no-transformers", action="store_true",
                     help="check the files only (for machines without transformers)")
     args = ap.parse_args()
@@ -123,8 +124,9 @@ def main():
               "tie_word_embeddings": config["tie_word_embeddings"]}
     ok = True
     if not args.no_transformers:
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # The tiny models run on the CPU: no TF32 or other reduced-precision fp32 paths to
+        # account for, and the same numbers on any machine.
+        device = args.device
         loss, targets = hf_loss(args.model, documents(args.tokens, args.eod), args.dtype, device)
         rel = abs(loss - args.cadre_loss) / max(1.0, abs(args.cadre_loss))
         ok = rel <= args.rtol
