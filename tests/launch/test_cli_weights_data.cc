@@ -133,6 +133,22 @@ TEST(CliWeights, ExportAndTrainFromTheExportedModel) {
                 1, {ckpt, "lack parameter 'layers.2.attention_norm'"});
 }
 
+// Cadre's loss of its exported weights equals that of benchmarks/hf_parity.py's plain-Python
+// Llama (written from the Hugging Face definition) reading the exported files: untied, tied and
+// with Llama 3.1 rotary scaling, fp32 to 1e-4 and bf16 to 2e-2 (the GPU machine runs the same
+// script against transformers itself).
+TEST(CliWeights, ExportedModelsMatchAnIndependentReference) {
+  TempDir dir("parity");
+  const std::string binary = CADRE_BINARY;
+  const std::string build_dir = binary.substr(0, binary.rfind("/bin/"));
+  const auto r = run(std::string("cd '") + CADRE_SOURCE_DIR + "' && CADRE_BUILD_DIR='" +
+                     build_dir + "' CADRE_PARITY_DIR='" + dir.path() +
+                     "' scripts/hf_parity_check.sh --no-transformers");
+  expect_output(r, 0, {"untied: Cadre loss", "llama3: Cadre loss", "\"match\": true",
+                       "hf parity: PASS"});
+  EXPECT_EQ(r.output.find("\"match\": false"), std::string::npos) << r.output;
+}
+
 // A Megatron dataset written here (the same layout as tests/runtime/test_indexed_dataset.cc's
 // writer): documents of the given lengths, token = document index % 200.
 void write_megatron(const std::string& prefix, const std::vector<int64_t>& lengths) {
