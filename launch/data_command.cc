@@ -34,7 +34,8 @@ const char* kUsage =
     "  --eod N                         token file document separator (default data.eod_token)\n"
     "  --gpus N                        cluster size to simulate (default 64; 0 skips the\n"
     "                                  simulation)\n"
-    "  --context N                     tokens per micro-batch per GPU (default data.context_length;\n"
+    "  --context N                     tokens per micro-batch per GPU (default "
+    "data.context_length;\n"
     "                                  K/M suffixes); longer documents are cut to it, as training\n"
     "                                  does\n"
     "  --batches N                     global batches averaged (default simulate.batches)\n\n"
@@ -113,10 +114,11 @@ Lengths read_lengths(const std::string& path, const std::string& format,
                 "' is neither a Megatron dataset prefix (no '", prefix,
                 ".idx') nor a token file; accepted: PREFIX of PREFIX.idx/PREFIX.bin, or a flat "
                 "token file");
-    const auto corpus =
-        runtime::open_token_file_corpus(path, data.token_dtype(), data.eod_token());
-    out.what = str_cat("token file '", path, "' (", data.token_dtype(), ", documents split at "
-                       "token ", data.eod_token(), ")");
+    const auto corpus = runtime::open_token_file_corpus(path, data.token_dtype(), data.eod_token());
+    out.what = str_cat("token file '", path, "' (", data.token_dtype(),
+                       ", documents split at "
+                       "token ",
+                       data.eod_token(), ")");
     for (int64_t d = 0; d < corpus->size(); ++d) out.lengths.push_back(corpus->length(d));
   }
   return out;
@@ -134,11 +136,12 @@ void print_summary(const Lengths& data) {
   std::printf("documents: %s", with_commas(static_cast<int64_t>(sorted.size())).c_str());
   if (data.empty > 0) std::printf(" (and %s empty, skipped)", with_commas(data.empty).c_str());
   std::printf("   tokens: %s\n", with_commas(total).c_str());
-  std::printf("document length (tokens): min %lld, median %lld, mean %.1f, p90 %lld, p99 %lld, "
-              "max %lld\n",
-              static_cast<long long>(sorted.front()), static_cast<long long>(quantile(0.5)),
-              static_cast<double>(total) / sorted.size(), static_cast<long long>(quantile(0.9)),
-              static_cast<long long>(quantile(0.99)), static_cast<long long>(sorted.back()));
+  std::printf(
+      "document length (tokens): min %lld, median %lld, mean %.1f, p90 %lld, p99 %lld, "
+      "max %lld\n",
+      static_cast<long long>(sorted.front()), static_cast<long long>(quantile(0.5)),
+      static_cast<double>(total) / sorted.size(), static_cast<long long>(quantile(0.9)),
+      static_cast<long long>(quantile(0.99)), static_cast<long long>(sorted.back()));
   // Power-of-two bins: [2^k, 2^(k+1)).
   std::vector<int64_t> docs(64, 0), tokens(64, 0);
   std::vector<double> pairs(64, 0.0);  // causal attention pairs, n (n + 1) / 2 per document
@@ -155,10 +158,10 @@ void print_summary(const Lengths& data) {
     last = std::max(last, k);
   }
   const int64_t most = *std::max_element(docs.begin(), docs.end());
-  std::printf("\nlength histogram (bar: documents; attn %%: share of the causal attention "
-              "work, ~ length^2):\n");
-  std::printf("  %-15s %10s %7s %8s %7s\n", "tokens", "documents", "docs %", "tokens %",
-              "attn %");
+  std::printf(
+      "\nlength histogram (bar: documents; attn %%: share of the causal attention "
+      "work, ~ length^2):\n");
+  std::printf("  %-15s %10s %7s %8s %7s\n", "tokens", "documents", "docs %", "tokens %", "attn %");
   for (int k = first; k <= last; ++k) {
     const std::string range =
         "[" + short_tokens(int64_t{1} << k) + "-" + short_tokens(int64_t{2} << k) + ")";
@@ -171,8 +174,8 @@ void print_summary(const Lengths& data) {
 }
 
 // Prices a step of `gpus` GPUs on these lengths (cut to the context) with every strategy.
-void print_simulation(const Lengths& data, config::RunConfig base, int64_t gpus,
-                      int64_t context, int32_t batches) {
+void print_simulation(const Lengths& data, config::RunConfig base, int64_t gpus, int64_t context,
+                      int32_t batches) {
   // A lengths file for distribution "file", removed afterwards.
   char name[] = "/tmp/cadre_inspect_lengths_XXXXXX";
   const int fd = ::mkstemp(name);
@@ -197,10 +200,11 @@ void print_simulation(const Lengths& data, config::RunConfig base, int64_t gpus,
   const std::vector<std::string> strategies = {"cad", "fixed", "wlb", "cp", "ideal"};
   const auto result = scheduler::simulate_step(base, strategies, batches);
   const auto& c = base.cluster();
-  std::printf("\nsimulated step: %s, %lld GPUs (TP %d x PP %d x DP %d), %s tokens per GPU, "
-              "these lengths\n",
-              base.model().preset().c_str(), static_cast<long long>(gpus), c.tensor_parallel(),
-              c.pipeline_parallel(), result.data_parallel, short_tokens(context).c_str());
+  std::printf(
+      "\nsimulated step: %s, %lld GPUs (TP %d x PP %d x DP %d), %s tokens per GPU, "
+      "these lengths\n",
+      base.model().preset().c_str(), static_cast<long long>(gpus), c.tensor_parallel(),
+      c.pipeline_parallel(), result.data_parallel, short_tokens(context).c_str());
   std::printf("  %-6s %10s %10s %10s %8s %5s\n", "strat", "step_ms", "tok/s/GPU", "imbalance",
               "cad_x", "fits");
   double cad = 0;
@@ -217,10 +221,11 @@ void print_simulation(const Lengths& data, config::RunConfig base, int64_t gpus,
     if (s.strategy == "fixed") fixed = s.step_us;
     if (s.strategy == "wlb") wlb = s.step_us;
   }
-  std::printf("\nCAD gain on this length mix: %.2fx over fixed packing, %.2fx over "
-              "workload-balanced packing\n(cad_x: a strategy's step time over CAD's; imbalance: "
-              "max/mean attention time of the\ndata-parallel ranks; see docs/simulation.md).\n",
-              fixed / std::max(1e-9, cad), wlb / std::max(1e-9, cad));
+  std::printf(
+      "\nCAD gain on this length mix: %.2fx over fixed packing, %.2fx over "
+      "workload-balanced packing\n(cad_x: a strategy's step time over CAD's; imbalance: "
+      "max/mean attention time of the\ndata-parallel ranks; see docs/simulation.md).\n",
+      fixed / std::max(1e-9, cad), wlb / std::max(1e-9, cad));
 }
 
 }  // namespace
@@ -270,11 +275,13 @@ int run_data(const Args& args) {
     } else if (flag == "--batches") {
       batches = static_cast<int32_t>(parse_count(flag, value, false));
     } else {
-      CADRE_FAIL("unknown option '", flag, "'; accepted: --format, --dtype, --eod, --gpus, "
+      CADRE_FAIL("unknown option '", flag,
+                 "'; accepted: --format, --dtype, --eod, --gpus, "
                  "--context, --batches, --config, --set (see cadre data inspect --help)");
     }
   }
-  CADRE_CHECK(!path.empty(), "data inspect needs a PATH; accepted: a Megatron dataset prefix or "
+  CADRE_CHECK(!path.empty(),
+              "data inspect needs a PATH; accepted: a Megatron dataset prefix or "
               "a token file (see cadre data inspect --help)");
   const Lengths lengths = read_lengths(path, format, base.data());
   print_summary(lengths);

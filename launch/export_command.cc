@@ -49,8 +49,8 @@ int64_t parse_bytes(const std::string& text) {
   } catch (...) {
     used = 0;
   }
-  CADRE_CHECK(!digits.empty() && used == digits.size() && value > 0, "--max-shard-size has '",
-              text, "'; accepted: a positive byte count, optionally with K, M or G (e.g. 5G)");
+  CADRE_CHECK(!digits.empty() && used == digits.size() && value > 0, "--max-shard-size has '", text,
+              "'; accepted: a positive byte count, optionally with K, M or G (e.g. 5G)");
   return value * scale;
 }
 
@@ -72,7 +72,8 @@ int run_export(const Args& args) {
     const std::string& flag = rest[i];
     CADRE_CHECK(flag == "--checkpoint" || flag == "--out" || flag == "--dtype" ||
                     flag == "--max-shard-size",
-                "unknown option '", flag, "'; accepted: --checkpoint, --out, --dtype, "
+                "unknown option '", flag,
+                "'; accepted: --checkpoint, --out, --dtype, "
                 "--max-shard-size, --config, --set (see cadre export --help)");
     CADRE_CHECK(i + 1 < rest.size(), flag, " needs a value (see cadre export --help)");
     const std::string value = rest[++i];
@@ -85,9 +86,11 @@ int run_export(const Args& args) {
     }
     if (flag == "--max-shard-size") options.max_shard_bytes = parse_bytes(value);
   }
-  CADRE_CHECK(!checkpoint.empty(), "--checkpoint FILE is required; accepted: a checkpoint "
+  CADRE_CHECK(!checkpoint.empty(),
+              "--checkpoint FILE is required; accepted: a checkpoint "
               "written by cadre train, e.g. out/checkpoints/step_00000020.ckpt");
-  CADRE_CHECK(!out.empty(), "--out DIR is required; accepted: a directory to write the Hugging "
+  CADRE_CHECK(!out.empty(),
+              "--out DIR is required; accepted: a directory to write the Hugging "
               "Face model into");
   const runtime::CheckpointState state = runtime::read_checkpoint(checkpoint);
   std::vector<std::pair<std::string, torch::Tensor>> weights;
@@ -97,7 +100,8 @@ int run_export(const Args& args) {
       weights.emplace_back(name.substr(prefix.size()), tensor);
     }
   }
-  CADRE_CHECK(!weights.empty(), "checkpoint '", checkpoint, "' holds no model/ tensors; "
+  CADRE_CHECK(!weights.empty(), "checkpoint '", checkpoint,
+              "' holds no model/ tensors; "
               "accepted: a checkpoint written by cadre train");
   std::vector<std::string> written;
   try {

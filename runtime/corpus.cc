@@ -39,7 +39,8 @@ class IndexedDatasetCorpus : public Corpus {
     CADRE_CHECK(dataset_.total_tokens() > 0, "Megatron dataset '", prefix, "' holds no token (",
                 dataset_.document_count(), " documents, all empty)");
     int64_t empty = 0;
-    for (int64_t d = 0; d < dataset_.document_count(); ++d) empty += dataset_.document_tokens(d) == 0;
+    for (int64_t d = 0; d < dataset_.document_count(); ++d)
+      empty += dataset_.document_tokens(d) == 0;
     // The non-empty documents' indices, kept only when some are empty (else the identity).
     if (empty > 0) {
       for (int64_t d = 0; d < dataset_.document_count(); ++d) {
@@ -177,7 +178,8 @@ std::vector<WeightedPrefix> megatron_sources(const config::DataConfig& data) {
       parsed = end == w.c_str() + w.size();
     }
     CADRE_CHECK(parsed && weight > 0 && std::isfinite(weight) && colon + 1 < entry.size(), field,
-                "=\"", entry, "\" is not WEIGHT:PREFIX with a positive weight; accepted: e.g. "
+                "=\"", entry,
+                "\" is not WEIGHT:PREFIX with a positive weight; accepted: e.g. "
                 "\"0.7:/data/web_text_document\"");
     const std::string prefix = entry.substr(colon + 1);
     check_prefix(field, entry, prefix);

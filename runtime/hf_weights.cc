@@ -92,8 +92,7 @@ int64_t get_int(const Json& j, const std::string& key, const std::string& path) 
   return j[key].get<int64_t>();
 }
 
-double get_number(const Json& j, const std::string& key, const std::string& path,
-                  double fallback) {
+double get_number(const Json& j, const std::string& key, const std::string& path, double fallback) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
   CADRE_CHECK(j[key].is_number(), "'", path, "': \"", key, "\" is ", j[key].dump(),
               "; accepted: a number");
@@ -151,7 +150,8 @@ std::string hf_parameter_name(const std::string& name) {
   if (name.compare(0, prefix.size(), prefix) == 0) {
     const size_t dot = name.find('.', prefix.size());
     const std::string layer = name.substr(prefix.size(), dot - prefix.size());
-    const bool numeric = !layer.empty() && layer.find_first_not_of("0123456789") == std::string::npos;
+    const bool numeric =
+        !layer.empty() && layer.find_first_not_of("0123456789") == std::string::npos;
     if (numeric && dot != std::string::npos) {
       const std::string suffix = name.substr(dot + 1);
       for (const auto& [cadre, hf] : layer_names()) {
@@ -159,18 +159,20 @@ std::string hf_parameter_name(const std::string& name) {
       }
     }
   }
-  CADRE_FAIL("'", name, "' is not a parameter of Cadre's Llama model; accepted: embedding, "
+  CADRE_FAIL("'", name,
+             "' is not a parameter of Cadre's Llama model; accepted: embedding, "
              "layers.N.{attention_norm,wq,wk,wv,wo,mlp_norm,w_gate,w_up,w_down}, final_norm, "
              "lm_head");
 }
 
 std::string hf_config_json(const config::ModelConfig& m, const std::string& torch_dtype,
                            int64_t max_position_embeddings) {
-  CADRE_CHECK(torch_dtype == "float32" || torch_dtype == "bfloat16", "torch_dtype '",
-              torch_dtype, "'; accepted: float32, bfloat16");
+  CADRE_CHECK(torch_dtype == "float32" || torch_dtype == "bfloat16", "torch_dtype '", torch_dtype,
+              "'; accepted: float32, bfloat16");
   CADRE_CHECK(m.kv_latent_dim() == 0,
               "only grouped-query attention models export as LlamaForCausalLM; model.kv_latent_dim"
-              " is ", m.kv_latent_dim(), "; accepted: 0");
+              " is ",
+              m.kv_latent_dim(), "; accepted: 0");
   nlohmann::ordered_json j;
   j["architectures"] = {"LlamaForCausalLM"};
   j["model_type"] = "llama";
@@ -219,21 +221,22 @@ config::ModelConfig read_hf_config(const std::string& dir) {
                 "; accepted: \"silu\" (Cadre's MLP is SwiGLU)");
   }
   for (const char* key : {"attention_bias", "mlp_bias"}) {
-    CADRE_CHECK(!j.contains(key) || j[key] == false, "'", path, "' has ", key, " ",
-                j[key].dump(), "; accepted: false (Cadre's projections have no bias)");
+    CADRE_CHECK(!j.contains(key) || j[key] == false, "'", path, "' has ", key, " ", j[key].dump(),
+                "; accepted: false (Cadre's projections have no bias)");
   }
   const Json none;
   // Older files say rope_scaling, newer ones rope_parameters (which also holds rope_theta).
   const Json& parameters = j.contains("rope_parameters") ? j["rope_parameters"] : none;
-  const Json& scaling = !default_rope(parameters) ? parameters
+  const Json& scaling = !default_rope(parameters)    ? parameters
                         : j.contains("rope_scaling") ? j["rope_scaling"]
                                                      : none;
   config::ModelConfig m;
   m.set_rope_scaling("none");
   if (!default_rope(scaling)) {
     const std::string key = &scaling == &parameters ? "rope_parameters" : "rope_scaling";
-    const std::string type = scaling.is_object() ? scaling.value("rope_type", scaling.value("type", std::string()))
-                                                 : std::string();
+    const std::string type = scaling.is_object()
+                                 ? scaling.value("rope_type", scaling.value("type", std::string()))
+                                 : std::string();
     CADRE_CHECK(type == "llama3", "'", path, "' has ", key, " ", scaling.dump(),
                 "; accepted: null, the default rotary embedding, or rope_type \"llama3\" (other "
                 "scaled rotary embeddings, e.g. linear, dynamic, yarn, are not implemented)");
@@ -275,8 +278,8 @@ config::ModelConfig read_hf_config(const std::string& dir) {
 
 void check_hf_config_matches(const config::ModelConfig& m, const std::string& dir) {
   const config::ModelConfig hf = read_hf_config(dir);
-  const std::string where = str_cat("training.init_from=\"", dir, "\": ",
-                                    join_path(dir, kConfigFile), " has ");
+  const std::string where =
+      str_cat("training.init_from=\"", dir, "\": ", join_path(dir, kConfigFile), " has ");
   const char* const fix =
       "; accepted: a model section with the same value (model.preset: \"from_init\" takes every "
       "size from config.json)";
@@ -298,11 +301,12 @@ void check_hf_config_matches(const config::ModelConfig& m, const std::string& di
     CADRE_CHECK(f.hf_value == f.value, where, f.hf_key, "=", f.hf_value,
                 " but the configured model has model.", f.field, "=", f.value, fix);
   }
-  CADRE_CHECK(close_enough(hf.rope_theta(), m.rope_theta(), 1e-9), where, "rope_theta=",
-              hf.rope_theta(), " but the configured model has model.rope_theta=", m.rope_theta(),
-              fix);
-  CADRE_CHECK(close_enough(hf.norm_eps(), m.norm_eps(), 1e-6), where, "rms_norm_eps=",
-              hf.norm_eps(), " but the configured model has model.norm_eps=", m.norm_eps(), fix);
+  CADRE_CHECK(close_enough(hf.rope_theta(), m.rope_theta(), 1e-9), where,
+              "rope_theta=", hf.rope_theta(),
+              " but the configured model has model.rope_theta=", m.rope_theta(), fix);
+  CADRE_CHECK(close_enough(hf.norm_eps(), m.norm_eps(), 1e-6), where,
+              "rms_norm_eps=", hf.norm_eps(),
+              " but the configured model has model.norm_eps=", m.norm_eps(), fix);
   CADRE_CHECK(hf.rope_scaling() == m.rope_scaling(), where, "rope_scaling ",
               hf.rope_scaling() == "none" ? "null" : hf.rope_scaling(),
               " but the configured model has model.rope_scaling=", m.rope_scaling(), fix);
@@ -315,17 +319,17 @@ void check_hf_config_matches(const config::ModelConfig& m, const std::string& di
          {static_cast<double>(hf.rope_original_max_positions()),
           static_cast<double>(m.rope_original_max_positions())}},
     };
-    const char* fields[] = {"rope_scaling_factor", "rope_low_freq_factor",
-                            "rope_high_freq_factor", "rope_original_max_positions"};
+    const char* fields[] = {"rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                            "rope_original_max_positions"};
     for (int i = 0; i < 4; ++i) {
       CADRE_CHECK(close_enough(scaled[i].second.first, scaled[i].second.second, 1e-9), where,
                   "rope_scaling.", scaled[i].first, "=", scaled[i].second.first,
-                  " but the configured model has model.", fields[i], "=",
-                  scaled[i].second.second, fix);
+                  " but the configured model has model.", fields[i], "=", scaled[i].second.second,
+                  fix);
     }
   }
-  CADRE_CHECK(hf.tie_embeddings() == m.tie_embeddings(), where, "tie_word_embeddings=",
-              hf.tie_embeddings() ? "true" : "false",
+  CADRE_CHECK(hf.tie_embeddings() == m.tie_embeddings(), where,
+              "tie_word_embeddings=", hf.tie_embeddings() ? "true" : "false",
               " but the configured model has model.tie_embeddings=",
               m.tie_embeddings() ? "true" : "false", fix);
   CADRE_CHECK(m.kv_latent_dim() == 0, "training.init_from=\"", dir,
@@ -349,7 +353,8 @@ void fill_model_from_hf(config::ModelConfig* model, const std::string& dir) {
   if (!model->has_rope_head_dim()) model->set_rope_head_dim(0);
   if (!model->has_rope_scaling()) model->set_rope_scaling(hf.rope_scaling());
   if (!model->has_rope_scaling_factor()) model->set_rope_scaling_factor(hf.rope_scaling_factor());
-  if (!model->has_rope_low_freq_factor()) model->set_rope_low_freq_factor(hf.rope_low_freq_factor());
+  if (!model->has_rope_low_freq_factor())
+    model->set_rope_low_freq_factor(hf.rope_low_freq_factor());
   if (!model->has_rope_high_freq_factor()) {
     model->set_rope_high_freq_factor(hf.rope_high_freq_factor());
   }
@@ -358,11 +363,11 @@ void fill_model_from_hf(config::ModelConfig* model, const std::string& dir) {
   }
 }
 
-std::vector<std::string> export_hf(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                                   const config::ModelConfig& model, const std::string& dir,
-                                   const HfExportOptions& options) {
-  CADRE_CHECK(options.dtype == "fp32" || options.dtype == "bf16", "export dtype '",
-              options.dtype, "'; accepted: fp32, bf16");
+std::vector<std::string> export_hf(
+    const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+    const config::ModelConfig& model, const std::string& dir, const HfExportOptions& options) {
+  CADRE_CHECK(options.dtype == "fp32" || options.dtype == "bf16", "export dtype '", options.dtype,
+              "'; accepted: fp32, bf16");
   CADRE_CHECK(options.max_shard_bytes > 0, "the shard size limit is ", options.max_shard_bytes,
               " bytes; accepted: a positive number");
   const std::string config_text = hf_config_json(
@@ -427,10 +432,12 @@ std::vector<std::string> export_hf(const std::vector<std::pair<std::string, torc
   const std::set<std::string> kept(written.begin(), written.end());
   for (const std::string& entry : posix_fs::list_directory(dir)) {
     const std::string suffix = ".safetensors";
-    const bool weights_file = entry.size() > suffix.size() &&
-                              entry.compare(entry.size() - suffix.size(), suffix.size(), suffix) == 0;
+    const bool weights_file =
+        entry.size() > suffix.size() &&
+        entry.compare(entry.size() - suffix.size(), suffix.size(), suffix) == 0;
     const bool weights = entry.rfind("model", 0) == 0 && (weights_file || entry == kIndexFile);
-    if (weights && kept.count(join_path(dir, entry)) == 0) posix_fs::remove_file(join_path(dir, entry));
+    if (weights && kept.count(join_path(dir, entry)) == 0)
+      posix_fs::remove_file(join_path(dir, entry));
   }
   return written;
 }
@@ -450,8 +457,9 @@ std::vector<std::pair<std::string, torch::Tensor>> read_hf_weights(
                 kSingleFile, " nor ", kIndexFile,
                 "; accepted: a Hugging Face model directory with safetensors weights");
     const Json index = read_json_file(index_path, "safetensors index");
-    CADRE_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
-                "'", index_path, "' has no \"weight_map\" object");
+    CADRE_CHECK(
+        index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(), "'",
+        index_path, "' has no \"weight_map\" object");
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
       CADRE_CHECK(it->is_string(), "'", index_path, "': weight_map entry '", it.key(),
                   "' is not a file name");
@@ -491,7 +499,8 @@ std::vector<std::pair<std::string, torch::Tensor>> read_hf_weights(
       // A tied model saved with its head written out: it must be the embedding.
       const torch::Tensor head = reader_for(file).read(hf).to(torch::kFloat);
       CADRE_CHECK(head.sizes() == out.front().second.sizes() && head.equal(out.front().second),
-                  "training.init_from=\"", dir, "\": tie_word_embeddings is true but "
+                  "training.init_from=\"", dir,
+                  "\": tie_word_embeddings is true but "
                   "lm_head.weight differs from model.embed_tokens.weight; accepted: equal "
                   "tensors, or tie_word_embeddings false with model.tie_embeddings=false");
       continue;

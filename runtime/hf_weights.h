@@ -63,9 +63,9 @@ struct HfExportOptions {
 // model-0000K-of-0000N.safetensors with model.safetensors.index.json when they exceed
 // max_shard_bytes. Every file is written atomically; weight files of an earlier export in DIR
 // that this one did not write are removed. Returns the paths written.
-std::vector<std::string> export_hf(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                                   const config::ModelConfig& model, const std::string& dir,
-                                   const HfExportOptions& options);
+std::vector<std::string> export_hf(
+    const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+    const config::ModelConfig& model, const std::string& dir, const HfExportOptions& options);
 
 // Reads the weights of DIR (after check_hf_config_matches) as Cadre names -> fp32 CPU tensors,
 // in llama_parameter_shapes order. F32, BF16 and F16 tensors are accepted. Throws cadre::Error

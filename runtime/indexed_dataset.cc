@@ -98,9 +98,9 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
     const uint64_t room = idx_bytes_ - kHeaderBytes;
     CADRE_CHECK(sequences <= room / 12 && doc_entries <= room / 8 &&
                     sequences * 12 + doc_entries * 8 <= room,
-                "index file '", idx, "' is truncated: ", sequences, " sequences and ",
-                doc_entries, " document-index entries need ", kHeaderBytes, " + ",
-                sequences, " x 12 + ", doc_entries, " x 8 bytes but it has ", idx_bytes_);
+                "index file '", idx, "' is truncated: ", sequences, " sequences and ", doc_entries,
+                " document-index entries need ", kHeaderBytes, " + ", sequences, " x 12 + ",
+                doc_entries, " x 8 bytes but it has ", idx_bytes_);
     sequence_count_ = static_cast<int64_t>(sequences);
     lengths_ = p + kHeaderBytes;
     pointers_ = lengths_ + 4 * sequences;
@@ -154,8 +154,8 @@ IndexedDataset::~IndexedDataset() {
 }
 
 int64_t IndexedDataset::document_tokens(int64_t document) const {
-  CADRE_CHECK(document >= 0 && document < document_count_, "document ", document, " of '",
-              prefix_, "' is out of range (", document_count_, " documents)");
+  CADRE_CHECK(document >= 0 && document < document_count_, "document ", document, " of '", prefix_,
+              "' is out of range (", document_count_, " documents)");
   if (document_tokens_.empty()) return load_i32(lengths_ + 4 * document);
   return document_tokens_[document];
 }
@@ -164,12 +164,18 @@ const char* IndexedDataset::dtype_name() const { return token_type(dtype_code_)-
 
 int64_t IndexedDataset::token_at(const unsigned char* p) const {
   switch (dtype_code_) {
-    case 1: return p[0];
-    case 2: return static_cast<int8_t>(p[0]);
-    case 3: return static_cast<int16_t>(static_cast<uint16_t>(p[0] | (p[1] << 8)));
-    case 8: return static_cast<uint16_t>(p[0] | (p[1] << 8));
-    case 4: return load_i32(p);
-    default: return load_i64(p);
+    case 1:
+      return p[0];
+    case 2:
+      return static_cast<int8_t>(p[0]);
+    case 3:
+      return static_cast<int16_t>(static_cast<uint16_t>(p[0] | (p[1] << 8)));
+    case 8:
+      return static_cast<uint16_t>(p[0] | (p[1] << 8));
+    case 4:
+      return load_i32(p);
+    default:
+      return load_i64(p);
   }
 }
 

@@ -22,8 +22,8 @@ std::vector<double> rope_inverse_frequencies(const config::ModelConfig& m) {
   const double original = static_cast<double>(m.rope_original_max_positions());
   CADRE_CHECK(s > 0 && lo > 0 && hi > lo && original > 0,
               "model.rope_scaling=llama3 needs rope_scaling_factor > 0, 0 < rope_low_freq_factor "
-              "< rope_high_freq_factor and rope_original_max_positions > 0; got factor ", s,
-              ", low ", lo, ", high ", hi, ", original ", original);
+              "< rope_high_freq_factor and rope_original_max_positions > 0; got factor ",
+              s, ", low ", lo, ", high ", hi, ", original ", original);
   const double kPi = 3.14159265358979323846;
   for (double& x : f) {
     const double wavelength = 2 * kPi / x;

@@ -142,8 +142,8 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     try {
       header = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-      CADRE_FAIL("safetensors file '", path, "' has a header that is not valid JSON (",
-                 e.what(), "); is the file truncated or not a safetensors file?");
+      CADRE_FAIL("safetensors file '", path, "' has a header that is not valid JSON (", e.what(),
+                 "); is the file truncated or not a safetensors file?");
     }
     CADRE_CHECK(header.is_object(), "safetensors file '", path,
                 "' has a header that is not a JSON object");
@@ -162,16 +162,16 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       }
       const std::string where = str_cat("safetensors file '", path, "' tensor '", it.key(), "'");
       const auto& e = *it;
-      CADRE_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") &&
-                      e.contains("data_offsets"),
-                  where, " lacks dtype, shape or data_offsets");
+      CADRE_CHECK(
+          e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
+          where, " lacks dtype, shape or data_offsets");
       CADRE_CHECK(e["dtype"].is_string(), where, ": dtype is not a string");
       SafetensorsEntry entry;
       entry.name = it.key();
       entry.dtype = e["dtype"].get<std::string>();
       const DtypeInfo* info = dtype_by_name(entry.dtype);
-      CADRE_CHECK(info != nullptr, where, " has dtype '", entry.dtype, "'; accepted: ",
-                  dtype_names());
+      CADRE_CHECK(info != nullptr, where, " has dtype '", entry.dtype,
+                  "'; accepted: ", dtype_names());
       CADRE_CHECK(e["shape"].is_array(), where, ": shape is not an array");
       uint64_t elements = 1;
       for (const auto& d : e["shape"]) {
@@ -200,8 +200,9 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     for (const auto& e : entries_) {
       if (e.end > e.begin) by_offset.push_back(&e);
     }
-    std::sort(by_offset.begin(), by_offset.end(),
-              [](const SafetensorsEntry* a, const SafetensorsEntry* b) { return a->begin < b->begin; });
+    std::sort(
+        by_offset.begin(), by_offset.end(),
+        [](const SafetensorsEntry* a, const SafetensorsEntry* b) { return a->begin < b->begin; });
     for (size_t i = 1; i < by_offset.size(); ++i) {
       CADRE_CHECK(by_offset[i]->begin >= by_offset[i - 1]->end, "safetensors file '", path,
                   "': tensors '", by_offset[i - 1]->name, "' and '", by_offset[i]->name,

@@ -77,28 +77,37 @@ double first_loss(const std::string& metrics_path) {
   return std::stod(m[1]);
 }
 
-const char* kTiny = "--config configs/train_tiny.pbtxt --set cluster.num_gpus=1 "
-                    "--set cluster.gpus_per_node=1 --set output.quiet=true";
+const char* kTiny =
+    "--config configs/train_tiny.pbtxt --set cluster.num_gpus=1 "
+    "--set cluster.gpus_per_node=1 --set output.quiet=true";
 
 TEST(CliWeights, ExportAndTrainFromTheExportedModel) {
   TempDir dir("export");
   const std::string d = dir.path();
   // 4 steps from random weights, checkpoint at the end.
-  expect_output(run_cadre(std::string("train ") + kTiny + " --set training.steps=4 --set "
-                          "output.dir=" + d + "/run1 --set training.checkpoint_every=4 --set "
-                          "training.checkpoint_dir=" + d + "/ckpt"),
+  expect_output(run_cadre(std::string("train ") + kTiny +
+                          " --set training.steps=4 --set "
+                          "output.dir=" +
+                          d +
+                          "/run1 --set training.checkpoint_every=4 --set "
+                          "training.checkpoint_dir=" +
+                          d + "/ckpt"),
                 0, {});
   const std::string ckpt = d + "/ckpt/step_00000004.ckpt";
-  expect_output(run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt + " --out " +
-                          d + "/hf"),
-                0, {});
+  expect_output(
+      run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt + " --out " + d + "/hf"),
+      0, {});
   EXPECT_TRUE(cadre::posix_fs::exists(d + "/hf/model.safetensors"));
   EXPECT_NE(read_file(d + "/hf/config.json").find("LlamaForCausalLM"), std::string::npos);
   // Sizes from config.json; training starts from the trained weights, so its first loss is
   // below the random start's on the same first batch.
-  expect_output(run_cadre(std::string("train ") + kTiny + " --set training.steps=1 --set "
-                          "output.dir=" + d + "/run2 --set model.preset=from_init --set "
-                          "training.init_from=" + d + "/hf"),
+  expect_output(run_cadre(std::string("train ") + kTiny +
+                          " --set training.steps=1 --set "
+                          "output.dir=" +
+                          d +
+                          "/run2 --set model.preset=from_init --set "
+                          "training.init_from=" +
+                          d + "/hf"),
                 0, {});
   const double random_start = first_loss(d + "/run1/metrics.jsonl");
   const double trained_start = first_loss(d + "/run2/metrics.jsonl");
@@ -109,27 +118,33 @@ TEST(CliWeights, ExportAndTrainFromTheExportedModel) {
   EXPECT_NE(recorded.find("num_kv_heads: 2"), std::string::npos) << recorded;
   EXPECT_NE(recorded.find("vocab_size: 256"), std::string::npos) << recorded;
   // A configured model that differs is named.
-  expect_output(run_cadre(std::string("train ") + kTiny + " --set training.steps=1 --set "
-                          "output.dir=" + d + "/run3 --set model.vocab_size=300 --set "
-                          "training.init_from=" + d + "/hf"),
+  expect_output(run_cadre(std::string("train ") + kTiny +
+                          " --set training.steps=1 --set "
+                          "output.dir=" +
+                          d +
+                          "/run3 --set model.vocab_size=300 --set "
+                          "training.init_from=" +
+                          d + "/hf"),
                 2, {"config.json has vocab_size=256", "model.vocab_size=300", "from_init"});
   expect_output(run_cadre(std::string("train ") + kTiny + " --set model.preset=from_init"), 2,
                 {"model.preset=\"from_init\"", "training.init_from", "empty"});
   // bf16 shards.
-  expect_output(run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt + " --out " +
-                          d + "/hf16 --dtype bf16 --max-shard-size 150K --set output.quiet=false"),
+  expect_output(run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt + " --out " + d +
+                          "/hf16 --dtype bf16 --max-shard-size 150K --set output.quiet=false"),
                 0, {"(bf16)", "model-00001-of-00002.safetensors", "model.safetensors.index.json"});
   // Bad arguments and a checkpoint of another model.
   expect_output(run_cadre(std::string("export ") + kTiny + " --out " + d + "/x"), 1,
                 {"--checkpoint FILE is required"});
-  expect_output(run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt +
-                          " --out " + d + "/x --dtype fp8"),
+  expect_output(run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt + " --out " + d +
+                          "/x --dtype fp8"),
                 1, {"--dtype has 'fp8'", "fp32, bf16"});
-  expect_output(run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt +
-                          " --out " + d + "/x --max-shard-size lots"),
+  expect_output(run_cadre(std::string("export ") + kTiny + " --checkpoint " + ckpt + " --out " + d +
+                          "/x --max-shard-size lots"),
                 1, {"--max-shard-size has 'lots'"});
-  expect_output(run_cadre(std::string("export ") + kTiny + " --set model.num_layers=3 "
-                          "--checkpoint " + ckpt + " --out " + d + "/x"),
+  expect_output(run_cadre(std::string("export ") + kTiny +
+                          " --set model.num_layers=3 "
+                          "--checkpoint " +
+                          ckpt + " --out " + d + "/x"),
                 1, {ckpt, "lack parameter 'layers.2.attention_norm'"});
 }
 
@@ -141,11 +156,11 @@ TEST(CliWeights, ExportedModelsMatchAnIndependentReference) {
   TempDir dir("parity");
   const std::string binary = CADRE_BINARY;
   const std::string build_dir = binary.substr(0, binary.rfind("/bin/"));
-  const auto r = run(std::string("cd '") + CADRE_SOURCE_DIR + "' && CADRE_BUILD_DIR='" +
-                     build_dir + "' CADRE_PARITY_DIR='" + dir.path() +
-                     "' scripts/hf_parity_check.sh --no-transformers");
-  expect_output(r, 0, {"untied: Cadre loss", "llama3: Cadre loss", "\"match\": true",
-                       "hf parity: PASS"});
+  const auto r =
+      run(std::string("cd '") + CADRE_SOURCE_DIR + "' && CADRE_BUILD_DIR='" + build_dir +
+          "' CADRE_PARITY_DIR='" + dir.path() + "' scripts/hf_parity_check.sh --no-transformers");
+  expect_output(r, 0,
+                {"untied: Cadre loss", "llama3: Cadre loss", "\"match\": true", "hf parity: PASS"});
   EXPECT_EQ(r.output.find("\"match\": false"), std::string::npos) << r.output;
 }
 
@@ -183,16 +198,17 @@ TEST(CliData, InspectPrintsCountsHistogramAndSimulatedGain) {
   int64_t total = 0;
   for (int64_t n : lengths) total += n;
   write_megatron(dir.path() + "/corpus", lengths);
-  const auto r = run_cadre("data inspect " + dir.path() + "/corpus --gpus 16 --context 8K "
+  const auto r = run_cadre("data inspect " + dir.path() +
+                           "/corpus --gpus 16 --context 8K "
                            "--batches 1");
   std::ostringstream tokens;
   tokens << total;
   std::string with_commas = tokens.str();
   for (int i = static_cast<int>(with_commas.size()) - 3; i > 0; i -= 3) with_commas.insert(i, ",");
-  expect_output(r, 0, {"Megatron indexed dataset", "uint16 tokens", "documents: 306",
-                       "tokens: " + with_commas, "max 8500", "[4K-8K)", "[8K-16K)",
-                       "simulated step", "16 GPUs (TP 8 x PP 1 x DP 2)", "cad ", "fixed",
-                       "CAD gain on this length mix"});
+  expect_output(r, 0,
+                {"Megatron indexed dataset", "uint16 tokens", "documents: 306",
+                 "tokens: " + with_commas, "max 8500", "[4K-8K)", "[8K-16K)", "simulated step",
+                 "16 GPUs (TP 8 x PP 1 x DP 2)", "cad ", "fixed", "CAD gain on this length mix"});
   // The histogram counts every document once: of the six long ones, 6000-7500 and 8000 are in
   // [4K-8K), 8500 in [8K-16K).
   EXPECT_TRUE(std::regex_search(r.output, std::regex("\\[4K-8K\\) +5 "))) << r.output;
@@ -235,17 +251,20 @@ TEST(CliData, TrainingOnABlendResumesExactly) {
   for (int i = 0; i < 9; ++i) b.push_back(150 + 10 * i);
   write_megatron(dir.path() + "/a", a);
   write_megatron(dir.path() + "/b", b);
-  const std::string common = std::string("train ") + kTiny + " --set data.format=megatron " +
-                             "--set data.blend=0.6:" + dir.path() + "/a,0.4:" + dir.path() + "/b " +
-                             "--set data.packing=fill --set training.steps=6 --set training.checkpoint_dir=";
+  const std::string common =
+      std::string("train ") + kTiny + " --set data.format=megatron " +
+      "--set data.blend=0.6:" + dir.path() + "/a,0.4:" + dir.path() + "/b " +
+      "--set data.packing=fill --set training.steps=6 --set training.checkpoint_dir=";
   expect_output(run_cadre(common + dir.path() + "/c1 --set output.dir=" + dir.path() + "/full"), 0,
                 {});
-  expect_output(run_cadre(common + dir.path() + "/c2 --set training.checkpoint_every=3 "
-                          "--set training.steps=3 --set output.dir=" + dir.path() + "/part"),
+  expect_output(run_cadre(common + dir.path() +
+                          "/c2 --set training.checkpoint_every=3 "
+                          "--set training.steps=3 --set output.dir=" +
+                          dir.path() + "/part"),
                 0, {});
-  expect_output(run_cadre(common + dir.path() + "/c2 --resume --set output.dir=" + dir.path() +
-                          "/part"),
-                0, {});
+  expect_output(
+      run_cadre(common + dir.path() + "/c2 --resume --set output.dir=" + dir.path() + "/part"), 0,
+      {});
   const auto full = losses(dir.path() + "/full/metrics.jsonl");
   const auto resumed = losses(dir.path() + "/part/metrics.jsonl");
   ASSERT_EQ(full.size(), 6u);
@@ -275,7 +294,8 @@ TEST(CliSimulate, DefaultRunFitsIsNarrowAndItsPlotRenders) {
   }
   const auto convert = run("rsvg-convert -o '" + png + "' '" + svg + "'");
   ASSERT_EQ(convert.exit_code, 0) << "rsvg-convert (librsvg2-bin, scripts/install_deps.sh) "
-                                     "failed:\n" << convert.output;
+                                     "failed:\n"
+                                  << convert.output;
   const std::string bytes = read_file(png);
   ASSERT_GT(bytes.size(), 24u);
   EXPECT_EQ(bytes.substr(1, 3), "PNG");

@@ -69,13 +69,14 @@ TEST(ConfigWeights, FromInitTakesSizesFromConfigJson) {
   // An explicit field that differs is named.
   config::RunConfig wrong =
       with({"model.preset=from_init", "model.num_kv_heads=4", "training.init_from=" + dir.path()});
-  expect_error([&] { finalize_config(wrong); },
-               {"num_key_value_heads=8", "model.num_kv_heads=4"});
+  expect_error([&] { finalize_config(wrong); }, {"num_key_value_heads=8", "model.num_kv_heads=4"});
   // The llama-8b default differs from this file: its first mismatch is named.
   config::RunConfig eight = with({"training.init_from=" + dir.path()});
   expect_error([&] { finalize_config(eight); }, {"hidden_size=2048", "model.hidden_size=4096"});
-  config::RunConfig missing = with({"model.preset=from_init", "training.init_from=" + dir.path() + "/no"});
-  expect_error([&] { finalize_config(missing); }, {"cannot open Hugging Face config", "/no/config.json"});
+  config::RunConfig missing =
+      with({"model.preset=from_init", "training.init_from=" + dir.path() + "/no"});
+  expect_error([&] { finalize_config(missing); },
+               {"cannot open Hugging Face config", "/no/config.json"});
   config::RunConfig unknown = with({"model.preset=llama-9b"});
   expect_error([&] { finalize_config(unknown); }, {"llama-9b", "from_init"});
 }

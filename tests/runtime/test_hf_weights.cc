@@ -235,7 +235,8 @@ TEST(HfWeights, ShardsStayUnderTheLimitAndTheIndexCoversEveryTensor) {
   HfExportOptions options;
   options.max_shard_bytes = 16'000;
   export_hf(weights_of(model), m, dir.path(), options);
-  const auto index = nlohmann::json::parse(read_bytes(dir.path() + "/model.safetensors.index.json"));
+  const auto index =
+      nlohmann::json::parse(read_bytes(dir.path() + "/model.safetensors.index.json"));
   std::set<std::string> files;
   int64_t total = 0;
   for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
@@ -273,8 +274,8 @@ TEST(HfWeights, RotaryLayoutIsHuggingFaceRotateHalf) {
         const int64_t j = i % (dim / 2);
         const double angle = pos / std::pow(theta, 2.0 * j / dim);
         const double xi = x[t][h][i].item<float>();
-        const double rotated = i < dim / 2 ? -x[t][h][i + dim / 2].item<float>()
-                                           : x[t][h][i - dim / 2].item<float>();
+        const double rotated =
+            i < dim / 2 ? -x[t][h][i + dim / 2].item<float>() : x[t][h][i - dim / 2].item<float>();
         reference[t][h][i] = xi * std::cos(angle) + rotated * std::sin(angle);
       }
     }
@@ -428,8 +429,10 @@ TEST(HfWeights, SafetensorsHeadersAreValidated) {
   expect_error([&] { SafetensorsReader r(path); }, {"tensor 'a'", "lacks dtype, shape or"});
   // A well-formed one reads back.
   const float values[2] = {1.5f, -2.25f};
-  write_one_tensor(path, R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-                   std::string(reinterpret_cast<const char*>(values), 8));
+  write_one_tensor(
+      path,
+      R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+      std::string(reinterpret_cast<const char*>(values), 8));
   SafetensorsReader r(path);
   EXPECT_EQ(r.metadata().at("format"), "pt");
   EXPECT_EQ(r.read("a")[1].item<float>(), -2.25f);
@@ -449,8 +452,9 @@ TEST(HfWeights, WrongDtypeMissingTensorAndShapeMismatchAreNamed) {
     export_tiny(dir);
     write_safetensors(dir.path() + "/model.safetensors", hf);
     LlamaModel target(m, 4);
-    expect_error([&] { load_hf_weights(target, dir.path()); },
-                 {"model.layers.0.self_attn.q_proj.weight", "dtype I64", "accepted: F32, BF16, F16"});
+    expect_error(
+        [&] { load_hf_weights(target, dir.path()); },
+        {"model.layers.0.self_attn.q_proj.weight", "dtype I64", "accepted: F32, BF16, F16"});
   }
   {
     TempDir dir;
@@ -473,9 +477,9 @@ TEST(HfWeights, WrongDtypeMissingTensorAndShapeMismatchAreNamed) {
     }
     write_safetensors(dir.path() + "/model.safetensors", hf);
     LlamaModel target(m, 4);
-    expect_error([&] { load_hf_weights(target, dir.path()); },
-                 {"model.layers.0.self_attn.k_proj.weight", "is [8, 32]", "needs [16, 32]",
-                  "num_kv_heads"});
+    expect_error(
+        [&] { load_hf_weights(target, dir.path()); },
+        {"model.layers.0.self_attn.k_proj.weight", "is [8, 32]", "needs [16, 32]", "num_kv_heads"});
   }
   {
     TempDir dir;  // a tensor the model has no place for (a third layer)
@@ -528,7 +532,11 @@ TEST(HfWeights, ArchitectureMismatchNamesTheFirstField) {
       {[](auto& c) { c.set_tie_embeddings(true); },
        {"tie_word_embeddings=false", "model.tie_embeddings=true", "from_init"}},
       // Several differ: the vocabulary is named first.
-      {[](auto& c) { c.set_num_kv_heads(4); c.set_vocab_size(7); }, {"vocab_size=50"}},
+      {[](auto& c) {
+         c.set_num_kv_heads(4);
+         c.set_vocab_size(7);
+       },
+       {"vocab_size=50"}},
   };
   for (const Case& c : cases) {
     auto changed = m;
@@ -549,7 +557,9 @@ TEST(HfWeights, ConfigFeaturesCadreLacksAreRefused) {
   const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::vector<std::string>>>
       cases = {
           {[](auto& j) { j["model_type"] = "qwen2"; }, {"model_type \"qwen2\"", "\"llama\""}},
-          {[](auto& j) { j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 32}}; },
+          {[](auto& j) {
+             j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 32}};
+           },
            {"rope_scaling", "yarn", "not implemented"}},
           {[](auto& j) { j["attention_bias"] = true; }, {"attention_bias true", "no bias"}},
           {[](auto& j) { j["hidden_act"] = "gelu"; }, {"hidden_act \"gelu\"", "silu"}},

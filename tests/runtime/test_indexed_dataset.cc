@@ -207,7 +207,8 @@ TEST(IndexedDataset, LoaderDealsTheSameBatchesAsAnEquivalentTokenFile) {
       for (int64_t x : flat(d)) t.push_back(static_cast<uint16_t>(x));
       t.push_back(0);
     }
-    std::ofstream(tokens_path, std::ios::binary).write(reinterpret_cast<char*>(t.data()), 2 * t.size());
+    std::ofstream(tokens_path, std::ios::binary)
+        .write(reinterpret_cast<char*>(t.data()), 2 * t.size());
   }
   for (const std::string packing : {"whole", "fill", "span"}) {
     config::DataConfig m = megatron_data(dir.path() + "/m", 4), f;
@@ -236,15 +237,15 @@ TEST(IndexedDataset, LoaderDealsTheSameBatchesAsAnEquivalentTokenFile) {
   // Tokens at or above the vocabulary are refused as they are read, naming the document.
   DataLoader small(megatron_data(dir.path() + "/m", 5), 9, 0, 1);
   small.next();
-  expect_error([&] { small.next(); }, {"Megatron dataset", "document 2", "holds token 9",
-                                       "model.vocab_size is 9"});
+  expect_error([&] { small.next(); },
+               {"Megatron dataset", "document 2", "holds token 9", "model.vocab_size is 9"});
 }
 
 TEST(IndexedDataset, BlendFollowsWeightsIsDeterministicAndResumes) {
   TempDir dir;
   // Dataset a: documents of token 1 (length 1 + i % 3); b: token 2; c: token 3.
-  for (const auto& [name, token, count] :
-       std::vector<std::tuple<std::string, int64_t, int>>{{"a", 1, 50}, {"b", 2, 7}, {"c", 3, 30}}) {
+  for (const auto& [name, token, count] : std::vector<std::tuple<std::string, int64_t, int>>{
+           {"a", 1, 50}, {"b", 2, 7}, {"c", 3, 30}}) {
     std::vector<Document> docs;
     for (int i = 0; i < count; ++i) docs.push_back({std::vector<int64_t>(1 + i % 3, token)});
     write_megatron(dir.path() + "/" + name, docs);
