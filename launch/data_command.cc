@@ -231,12 +231,16 @@ void print_simulation(const Lengths& data, config::RunConfig base, int64_t gpus,
 }  // namespace
 
 int run_data(const Args& args) {
-  const bool help = args.empty() || args[0] == "--help" || args[0] == "-h";
-  if (help || args[0] != "inspect") {
+  if (args.empty()) {
+    std::cerr << "cadre data: missing subcommand; accepted: inspect\n\n" << kUsage;
+    return 2;
+  }
+  if (args[0] == "--help" || args[0] == "-h") {
     std::cout << kUsage << config_options_help();
-    CADRE_CHECK(help, "unknown data subcommand '", args[0], "'; accepted: inspect");
     return 0;
   }
+  CADRE_CHECK(args[0] == "inspect", "unknown data subcommand '", args[0],
+              "'; accepted: inspect (see cadre data --help)");
   const Args rest_args(args.begin() + 1, args.end());
   for (const std::string& a : rest_args) {
     if (a == "--help" || a == "-h") {

@@ -229,6 +229,8 @@ TEST(CliData, InspectPrintsCountsHistogramAndSimulatedGain) {
   expect_output(run_cadre("data inspect " + dir.path() + "/corpus --gpus x"), 1,
                 {"--gpus has 'x'"});
   expect_output(run_cadre("data frobnicate"), 1, {"unknown data subcommand 'frobnicate'"});
+  expect_output(run_cadre("data"), 2, {"missing subcommand", "inspect"});
+  expect_output(run_cadre("help data"), 0, {"usage: cadre data inspect PATH"});
 }
 
 std::vector<std::string> losses(const std::string& metrics_path) {
