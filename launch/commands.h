@@ -16,5 +16,7 @@ int run_simulate_training_step(const Args& args);  // calibrate_command.cc
 int run_bench_attention(const Args& args);  // bench_attention_command.cc (CPU/MPI CAD attention)
 int run_bench_kernel(const Args& args);     // bench_gpu_command.cc
 int run_bench_comm(const Args& args);       // bench_gpu_command.cc
+int run_export(const Args& args);           // export_command.cc (Hugging Face weights)
+int run_data(const Args& args);             // data_command.cc (data inspect)
 
 }  // namespace cadre::launch

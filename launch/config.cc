@@ -21,6 +21,8 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "runtime/corpus.h"
+#include "runtime/hf_weights.h"
 
 namespace cadre::launch {
 namespace {
@@ -40,6 +42,8 @@ const std::vector<NamedChoice>& named_choices() {
       {"data.distribution", {"wlb", "prolong", "lognormal", "uniform", "fixed", "file"}},
       {"data.token_dtype", {"uint16", "uint32"}},
       {"data.packing", {"whole", "fill", "span"}},
+      {"data.format", {"tokens", "megatron"}},
+      {"model.rope_scaling", {"none", "llama3"}},
       {"scheduler.server_mode", {"in_place", "dedicated"}},
       {"training.attention", {"cad", "colocated"}},
       {"training.dtype", {"fp32", "bf16"}},
@@ -103,6 +107,7 @@ const std::vector<ModelPreset>& model_presets() {
 }
 
 const char* const kCustomPreset = "custom";
+const char* const kFromInitPreset = "from_init";
 
 const ModelPreset* find_preset(const std::string& name) {
   for (const auto& p : model_presets()) {
@@ -606,7 +611,8 @@ std::string divisors_of(int64_t n) {
 
 void finalize_model(config::ModelConfig& m) {
   const std::string& preset_name = m.preset();
-  if (preset_name == kCustomPreset) {
+  // from_init: finalize_config has filled the sizes from training.init_from's config.json.
+  if (preset_name == kCustomPreset || preset_name == kFromInitPreset) {
     const std::pair<const char*, bool> required[] = {{"num_layers", m.has_num_layers()},
                                                      {"hidden_size", m.has_hidden_size()},
                                                      {"num_heads", m.has_num_heads()},
@@ -625,7 +631,8 @@ void finalize_model(config::ModelConfig& m) {
   } else {
     const ModelPreset* p = find_preset(preset_name);
     CADRE_CHECK(p != nullptr, "model.preset=\"", preset_name,
-                "\" is not a known preset; accepted: ", join(model_preset_names()));
+                "\" is not a known preset; accepted: ", join(model_preset_names()), ", ",
+                kFromInitPreset, " (sizes from training.init_from's config.json)");
     if (!m.has_num_layers()) m.set_num_layers(p->num_layers);
     if (!m.has_hidden_size()) m.set_hidden_size(p->hidden_size);
     if (!m.has_num_heads()) m.set_num_heads(p->num_heads);
@@ -662,6 +669,16 @@ void finalize_model(config::ModelConfig& m) {
   CADRE_CHECK(m.head_dim() % 2 == 0, "model.head_dim=", m.head_dim(),
               " is odd; accepted: an even number (RoPE rotates pairs of dimensions)");
   check_positive_number("model.rope_theta", m.rope_theta());
+  check_name("model.rope_scaling", m.rope_scaling());
+  if (m.rope_scaling() == "llama3") {
+    check_positive_number("model.rope_scaling_factor", m.rope_scaling_factor());
+    check_positive_number("model.rope_low_freq_factor", m.rope_low_freq_factor());
+    CADRE_CHECK(m.rope_high_freq_factor() > m.rope_low_freq_factor(),
+                "model.rope_high_freq_factor=", m.rope_high_freq_factor(),
+                " is not above model.rope_low_freq_factor=", m.rope_low_freq_factor(),
+                "; accepted: high > low (4 and 1 for Llama 3.1)");
+    check_at_least<int64_t>("model.rope_original_max_positions", m.rope_original_max_positions(), 1);
+  }
   check_positive_number("model.norm_eps", m.norm_eps());
   check_at_least("model.kv_latent_dim", m.kv_latent_dim(), 0);
   check_at_least("model.rope_head_dim", m.rope_head_dim(), 0);
@@ -750,6 +767,19 @@ void finalize_data(const config::ModelConfig& m, const config::DataConfig& d) {
   check_name("data.packing", d.packing());
   if (!d.token_file().empty()) {
     check_file_readable("data.token_file", d.token_file(), "token file");
+  }
+  check_name("data.format", d.format());
+  if (d.format() == "megatron") {
+    CADRE_CHECK(d.token_file().empty(), "data.token_file=\"", d.token_file(),
+                "\" is set but data.format=\"megatron\" reads data.path or data.blend; "
+                "accepted: data.token_file empty with format megatron, or data.format=tokens");
+    // Names the field, prefix and problem (missing .idx/.bin, bad weight).
+    runtime::megatron_sources(d);
+  } else {
+    CADRE_CHECK(d.path().empty() && d.blend_size() == 0,
+                "data.path / data.blend are set but data.format=\"", d.format(),
+                "\" reads data.token_file; accepted: --set data.format=megatron for indexed "
+                "datasets");
   }
   const uint64_t dtype_limit = d.token_dtype() == "uint16" ? (1ull << 16) : (1ull << 32);
   CADRE_CHECK(d.eod_token() < static_cast<uint64_t>(m.vocab_size()) && d.eod_token() < dtype_limit,
@@ -926,7 +956,16 @@ void apply_override(config::RunConfig& config, const std::string& assignment) {
 }
 
 void finalize_config(config::RunConfig& config, int world_size) {
+  const std::string& init_from = config.training().init_from();
+  if (config.model().preset() == kFromInitPreset) {
+    CADRE_CHECK(!init_from.empty(), "model.preset=\"", kFromInitPreset,
+                "\" takes the model sizes from training.init_from, which is empty; accepted: "
+                "--set training.init_from=DIR (a Hugging Face model directory), or another "
+                "preset");
+    runtime::fill_model_from_hf(config.mutable_model(), init_from);
+  }
   finalize_model(*config.mutable_model());
+  if (!init_from.empty()) runtime::check_hf_config_matches(config.model(), init_from);
   finalize_cluster(config.model(), *config.mutable_cluster());
   finalize_data(config.model(), config.data());
   finalize_scheduler(config.cluster(), config.scheduler());

@@ -14,6 +14,9 @@ void print_usage(std::ostream& out) {
          "  plan              plan one step for given document lengths and print the plan\n"
          "  calibrate         fit the simulator's step costs to training profiles and benchmarks\n"
          "  train             train a Llama-style model with CAD or colocated attention\n"
+         "  export            write a checkpoint's weights as a Hugging Face model directory\n"
+         "  data inspect      document and token counts, length histogram and simulated CAD gain\n"
+         "                    of a token file or Megatron indexed dataset\n"
          "  bench attention   CAD attention across ranks with a check against the reference\n"
          "  bench kernel      fused core-attention kernel throughput (GPU)\n"
          "  bench comm        all-to-all-v bandwidth (GPU, NCCL)\n\n"
@@ -57,6 +60,8 @@ int main(int argc, char** argv) {
     if (command == "calibrate") return run_calibrate(args);
     if (command == "plan") return run_plan(args);
     if (command == "train") return run_train(args);
+    if (command == "export") return run_export(args);
+    if (command == "data") return run_data(args);
     if (command == "bench") {
       if (args.empty()) {
         std::cerr << "cadre bench: missing benchmark; accepted: attention, kernel, comm\n\n";
@@ -78,7 +83,9 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::cerr << "cadre: unknown command '" << command
-              << "'; accepted: simulate, plan, calibrate, train, bench\n\n";
+              << "'; accepted: simulate, plan, calibrate, train, export, data, bench
+
+";
     print_usage(std::cerr);
     return 2;
   } catch (const cadre::Error& e) {

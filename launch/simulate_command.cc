@@ -39,7 +39,8 @@ const char* kUsage =
     "                        (`cadre simulate --training-step --help`)\n\n"
     "Memory (act_GiB, mem_GiB, fits) is priced with activation recomputation of the non-attention\n"
     "layers (training.recompute=linear, as long-context runs use) unless training.recompute is set,\n"
-    "e.g. --set training.recompute=none; it never changes the times.\n";
+    "e.g. --set training.recompute=none; it never changes the times. The cluster runs the paper's\n"
+    "tensor parallelism of 8 unless cluster.tensor_parallel is set (--set cluster.tensor_parallel=1).\n";
 
 std::vector<std::string> split_list(const std::string& flag, const std::string& value) {
   std::vector<std::string> items;
@@ -290,6 +291,10 @@ int run_simulate(const Args& args) {
   // Llama-8B at 128K tokens per GPU keeps ~544 GiB of activations), so the memory columns assume
   // it unless the config says otherwise. Times are the same either way.
   if (!base.training().has_recompute()) base.mutable_training()->set_recompute("linear");
+  // The paper's setting, TP 8 inside each 8-GPU node, unless the config sets another: at TP 1 the
+  // weights and optimizer state of an 8B model alone take 120 GiB of a 141 GiB GPU, so no cell
+  // of the default sweep would fit.
+  if (!base.cluster().has_tensor_parallel()) base.mutable_cluster()->set_tensor_parallel(8);
   for (const auto& s : strategies) {
     CADRE_CHECK(std::find(scheduler::simulator_strategies().begin(),
                           scheduler::simulator_strategies().end(),
@@ -334,37 +339,47 @@ int run_simulate(const Args& args) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (elapsed > 2 && !base.output().quiet()) std::fprintf(stderr, "\n");
 
-  // The table.
-  std::printf("%-10s %-8s %5s %5s %-6s %9s %11s %8s %6s %9s %9s %9s %8s %8s %8s %4s %7s\n",
-              "model", "dist", "ctx", "gpus", "strat", "step_ms", "tok/s/GPU", "cad_x", "imbal",
-              "bubble_ms", "strag_ms", "exp_comm", "MB/rank", "act_GiB", "mem_GiB", "fits",
-              "plan_ms");
+  // The table: one block per (model, distribution, context), at most 100 columns wide.
+  const auto& cluster = base.cluster();
+  std::string block;
   for (const Row& row : rows) {
+    const std::string title = row.model + ", " + row.distribution + " documents, " +
+                              std::to_string(row.context / 1024) + "K tokens per GPU";
+    if (title != block) {
+      block = title;
+      std::printf("%s%s (TP %d, PP %d, recompute %s)\n", &row == &rows.front() ? "" : "\n",
+                  title.c_str(), cluster.tensor_parallel(), cluster.pipeline_parallel(),
+                  base.training().recompute().c_str());
+      std::printf("%5s %-5s %8s %9s %6s %5s %7s %8s %7s %7s %7s %4s %7s\n", "gpus", "strat",
+                  "step_ms", "tok/s/GPU", "cad_x", "imbal", "bubble", "strag_ms", "comm_ms",
+                  "MB/rank", "mem_GiB", "fits", "plan_ms");
+    }
     for (const auto& c : row.result.costs) {
-      std::printf("%-10s %-8s %4lldK %5d %-6s %9.1f %11.0f %7.2fx %6.2f %9.1f %9.1f %9.1f %8.0f "
-                  "%8.1f %8.1f %4s %7.1f\n",
-                  row.model.c_str(), row.distribution.c_str(),
-                  static_cast<long long>(row.context / 1024), row.result.gpus,
-                  c.strategy.c_str(), c.step_us / 1e3, c.tokens_per_s / row.result.gpus,
+      std::printf("%5d %-5s %8.1f %9.0f %5.2fx %5.2f %7.1f %8.1f %7.1f %7.0f %7.1f %4s %7.1f\n",
+                  row.result.gpus, c.strategy.c_str(), c.step_us / 1e3,
+                  c.tokens_per_s / row.result.gpus,
                   c.step_us / std::max(1e-9, step_of(row, "cad")), c.attention_imbalance,
                   c.pp_bubble_us / 1e3, c.dp_straggler_us / 1e3, c.exposed_comm_us / 1e3,
-                  c.bytes_per_rank / 1e6, c.peak_activation_gib, c.peak_memory_gib,
-                  c.fits_memory ? "yes" : "NO", c.planning_ms);
+                  c.bytes_per_rank / 1e6, c.peak_memory_gib, c.fits_memory ? "yes" : "NO",
+                  c.planning_ms);
     }
   }
-  std::printf("\ncad_x: this strategy's step time over CAD's (CAD's speedup over it). "
-              "%zu cells in %.1f s.\n", cells, elapsed);
-  std::printf("act_GiB: peak saved activations per GPU with training.recompute=%s (1F1B micro-"
-              "batches in flight, loss chunk); mem_GiB: plus weights and optimizer state "
-              "(16 B/param / TP); fits: mem_GiB <= cluster.gpu_memory_gib = %.0f "
-              "(docs/simulation.md).\n",
-              base.training().recompute().c_str(), base.cluster().gpu_memory_gib());
+  std::printf("\ncad_x: this strategy's step time over CAD's (CAD's speedup over it); imbal: "
+              "max/mean attention\ntime of the data-parallel ranks; bubble, strag_ms, comm_ms: "
+              "pipeline bubble, straggler wait and\nexposed communication (ms). %zu cells in "
+              "%.1f s.\n",
+              cells, elapsed);
+  std::printf("mem_GiB: peak activations (recompute=%s; act_GiB in the JSON/CSV) plus weights "
+              "and optimizer\nstate (16 B/param / TP); fits: mem_GiB <= cluster.gpu_memory_gib "
+              "= %.0f (docs/simulation.md).\n",
+              base.training().recompute().c_str(), cluster.gpu_memory_gib());
   std::string mkdir = "mkdir -p '" + out_dir + "'";
   CADRE_CHECK(std::system(mkdir.c_str()) == 0, "cannot create output directory '", out_dir, "'");
   write_file_atomically(out_dir + "/simulate.json", to_json(rows));
   write_file_atomically(out_dir + "/simulate.csv", to_csv(rows));
   write_file_atomically(out_dir + "/simulate.svg", to_svg(rows, strategies));
-  std::printf("wrote %s/simulate.json, simulate.csv, simulate.svg\n", out_dir.c_str());
+  std::printf("wrote %s/simulate.json and %s/simulate.csv\nplot: %s/simulate.svg\n",
+              out_dir.c_str(), out_dir.c_str(), out_dir.c_str());
   return 0;
 }
 

@@ -82,26 +82,34 @@ DataLoader::DataLoader(const config::DataConfig& data, int64_t vocab_size, int r
               data.context_length());
   CADRE_CHECK(data.packing() == "whole" || data.packing() == "fill" || data.packing() == "span",
               "data.packing is '", data.packing(), "'; accepted: whole, fill, span");
-  if (data.token_file().empty()) {
+  corpus_ = open_corpus(data);
+  if (!corpus_) {
     successor_ = successor_table(vocab_size, data.seed());
     // Fail at construction (every rank alike) rather than in the first step.
     scheduler::DocLengthSource probe(data, data.seed());
     probe.next();
-  } else {
-    documents_ = load_token_file(data.token_file(), data.token_dtype(), data.eod_token());
-    for (const auto& doc : documents_) {
-      for (uint32_t t : doc) {
-        CADRE_CHECK(static_cast<int64_t>(t) < vocab_size, "data.token_file '", data.token_file(),
-                    "' holds token ", t, " but model.vocab_size is ", vocab_size,
-                    "; accepted: tokens < vocab_size");
-      }
+  } else if (data.format() == "tokens") {
+    // A token file is in memory anyway: check it whole now (a dataset is checked as it is read).
+    std::vector<int64_t> tokens;
+    for (int64_t d = 0; d < corpus_->size(); ++d) {
+      tokens.resize(corpus_->length(d));
+      read_tokens(d, 0, corpus_->length(d), tokens.data());
     }
+  }
+}
+
+void DataLoader::read_tokens(int64_t d, int64_t offset, int64_t count, int64_t* out) const {
+  corpus_->read(d, offset, count, out);
+  for (int64_t i = 0; i < count; ++i) {
+    CADRE_CHECK(out[i] >= 0 && out[i] < vocab_size_, corpus_->describe(d), " holds token ",
+                out[i], " but model.vocab_size is ", vocab_size_,
+                "; accepted: tokens in [0, vocab_size)");
   }
 }
 
 RankBatch DataLoader::next() {
   const bool whole = data_.packing() == "whole", span = data_.packing() == "span";
-  RankBatch batch = data_.token_file().empty()
+  RankBatch batch = !corpus_
                         ? (whole ? next_synthetic() : next_synthetic_filled(span))
                         : (whole ? next_from_file() : next_from_file_filled(span));
   ++position_.batches;
@@ -137,14 +145,14 @@ RankBatch DataLoader::next_synthetic() {
 
 RankBatch DataLoader::next_from_file() {
   const int64_t budget = data_.context_length();
-  const int64_t count = static_cast<int64_t>(documents_.size());
+  const int64_t count = corpus_->size();
   int64_t cursor = position_.file_document;
   RankBatch batch;
   std::vector<int64_t> mine;  // document indices of this rank
   for (int r = 0; r < world_size_; ++r) {
     int64_t used = 0;
     for (;;) {
-      int64_t n = std::min<int64_t>(budget, documents_[cursor % count].size());
+      int64_t n = std::min<int64_t>(budget, corpus_->length(cursor % count));
       if (used > 0 && used + n > budget) break;
       if (r == rank_) {
         batch.doc_lengths.push_back(n);
@@ -160,8 +168,8 @@ RankBatch DataLoader::next_from_file() {
   batch.tokens = torch::empty({batch.token_count()}, torch::kLong);
   int64_t* out = batch.tokens.data_ptr<int64_t>();
   for (size_t i = 0; i < mine.size(); ++i) {
-    const auto& doc = documents_[mine[i]];
-    for (int64_t j = 0; j < batch.doc_lengths[i]; ++j) *out++ = doc[j];
+    read_tokens(mine[i], 0, batch.doc_lengths[i], out);
+    out += batch.doc_lengths[i];
   }
   return batch;
 }
@@ -261,14 +269,14 @@ RankBatch DataLoader::next_synthetic_filled(bool span) {
 
 RankBatch DataLoader::next_from_file_filled(bool span) {
   const int64_t budget = data_.context_length();
-  const int64_t count = static_cast<int64_t>(documents_.size());
-  auto length = [&](int64_t d) { return static_cast<int64_t>(documents_[d % count].size()); };
+  const int64_t count = corpus_->size();
+  auto length = [&](int64_t d) { return corpus_->length(d % count); };
   int64_t document = position_.file_document;
   int64_t offset = position_.file_token_offset;
   CADRE_CHECK(document >= 0 && document < count && offset >= 0 && offset < length(document),
               "data position (document ", document, ", token ", offset,
-              ") is outside data.token_file '", data_.token_file(), "' (", count,
-              " documents); was the checkpoint written with another file?");
+              ") is outside the training corpus (", count,
+              " documents); was the checkpoint written with other data?");
   const int64_t first_document = document, step_offset = offset;
   std::vector<Piece> pieces = deal_filled(length, document, offset, budget, rank_, world_size_);
   position_.file_document = document % count;
@@ -278,12 +286,16 @@ RankBatch DataLoader::next_from_file_filled(bool span) {
   int64_t* out = batch.tokens.data_ptr<int64_t>();
   for (const Piece& p : pieces) {
     batch.doc_lengths.push_back(p.length);
-    const auto& doc = documents_[p.document % count];
-    for (int64_t i = 0; i < p.length; ++i) *out++ = doc[p.offset + i];
+    read_tokens(p.document % count, p.offset, p.length, out);
+    out += p.length;
   }
   if (span) {
     mark_spans(batch, pieces, first_document, step_offset, rank_, world_size_, length,
-               [&](int64_t d, int64_t at) { return static_cast<int64_t>(documents_[d % count][at]); });
+               [&](int64_t d, int64_t at) {
+                 int64_t token = 0;
+                 read_tokens(d % count, at, 1, &token);
+                 return token;
+               });
   }
   return batch;
 }

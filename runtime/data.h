@@ -1,14 +1,17 @@
 // Training data: per rank per step, documents packed into the rank's context budget, from
-// synthetic tokens with a learnable task or a user's token file. Deterministic given the seed;
+// synthetic tokens with a learnable task, a user's token file, or Megatron indexed datasets
+// (one, or several blended by weight: runtime/corpus.h). Deterministic given the seed;
 // the position is a pair of counters that checkpoints save and restore.
 #pragma once
 
 #include <torch/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "runtime/corpus.h"
 #include "scheduler/config.pb.h"
 
 namespace cadre::runtime {
@@ -26,8 +29,9 @@ struct RankBatch {
   int64_t token_count() const;
 };
 
-// Where the loader stands: batches handed out so far, and (token file) the next document and,
-// with packing "fill", the first of its tokens not yet handed out.
+// Where the loader stands: batches handed out so far, and (token file or Megatron datasets) the
+// next document of the corpus and, with packing "fill", the first of its tokens not yet handed
+// out.
 struct DataPosition {
   int64_t batches = 0;
   int64_t file_document = 0;
@@ -47,7 +51,8 @@ std::vector<int64_t> successor_table(int64_t vocab_size, uint64_t seed);
 class DataLoader {
  public:
   // Every rank constructs the same loader (same config, same seed) and asks for its own rank.
-  // Throws cadre::Error for bad settings, unreadable token files, or tokens >= vocab_size.
+  // Throws cadre::Error for bad settings, unreadable token files or datasets, or tokens >=
+  // vocab_size (a token file is checked whole here; a Megatron dataset as it is read).
   DataLoader(const config::DataConfig& data, int64_t vocab_size, int rank, int world_size);
 
   // This rank's documents for the next step.
@@ -85,7 +90,10 @@ class DataLoader {
   int rank_ = 0;
   int world_size_ = 1;
   std::vector<int64_t> successor_;
-  std::vector<std::vector<uint32_t>> documents_;  // token file only
+  // Tokens [offset, offset + count) of corpus document d, each checked against the vocabulary.
+  void read_tokens(int64_t d, int64_t offset, int64_t count, int64_t* out) const;
+
+  std::unique_ptr<Corpus> corpus_;  // token file or Megatron datasets; null for synthetic data
   DataPosition position_;
 };
 

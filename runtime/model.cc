@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "runtime/rope_scaling.h"
 
 namespace cadre::runtime {
 
@@ -154,6 +155,9 @@ torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) const {
 }
 
 RopeTables LlamaModel::rope(const torch::Tensor& positions) const {
+  if (config_.rope_scaling() != "none") {  // runtime/rope_scaling.h
+    return rope_tables(positions, rope_inverse_frequencies(config_));
+  }
   return rope_tables(positions, config_.head_dim(), config_.rope_theta());
 }
 

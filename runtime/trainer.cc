@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "runtime/attention_op.h"
 #include "runtime/checkpoint.h"
+#include "runtime/hf_weights.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
@@ -195,6 +196,7 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   if (worker) {
     model_ = std::make_unique<LlamaModel>(config.model(), training.seed(), device_);
     model_->set_compute_dtype(dtype_);
+    if (!training.init_from().empty()) load_hf_weights(*model_, training.init_from());
     optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
     data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(), rank,
                                          num_workers_);

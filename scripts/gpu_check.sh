@@ -2,7 +2,8 @@
 # The GPU check in one call (about 2.5 minutes on 2x H200 with 32 cores; each stage has its own
 # time limit so a hang cannot eat the device call): configures and builds the GPU
 # configuration, runs the whole test suite (GPU and 2-rank NCCL tests included), runs
-# `cadre bench kernel` and `cadre bench comm`, and writes a summary, the logs and the JSON results
+# `cadre bench kernel` and `cadre bench comm`, checks Cadre's exported weights against Hugging Face
+# transformers (scripts/hf_parity_check.sh), and writes a summary, the logs and the JSON results
 # under benchmarks/results/ (copied to $OUT too when it is set, for the device tool).
 #
 #   scripts/gpu_check.sh                 full run
@@ -119,6 +120,15 @@ if [ -x "$cadre" ]; then
   fi
 fi
 
+# --- Hugging Face parity (transformers is installed on the GPU machines) ----------------------
+status_hf=skipped
+if [ -x "$cadre" ]; then
+  say "== hf parity (scripts/hf_parity_check.sh) at $(elapsed) s"
+  CADRE_BUILD_DIR="$build_dir" timeout 240 scripts/hf_parity_check.sh 2>&1 |
+    tee "${prefix}_hf_parity.txt" | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] && status_hf=ok || status_hf=FAILED
+fi
+
 # --- summary ----------------------------------------------------------------------------------
 {
   echo "# cadre gpu_check: ${gpu_count}x ${gpu_name:-no GPU}, $(date -u +%FT%TZ)"
@@ -129,6 +139,7 @@ fi
   echo "| tests | $status_tests |"
   echo "| bench kernel | $status_kernel |"
   echo "| bench comm | $status_comm |"
+  echo "| hf parity | $status_hf |"
   echo
   echo "total $(elapsed) s. Versions and the operator schemas are at the top of $(basename "$log")."
   echo
@@ -151,8 +162,14 @@ fi
   echo '```'
   cat "${prefix}_bench_comm.txt" 2>/dev/null
   echo '```'
+  echo
+  echo '## hf parity'
+  echo '```'
+  cat "${prefix}_hf_parity.txt" 2>/dev/null
+  echo '```'
 } >"$summary"
-rm -f "$summary.tmp" "${prefix}_bench_kernel.txt" "${prefix}_bench_kernel_mha.txt" "${prefix}_bench_comm.txt"
+rm -f "$summary.tmp" "${prefix}_bench_kernel.txt" "${prefix}_bench_kernel_mha.txt" "${prefix}_bench_comm.txt" \
+  "${prefix}_hf_parity.txt"
 cat "$summary"
 
 if [ -n "${OUT:-}" ]; then
@@ -162,4 +179,5 @@ if [ -n "${OUT:-}" ]; then
 fi
 # bench comm skipped for want of a second GPU is not a failure of this machine's check.
 [ "$status_build" = ok ] && [ "$status_tests" = ok ] && [ "$status_kernel" = ok ] &&
+  [ "$status_hf" = ok ] &&
   { [ "$status_comm" = ok ] || [ "$status_comm" = "skipped (needs 2 GPUs)" ]; }

@@ -3,7 +3,7 @@
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 packages=(cmake g++ make libtorch-dev libopenmpi-dev openmpi-bin libprotobuf-dev protobuf-compiler
-          libgtest-dev libbenchmark-dev)
+          libgtest-dev libbenchmark-dev nlohmann-json3-dev librsvg2-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,109 @@
+// Config fields of the weights and data tools: model.preset from_init fills the sizes from
+// training.init_from's config.json (explicit fields are compared, not overwritten), and
+// data.format / data.path / data.blend are validated with messages naming the field.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "common/error.h"
+#include "common/posix_fs.h"
+#include "launch/config.h"
+
+namespace cadre::launch {
+namespace {
+
+template <typename F>
+void expect_error(F&& f, const std::vector<std::string>& pieces) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning " << pieces.front();
+  } catch (const Error& e) {
+    for (const auto& p : pieces) {
+      EXPECT_NE(e.message().find(p), std::string::npos) << "message lacks '" << p << "':\n"
+                                                        << e.message();
+    }
+  }
+}
+
+class TempDir {
+ public:
+  TempDir() : path_(::testing::TempDir() + "cadre_cfg_wd_" + std::to_string(::getpid())) {
+    posix_fs::remove_tree(path_);
+    posix_fs::make_directories(path_);
+  }
+  ~TempDir() { posix_fs::remove_tree(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+config::RunConfig with(const std::vector<std::string>& overrides) {
+  config::RunConfig c;
+  for (const auto& o : overrides) apply_override(c, o);
+  return c;
+}
+
+TEST(ConfigWeights, FromInitTakesSizesFromConfigJson) {
+  TempDir dir;
+  // A Llama-3.2-1B-like config.json (as transformers writes it; only the keys Cadre reads).
+  std::ofstream(dir.path() + "/config.json")
+      << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+             "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+             "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": true,
+             "rope_scaling": null, "hidden_act": "silu"})";
+  config::RunConfig c = with({"model.preset=from_init", "training.init_from=" + dir.path()});
+  finalize_config(c);
+  EXPECT_EQ(c.model().num_layers(), 16);
+  EXPECT_EQ(c.model().hidden_size(), 2048);
+  EXPECT_EQ(c.model().num_kv_heads(), 8);
+  EXPECT_EQ(c.model().head_dim(), 64);
+  EXPECT_EQ(c.model().vocab_size(), 128256);
+  EXPECT_TRUE(c.model().tie_embeddings());
+  EXPECT_EQ(c.model().rope_theta(), 500000);
+  // The llama-1b preset matches this file, so it may be given instead of from_init.
+  config::RunConfig preset = with({"model.preset=llama-1b", "training.init_from=" + dir.path()});
+  finalize_config(preset);
+  // An explicit field that differs is named.
+  config::RunConfig wrong =
+      with({"model.preset=from_init", "model.num_kv_heads=4", "training.init_from=" + dir.path()});
+  expect_error([&] { finalize_config(wrong); }, {"num_key_value_heads=8", "model.num_kv_heads=4"});
+  // The llama-8b default differs from this file: its first mismatch is named.
+  config::RunConfig eight = with({"training.init_from=" + dir.path()});
+  expect_error([&] { finalize_config(eight); }, {"hidden_size=2048", "model.hidden_size=4096"});
+  config::RunConfig missing =
+      with({"model.preset=from_init", "training.init_from=" + dir.path() + "/no"});
+  expect_error([&] { finalize_config(missing); },
+               {"cannot open Hugging Face config", "/no/config.json"});
+  config::RunConfig unknown = with({"model.preset=llama-9b"});
+  expect_error([&] { finalize_config(unknown); }, {"llama-9b", "from_init"});
+}
+
+TEST(ConfigWeights, RopeScalingIsValidated) {
+  config::RunConfig c = with({"model.rope_scaling=yarn"});
+  expect_error([&] { finalize_config(c); }, {"model.rope_scaling=\"yarn\"", "none, llama3"});
+  c = with({"model.rope_scaling=llama3", "model.rope_high_freq_factor=0.5"});
+  expect_error([&] { finalize_config(c); },
+               {"model.rope_high_freq_factor=0.5", "rope_low_freq_factor=1"});
+  c = with({"model.rope_scaling=llama3", "model.rope_scaling_factor=32"});
+  finalize_config(c);
+  EXPECT_EQ(c.model().rope_original_max_positions(), 8192);
+}
+
+TEST(ConfigData, FormatPathAndBlendAreValidated) {
+  config::RunConfig c = with({"data.format=parquet"});
+  expect_error([&] { finalize_config(c); }, {"data.format=\"parquet\"", "tokens, megatron"});
+  c = with({"data.format=megatron"});
+  expect_error([&] { finalize_config(c); }, {"needs data.path or data.blend"});
+  c = with({"data.format=megatron", "data.path=/nonexistent/web"});
+  expect_error([&] { finalize_config(c); }, {"data.path", "/nonexistent/web.idx' does not exist"});
+  c = with({"data.path=/data/web"});
+  expect_error([&] { finalize_config(c); }, {"data.format=\"tokens\"", "data.format=megatron"});
+  c = with({"data.format=megatron", "data.blend=0.5:/nonexistent/a,x:/b"});
+  expect_error([&] { finalize_config(c); }, {"data.blend[0]", "a.idx' does not exist"});
+}
+
+}  // namespace
+}  // namespace cadre::launch
