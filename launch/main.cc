@@ -83,9 +83,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::cerr << "cadre: unknown command '" << command
-              << "'; accepted: simulate, plan, calibrate, train, export, data, bench
-
-";
+              << "'; accepted: simulate, plan, calibrate, train, export, data, bench\n\n";
     print_usage(std::cerr);
     return 2;
   } catch (const cadre::Error& e) {
