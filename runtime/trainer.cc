@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "runtime/attention_op.h"
 #include "runtime/checkpoint.h"
+#include "runtime/parameter_shards.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
@@ -213,19 +214,30 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
               " (at least one worker)");
   num_workers_ = world - servers;
   const bool worker = rank < num_workers_;
-  if (dedicated) {
-    workers_ = data.split(worker ? 0 : 1, rank);
-    dp_ = workers_.get();
-  } else {
-    dp_ = &data;
-  }
+  // The process grid: T consecutive ranks per tensor-parallel group, inside one node.
+  const int tp = config.cluster().tensor_parallel();
+  CADRE_CHECK(tp >= 1 && config.cluster().gpus_per_node() % tp == 0, "cluster.tensor_parallel=",
+              tp, " does not divide cluster.gpus_per_node=", config.cluster().gpus_per_node(),
+              " (a tensor-parallel group stays inside one node); accepted: a divisor of ",
+              config.cluster().gpus_per_node());
+  GridOptions grid_options;
+  grid_options.tensor_parallel = tp;
+  grid_options.pipeline_parallel = config.cluster().pipeline_parallel();
+  grid_options.workers = num_workers_;
+  grid_options.kv_heads = config.model().num_kv_heads();
+  grid_ = std::make_unique<ProcessGrid>(data, grid_options);
+  dp_ = &grid_->data_parallel();
+  tp_group_ = std::make_unique<TensorParallelGroup>(grid_->tensor(), grid_->kv_replicas(),
+                                                    training.sequence_parallel());
 
   if (worker) {
-    model_ = std::make_unique<LlamaModel>(config.model(), training.seed(), device_);
+    model_ = std::make_unique<LlamaModel>(config.model(), training.seed(), device_,
+                                          tp_group_.get());
     model_->set_compute_dtype(dtype_);
     optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
-    data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(), rank,
-                                         num_workers_);
+    // Every rank of a tensor-parallel group trains the same documents: its data-parallel index's.
+    data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(),
+                                         grid_->data_rank(), grid_->data_size());
   }
   const bool flash = device_.is_cuda() && dtype_ != torch::kFloat;
   kernel_ = attention_server::make_kernel(flash ? "flash" : "cpu");
@@ -234,9 +246,13 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
 #ifdef CADRE_WITH_CUDA
   if (device_.is_cuda()) {
     const auto& nccl = static_cast<const comm::NcclTransport&>(data);
-    timeline_ = comm::make_cuda_timeline(nccl.compute_stream(), nccl.communication_stream());
-    // The workers' sub-group (dedicated mode) has a communication stream of its own.
-    if (workers_) dp_stream_ = static_cast<comm::NcclTransport&>(*workers_).communication_stream();
+    // Under tensor parallelism the exchange runs on its TP index's communicator (its own
+    // stream); the workers' sub-group (dedicated mode) has a communication stream of its own.
+    const auto& exchange = static_cast<const comm::NcclTransport&>(grid_->attention());
+    timeline_ = comm::make_cuda_timeline(nccl.compute_stream(), exchange.communication_stream());
+    if (dp_ != &grid_->attention()) {
+      dp_stream_ = static_cast<comm::NcclTransport&>(*dp_).communication_stream();
+    }
   }
 #endif
   if (!timeline_) timeline_ = comm::make_host_timeline();
@@ -263,7 +279,6 @@ std::string Trainer::describe() const {
 }
 
 StepMetrics Trainer::forward_backward() {
-  const int world = control_.size();
   const auto& training = config_.training();
   const bool cad = training.attention() == "cad";
   const bool dedicated = config_.scheduler().server_mode() == "dedicated";
@@ -281,7 +296,10 @@ StepMetrics Trainer::forward_backward() {
     std::vector<scheduler::Layout> nano_layouts;  // every worker's pieces per nano-batch
   };
   std::vector<Micro> micros(micro_batches);
-  std::vector<double> owner_us(num_workers_, 0.0);
+  // Layouts and plans are over the data-parallel groups: the ranks of a tensor-parallel group
+  // hold the same documents (their first rank's lengths stand for the group's).
+  const int tp = grid_->tensor_size(), dp = grid_->data_size();
+  std::vector<double> owner_us(dp, 0.0);
   std::vector<int64_t> all_docs;
   for (Micro& mb : micros) {
     if (is_worker()) mb.batch = data_->next();
@@ -296,12 +314,12 @@ StepMetrics Trainer::forward_backward() {
       std::vector<int64_t> mine{mb.batch.first_continues && j == 0 ? 1 : 0};
       for (int64_t n : document_lengths(mb.batch, mb.nano_docs[j])) mine.push_back(n);
       auto gathered = gather_lengths(control_, mine);
-      gathered.resize(num_workers_);
-      std::vector<std::vector<int64_t>> lengths(num_workers_);
-      std::vector<bool> continues(num_workers_, false);
-      for (int r = 0; r < num_workers_; ++r) {
-        continues[r] = gathered[r].at(0) != 0;
-        lengths[r].assign(gathered[r].begin() + 1, gathered[r].end());
+      std::vector<std::vector<int64_t>> lengths(dp);
+      std::vector<bool> continues(dp, false);
+      for (int r = 0; r < dp; ++r) {
+        const auto& group = gathered[r * tp];
+        continues[r] = group.at(0) != 0;
+        lengths[r].assign(group.begin() + 1, group.end());
       }
       scheduler::Layout layout = scheduler::layout_from_rank_pieces(lengths, continues);
       for (const auto& doc : layout.documents) {
@@ -326,12 +344,25 @@ StepMetrics Trainer::forward_backward() {
   ExecutorOptions options;
   options.recompute = training.recompute() == "linear";
   options.loss_chunk_tokens = training.loss_chunk_tokens();
-  options.loss_scale = metrics.targets > 0 ? static_cast<double>(num_workers_) / metrics.targets : 0.0;
+  options.loss_scale = metrics.targets > 0 ? static_cast<double>(dp) / metrics.targets : 0.0;
+  if (model_) {
+    options.server_heads = model_->local_heads();
+    options.server_kv_heads = model_->local_kv_heads();
+  } else {
+    // A dedicated server serves one head group: its TP index's heads.
+    const auto& m = config_.model();
+    options.server_heads = m.num_heads() / tp;
+    options.server_kv_heads = m.num_kv_heads() % tp == 0 ? m.num_kv_heads() / tp : 1;
+  }
   options.timeline = timeline_.get();
   timeline_->begin_step();
 
+  // Servers and the plan's ranks are those of this TP index's exchange: the DP groups, then the
+  // dedicated servers of this head group.
+  comm::Transport& exchange = grid_->attention();
+  const int exchange_ranks = exchange.size();
   std::vector<int32_t> servers;
-  for (int r = dedicated ? num_workers_ : 0; r < world; ++r) servers.push_back(r);
+  for (int r = dedicated ? dp : 0; r < exchange_ranks; ++r) servers.push_back(r);
   const scheduler::PlannerOptions planner_options = scheduler::planner_options(config_);
   std::vector<double> server_us(servers.size(), 0.0);
   double local_loss = 0;
@@ -374,11 +405,12 @@ StepMetrics Trainer::forward_backward() {
       if (cad || has_spanning_document(layout)) {
         // colocated with documents cut at rank boundaries: each rank serves its own queries and
         // fetches the K/V of the part of its document held by the rank before.
-        plans[j] = cad ? scheduler::plan_cad(layout, servers, world, *cost_, planner_options)
+        plans[j] = cad ? scheduler::plan_cad(layout, servers, exchange_ranks, *cost_,
+                                             planner_options)
                        : scheduler::plan_colocated(layout);
         if (cad) add_server_times(plans[j], *cost_, &server_us);
-        dispatches[j] = std::make_unique<attention_server::CadDispatch>(
-            plans[j], data_transport_, *kernel_);
+        dispatches[j] = std::make_unique<attention_server::CadDispatch>(plans[j], exchange,
+                                                                        *kernel_);
         dispatches[j]->set_timeline(timeline_.get());
         dispatches[j]->mark_inputs_checked();  // the model builds q, k, v to the plan's shapes
         auto* dispatch = dispatches[j].get();
@@ -405,14 +437,52 @@ StepMetrics Trainer::forward_backward() {
   }
   if (cad) metrics.imbalance_after = max_over_mean(server_us);
   if (reducer_) reducer_->finish();
-  const double total = sum_over_ranks(control_, local_loss);
+  // Every rank of a tensor-parallel group computed its group's loss: count its first rank's.
+  const double total =
+      sum_over_ranks(control_, grid_->worker() && grid_->tensor_rank() == 0 ? local_loss : 0.0);
   metrics.loss = metrics.targets > 0 ? total / metrics.targets : 0.0;
   return metrics;
 }
 
+torch::Tensor Trainer::whole_gradient(size_t i) const {
+  const NamedParameter& p = model_->parameters().at(i);
+  torch::Tensor grad = p.value.grad().defined() ? p.value.grad() : torch::zeros_like(p.value);
+  return gather_whole(p, grad.detach(), grid_->tensor());
+}
+
+torch::Tensor Trainer::whole_parameter(size_t i) const {
+  const NamedParameter& p = model_->parameters().at(i);
+  return gather_whole(p, p.value.detach(), grid_->tensor());
+}
+
 void Trainer::optimizer_step(StepMetrics* metrics) {
   const double lr = learning_rate_at(step_, config_.training());
-  if (is_worker()) {
+  if (grid_->tensor_size() > 1) {
+    // The norm of the whole model's gradient: each shard once (replicated copies count on the
+    // first rank holding them), summed over the tensor-parallel group in rank order.
+    double mine = 0;
+    if (is_worker()) {
+      std::vector<bool> counted;
+      for (const auto& p : model_->parameters()) counted.push_back(p.counted);
+      mine = grad_sum_squares(model_->parameter_tensors(), counted);
+    }
+    std::vector<double> all(control_.size());
+    control_.all_gather(&mine, all.data(), sizeof(double));
+    if (is_worker()) {
+      const int first = control_.rank() - grid_->tensor_rank();
+      double sum = 0;
+      for (int r = first; r < first + grid_->tensor_size(); ++r) sum += all[r];
+      const auto params = model_->parameter_tensors();
+      const double norm = std::sqrt(sum);
+      clip_gradients(params, norm, config_.training().grad_clip());
+      optimizer_->step(lr);
+      torch::NoGradGuard no_grad;
+      for (const auto& p : params) {
+        if (p.grad().defined()) p.grad().zero_();
+      }
+      if (metrics != nullptr) metrics->grad_norm = norm;
+    }
+  } else if (is_worker()) {
     const auto params = model_->parameter_tensors();
     const double norm = clip_grad_norm(params, config_.training().grad_clip());
     optimizer_->step(lr);
@@ -497,6 +567,21 @@ std::string Trainer::save_checkpoint() {
   // others whether it succeeded, so that every rank fails together.
   uint8_t ok = 1;
   std::string error;
+  // Whole tensors: every tensor-parallel group gathers its shards (collective over the group).
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  if (is_worker()) {
+    const auto& params = model_->parameters();
+    comm::Transport* tp = grid_->tensor();
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto value = gather_whole(params[i], params[i].value.detach(), tp);
+      auto m = gather_whole(params[i], optimizer_->exp_avg()[i], tp);
+      auto v = gather_whole(params[i], optimizer_->exp_avg_sq()[i], tp);
+      if (control_.rank() != 0) continue;
+      tensors.emplace_back("model/" + params[i].name, value);
+      tensors.emplace_back("adam.exp_avg/" + params[i].name, m);
+      tensors.emplace_back("adam.exp_avg_sq/" + params[i].name, v);
+    }
+  }
   if (control_.rank() == 0) {
     try {
       CheckpointState state;
@@ -505,13 +590,7 @@ std::string Trainer::save_checkpoint() {
       state.counters["data.file_document"] = data_->position().file_document;
       state.counters["data.file_token_offset"] = data_->position().file_token_offset;
       state.counters["adam.steps"] = optimizer_->steps();
-      const auto& params = model_->parameters();
-      for (size_t i = 0; i < params.size(); ++i) {
-        state.tensors.emplace_back("model/" + params[i].name, params[i].value);
-        state.tensors.emplace_back("adam.exp_avg/" + params[i].name, optimizer_->exp_avg()[i]);
-        state.tensors.emplace_back("adam.exp_avg_sq/" + params[i].name,
-                                   optimizer_->exp_avg_sq()[i]);
-      }
+      state.tensors = std::move(tensors);
       path = runtime::save_checkpoint(dir, step_, state, config_.training().keep_checkpoints());
     } catch (const Error& e) {
       ok = 0;
@@ -532,23 +611,27 @@ void Trainer::load_checkpoint(const std::string& path) {
     CADRE_CHECK(it != state.counters.end(), "checkpoint '", path, "' lacks counter '", name, "'");
     return it->second;
   };
-  auto restore = [&](const std::string& name, const torch::Tensor& into) {
+  // The file holds whole tensors; each rank keeps its tensor-parallel slice.
+  auto restore = [&](const std::string& name, const NamedParameter& p, const torch::Tensor& into) {
     auto it = by_name.find(name);
     CADRE_CHECK(it != by_name.end(), "checkpoint '", path, "' lacks tensor '", name,
                 "' (was it written with another model config?)");
-    CADRE_CHECK(it->second.sizes() == into.sizes() && it->second.scalar_type() == into.scalar_type(),
-                "checkpoint '", path, "' tensor '", name, "' is ", it->second.sizes(),
-                " but the model expects ", into.sizes());
+    CADRE_CHECK(it->second.sizes().vec() == p.full_shape &&
+                    it->second.scalar_type() == into.scalar_type(),
+                "checkpoint '", path, "' tensor '", name, "' is ", it->second.sizes(), " of ",
+                it->second.scalar_type(), " but the model expects ",
+                c10::IntArrayRef(p.full_shape), " of ", into.scalar_type(),
+                " (was it written with another model config?)");
     torch::NoGradGuard no_grad;
-    into.copy_(it->second);
+    into.copy_(slice_shard(p, it->second));
   };
   step_ = counter("step");
   if (!is_worker()) return;  // a dedicated server holds no model, optimizer or data
   const auto& params = model_->parameters();
   for (size_t i = 0; i < params.size(); ++i) {
-    restore("model/" + params[i].name, params[i].value);
-    restore("adam.exp_avg/" + params[i].name, optimizer_->exp_avg()[i]);
-    restore("adam.exp_avg_sq/" + params[i].name, optimizer_->exp_avg_sq()[i]);
+    restore("model/" + params[i].name, params[i], params[i].value);
+    restore("adam.exp_avg/" + params[i].name, params[i], optimizer_->exp_avg()[i]);
+    restore("adam.exp_avg_sq/" + params[i].name, params[i], optimizer_->exp_avg_sq()[i]);
   }
   CADRE_CHECK(by_name.size() == 3 * params.size(), "checkpoint '", path, "' holds ",
               by_name.size(), " tensors but this model has ", 3 * params.size(),

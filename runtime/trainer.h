@@ -16,6 +16,8 @@
 #include "runtime/gradient_reducer.h"
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
+#include "runtime/process_grid.h"
+#include "runtime/tensor_parallel.h"
 #include "scheduler/config.pb.h"
 #include "scheduler/cost_model.h"
 
@@ -84,6 +86,12 @@ class Trainer {
   bool is_worker() const { return model_ != nullptr; }
   // Only on workers.
   const LlamaModel& model() const { return *model_; }
+  const ProcessGrid& grid() const { return *grid_; }
+  // The whole tensor of parameter i's gradient (gathered over the tensor-parallel group:
+  // collective over it; the local gradient when T = 1). For tests.
+  torch::Tensor whole_gradient(size_t i) const;
+  // The whole tensor of parameter i (collective over the tensor-parallel group).
+  torch::Tensor whole_parameter(size_t i) const;
   const config::RunConfig& config() const { return config_; }
   const torch::Device& device() const { return device_; }
   // A one-line description: device, dtype, kernel, transport, ranks, server mode, ping-pong.
@@ -93,8 +101,9 @@ class Trainer {
   config::RunConfig config_;
   comm::Transport& control_;
   comm::Transport& data_transport_;
-  std::unique_ptr<comm::Transport> workers_;  // the data-parallel group (dedicated mode)
-  comm::Transport* dp_ = nullptr;             // workers_ or data_transport_
+  std::unique_ptr<ProcessGrid> grid_;         // T x D workers (+ dedicated servers)
+  std::unique_ptr<TensorParallelGroup> tp_group_;
+  comm::Transport* dp_ = nullptr;             // the data-parallel group (grid_)
   int num_workers_ = 0;
   torch::Device device_ = torch::kCPU;
   torch::ScalarType dtype_ = torch::kFloat;

@@ -1,0 +1,316 @@
+// cadre-mpi-ranks: 2 4
+// Tensor and sequence parallelism in the training loop: on T x D grids (T = 2 and 4 on 4 ranks,
+// T = 2 on 2 ranks) the loss, every parameter's whole gradient and the weights after each
+// optimizer step equal one process training every data-parallel group's documents with the
+// unsplit model (fp32, relative 1e-5), for cad and colocated, ping-pong on and off, recomputation,
+// sequence parallelism on and off, span packing and the sharded optimizer; checkpoints resume
+// under another grid; bad grids and models are refused with messages naming the field.
+#include <gtest/gtest.h>
+#include <torch/types.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+
+#include "comm/mpi_transport.h"
+#include "common/error.h"
+#include "runtime/attention_op.h"
+#include "runtime/optimizer.h"
+#include "runtime/trainer.h"
+#include "scheduler/plan.h"
+
+namespace cadre::runtime {
+namespace {
+
+comm::Transport& world() {
+  static std::unique_ptr<comm::Transport> transport = comm::make_mpi_transport(120);
+  return *transport;
+}
+
+config::RunConfig tp_run(const std::string& attention, int tensor_parallel) {
+  config::RunConfig c;
+  auto* m = c.mutable_model();
+  m->set_preset("custom");
+  m->set_num_layers(2);
+  m->set_hidden_size(32);
+  m->set_num_heads(4);
+  m->set_num_kv_heads(2);  // T = 4 replicates each K/V head on two ranks
+  m->set_head_dim(8);
+  m->set_ffn_hidden_size(64);
+  m->set_vocab_size(64);
+  m->set_tie_embeddings(false);
+  m->set_rope_theta(10000);
+  c.mutable_cluster()->set_num_gpus(world().size());
+  c.mutable_cluster()->set_gpus_per_node(world().size());
+  c.mutable_cluster()->set_tensor_parallel(tensor_parallel);
+  auto* d = c.mutable_data();
+  d->set_distribution("uniform");
+  d->set_uniform_min_tokens(8);
+  d->set_uniform_max_tokens(120);
+  d->set_context_length(128);
+  d->set_seed(17);
+  c.mutable_scheduler()->set_min_shard_tokens(16);
+  auto* t = c.mutable_training();
+  t->set_attention(attention);
+  t->set_device("cpu");
+  t->set_steps(3);
+  t->set_learning_rate(3e-3);
+  t->set_min_learning_rate(3e-4);
+  t->set_warmup_steps(1);
+  t->set_grad_clip(0.5);  // small enough to clip: the global norm must be right
+  t->set_seed(42);
+  return c;
+}
+
+double relative_difference(const torch::Tensor& a, const torch::Tensor& b) {
+  const double scale = std::max(b.to(torch::kDouble).norm().item<double>(), 1e-30);
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).norm().item<double>() / scale;
+}
+
+// One process training what every data-parallel group of the grid trains: the unsplit model,
+// each step's documents of every group (rebuilt from their loaders, whole documents across
+// group boundaries with packing "span") in one graph, the mean loss, AdamW.
+class SingleProcessReference {
+ public:
+  SingleProcessReference(const config::RunConfig& config, int groups)
+      : config_(config), groups_(groups), model_(config.model(), config.training().seed()),
+        optimizer_(model_.parameter_tensors(), adamw_options(config.training())) {
+    for (int g = 0; g < groups; ++g) {
+      loaders_.push_back(std::make_unique<DataLoader>(config.data(), config.model().vocab_size(),
+                                                      g, groups));
+    }
+  }
+  // Loss of the next step; leaves the mean-loss gradient in every parameter.
+  double forward_backward() {
+    std::vector<std::vector<int64_t>> lengths;
+    std::vector<bool> continues;
+    std::vector<torch::Tensor> tokens;
+    for (auto& loader : loaders_) {
+      RankBatch batch = loader->next();
+      lengths.push_back(batch.doc_lengths);
+      continues.push_back(batch.first_continues);
+      tokens.push_back(batch.tokens);
+    }
+    scheduler::Layout layout = scheduler::layout_from_rank_pieces(lengths, continues);
+    std::vector<int64_t> whole;
+    int64_t targets = 0;
+    for (const auto& doc : layout.documents) {
+      whole.push_back(doc.length_tokens);
+      targets += std::max<int64_t>(0, doc.length_tokens - 1);
+    }
+    auto kernel = attention_server::make_kernel("cpu");
+    auto op = make_colocated_attention(scheduler::layout_from_rank_documents({whole}), 0, *kernel);
+    for (const auto& p : model_.parameters()) {
+      if (p.value.grad().defined()) p.value.mutable_grad().zero_();
+    }
+    auto loss = model_.loss_sum(torch::cat(tokens), whole, *op) / static_cast<double>(targets);
+    loss.backward();
+    return loss.item<double>();
+  }
+  void optimizer_step() {
+    clip_grad_norm(model_.parameter_tensors(), config_.training().grad_clip());
+    optimizer_.step(learning_rate_at(step_++, config_.training()));
+  }
+  const LlamaModel& model() const { return model_; }
+
+ private:
+  config::RunConfig config_;
+  int groups_;
+  LlamaModel model_;
+  AdamW optimizer_;
+  std::vector<std::unique_ptr<DataLoader>> loaders_;
+  int64_t step_ = 0;
+};
+
+// `steps` steps of a trainer under `config` against the single-process reference: the loss,
+// every whole gradient (unless the optimizer is sharded, whose gradients live in shards) and
+// every whole weight after each step.
+void expect_matches_single_process(const config::RunConfig& config, const std::string& what,
+                                   int steps = 2) {
+  const int tp = config.cluster().tensor_parallel();
+  Trainer trainer(config, world());
+  ASSERT_EQ(trainer.grid().tensor_size(), tp) << what;
+  ASSERT_EQ(trainer.grid().data_size(), world().size() / tp) << what;
+  SingleProcessReference reference(config, world().size() / tp);
+  const bool sharded = config.training().shard_optimizer();
+  for (int step = 0; step < steps; ++step) {
+    StepMetrics m = trainer.forward_backward();
+    const double want = reference.forward_backward();
+    EXPECT_LE(std::abs(m.loss - want), 1e-5 * std::abs(want))
+        << what << ", step " << step << ": loss " << m.loss << " vs one process " << want;
+    const auto& got = trainer.model().parameters();
+    const auto& ref = reference.model().parameters();
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < got.size() && !sharded; ++i) {
+      const double rel = relative_difference(trainer.whole_gradient(i), ref[i].value.grad());
+      EXPECT_LE(rel, 1e-5) << what << ", step " << step << ": gradient of " << got[i].name
+                           << " differs by " << rel << " (relative L2)";
+    }
+    trainer.optimizer_step(&m);
+    reference.optimizer_step();
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double rel = relative_difference(trainer.whole_parameter(i), ref[i].value);
+      EXPECT_LE(rel, 1e-5) << what << ", after step " << step << ": weight " << got[i].name
+                           << " differs by " << rel << " (relative L2)";
+    }
+  }
+}
+
+std::vector<int> grids() {
+  std::vector<int> t;
+  for (int tp : {2, 4}) {
+    if (world().size() % tp == 0) t.push_back(tp);
+  }
+  return t;
+}
+
+TEST(TensorParallel, GridPutsConsecutiveRanksInOneGroup) {
+  for (int tp : grids()) {
+    Trainer trainer(tp_run("cad", tp), world());
+    const ProcessGrid& grid = trainer.grid();
+    EXPECT_EQ(grid.tensor_rank(), world().rank() % tp);
+    EXPECT_EQ(grid.data_rank(), world().rank() / tp);
+    ASSERT_NE(grid.tensor(), nullptr);
+    EXPECT_EQ(grid.tensor()->size(), tp);
+    EXPECT_EQ(grid.tensor()->rank(), world().rank() % tp);
+    EXPECT_EQ(grid.data_parallel().size(), world().size() / tp);
+    EXPECT_EQ(grid.attention().rank(), world().rank() / tp);
+    EXPECT_EQ(grid.kv_replicas() != nullptr, tp > 2);
+    // This rank's shards: heads and vocabulary split, norms whole.
+    for (const auto& p : trainer.model().parameters()) {
+      if (p.name == "layers.0.wq") {
+        EXPECT_EQ(p.value.size(0), 4 * 8 / tp);
+      }
+      if (p.name == "layers.0.wk") {
+        EXPECT_EQ(p.value.size(0), tp > 2 ? 8 : 2 * 8 / tp);
+      }
+      if (p.name == "layers.0.wo") {
+        EXPECT_EQ(p.value.size(1), 4 * 8 / tp);
+      }
+      if (p.name == "layers.0.w_down") {
+        EXPECT_EQ(p.value.size(1), 64 / tp);
+      }
+      if (p.name == "embedding") {
+        EXPECT_EQ(p.value.size(0), 64 / tp);
+      }
+      if (p.name == "final_norm") {
+        EXPECT_EQ(p.value.size(0), 32);
+      }
+    }
+  }
+}
+
+struct Variant {
+  std::string what;
+  std::function<void(config::RunConfig*)> set;
+};
+
+const std::vector<Variant>& variants() {
+  static const std::vector<Variant> v = {
+      {"cad, ping-pong, sequence parallel", [](config::RunConfig*) {}},
+      {"cad without ping-pong",
+       [](config::RunConfig* c) { c->mutable_training()->set_ping_pong(false); }},
+      {"colocated", [](config::RunConfig* c) { c->mutable_training()->set_attention("colocated"); }},
+      {"cad, recompute=linear, loss in chunks of 7 tokens",
+       [](config::RunConfig* c) {
+         c->mutable_training()->set_recompute("linear");
+         c->mutable_training()->set_loss_chunk_tokens(7);
+       }},
+      {"cad without sequence parallelism, tied embeddings",
+       [](config::RunConfig* c) {
+         c->mutable_training()->set_sequence_parallel(false);
+         c->mutable_model()->set_tie_embeddings(true);
+       }},
+      {"cad, packing span",
+       [](config::RunConfig* c) { c->mutable_data()->set_packing("span"); }},
+      {"colocated, packing span, no overlapped reduction",
+       [](config::RunConfig* c) {
+         c->mutable_training()->set_attention("colocated");
+         c->mutable_data()->set_packing("span");
+         c->mutable_training()->set_overlap_grad_reduce(false);
+       }},
+  };
+  return v;
+}
+
+TEST(TensorParallel, EqualsOneProcessForEveryVariant) {
+  for (int tp : grids()) {
+    for (const Variant& v : variants()) {
+      auto config = tp_run("cad", tp);
+      v.set(&config);
+      expect_matches_single_process(config, "T=" + std::to_string(tp) + ", " + v.what);
+    }
+  }
+}
+
+// The reference itself: at T = 1 the trainer over D ranks matches it too (so a T > 1 failure is
+// the tensor parallelism's).
+TEST(TensorParallel, ReferenceMatchesTheDataParallelTrainer) {
+  expect_matches_single_process(tp_run("cad", 1), "T=1");
+}
+
+void expect_error(const config::RunConfig& config, const std::vector<std::string>& parts) {
+  try {
+    Trainer trainer(config, world());
+    ADD_FAILURE() << "no error; expected one mentioning " << parts.front();
+  } catch (const Error& e) {
+    for (const std::string& part : parts) {
+      EXPECT_NE(e.message().find(part), std::string::npos)
+          << "message lacks '" << part << "': " << e.message();
+    }
+  }
+}
+
+TEST(TensorParallel, BadGridsAndModelsAreRefusedNamingTheField) {
+  const int n = world().size();
+  {
+    auto c = tp_run("cad", 2);
+    c.mutable_cluster()->set_gpus_per_node(3);
+    expect_error(c, {"cluster.tensor_parallel=2", "cluster.gpus_per_node=3", "divisor of 3"});
+  }
+  {
+    auto c = tp_run("cad", 2 * n);
+    c.mutable_cluster()->set_gpus_per_node(2 * n);
+    expect_error(c, {"cluster.tensor_parallel=" + std::to_string(2 * n),
+                     "does not divide the " + std::to_string(n) + " worker ranks"});
+  }
+  {
+    auto c = tp_run("cad", 2);
+    c.mutable_model()->set_num_heads(3);
+    c.mutable_model()->set_num_kv_heads(1);
+    expect_error(c, {"model.num_heads=3", "cluster.tensor_parallel=2"});
+  }
+  {
+    auto c = tp_run("cad", 2);
+    c.mutable_model()->set_num_heads(6);
+    c.mutable_model()->set_num_kv_heads(3);
+    expect_error(c, {"model.num_kv_heads=3", "divides or is a multiple of 3"});
+  }
+  {
+    auto c = tp_run("cad", 2);
+    c.mutable_model()->set_ffn_hidden_size(63);
+    expect_error(c, {"model.ffn_hidden_size=63", "cluster.tensor_parallel=2"});
+  }
+  {
+    auto c = tp_run("cad", 2);
+    c.mutable_model()->set_vocab_size(63);
+    expect_error(c, {"model.vocab_size=63", "does not pad", "e.g. 64"});
+  }
+  {
+    auto c = tp_run("cad", 2);
+    c.mutable_cluster()->set_pipeline_parallel(2);
+    expect_error(c, {"cluster.pipeline_parallel=2", "accepted: 1"});
+  }
+}
+
+std::string shared_temp_dir(const std::string& tag) {
+  int64_t id = ::getpid();
+  world().broadcast(&id, sizeof(id), 0);
+  return (std::filesystem::temp_directory_path() /
+          ("cadre_mpi_test_tp_" + tag + "_" + std::to_string(id)))
+      .string();
+}
+
+}  // namespace
+}  // namespace cadre::runtime
