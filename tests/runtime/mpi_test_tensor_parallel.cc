@@ -15,7 +15,9 @@
 
 #include "comm/mpi_transport.h"
 #include "common/error.h"
+#include "common/posix_fs.h"
 #include "runtime/attention_op.h"
+#include "runtime/checkpoint.h"
 #include "runtime/optimizer.h"
 #include "runtime/trainer.h"
 #include "scheduler/plan.h"
@@ -310,6 +312,86 @@ std::string shared_temp_dir(const std::string& tag) {
   return (std::filesystem::temp_directory_path() /
           ("cadre_mpi_test_tp_" + tag + "_" + std::to_string(id)))
       .string();
+}
+
+// Two checkpoint files hold the same counters and bitwise the same tensors.
+void expect_same_checkpoint(const std::string& a, const std::string& b, const std::string& what) {
+  CheckpointState x = read_checkpoint(a), y = read_checkpoint(b);
+  EXPECT_EQ(x.counters, y.counters) << what;
+  ASSERT_EQ(x.tensors.size(), y.tensors.size()) << what;
+  for (size_t i = 0; i < x.tensors.size(); ++i) {
+    EXPECT_EQ(x.tensors[i].first, y.tensors[i].first) << what;
+    ASSERT_EQ(x.tensors[i].second.sizes(), y.tensors[i].second.sizes()) << what;
+    EXPECT_TRUE(torch::equal(x.tensors[i].second, y.tensors[i].second))
+        << what << ": " << x.tensors[i].first << " differs";
+  }
+}
+
+// A checkpoint written under T x D holds whole tensors: read under T' x D' and written again it
+// is the same file's content (weights, both AdamW moments, counters); training on from it under
+// the same grid repeats the uninterrupted run's losses.
+TEST(TensorParallel, CheckpointsResumeUnderAnotherGrid) {
+  const int n = world().size();
+  const std::string dir = shared_temp_dir("resume");
+  auto at = [&](int tp, const std::string& sub) {
+    auto c = tp_run("cad", tp);
+    c.mutable_training()->set_steps(6);
+    c.mutable_training()->set_checkpoint_dir(dir + "/" + sub);
+    return c;
+  };
+  // T=2 x D=n/2: two steps, save, two more.
+  std::string saved;
+  std::vector<double> uninterrupted;
+  {
+    Trainer a(at(2, "a"), world());
+    for (int s = 0; s < 2; ++s) a.train_step();
+    saved = a.save_checkpoint();
+    for (int s = 0; s < 2; ++s) uninterrupted.push_back(a.train_step().loss);
+  }
+  // Same grid: the resumed losses are the uninterrupted ones.
+  {
+    Trainer b(at(2, "b"), world());
+    b.load_checkpoint(saved);
+    for (int s = 0; s < 2; ++s) {
+      const double loss = b.train_step().loss;
+      EXPECT_LE(std::abs(loss - uninterrupted[s]), 1e-12 * std::abs(uninterrupted[s]))
+          << "resumed step " << s << ": " << loss << " vs " << uninterrupted[s];
+    }
+  }
+  // T=2 -> T=1 (D=n) and every T that fits: the state read is the state written.
+  for (int tp : {1, 4}) {
+    if (n % tp != 0) continue;
+    const std::string sub = "t" + std::to_string(tp);
+    Trainer c(at(tp, sub), world());
+    c.load_checkpoint(saved);
+    expect_same_checkpoint(saved, c.save_checkpoint(), "T=2 -> T=" + std::to_string(tp));
+  }
+  // And back: T=1 trains a step and saves; T=2 reads it and writes the same state.
+  {
+    Trainer c(at(1, "c"), world());
+    c.load_checkpoint(saved);
+    c.train_step();
+    const std::string one = c.save_checkpoint();
+    Trainer d(at(2, "d"), world());
+    d.load_checkpoint(one);
+    expect_same_checkpoint(one, d.save_checkpoint(), "T=1 -> T=2");
+  }
+  // A checkpoint of another model is refused, naming the tensor and both shapes.
+  {
+    auto other = at(2, "e");
+    other.mutable_model()->set_hidden_size(48);
+    Trainer e(other, world());
+    try {
+      e.load_checkpoint(saved);
+      ADD_FAILURE() << "a checkpoint of hidden_size 32 loaded into hidden_size 48";
+    } catch (const Error& error) {
+      EXPECT_NE(error.message().find("tensor 'model/embedding' is [64, 32]"), std::string::npos)
+          << error.message();
+      EXPECT_NE(error.message().find("expects [64, 48]"), std::string::npos) << error.message();
+    }
+  }
+  world().barrier();
+  if (world().rank() == 0) std::filesystem::remove_all(dir);
 }
 
 }  // namespace
