@@ -234,7 +234,9 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
     model_ = std::make_unique<LlamaModel>(config.model(), training.seed(), device_,
                                           tp_group_.get());
     model_->set_compute_dtype(dtype_);
-    optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
+    if (!training.shard_optimizer()) {
+      optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
+    }
     // Every rank of a tensor-parallel group trains the same documents: its data-parallel index's.
     data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(),
                                          grid_->data_rank(), grid_->data_size());
@@ -259,7 +261,10 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
   if (worker) {
     reducer_ = std::make_unique<GradientReducer>(
         *model_, *dp_, static_cast<int64_t>(training.grad_bucket_mib()) << 20, timeline_.get(),
-        dp_stream_);
+        dp_stream_, training.shard_optimizer());
+    if (training.shard_optimizer()) {
+      sharded_ = std::make_unique<ShardedAdamW>(*model_, *reducer_, *dp_, adamw_options(training));
+    }
   }
 }
 
@@ -446,6 +451,7 @@ StepMetrics Trainer::forward_backward() {
 
 torch::Tensor Trainer::whole_gradient(size_t i) const {
   const NamedParameter& p = model_->parameters().at(i);
+  if (sharded_) return gather_whole(p, sharded_->gather_gradients().at(i), grid_->tensor());
   torch::Tensor grad = p.value.grad().defined() ? p.value.grad() : torch::zeros_like(p.value);
   return gather_whole(p, grad.detach(), grid_->tensor());
 }
@@ -457,11 +463,15 @@ torch::Tensor Trainer::whole_parameter(size_t i) const {
 
 void Trainer::optimizer_step(StepMetrics* metrics) {
   const double lr = learning_rate_at(step_, config_.training());
-  if (grid_->tensor_size() > 1) {
-    // The norm of the whole model's gradient: each shard once (replicated copies count on the
-    // first rank holding them), summed over the tensor-parallel group in rank order.
+  const bool sharded = config_.training().shard_optimizer();
+  if (grid_->tensor_size() > 1 || sharded) {
+    // The norm of the whole model's gradient: each element once (replicated copies count on the
+    // first rank holding them), summed in rank order over the tensor-parallel group, or over
+    // every worker when the gradients are sharded over the data-parallel group too.
     double mine = 0;
-    if (is_worker()) {
+    if (is_worker() && sharded) {
+      mine = sharded_->grad_sum_squares();
+    } else if (is_worker()) {
       std::vector<bool> counted;
       for (const auto& p : model_->parameters()) counted.push_back(p.counted);
       mine = grad_sum_squares(model_->parameter_tensors(), counted);
@@ -469,13 +479,19 @@ void Trainer::optimizer_step(StepMetrics* metrics) {
     std::vector<double> all(control_.size());
     control_.all_gather(&mine, all.data(), sizeof(double));
     if (is_worker()) {
-      const int first = control_.rank() - grid_->tensor_rank();
+      const int first = sharded ? 0 : control_.rank() - grid_->tensor_rank();
+      const int last = sharded ? num_workers_ : first + grid_->tensor_size();
       double sum = 0;
-      for (int r = first; r < first + grid_->tensor_size(); ++r) sum += all[r];
+      for (int r = first; r < last; ++r) sum += all[r];
       const auto params = model_->parameter_tensors();
       const double norm = std::sqrt(sum);
-      clip_gradients(params, norm, config_.training().grad_clip());
-      optimizer_->step(lr);
+      if (sharded) {
+        sharded_->clip(norm, config_.training().grad_clip());
+        sharded_->step(lr);
+      } else {
+        clip_gradients(params, norm, config_.training().grad_clip());
+        optimizer_->step(lr);
+      }
       torch::NoGradGuard no_grad;
       for (const auto& p : params) {
         if (p.grad().defined()) p.grad().zero_();
@@ -572,10 +588,15 @@ std::string Trainer::save_checkpoint() {
   if (is_worker()) {
     const auto& params = model_->parameters();
     comm::Transport* tp = grid_->tensor();
+    // Sharded moments are first gathered over the data-parallel group (collective over it).
+    const std::vector<torch::Tensor> exp_avg = sharded_ ? sharded_->gather_moments(0)
+                                                        : optimizer_->exp_avg();
+    const std::vector<torch::Tensor> exp_avg_sq = sharded_ ? sharded_->gather_moments(1)
+                                                           : optimizer_->exp_avg_sq();
     for (size_t i = 0; i < params.size(); ++i) {
       auto value = gather_whole(params[i], params[i].value.detach(), tp);
-      auto m = gather_whole(params[i], optimizer_->exp_avg()[i], tp);
-      auto v = gather_whole(params[i], optimizer_->exp_avg_sq()[i], tp);
+      auto m = gather_whole(params[i], exp_avg[i], tp);
+      auto v = gather_whole(params[i], exp_avg_sq[i], tp);
       if (control_.rank() != 0) continue;
       tensors.emplace_back("model/" + params[i].name, value);
       tensors.emplace_back("adam.exp_avg/" + params[i].name, m);
@@ -589,7 +610,7 @@ std::string Trainer::save_checkpoint() {
       state.counters["data.batches"] = data_->position().batches;
       state.counters["data.file_document"] = data_->position().file_document;
       state.counters["data.file_token_offset"] = data_->position().file_token_offset;
-      state.counters["adam.steps"] = optimizer_->steps();
+      state.counters["adam.steps"] = sharded_ ? sharded_->steps() : optimizer_->steps();
       state.tensors = std::move(tensors);
       path = runtime::save_checkpoint(dir, step_, state, config_.training().keep_checkpoints());
     } catch (const Error& e) {
@@ -628,15 +649,34 @@ void Trainer::load_checkpoint(const std::string& path) {
   step_ = counter("step");
   if (!is_worker()) return;  // a dedicated server holds no model, optimizer or data
   const auto& params = model_->parameters();
+  std::vector<torch::Tensor> exp_avg, exp_avg_sq;
+  for (const auto& p : params) {
+    exp_avg.push_back(sharded_ ? torch::zeros_like(p.value).detach() : torch::Tensor());
+    exp_avg_sq.push_back(sharded_ ? torch::zeros_like(p.value).detach() : torch::Tensor());
+  }
+  if (!sharded_) {
+    exp_avg = optimizer_->exp_avg();
+    exp_avg_sq = optimizer_->exp_avg_sq();
+  }
   for (size_t i = 0; i < params.size(); ++i) {
     restore("model/" + params[i].name, params[i], params[i].value);
-    restore("adam.exp_avg/" + params[i].name, params[i], optimizer_->exp_avg()[i]);
-    restore("adam.exp_avg_sq/" + params[i].name, params[i], optimizer_->exp_avg_sq()[i]);
+    restore("adam.exp_avg/" + params[i].name, params[i], exp_avg[i]);
+    restore("adam.exp_avg_sq/" + params[i].name, params[i], exp_avg_sq[i]);
+  }
+  if (sharded_) {
+    // This rank keeps its data-parallel slice of the moments and of the master weights.
+    sharded_->set_moments(0, exp_avg);
+    sharded_->set_moments(1, exp_avg_sq);
+    sharded_->reset_master();
   }
   CADRE_CHECK(by_name.size() == 3 * params.size(), "checkpoint '", path, "' holds ",
               by_name.size(), " tensors but this model has ", 3 * params.size(),
               " (parameters and two AdamW moments each); was it written with another model?");
-  optimizer_->set_steps(counter("adam.steps"));
+  if (sharded_) {
+    sharded_->set_steps(counter("adam.steps"));
+  } else {
+    optimizer_->set_steps(counter("adam.steps"));
+  }
   DataPosition position;
   position.batches = counter("data.batches");
   position.file_document = counter("data.file_document");

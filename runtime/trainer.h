@@ -17,6 +17,7 @@
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
 #include "runtime/process_grid.h"
+#include "runtime/sharded_optimizer.h"
 #include "runtime/tensor_parallel.h"
 #include "scheduler/config.pb.h"
 #include "scheduler/cost_model.h"
@@ -88,7 +89,8 @@ class Trainer {
   const LlamaModel& model() const { return *model_; }
   const ProcessGrid& grid() const { return *grid_; }
   // The whole tensor of parameter i's gradient (gathered over the tensor-parallel group:
-  // collective over it; the local gradient when T = 1). For tests.
+  // collective over it; the local gradient when T = 1; with the sharded optimizer the reduced
+  // slices gathered over the data-parallel group first). For tests.
   torch::Tensor whole_gradient(size_t i) const;
   // The whole tensor of parameter i (collective over the tensor-parallel group).
   torch::Tensor whole_parameter(size_t i) const;
@@ -108,7 +110,8 @@ class Trainer {
   torch::Device device_ = torch::kCPU;
   torch::ScalarType dtype_ = torch::kFloat;
   std::unique_ptr<LlamaModel> model_;        // null on dedicated server ranks
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<AdamW> optimizer_;         // null with training.shard_optimizer
+  std::unique_ptr<ShardedAdamW> sharded_;    // training.shard_optimizer (after reducer_)
   std::unique_ptr<DataLoader> data_;
   std::unique_ptr<attention_server::CoreAttentionKernel> kernel_;
   std::unique_ptr<scheduler::CostModel> cost_;

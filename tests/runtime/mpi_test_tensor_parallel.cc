@@ -110,9 +110,11 @@ class SingleProcessReference {
     loss.backward();
     return loss.item<double>();
   }
-  void optimizer_step() {
-    clip_grad_norm(model_.parameter_tensors(), config_.training().grad_clip());
+  // Returns the gradient norm before clipping.
+  double optimizer_step() {
+    const double norm = clip_grad_norm(model_.parameter_tensors(), config_.training().grad_clip());
     optimizer_.step(learning_rate_at(step_++, config_.training()));
+    return norm;
   }
   const LlamaModel& model() const { return model_; }
 
@@ -126,8 +128,8 @@ class SingleProcessReference {
 };
 
 // `steps` steps of a trainer under `config` against the single-process reference: the loss,
-// every whole gradient (unless the optimizer is sharded, whose gradients live in shards) and
-// every whole weight after each step.
+// every whole gradient (gathered from the shards), the global gradient norm and every whole
+// weight after each step.
 void expect_matches_single_process(const config::RunConfig& config, const std::string& what,
                                    int steps = 2) {
   const int tp = config.cluster().tensor_parallel();
@@ -135,7 +137,6 @@ void expect_matches_single_process(const config::RunConfig& config, const std::s
   ASSERT_EQ(trainer.grid().tensor_size(), tp) << what;
   ASSERT_EQ(trainer.grid().data_size(), world().size() / tp) << what;
   SingleProcessReference reference(config, world().size() / tp);
-  const bool sharded = config.training().shard_optimizer();
   for (int step = 0; step < steps; ++step) {
     StepMetrics m = trainer.forward_backward();
     const double want = reference.forward_backward();
@@ -144,13 +145,15 @@ void expect_matches_single_process(const config::RunConfig& config, const std::s
     const auto& got = trainer.model().parameters();
     const auto& ref = reference.model().parameters();
     ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < got.size() && !sharded; ++i) {
+    for (size_t i = 0; i < got.size(); ++i) {
       const double rel = relative_difference(trainer.whole_gradient(i), ref[i].value.grad());
       EXPECT_LE(rel, 1e-5) << what << ", step " << step << ": gradient of " << got[i].name
                            << " differs by " << rel << " (relative L2)";
     }
     trainer.optimizer_step(&m);
-    reference.optimizer_step();
+    const double norm = reference.optimizer_step();
+    EXPECT_LE(std::abs(m.grad_norm - norm), 1e-5 * norm)
+        << what << ", step " << step << ": gradient norm " << m.grad_norm << " vs " << norm;
     for (size_t i = 0; i < got.size(); ++i) {
       const double rel = relative_difference(trainer.whole_parameter(i), ref[i].value);
       EXPECT_LE(rel, 1e-5) << what << ", after step " << step << ": weight " << got[i].name
@@ -232,6 +235,16 @@ const std::vector<Variant>& variants() {
          c->mutable_data()->set_packing("span");
          c->mutable_training()->set_overlap_grad_reduce(false);
        }},
+      {"cad, sharded optimizer",
+       [](config::RunConfig* c) { c->mutable_training()->set_shard_optimizer(true); }},
+      {"colocated, sharded optimizer, packing span, no sequence parallelism, recompute",
+       [](config::RunConfig* c) {
+         c->mutable_training()->set_attention("colocated");
+         c->mutable_training()->set_shard_optimizer(true);
+         c->mutable_data()->set_packing("span");
+         c->mutable_training()->set_sequence_parallel(false);
+         c->mutable_training()->set_recompute("linear");
+       }},
   };
   return v;
 }
@@ -250,6 +263,9 @@ TEST(TensorParallel, EqualsOneProcessForEveryVariant) {
 // the tensor parallelism's).
 TEST(TensorParallel, ReferenceMatchesTheDataParallelTrainer) {
   expect_matches_single_process(tp_run("cad", 1), "T=1");
+  auto sharded = tp_run("cad", 1);
+  sharded.mutable_training()->set_shard_optimizer(true);
+  expect_matches_single_process(sharded, "T=1, sharded optimizer", 3);
 }
 
 void expect_error(const config::RunConfig& config, const std::vector<std::string>& parts) {
@@ -375,6 +391,20 @@ TEST(TensorParallel, CheckpointsResumeUnderAnotherGrid) {
     Trainer d(at(2, "d"), world());
     d.load_checkpoint(one);
     expect_same_checkpoint(one, d.save_checkpoint(), "T=1 -> T=2");
+  }
+  // The sharded optimizer's state is whole in the file too: T=2 sharded reads and writes the
+  // same state, and a sharded run resumed unsharded (or the other way) is the same file.
+  {
+    auto sharded = at(2, "s");
+    sharded.mutable_training()->set_shard_optimizer(true);
+    Trainer s(sharded, world());
+    s.load_checkpoint(saved);
+    expect_same_checkpoint(saved, s.save_checkpoint(), "T=2 -> T=2 sharded");
+    s.train_step();
+    const std::string after = s.save_checkpoint();
+    Trainer u(at(1, "u"), world());
+    u.load_checkpoint(after);
+    expect_same_checkpoint(after, u.save_checkpoint(), "T=2 sharded -> T=1");
   }
   // A checkpoint of another model is refused, naming the tensor and both shapes.
   {
