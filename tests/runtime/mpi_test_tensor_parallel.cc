@@ -259,6 +259,51 @@ TEST(TensorParallel, EqualsOneProcessForEveryVariant) {
   }
 }
 
+// Dedicated attention servers under TP: each serves one head group (its TP index's exchange).
+// On 4 ranks: one T=2 group of workers and two servers; the workers' numbers are one
+// process's.
+TEST(TensorParallel, DedicatedServersServeOneHeadGroupEach) {
+  if (world().size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  for (bool ping_pong : {true, false}) {
+    auto config = tp_run("cad", 2);
+    config.mutable_scheduler()->set_server_mode("dedicated");
+    config.mutable_scheduler()->set_num_dedicated_servers(2);
+    config.mutable_training()->set_ping_pong(ping_pong);
+    Trainer trainer(config, world());
+    EXPECT_EQ(trainer.grid().tensor_rank(), world().rank() % 2);
+    EXPECT_EQ(trainer.grid().attention().size(), 2);  // one worker group + one server
+    EXPECT_EQ(trainer.grid().attention_servers(), 1);
+    SingleProcessReference reference(config, 1);
+    for (int step = 0; step < 2; ++step) {
+      StepMetrics m = trainer.forward_backward();
+      const double want = reference.forward_backward();
+      EXPECT_LE(std::abs(m.loss - want), 1e-5 * std::abs(want)) << "step " << step;
+      // The workers' whole gradients (collective over their TP group: workers only).
+      if (trainer.is_worker()) {
+        const auto& ref = reference.model().parameters();
+        for (size_t i = 0; i < ref.size(); ++i) {
+          const double rel = relative_difference(trainer.whole_gradient(i), ref[i].value.grad());
+          EXPECT_LE(rel, 1e-5) << "ping-pong " << ping_pong << ", step " << step
+                               << ": gradient of " << ref[i].name << " differs by " << rel;
+        }
+      }
+      trainer.optimizer_step(&m);
+      reference.optimizer_step();
+    }
+  }
+  auto odd = tp_run("cad", 2);
+  odd.mutable_scheduler()->set_server_mode("dedicated");
+  odd.mutable_scheduler()->set_num_dedicated_servers(1);
+  try {
+    Trainer trainer(odd, world());
+    ADD_FAILURE() << "3 workers at T=2 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("cluster.tensor_parallel=2 does not divide the 3 worker ranks"),
+              std::string::npos)
+        << e.message();
+  }
+}
+
 // The reference itself: at T = 1 the trainer over D ranks matches it too (so a T > 1 failure is
 // the tensor parallelism's).
 TEST(TensorParallel, ReferenceMatchesTheDataParallelTrainer) {
