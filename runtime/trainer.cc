@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "runtime/attention_op.h"
 #include "runtime/checkpoint.h"
+#include "runtime/memory_stats.h"
 #include "runtime/parameter_shards.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
@@ -280,7 +281,13 @@ std::string Trainer::describe() const {
                  "), ", device_.is_cuda() ? "cuda" : "cpu", " ", t.dtype(), ", kernel ",
                  kernel_->name(), ", transport ", data_transport_.backend(), ", attention ",
                  t.attention(), ", ping-pong ", ping_pong ? "on" : "off", ", recompute ",
-                 t.recompute(), ", micro-batches ", t.micro_batches());
+                 t.recompute(), ", micro-batches ", t.micro_batches(),
+                 grid_->tensor_size() > 1
+                     ? str_cat(", grid TP ", grid_->tensor_size(), " x DP ", grid_->data_size(),
+                               " (sequence parallel ",
+                               t.sequence_parallel() ? "on" : "off", ")")
+                     : std::string(),
+                 t.shard_optimizer() ? ", sharded optimizer" : "");
 }
 
 StepMetrics Trainer::forward_backward() {
@@ -523,6 +530,12 @@ StepMetrics Trainer::train_step() {
   std::vector<double> all(control_.size());
   control_.all_gather(&mine, all.data(), sizeof(double));
   metrics.step_ms = *std::max_element(all.begin(), all.end());
+  const int64_t peak = peak_memory_bytes(device_);
+  metrics.peak_memory_on_device = device_.is_cuda();
+  metrics.peak_memory_bytes_per_rank.assign(control_.size(), 0);
+  control_.all_gather(&peak, metrics.peak_memory_bytes_per_rank.data(), sizeof(int64_t));
+  metrics.peak_memory_bytes = *std::max_element(metrics.peak_memory_bytes_per_rank.begin(),
+                                                metrics.peak_memory_bytes_per_rank.end());
   control_.broadcast(&metrics.grad_norm, sizeof(double), 0);
   metrics.tokens_per_second = metrics.step_ms > 0 ? metrics.tokens / (metrics.step_ms / 1e3) : 0;
   metrics.mfu = metrics.step_ms > 0
@@ -743,7 +756,18 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << config.data().packing() << "\""
       << ",\"a2a_bytes\":" << bytes / n << ",\"imbalance_before\":" << before / n
       << ",\"imbalance_after\":" << after / n << ",\"first_loss\":" << Num{steps.front().loss}
-      << ",\"last_loss\":" << Num{steps.back().loss} << "}\n";
+      << ",\"last_loss\":" << Num{steps.back().loss}
+      << ",\"tensor_parallel\":" << config.cluster().tensor_parallel()
+      << ",\"sequence_parallel\":"
+      << (t.sequence_parallel() && config.cluster().tensor_parallel() > 1 ? "true" : "false")
+      << ",\"shard_optimizer\":" << (t.shard_optimizer() ? "true" : "false")
+      << ",\"peak_memory_kind\":\""
+      << (steps.back().peak_memory_on_device ? "allocator" : "resident")
+      << "\",\"peak_memory_bytes\":" << steps.back().peak_memory_bytes
+      << ",\"peak_memory_bytes_per_rank\":[";
+  const auto& peaks = steps.back().peak_memory_bytes_per_rank;
+  for (size_t r = 0; r < peaks.size(); ++r) out << (r ? "," : "") << peaks[r];
+  out << "]}\n";
   return out.str();
 }
 
@@ -757,8 +781,12 @@ std::string format_step_line(const StepMetrics& m, int64_t total_steps) {
                         m.loss, m.grad_norm, m.learning_rate, m.step_ms, ktok, 100 * m.mfu,
                         m.imbalance_before, m.imbalance_after);
   if (m.a2a_ms > 0 && n > 0 && n < static_cast<int>(sizeof(line))) {
-    std::snprintf(line + n, sizeof(line) - n, " | a2a %.1f ms, exposed %.1f ms", m.a2a_ms,
-                  m.exposed_a2a_ms);
+    n += std::snprintf(line + n, sizeof(line) - n, " | a2a %.1f ms, exposed %.1f ms", m.a2a_ms,
+                       m.exposed_a2a_ms);
+  }
+  if (m.peak_memory_bytes > 0 && n > 0 && n < static_cast<int>(sizeof(line))) {
+    std::snprintf(line + n, sizeof(line) - n, " | peak mem %.2f GiB",
+                  static_cast<double>(m.peak_memory_bytes) / (1 << 30));
   }
   return line;
 }
@@ -777,7 +805,12 @@ std::string metrics_json(const StepMetrics& m, const std::string& attention) {
       << ",\"imbalance_after\":" << m.imbalance_after << ",\"a2a_ms\":" << m.a2a_ms
       << ",\"exposed_a2a_ms\":" << m.exposed_a2a_ms << ",\"allreduce_ms\":" << m.allreduce_ms
       << ",\"exposed_allreduce_ms\":" << m.exposed_allreduce_ms
-      << ",\"a2a_bytes\":" << m.a2a_bytes << "}";
+      << ",\"a2a_bytes\":" << m.a2a_bytes << ",\"peak_memory_bytes\":" << m.peak_memory_bytes
+      << ",\"peak_memory_bytes_per_rank\":[";
+  for (size_t r = 0; r < m.peak_memory_bytes_per_rank.size(); ++r) {
+    out << (r ? "," : "") << m.peak_memory_bytes_per_rank[r];
+  }
+  out << "]}";
   return out.str();
 }
 

@@ -46,6 +46,11 @@ struct StepMetrics {
   double exposed_allreduce_ms = 0;  // rank 0: the part of it with the compute stream idle
   int64_t a2a_bytes = 0;      // rank 0: bytes sent + received by CAD dispatch in the step
   int32_t nano_batches = 1;
+  // Peak memory of each rank so far (runtime/memory_stats.h: allocator peak on GPU, resident
+  // set on CPU), in rank order, and its maximum.
+  std::vector<int64_t> peak_memory_bytes_per_rank;
+  int64_t peak_memory_bytes = 0;
+  bool peak_memory_on_device = false;  // allocator statistics (true) or resident memory
 };
 
 class Trainer {
