@@ -206,6 +206,40 @@ TEST(TensorParallel, GridPutsConsecutiveRanksInOneGroup) {
   }
 }
 
+// The ops on their own against one process: an uneven row split's gather and reduce-scatter,
+// and the vocabulary-parallel loss and its gradient against cross_entropy_sum of whole logits.
+TEST(TensorParallel, RowCollectivesAndVocabularyParallelLoss) {
+  const int n = world().size(), me = world().rank();
+  for (int64_t rows : {0, 1, 5, 2 * n + 1}) {
+    const RowSplit split = RowSplit::even(rows, n);
+    EXPECT_EQ(split.total(), rows);
+    // Rank r's rows hold r + row/100: gathered, every rank sees every row in order.
+    auto local = torch::arange(split.counts[me], torch::kFloat).add(split.begin(me)).unsqueeze(1);
+    auto all = gather_rows(local.repeat({1, 3}), &world(), split);
+    ASSERT_EQ(all.size(0), rows);
+    EXPECT_TRUE(torch::equal(all.select(1, 2), torch::arange(rows, torch::kFloat)));
+    // Every rank contributes (rank + 1) * row for all rows: rank me keeps its rows' sums.
+    auto full = torch::arange(rows, torch::kFloat).unsqueeze(1) * static_cast<float>(me + 1);
+    auto mine = reduce_scatter_rows(full, &world(), split);
+    auto want = torch::arange(split.counts[me], torch::kFloat).add(split.begin(me)).unsqueeze(1) *
+                static_cast<float>(n * (n + 1) / 2);
+    EXPECT_TRUE(torch::allclose(mine, want)) << rows << " rows";
+  }
+  // Logits [7, 4n] drawn identically everywhere; rank me holds columns [4me, 4me + 4).
+  torch::manual_seed(3);
+  auto logits = torch::randn({7, 4 * n}, torch::kFloat) * 3;
+  auto targets = torch::randint(0, 4 * n, {7}, torch::kLong);
+  targets[2] = kIgnoreTarget;
+  auto whole = logits.clone().requires_grad_(true);
+  auto want = cross_entropy_sum(whole, targets);
+  want.backward();
+  auto shard = logits.narrow(1, 4 * me, 4).clone().requires_grad_(true);
+  auto got = vocab_parallel_cross_entropy_sum(shard, targets, 4 * me, &world());
+  got.backward();
+  EXPECT_NEAR(got.item<double>(), want.item<double>(), 1e-5 * std::abs(want.item<double>()));
+  EXPECT_LE(relative_difference(shard.grad(), whole.grad().narrow(1, 4 * me, 4)), 1e-5);
+}
+
 struct Variant {
   std::string what;
   std::function<void(config::RunConfig*)> set;
