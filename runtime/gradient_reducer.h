@@ -54,6 +54,8 @@ class GradientReducer {
   size_t bucket_count() const { return buckets_.size(); }
   const std::vector<Member>& bucket_members(size_t b) const { return buckets_[b].members; }
   int64_t padded_elements(size_t b) const { return buckets_[b].flat.numel(); }
+  // The bucket's flat buffer (every member's .grad() is a view of it).
+  torch::Tensor& bucket_flat(size_t b) { return buckets_[b].flat; }
   torch::Tensor& shard_gradient(size_t b) { return buckets_[b].shard; }
   bool sharded() const { return shard_; }
 

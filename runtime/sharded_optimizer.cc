@@ -1,13 +1,25 @@
 // ZeRO-1 AdamW over bucket slices.
 #include "runtime/sharded_optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <string>
 
 #include "common/error.h"
 #include "runtime/tensor_parallel.h"
 
 namespace cadre::runtime {
+namespace {
+
+// "layers.<i>.<what>" -> i; the embedding -1; the final norm and LM head num_layers.
+int forward_layer_of(const std::string& name, int num_layers) {
+  const std::string prefix = "layers.";
+  if (name.compare(0, prefix.size(), prefix) == 0) return std::stoi(name.substr(prefix.size()));
+  return name == "embedding" ? -1 : num_layers;
+}
+
+}  // namespace
 
 ShardedAdamW::ShardedAdamW(const LlamaModel& model, GradientReducer& reducer,
                            comm::Transport& dp, const AdamWOptions& options)
@@ -27,8 +39,51 @@ ShardedAdamW::ShardedAdamW(const LlamaModel& model, GradientReducer& reducer,
     exp_avg_.push_back(torch::zeros({size}, options_f32));
     exp_avg_sq_.push_back(torch::zeros({size}, options_f32));
     master_.push_back(torch::zeros({size}, options_f32));
+    std::vector<int> layers;
+    for (const auto& m : reducer.bucket_members(b)) {
+      layers.push_back(forward_layer_of(m.parameter->name, model.config().num_layers()));
+    }
+    bucket_layers_.push_back(layers);
   }
+  gathers_.resize(reducer.bucket_count());
   reset_master();
+}
+
+ShardedAdamW::~ShardedAdamW() {
+  for (auto& work : gathers_) {
+    if (!work) continue;
+    try {
+      work->wait();
+    } catch (...) {
+      // The transport reports its own failure; nothing more can be done in a destructor.
+    }
+  }
+}
+
+void ShardedAdamW::ensure_bucket(size_t b) {
+  if (!gathers_[b]) return;
+  gathers_[b]->wait();
+  gathers_[b].reset();
+  torch::NoGradGuard no_grad;
+  torch::Tensor& whole = reducer_.bucket_flat(b);
+  for (const auto& m : reducer_.bucket_members(b)) {
+    const torch::Tensor& value = m.parameter->value;
+    value.detach().view({-1}).copy_(whole.narrow(0, m.offset, value.numel()));
+  }
+  whole.zero_();  // the bucket holds gradients again from here on
+}
+
+void ShardedAdamW::ensure_layer(int layer) {
+  for (size_t b = 0; b < gathers_.size(); ++b) {
+    if (gathers_[b] && std::find(bucket_layers_[b].begin(), bucket_layers_[b].end(), layer) !=
+                           bucket_layers_[b].end()) {
+      ensure_bucket(b);
+    }
+  }
+}
+
+void ShardedAdamW::finish_gather() {
+  for (size_t b = 0; b < gathers_.size(); ++b) ensure_bucket(b);
 }
 
 torch::Tensor ShardedAdamW::slice_of(size_t b, const std::vector<torch::Tensor>& per_parameter) const {
@@ -46,6 +101,7 @@ torch::Tensor ShardedAdamW::slice_of(size_t b, const std::vector<torch::Tensor>&
 }
 
 void ShardedAdamW::reset_master() {
+  finish_gather();
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> values;
   for (const auto& p : model_.parameters()) values.push_back(p.value.detach());
@@ -69,6 +125,7 @@ void ShardedAdamW::clip(double norm, double max_norm) {
 }
 
 void ShardedAdamW::step(double learning_rate) {
+  finish_gather();  // normally done by the forward in between
   ++steps_;
   const double b1 = options_.beta1, b2 = options_.beta2;
   const double bias1 = 1 - std::pow(b1, static_cast<double>(steps_));
@@ -85,12 +142,14 @@ void ShardedAdamW::step(double learning_rate) {
     exp_avg_sq_[b].mul_(b2).addcmul_(g, g, 1 - b2);
     auto denom = (exp_avg_sq_[b] / bias2).sqrt_().add_(options_.eps);
     p.addcdiv_(exp_avg_[b], denom, -learning_rate / bias1);
-    // Every rank's updated slice, into every parameter of the bucket.
-    auto whole = all_gather_tensor(p, dp_);
-    for (const auto& m : reducer_.bucket_members(b)) {
-      const torch::Tensor& value = m.parameter->value;
-      value.detach().view({-1}).copy_(whole.narrow(0, m.offset, value.numel()));
-    }
+  }
+  // Every rank's updated slices into the (no longer needed) gradient buckets, the embedding's
+  // bucket (the last) first, then the layers from the first: the order the next forward uses
+  // them. Copied into the parameters by ensure_layer.
+  for (size_t i = master_.size(); i-- > 0;) {
+    torch::Tensor& flat = reducer_.bucket_flat(i);
+    gathers_[i] = dp_.all_gather_async(master_[i].data_ptr(), flat.data_ptr(),
+                                       master_[i].numel() * master_[i].element_size());
   }
 }
 

@@ -108,6 +108,7 @@ class Executor {
       nanos[i].layers.resize(layers);
       nanos[i].loss = torch::zeros({}, torch::TensorOptions().device(device_));
       if (model_ != nullptr) {
+        if (i == 0) parameters_needed(-1);
         const int span = begin("embed" + nanos[i].tag);
         nanos[i].rope = model_->rope(batches[i].positions);
         nanos[i].embedded = model_->embed(batches[i].tokens);
@@ -120,12 +121,14 @@ class Executor {
     // (under B's linear layers), B's (under A's attention), A's return (under B's attention) and
     // B's return (under A's next linear layers).
     for (int l = 0; l < layers; ++l) {
+      parameters_needed(l);
       for (NanoState& n : nanos) {
         if (l > 0) post_forward(n, l - 1);
         pre_forward(n, l);
       }
       for (NanoState& n : nanos) n.layers[l].attention->forward_serve();
     }
+    parameters_needed(layers);
     for (NanoState& n : nanos) {
       post_forward(n, layers - 1);
       head(n);
@@ -162,6 +165,9 @@ class Executor {
   }
   void end(int span) {
     if (options_.timeline) options_.timeline->end_compute(span);
+  }
+  void parameters_needed(int layer) {
+    if (model_ != nullptr && options_.parameters_needed) options_.parameters_needed(layer);
   }
   void layer_done(int layer) {
     if (options_.layer_gradients_ready) options_.layer_gradients_ready(layer);

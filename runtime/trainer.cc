@@ -367,6 +367,10 @@ StepMetrics Trainer::forward_backward() {
     options.server_kv_heads = m.num_kv_heads() % tp == 0 ? m.num_kv_heads() / tp : 1;
   }
   options.timeline = timeline_.get();
+  if (sharded_) {
+    ShardedAdamW* sharded = sharded_.get();
+    options.parameters_needed = [sharded](int layer) { sharded->ensure_layer(layer); };
+  }
   timeline_->begin_step();
 
   // Servers and the plan's ranks are those of this TP index's exchange: the DP groups, then the
@@ -464,6 +468,7 @@ torch::Tensor Trainer::whole_gradient(size_t i) const {
 }
 
 torch::Tensor Trainer::whole_parameter(size_t i) const {
+  if (sharded_) sharded_->finish_gather();
   const NamedParameter& p = model_->parameters().at(i);
   return gather_whole(p, p.value.detach(), grid_->tensor());
 }
@@ -493,15 +498,17 @@ void Trainer::optimizer_step(StepMetrics* metrics) {
       const auto params = model_->parameter_tensors();
       const double norm = std::sqrt(sum);
       if (sharded) {
+        // The buckets now receive the updated weights (gathered while the next forward runs);
+        // each is zeroed once copied into its parameters.
         sharded_->clip(norm, config_.training().grad_clip());
         sharded_->step(lr);
       } else {
         clip_gradients(params, norm, config_.training().grad_clip());
         optimizer_->step(lr);
-      }
-      torch::NoGradGuard no_grad;
-      for (const auto& p : params) {
-        if (p.grad().defined()) p.grad().zero_();
+        torch::NoGradGuard no_grad;
+        for (const auto& p : params) {
+          if (p.grad().defined()) p.grad().zero_();
+        }
       }
       if (metrics != nullptr) metrics->grad_norm = norm;
     }
@@ -598,6 +605,7 @@ std::string Trainer::save_checkpoint() {
   std::string error;
   // Whole tensors: every tensor-parallel group gathers its shards (collective over the group).
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  if (sharded_) sharded_->finish_gather();
   if (is_worker()) {
     const auto& params = model_->parameters();
     comm::Transport* tp = grid_->tensor();
@@ -661,6 +669,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   };
   step_ = counter("step");
   if (!is_worker()) return;  // a dedicated server holds no model, optimizer or data
+  if (sharded_) sharded_->finish_gather();
   const auto& params = model_->parameters();
   std::vector<torch::Tensor> exp_avg, exp_avg_sq;
   for (const auto& p : params) {

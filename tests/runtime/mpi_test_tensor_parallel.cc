@@ -310,6 +310,33 @@ TEST(TensorParallel, EqualsOneProcessForEveryVariant) {
   }
 }
 
+// ZeRO-1's weight all-gathers finish inside the next forward (nothing in between asks for the
+// weights here, unlike expect_matches_single_process): the losses and gradients of the next
+// steps are still those of one process.
+TEST(TensorParallel, ShardedWeightGathersFinishInsideTheNextForward) {
+  for (int tp : {1, 2}) {
+    auto config = tp_run("cad", tp);
+    config.mutable_training()->set_shard_optimizer(true);
+    config.mutable_training()->set_recompute("linear");
+    Trainer trainer(config, world());
+    SingleProcessReference reference(config, world().size() / tp);
+    for (int step = 0; step < 3; ++step) {
+      StepMetrics m = trainer.forward_backward();
+      const double want = reference.forward_backward();
+      EXPECT_LE(std::abs(m.loss - want), 1e-5 * std::abs(want))
+          << "T=" << tp << ", step " << step << ": loss " << m.loss << " vs " << want;
+      const auto& ref = reference.model().parameters();
+      for (size_t i = 0; i < ref.size(); ++i) {
+        const double rel = relative_difference(trainer.whole_gradient(i), ref[i].value.grad());
+        EXPECT_LE(rel, 1e-5) << "T=" << tp << ", step " << step << ": gradient of "
+                             << ref[i].name << " differs by " << rel;
+      }
+      trainer.optimizer_step(&m);
+      reference.optimizer_step();
+    }
+  }
+}
+
 // Dedicated attention servers under TP: each serves one head group (its TP index's exchange).
 // On 4 ranks: one T=2 group of workers and two servers; the workers' numbers are one
 // process's.
