@@ -502,6 +502,10 @@ void Trainer::optimizer_step(StepMetrics* metrics) {
         // each is zeroed once copied into its parameters.
         sharded_->clip(norm, config_.training().grad_clip());
         sharded_->step(lr);
+        // With dedicated servers the workers' group is a communicator of its own beside the
+        // exchange's; as for the gradient buckets, its collectives do not stay in flight while
+        // the exchange runs (NCCL does not promise progress of two communicators at once).
+        if (config_.scheduler().server_mode() == "dedicated") sharded_->finish_gather();
       } else {
         clip_gradients(params, norm, config_.training().grad_clip());
         optimizer_->step(lr);

@@ -344,6 +344,7 @@ TEST(TensorParallel, DedicatedServersServeOneHeadGroupEach) {
   if (world().size() != 4) GTEST_SKIP() << "needs 4 ranks";
   for (bool ping_pong : {true, false}) {
     auto config = tp_run("cad", 2);
+    config.mutable_training()->set_shard_optimizer(!ping_pong);
     config.mutable_scheduler()->set_server_mode("dedicated");
     config.mutable_scheduler()->set_num_dedicated_servers(2);
     config.mutable_training()->set_ping_pong(ping_pong);
