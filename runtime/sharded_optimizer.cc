@@ -21,8 +21,8 @@ int forward_layer_of(const std::string& name, int num_layers) {
 
 }  // namespace
 
-ShardedAdamW::ShardedAdamW(const LlamaModel& model, GradientReducer& reducer,
-                           comm::Transport& dp, const AdamWOptions& options)
+ShardedAdamW::ShardedAdamW(const LlamaModel& model, GradientReducer& reducer, comm::Transport& dp,
+                           const AdamWOptions& options)
     : model_(model), reducer_(reducer), dp_(dp), options_(options) {
   CADRE_CHECK(reducer.sharded(), "ShardedAdamW needs a sharded gradient reducer");
   torch::NoGradGuard no_grad;
@@ -86,7 +86,8 @@ void ShardedAdamW::finish_gather() {
   for (size_t b = 0; b < gathers_.size(); ++b) ensure_bucket(b);
 }
 
-torch::Tensor ShardedAdamW::slice_of(size_t b, const std::vector<torch::Tensor>& per_parameter) const {
+torch::Tensor ShardedAdamW::slice_of(size_t b,
+                                     const std::vector<torch::Tensor>& per_parameter) const {
   const int64_t padded = reducer_.padded_elements(b);
   const int64_t size = padded / dp_.size(), begin = dp_.rank() * size;
   auto flat = torch::zeros({padded}, reducer_.shard_gradient(b).options());

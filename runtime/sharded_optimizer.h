@@ -67,7 +67,7 @@ class ShardedAdamW {
   void ensure_bucket(size_t b);
 
   std::vector<torch::Tensor> master_, exp_avg_, exp_avg_sq_, decay_, counted_;
-  std::vector<std::vector<int>> bucket_layers_;     // layers with a parameter in each bucket
+  std::vector<std::vector<int>> bucket_layers_;       // layers with a parameter in each bucket
   std::vector<std::unique_ptr<comm::Work>> gathers_;  // per bucket, in flight after step()
   int64_t steps_ = 0;
 };

@@ -122,8 +122,9 @@ torch::Tensor reduce_scatter_rows_now(const torch::Tensor& x, comm::Transport& g
   shape[0] = chunk;
   torch::Tensor recv = torch::empty(shape, x.options());
   if (chunk > 0) {
-    group.reduce_scatter_sum(send.data_ptr(), recv.data_ptr(), recv.numel(),
-                             comm_type(x.scalar_type()))
+    group
+        .reduce_scatter_sum(send.data_ptr(), recv.data_ptr(), recv.numel(),
+                            comm_type(x.scalar_type()))
         ->wait();
   }
   return recv.narrow(0, 0, split.counts[group.rank()]);
@@ -194,9 +195,9 @@ class VocabParallelCrossEntropy : public torch::autograd::Function<VocabParallel
     auto exp = shifted.exp();
     auto local = targets - vocab_begin;
     auto inside = targets.ne(kIgnoreTarget) & local.ge(0) & local.lt(width);
-    auto picked = shifted.gather(1, local.clamp(0, std::max<int64_t>(width - 1, 0)).unsqueeze(1))
-                      .squeeze(1) *
-                  inside.to(torch::kFloat);
+    auto picked =
+        shifted.gather(1, local.clamp(0, std::max<int64_t>(width - 1, 0)).unsqueeze(1)).squeeze(1) *
+        inside.to(torch::kFloat);
     // One all-reduce for both per-row sums.
     auto sums = torch::stack({exp.sum(1), picked}, 0).contiguous();
     all_reduce_tensor(sums, *group);
@@ -212,8 +213,8 @@ class VocabParallelCrossEntropy : public torch::autograd::Function<VocabParallel
     auto grad = saved[0].clone();
     const int64_t width = grad.size(1);
     if (grad.numel() > 0) {
-      auto one_hot = torch::zeros_like(grad).scatter_(
-          1, saved[1].clamp(0, width - 1).unsqueeze(1), saved[2].to(torch::kFloat).unsqueeze(1));
+      auto one_hot = torch::zeros_like(grad).scatter_(1, saved[1].clamp(0, width - 1).unsqueeze(1),
+                                                      saved[2].to(torch::kFloat).unsqueeze(1));
       grad.sub_(one_hot);
     }
     grad.mul_(saved[3].unsqueeze(1) * grads[0]);
@@ -269,7 +270,8 @@ torch::Tensor vocab_parallel_cross_entropy_sum(const torch::Tensor& logits,
   if (group == nullptr || group->size() == 1) return cross_entropy_sum(logits, targets);
   CADRE_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0),
               "vocab-parallel cross-entropy needs logits [rows, vocab shard] and targets [rows];"
-              " got ", logits.sizes(), " and ", targets.sizes());
+              " got ",
+              logits.sizes(), " and ", targets.sizes());
   return VocabParallelCrossEntropy::apply(logits, targets, vocab_begin, group);
 }
 

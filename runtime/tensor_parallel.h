@@ -13,7 +13,8 @@
 namespace cadre::runtime {
 
 // How the rows [0, total) of a nano-batch are dealt to the ranks of a group: rank r holds rows
-// [begin(r), begin(r) + counts[r]). The even split gives the first total % parts ranks one row more.
+// [begin(r), begin(r) + counts[r]). The even split gives the first total % parts ranks one row
+// more.
 struct RowSplit {
   std::vector<int64_t> counts;
   static RowSplit even(int64_t total, int parts);

@@ -41,9 +41,10 @@ long long json_integer(const std::string& json, const std::string& key) {
 
 TEST(CliParallel, TrainReportsPeakMemoryAndTheGrid) {
   const std::string dir = testing::TempDir() + "cadre_cli_parallel_" + std::to_string(::getpid());
-  const Result r = run("train --config configs/train_tiny.pbtxt --set cluster.num_gpus=1 "
-                       "--set cluster.gpus_per_node=1 --set training.steps=2 --set output.dir=" +
-                       dir);
+  const Result r =
+      run("train --config configs/train_tiny.pbtxt --set cluster.num_gpus=1 "
+          "--set cluster.gpus_per_node=1 --set training.steps=2 --set output.dir=" +
+          dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("| peak mem "), std::string::npos) << r.output;
   std::ifstream in(dir + "/summary.json");
@@ -63,10 +64,11 @@ TEST(CliParallel, TrainReportsPeakMemoryAndTheGrid) {
 }
 
 TEST(CliParallel, TrainRefusesATensorParallelSizeTheRanksCannotHold) {
-  const Result r = run("train --config configs/train_tiny.pbtxt --set cluster.num_gpus=1 "
-                       "--set cluster.gpus_per_node=2 --set cluster.tensor_parallel=2 "
-                       "--set training.steps=1 --set output.dir=" + testing::TempDir() +
-                       "cadre_cli_parallel_refused");
+  const Result r =
+      run("train --config configs/train_tiny.pbtxt --set cluster.num_gpus=1 "
+          "--set cluster.gpus_per_node=2 --set cluster.tensor_parallel=2 "
+          "--set training.steps=1 --set output.dir=" +
+          testing::TempDir() + "cadre_cli_parallel_refused");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   // The config loader sees it first: one rank (cluster.num_gpus = world) cannot hold T = 2.
   EXPECT_NE(r.output.find("cluster.num_gpus=1 is not divisible by cluster.tensor_parallel"),

@@ -80,11 +80,13 @@ double relative_difference(const torch::Tensor& a, const torch::Tensor& b) {
 class SingleProcessReference {
  public:
   SingleProcessReference(const config::RunConfig& config, int groups)
-      : config_(config), groups_(groups), model_(config.model(), config.training().seed()),
+      : config_(config),
+        groups_(groups),
+        model_(config.model(), config.training().seed()),
         optimizer_(model_.parameter_tensors(), adamw_options(config.training())) {
     for (int g = 0; g < groups; ++g) {
-      loaders_.push_back(std::make_unique<DataLoader>(config.data(), config.model().vocab_size(),
-                                                      g, groups));
+      loaders_.push_back(
+          std::make_unique<DataLoader>(config.data(), config.model().vocab_size(), g, groups));
     }
   }
   // Loss of the next step (training.micro_batches batches of every group); leaves the mean-loss
@@ -112,14 +114,15 @@ class SingleProcessReference {
         whole.push_back(doc.length_tokens);
         targets += std::max<int64_t>(0, doc.length_tokens - 1);
       }
-      auto op = make_colocated_attention(scheduler::layout_from_rank_documents({whole}), 0,
-                                         *kernel);
+      auto op =
+          make_colocated_attention(scheduler::layout_from_rank_documents({whole}), 0, *kernel);
       auto loss = model_.loss_sum(torch::cat(tokens), whole, *op);
       loss.backward();
       loss_sum += loss.item<double>();
     }
     torch::NoGradGuard no_grad;
-    for (const auto& p : model_.parameters()) p.value.mutable_grad().div_(static_cast<double>(targets));
+    for (const auto& p : model_.parameters())
+      p.value.mutable_grad().div_(static_cast<double>(targets));
     return loss_sum / static_cast<double>(targets);
   }
   // Returns the gradient norm before clipping.
@@ -262,7 +265,8 @@ const std::vector<Variant>& variants() {
       {"cad, ping-pong, sequence parallel", [](config::RunConfig*) {}},
       {"cad without ping-pong",
        [](config::RunConfig* c) { c->mutable_training()->set_ping_pong(false); }},
-      {"colocated", [](config::RunConfig* c) { c->mutable_training()->set_attention("colocated"); }},
+      {"colocated",
+       [](config::RunConfig* c) { c->mutable_training()->set_attention("colocated"); }},
       {"cad, recompute=linear, loss in chunks of 7 tokens",
        [](config::RunConfig* c) {
          c->mutable_training()->set_recompute("linear");
@@ -273,8 +277,7 @@ const std::vector<Variant>& variants() {
          c->mutable_training()->set_sequence_parallel(false);
          c->mutable_model()->set_tie_embeddings(true);
        }},
-      {"cad, packing span",
-       [](config::RunConfig* c) { c->mutable_data()->set_packing("span"); }},
+      {"cad, packing span", [](config::RunConfig* c) { c->mutable_data()->set_packing("span"); }},
       {"colocated, packing span, no overlapped reduction",
        [](config::RunConfig* c) {
          c->mutable_training()->set_attention("colocated");
@@ -328,8 +331,8 @@ TEST(TensorParallel, ShardedWeightGathersFinishInsideTheNextForward) {
       const auto& ref = reference.model().parameters();
       for (size_t i = 0; i < ref.size(); ++i) {
         const double rel = relative_difference(trainer.whole_gradient(i), ref[i].value.grad());
-        EXPECT_LE(rel, 1e-5) << "T=" << tp << ", step " << step << ": gradient of "
-                             << ref[i].name << " differs by " << rel;
+        EXPECT_LE(rel, 1e-5) << "T=" << tp << ", step " << step << ": gradient of " << ref[i].name
+                             << " differs by " << rel;
       }
       trainer.optimizer_step(&m);
       reference.optimizer_step();
@@ -362,8 +365,8 @@ TEST(TensorParallel, DedicatedServersServeOneHeadGroupEach) {
         const auto& ref = reference.model().parameters();
         for (size_t i = 0; i < ref.size(); ++i) {
           const double rel = relative_difference(trainer.whole_gradient(i), ref[i].value.grad());
-          EXPECT_LE(rel, 1e-5) << "ping-pong " << ping_pong << ", step " << step
-                               << ": gradient of " << ref[i].name << " differs by " << rel;
+          EXPECT_LE(rel, 1e-5) << "ping-pong " << ping_pong << ", step " << step << ": gradient of "
+                               << ref[i].name << " differs by " << rel;
         }
       }
       trainer.optimizer_step(&m);
