@@ -226,6 +226,54 @@ class MpiTransport : public Transport {
     wait_all(comm_, requests, {}, "all_gather", timeout_seconds_);
   }
 
+  std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t bytes) override {
+    CADRE_CHECK(bytes >= 0 && bytes <= INT32_MAX, "all_gather_async of ", bytes,
+                " bytes per rank; accepted: 0..", INT32_MAX);
+    std::vector<MPI_Request> requests(1);
+    CADRE_MPI_CHECK(MPI_Iallgather(send, static_cast<int>(bytes), MPI_BYTE, recv,
+                                   static_cast<int>(bytes), MPI_BYTE, comm_, &requests[0]));
+    return std::make_unique<MpiWork>(comm_, std::move(requests), std::vector<int>{},
+                                     "all_gather", timeout_seconds_);
+  }
+
+  std::unique_ptr<Work> reduce_scatter_sum(const void* send, void* recv, int64_t count,
+                                           DataType type) override {
+    CADRE_CHECK(count >= 0 && count * size_ <= INT32_MAX, "reduce_scatter_sum of ", count,
+                " elements per rank x ", size_, " ranks; accepted: at most ", INT32_MAX,
+                " elements in all");
+    std::vector<MPI_Request> requests(1);
+    if (type == DataType::kFloat32) {
+      CADRE_MPI_CHECK(MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), MPI_FLOAT,
+                                                MPI_SUM, comm_, &requests[0]));
+      return std::make_unique<MpiWork>(comm_, std::move(requests), std::vector<int>{},
+                                       "reduce_scatter_sum", timeout_seconds_);
+    }
+    CADRE_CHECK(type == DataType::kBFloat16,
+                "reduce_scatter_sum supports fp32 and bf16; got type ", static_cast<int>(type));
+    const int64_t total = count * size_;
+    auto widened = std::make_shared<std::vector<float>>(total + count);
+    const auto* bits = static_cast<const uint16_t*>(send);
+    for (int64_t i = 0; i < total; ++i) {
+      const uint32_t word = static_cast<uint32_t>(bits[i]) << 16;
+      std::memcpy(&(*widened)[i], &word, 4);
+    }
+    CADRE_MPI_CHECK(MPI_Ireduce_scatter_block(widened->data(), widened->data() + total,
+                                              static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_,
+                                              &requests[0]));
+    auto result = std::make_unique<MpiWork>(comm_, std::move(requests), std::vector<int>{},
+                                            "reduce_scatter_sum(bf16)", timeout_seconds_);
+    auto* out = static_cast<uint16_t*>(recv);
+    result->set_after([widened, out, count, total]() {
+      for (int64_t i = 0; i < count; ++i) {
+        uint32_t word;
+        std::memcpy(&word, &(*widened)[total + i], 4);
+        word += 0x7FFF + ((word >> 16) & 1);
+        out[i] = static_cast<uint16_t>(word >> 16);
+      }
+    });
+    return result;
+  }
+
   void barrier() override {
     std::vector<MPI_Request> requests(1);
     CADRE_MPI_CHECK(MPI_Ibarrier(comm_, &requests[0]));

@@ -397,6 +397,24 @@ class NcclTransportImpl : public NcclTransport {
     wait_on_host(*work);
   }
 
+  std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t bytes) override {
+    CADRE_CHECK(bytes >= 0, "all_gather_async: bytes must be >= 0; got ", bytes);
+    return issue(str_cat("all_gather (", bytes, " B per rank)"), [&](cudaStream_t stream) {
+      CADRE_NCCL_CHECK(ncclAllGather(send, recv, bytes, ncclUint8, state_->comm, stream));
+    });
+  }
+
+  std::unique_ptr<Work> reduce_scatter_sum(const void* send, void* recv, int64_t count,
+                                           DataType type) override {
+    CADRE_CHECK(count >= 0, "reduce_scatter_sum: count must be >= 0; got ", count);
+    ncclDataType_t nccl = nccl_type(type);
+    return issue(str_cat("reduce_scatter_sum (", count, " elements per rank)"),
+                 [&](cudaStream_t stream) {
+                   CADRE_NCCL_CHECK(ncclReduceScatter(send, recv, count, nccl, ncclSum,
+                                                      state_->comm, stream));
+                 });
+  }
+
   void barrier() override {
     auto work = issue("barrier", [&](cudaStream_t stream) {
       CADRE_NCCL_CHECK(ncclAllReduce(scratch_->as<float>(), scratch_->as<float>(), 1, ncclFloat32,

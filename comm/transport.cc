@@ -20,4 +20,14 @@ size_t data_type_bytes(DataType type) {
   CADRE_FAIL("unknown comm::DataType ", static_cast<int>(type));
 }
 
+std::unique_ptr<Work> Transport::all_gather_async(const void*, void*, int64_t) {
+  CADRE_FAIL("the ", backend(), " transport does not implement all_gather_async; accepted "
+             "backends: mpi, nccl");
+}
+
+std::unique_ptr<Work> Transport::reduce_scatter_sum(const void*, void*, int64_t, DataType) {
+  CADRE_FAIL("the ", backend(), " transport does not implement reduce_scatter_sum; accepted "
+             "backends: mpi, nccl");
+}
+
 }  // namespace cadre::comm

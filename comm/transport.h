@@ -53,6 +53,15 @@ class Transport {
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   // recv holds size() * bytes, rank r's contribution at offset r * bytes.
   virtual void all_gather(const void* send, void* recv, int64_t bytes) = 0;
+  // all_gather without blocking the host: MPI returns a pending request, NCCL orders the compute
+  // stream after it at wait() (see NcclTransport). The tensor-parallel layers use it.
+  virtual std::unique_ptr<Work> all_gather_async(const void* send, void* recv, int64_t bytes);
+  // send holds size() * count elements; rank r receives the sum over ranks of elements
+  // [r * count, (r + 1) * count) in recv (count elements). send and recv must not overlap.
+  // kBFloat16 is accumulated in fp32 by the MPI backend. Sequence parallelism and the sharded
+  // optimizer use it.
+  virtual std::unique_ptr<Work> reduce_scatter_sum(const void* send, void* recv, int64_t count,
+                                                   DataType type);
   virtual void barrier() = 0;
 
   // Operations that wait longer than this for their peers end the job with a message naming the

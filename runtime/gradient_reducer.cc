@@ -19,8 +19,9 @@ int layer_of(const std::string& name) {
 }  // namespace
 
 GradientReducer::GradientReducer(const LlamaModel& model, comm::Transport& dp,
-                                 int64_t bucket_bytes, comm::Timeline* timeline, void* stream)
-    : model_(model), dp_(dp), timeline_(timeline), stream_(stream) {
+                                 int64_t bucket_bytes, comm::Timeline* timeline, void* stream,
+                                 bool shard)
+    : model_(model), dp_(dp), timeline_(timeline), stream_(stream), shard_(shard) {
   CADRE_CHECK(bucket_bytes > 0, "gradient bucket size must be positive; got ", bucket_bytes);
   const auto& params = model.parameters();
   // Parameters of each layer, and the rest, in model order.
@@ -77,8 +78,12 @@ GradientReducer::GradientReducer(const LlamaModel& model, comm::Transport& dp,
   for (auto& [last_layer, members] : groups) {
     Bucket bucket;
     bucket.last_layer = last_layer;
-    bucket.flat =
-        torch::zeros({elements(members)}, members.front()->value.options().requires_grad(false));
+    const int64_t count = elements(members);
+    const int64_t ranks = dp.size();
+    const int64_t padded = shard ? (count + ranks - 1) / ranks * ranks : count;
+    const auto options = members.front()->value.options().requires_grad(false);
+    bucket.flat = torch::zeros({padded}, options);
+    if (shard) bucket.shard = torch::zeros({padded / ranks}, options);
     int64_t offset = 0;
     for (const NamedParameter* p : members) {
       CADRE_CHECK(p->value.device() == bucket.flat.device(), "gradient reducer: parameter ",
@@ -90,6 +95,7 @@ GradientReducer::GradientReducer(const LlamaModel& model, comm::Transport& dp,
       if (p->value.grad().defined()) view.copy_(p->value.grad());
       p->value.mutable_grad() = view;
       bucket.names.push_back(p->name);
+      bucket.members.push_back({p, offset});
       offset += n;
     }
     buckets_.push_back(std::move(bucket));
@@ -129,8 +135,13 @@ void GradientReducer::begin() {
 void GradientReducer::start(Bucket& bucket) {
   bucket.seen_done = false;
   if (timeline_) bucket.span = timeline_->begin_communication("grad all-reduce", stream_);
-  bucket.work = dp_.all_reduce_sum(bucket.flat.data_ptr(), bucket.flat.numel(),
-                                   comm::DataType::kFloat32);
+  if (shard_) {
+    bucket.work = dp_.reduce_scatter_sum(bucket.flat.data_ptr(), bucket.shard.data_ptr(),
+                                         bucket.shard.numel(), comm::DataType::kFloat32);
+  } else {
+    bucket.work = dp_.all_reduce_sum(bucket.flat.data_ptr(), bucket.flat.numel(),
+                                     comm::DataType::kFloat32);
+  }
   if (timeline_) timeline_->communication_enqueued(bucket.span);
 }
 
@@ -166,7 +177,11 @@ void GradientReducer::finish() {
     b.work->wait();
     b.work.reset();
     if (timeline_ && !b.seen_done) timeline_->communication_waited(b.span);
-    if (ranks > 1) b.flat.div_(ranks);
+    if (shard_) {
+      if (ranks > 1) b.shard.div_(ranks);
+    } else if (ranks > 1) {
+      b.flat.div_(ranks);
+    }
   }
 }
 

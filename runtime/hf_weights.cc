@@ -8,6 +8,7 @@
 // checks the rotation against an independent rotate-half reference, and
 // scripts/hf_parity_check.sh checks the loss against transformers on the GPU machine.
 #include "runtime/hf_weights.h"
+#include "runtime/parameter_shards.h"
 
 #include <cmath>
 #include <fstream>
@@ -524,7 +525,8 @@ void load_hf_weights(LlamaModel& model, const std::string& dir) {
     auto it = by_name.find(p.name);
     CADRE_CHECK(it != by_name.end(), "training.init_from=\"", dir, "\": no weights for '", p.name,
                 "'");
-    p.value.copy_(*it->second);
+    // Under tensor parallelism this rank's slice of the whole tensor (shape checked there).
+    p.value.copy_(slice_shard(p, *it->second));
   }
 }
 

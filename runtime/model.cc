@@ -102,11 +102,35 @@ void check_dims(const config::ModelConfig& m) {
               " got ", m.kv_latent_dim());
 }
 
+void check_tensor_parallel(const config::ModelConfig& m, int64_t tp) {
+  CADRE_CHECK(m.num_heads() % tp == 0, "model.num_heads=", m.num_heads(),
+              " is not divisible by cluster.tensor_parallel=", tp,
+              " (query heads are split across the tensor-parallel group); accepted: a "
+              "tensor_parallel that divides ", m.num_heads());
+  CADRE_CHECK(m.num_kv_heads() % tp == 0 || tp % m.num_kv_heads() == 0, "model.num_kv_heads=",
+              m.num_kv_heads(), " and cluster.tensor_parallel=", tp,
+              " do not divide one another (K/V heads are split, or replicated when the group is "
+              "larger); accepted: a tensor_parallel that divides or is a multiple of ",
+              m.num_kv_heads());
+  CADRE_CHECK(m.ffn_hidden_size() % tp == 0, "model.ffn_hidden_size=", m.ffn_hidden_size(),
+              " is not divisible by cluster.tensor_parallel=", tp,
+              " (gate/up columns and down rows are split); accepted: a tensor_parallel that "
+              "divides ", m.ffn_hidden_size());
+  CADRE_CHECK(m.vocab_size() % tp == 0, "model.vocab_size=", m.vocab_size(),
+              " is not divisible by cluster.tensor_parallel=", tp,
+              " (the embedding, LM head and loss split the vocabulary; cadre does not pad it); "
+              "accepted: a vocab_size that is a multiple of ", tp, ", e.g. ",
+              (m.vocab_size() + tp - 1) / tp * tp);
+}
+
 }  // namespace
 
-LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const torch::Device& device)
-    : config_(model) {
+LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const torch::Device& device,
+                       const TensorParallelGroup* tp)
+    : config_(model), tp_(tp) {
   check_dims(model);
+  const int64_t tp_size = tp ? tp->size() : 1, tp_rank = tp ? tp->rank() : 0;
+  if (tp_size > 1) check_tensor_parallel(model, tp_size);
   // One generator walked in a fixed order: identical weights on every rank for one seed.
   at::Generator generator = at::detail::createCPUGenerator(seed);
   if (!device.is_cpu()) {
@@ -123,35 +147,89 @@ LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const to
   const int64_t hidden = model.hidden_size(), heads = model.num_heads();
   const int64_t kv_heads = model.num_kv_heads(), dim = model.head_dim();
   const int64_t ffn = model.ffn_hidden_size(), vocab = model.vocab_size();
-
-  embedding_ = add_parameter("embedding", normal({vocab, hidden}, std));
+  local_heads_ = heads / tp_size;
+  // K/V heads split across the group, or (T > kv_heads) head rank / (T / kv_heads) replicated
+  // on T / kv_heads consecutive ranks, which then sum its gradient.
+  const bool kv_split = kv_heads % tp_size == 0;
+  const int64_t kv_parts = kv_split ? tp_size : kv_heads;
+  const int64_t kv_replicas = kv_split ? 1 : tp_size / kv_heads;
+  const int64_t kv_index = tp_rank / kv_replicas;
+  const bool kv_counted = tp_rank % kv_replicas == 0;
+  local_kv_heads_ = kv_heads / kv_parts;
+  vocab_begin_ = tp_rank * (vocab / tp_size);
+  const bool lead = tp_rank == 0;
+  // The T = 1 draws in the T = 1 order; each rank keeps its slice (rows: dim 0, columns: dim 1).
+  embedding_ = add_shard("embedding", normal({vocab, hidden}, std), 0, tp_size, tp_rank, true);
   for (int32_t l = 0; l < model.num_layers(); ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     Layer layer;
-    layer.attention_norm = add_parameter(p + "attention_norm", torch::ones({hidden}, f32));
-    layer.wq = add_parameter(p + "wq", normal({heads * dim, hidden}, std));
-    layer.wk = add_parameter(p + "wk", normal({kv_heads * dim, hidden}, std));
-    layer.wv = add_parameter(p + "wv", normal({kv_heads * dim, hidden}, std));
-    layer.wo = add_parameter(p + "wo", normal({hidden, heads * dim}, residual_std));
-    layer.mlp_norm = add_parameter(p + "mlp_norm", torch::ones({hidden}, f32));
-    layer.w_gate = add_parameter(p + "w_gate", normal({ffn, hidden}, std));
-    layer.w_up = add_parameter(p + "w_up", normal({ffn, hidden}, std));
-    layer.w_down = add_parameter(p + "w_down", normal({hidden, ffn}, residual_std));
+    layer.attention_norm =
+        add_shard(p + "attention_norm", torch::ones({hidden}, f32), -1, 1, 0, lead);
+    layer.wq = add_shard(p + "wq", normal({heads * dim, hidden}, std), 0, tp_size, tp_rank, true);
+    layer.wk = add_shard(p + "wk", normal({kv_heads * dim, hidden}, std), 0, kv_parts, kv_index,
+                         kv_counted);
+    layer.wv = add_shard(p + "wv", normal({kv_heads * dim, hidden}, std), 0, kv_parts, kv_index,
+                         kv_counted);
+    layer.wo = add_shard(p + "wo", normal({hidden, heads * dim}, residual_std), 1, tp_size,
+                         tp_rank, true);
+    layer.mlp_norm = add_shard(p + "mlp_norm", torch::ones({hidden}, f32), -1, 1, 0, lead);
+    layer.w_gate = add_shard(p + "w_gate", normal({ffn, hidden}, std), 0, tp_size, tp_rank, true);
+    layer.w_up = add_shard(p + "w_up", normal({ffn, hidden}, std), 0, tp_size, tp_rank, true);
+    layer.w_down = add_shard(p + "w_down", normal({hidden, ffn}, residual_std), 1, tp_size,
+                             tp_rank, true);
     layers_.push_back(layer);
   }
-  final_norm_ = add_parameter("final_norm", torch::ones({hidden}, f32));
-  lm_head_ = model.tie_embeddings() ? embedding_
-                                    : add_parameter("lm_head", normal({vocab, hidden}, std));
+  final_norm_ = add_shard("final_norm", torch::ones({hidden}, f32), -1, 1, 0, lead);
+  lm_head_ = model.tie_embeddings()
+                 ? embedding_
+                 : add_shard("lm_head", normal({vocab, hidden}, std), 0, tp_size, tp_rank, true);
 }
 
 torch::Tensor LlamaModel::add_parameter(const std::string& name, torch::Tensor value) {
+  return add_shard(name, value, -1, 1, 0, true);
+}
+
+torch::Tensor LlamaModel::add_shard(const std::string& name, const torch::Tensor& full, int dim,
+                                    int64_t parts, int64_t index, bool counted) {
+  torch::Tensor value = full;
+  if (dim >= 0 && parts > 1) {
+    const int64_t width = full.size(dim) / parts;
+    value = full.narrow(dim, index * width, width).clone();
+  }
   value = value.contiguous().set_requires_grad(true);
-  parameters_.push_back({name, value});
+  NamedParameter p;
+  p.name = name;
+  p.value = value;
+  p.shard_dim = parts > 1 ? dim : -1;
+  p.shard_parts = parts > 1 ? parts : 1;
+  p.shard_index = parts > 1 ? index : 0;
+  p.counted = counted;
+  p.full_shape = full.sizes().vec();
+  parameters_.push_back(std::move(p));
   return value;
 }
 
+torch::Tensor LlamaModel::partial_grad(const torch::Tensor& weight, comm::Transport* group) const {
+  return copy_to_tensor_parallel(weight, group);
+}
+
+RowSplit LlamaModel::sequence_split(int64_t rows) const {
+  return RowSplit::even(rows, sequence_parallel() ? tp_->size() : 1);
+}
+
 torch::Tensor LlamaModel::embed(const torch::Tensor& tokens) const {
-  return embedding_.index_select(0, tokens).to(compute_dtype_);
+  if (!parallel()) return embedding_.index_select(0, tokens).to(compute_dtype_);
+  // Vocabulary-parallel: rows of tokens outside this rank's vocabulary are zero here (and get no
+  // gradient); the sum over the group is the embedding. Sequence parallelism keeps this rank's
+  // rows of the sum only.
+  const int64_t width = embedding_.size(0);
+  auto local = tokens - vocab_begin_;
+  auto inside = (local.ge(0) & local.lt(width)).to(compute_dtype_).unsqueeze(1);
+  auto partial = embedding_.index_select(0, local.clamp(0, width - 1)).to(compute_dtype_) * inside;
+  if (sequence_parallel()) {
+    return reduce_scatter_rows(partial, tp_group(), sequence_split(tokens.size(0)));
+  }
+  return reduce_from_tensor_parallel(partial, tp_group());
 }
 
 RopeTables LlamaModel::rope(const torch::Tensor& positions) const {
@@ -164,37 +242,88 @@ RopeTables LlamaModel::rope(const torch::Tensor& positions) const {
 std::vector<torch::Tensor> LlamaModel::attention_inputs(int layer_index, const torch::Tensor& x,
                                                         const RopeTables& rope) const {
   const Layer& layer = layers_.at(layer_index);
-  const int64_t n = x.size(0), dim = config_.head_dim();
-  auto h = rms_norm(x, layer.attention_norm, config_.norm_eps());
-  auto q = apply_rope(torch::matmul(h, cast(layer.wq).t()).view({n, config_.num_heads(), dim}), rope);
-  auto k = apply_rope(torch::matmul(h, cast(layer.wk).t()).view({n, config_.num_kv_heads(), dim}),
-                      rope);
-  auto v = torch::matmul(h, cast(layer.wv).t()).view({n, config_.num_kv_heads(), dim});
+  const int64_t dim = config_.head_dim();
+  torch::Tensor h;
+  torch::Tensor wk = layer.wk, wv = layer.wv;
+  if (!parallel()) {
+    h = rms_norm(x, layer.attention_norm, config_.norm_eps());
+  } else if (sequence_parallel()) {
+    // RMSNorm over this rank's rows (its weight's gradient is partial: summed over the group),
+    // then all-gather every row for the column-parallel projections.
+    h = gather_rows(rms_norm(x, partial_grad(layer.attention_norm, tp_group()), config_.norm_eps()),
+                    tp_group(), sequence_split(rope.cos.size(0)));
+  } else {
+    h = copy_to_tensor_parallel(rms_norm(x, layer.attention_norm, config_.norm_eps()), tp_group());
+  }
+  if (parallel() && tp_->kv_replicas() != nullptr) {
+    // Each replica of a K/V head sees the gradient of its own query heads only.
+    wk = partial_grad(wk, tp_->kv_replicas());
+    wv = partial_grad(wv, tp_->kv_replicas());
+  }
+  const int64_t n = h.size(0);
+  auto q = apply_rope(torch::matmul(h, cast(layer.wq).t()).view({n, local_heads_, dim}), rope);
+  auto k = apply_rope(torch::matmul(h, cast(wk).t()).view({n, local_kv_heads_, dim}), rope);
+  auto v = torch::matmul(h, cast(wv).t()).view({n, local_kv_heads_, dim});
   return {q.contiguous(), k.contiguous(), v.contiguous()};
 }
 
 torch::Tensor LlamaModel::layer_output(int layer_index, const torch::Tensor& x,
                                        const torch::Tensor& o) const {
   const Layer& layer = layers_.at(layer_index);
-  const int64_t n = x.size(0);
-  auto y = x + torch::matmul(o.reshape({n, config_.num_heads() * config_.head_dim()}),
-                             cast(layer.wo).t());
-  auto h = rms_norm(y, layer.mlp_norm, config_.norm_eps());
+  const int64_t n = o.size(0);
+  auto attention = torch::matmul(o.reshape({n, local_heads_ * config_.head_dim()}),
+                                 cast(layer.wo).t());
+  if (!parallel()) {
+    auto y = x + attention;
+    auto h = rms_norm(y, layer.mlp_norm, config_.norm_eps());
+    auto gated = torch::silu(torch::matmul(h, cast(layer.w_gate).t())) *
+                 torch::matmul(h, cast(layer.w_up).t());
+    return y + torch::matmul(gated, cast(layer.w_down).t());
+  }
+  // Row-parallel output projection: partial sums, reduced (or reduce-scattered to this rank's
+  // rows); the MLP's column-parallel gate/up see every row, its row-parallel down is reduced.
+  const bool sp = sequence_parallel();
+  const RowSplit rows = sequence_split(n);
+  auto reduce = [&](const torch::Tensor& partial) {
+    return sp ? reduce_scatter_rows(partial, tp_group(), rows)
+              : reduce_from_tensor_parallel(partial, tp_group());
+  };
+  auto y = x + reduce(attention);
+  auto h = sp ? gather_rows(rms_norm(y, partial_grad(layer.mlp_norm, tp_group()),
+                                     config_.norm_eps()),
+                            tp_group(), rows)
+              : copy_to_tensor_parallel(rms_norm(y, layer.mlp_norm, config_.norm_eps()),
+                                        tp_group());
   auto gated = torch::silu(torch::matmul(h, cast(layer.w_gate).t())) *
                torch::matmul(h, cast(layer.w_up).t());
-  return y + torch::matmul(gated, cast(layer.w_down).t());
+  return y + reduce(torch::matmul(gated, cast(layer.w_down).t()));
 }
 
-torch::Tensor LlamaModel::logits(const torch::Tensor& x) const {
-  return torch::matmul(rms_norm(x, final_norm_, config_.norm_eps()), cast(lm_head_).t());
+torch::Tensor LlamaModel::logits(const torch::Tensor& x, const RowSplit* rows) const {
+  if (!parallel()) {
+    return torch::matmul(rms_norm(x, final_norm_, config_.norm_eps()), cast(lm_head_).t());
+  }
+  torch::Tensor h;
+  if (sequence_parallel()) {
+    CADRE_CHECK(rows != nullptr, "logits under sequence parallelism need the rows' split");
+    h = gather_rows(rms_norm(x, partial_grad(final_norm_, tp_group()), config_.norm_eps()),
+                    tp_group(), *rows);
+  } else {
+    h = copy_to_tensor_parallel(rms_norm(x, final_norm_, config_.norm_eps()), tp_group());
+  }
+  return torch::matmul(h, cast(lm_head_).t());
 }
 
-torch::Tensor LlamaModel::head_loss_sum(const torch::Tensor& x, const torch::Tensor& targets) const {
-  return cross_entropy_sum(logits(x), targets);
+torch::Tensor LlamaModel::head_loss_sum(const torch::Tensor& x, const torch::Tensor& targets,
+                                        const RowSplit* rows) const {
+  if (!parallel()) return cross_entropy_sum(logits(x), targets);
+  return vocab_parallel_cross_entropy_sum(logits(x, rows), targets, vocab_begin_, tp_group());
 }
 
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                                   CoreAttentionOp& attention) const {
+  CADRE_CHECK(!parallel(), "LlamaModel::forward runs the whole model on one rank; under tensor "
+              "parallelism the step executor runs the segments");
   CADRE_CHECK(tokens.dim() == 1 && tokens.sizes() == positions.sizes(),
               "tokens and positions must both be [tokens]; got ", tokens.sizes(), " and ",
               positions.sizes());

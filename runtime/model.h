@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/attention_op.h"
+#include "runtime/tensor_parallel.h"
 #include "scheduler/config.pb.h"
 
 namespace cadre::runtime {
@@ -45,10 +46,21 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 // Sum over positions with a target of -log softmax(logits)[target]; kIgnoreTarget positions add 0.
 torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets);
 
-// A model parameter with a stable name (checkpoints and test reports use it).
+// A model parameter with a stable name (checkpoints and test reports use it). Under tensor
+// parallelism `value` is this rank's shard of the whole tensor: slice `shard_index` of
+// `shard_parts` equal slices along `shard_dim` (-1: the whole tensor, replicated).
 struct NamedParameter {
   std::string name;
   torch::Tensor value;  // fp32, requires grad
+  int shard_dim = -1;
+  int64_t shard_parts = 1;
+  int64_t shard_index = 0;
+  // Whether this rank's copy counts in sums over the tensor-parallel group (the global gradient
+  // norm): false on every rank but the first holding the same shard (replicated norms, K/V
+  // heads replicated when T exceeds them).
+  bool counted = true;
+  // The whole tensor's shape.
+  std::vector<int64_t> full_shape;
 };
 
 class LlamaModel {
@@ -57,10 +69,14 @@ class LlamaModel {
   // depends only on `seed`, so every rank starts from identical weights.
   // On a CUDA device the weights are drawn there by a CUDA generator seeded with `seed` (fast for
   // billion-parameter models; different numbers than the CPU generator draws).
+  // With `tp` of size T > 1 the model holds this rank's tensor-parallel shards (Megatron-LM
+  // layout: column-parallel Q/K/V and gate/up, row-parallel output and down projections,
+  // vocabulary-parallel embedding and LM head), sliced from the very weights the T = 1 model
+  // draws for `seed`. `tp` must outlive the model.
   LlamaModel(const config::ModelConfig& model, uint64_t seed,
-             const torch::Device& device = torch::kCPU);
+             const torch::Device& device = torch::kCPU, const TensorParallelGroup* tp = nullptr);
 
-  // Logits [tokens, vocab] of one rank's packed micro-batch. tokens, positions: int64 [tokens].
+  // T = 1 only: logits [tokens, vocab] of one rank's packed micro-batch. tokens, positions: int64 [tokens].
   // `attention` computes every layer's core attention over this rank's rows (its Layout order).
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                         CoreAttentionOp& attention) const;
@@ -72,6 +88,11 @@ class LlamaModel {
   // The forward pass in segments, for executors that schedule layers themselves (ping-pong,
   // recomputation): forward() is embed, then per layer attention_inputs -> core attention ->
   // layer_output, then head_loss_sum (or logits). Activations are in the compute dtype.
+  //
+  // Under tensor parallelism every call is collective over the group (the same nano-batch on
+  // every rank). With sequence parallelism the residual stream x holds only this rank's rows
+  // (sequence_split of the nano-batch's rows); q, k, v, o and the logits cover every row, with
+  // this rank's heads / vocabulary columns.
   torch::Tensor embed(const torch::Tensor& tokens) const;
   // q [n, heads, head_dim], k and v [n, kv_heads, head_dim] of layer `layer` from its input x.
   std::vector<torch::Tensor> attention_inputs(int layer, const torch::Tensor& x,
@@ -79,10 +100,23 @@ class LlamaModel {
   // The layer's output from its input x and core attention's output o [n, heads, head_dim]:
   // x + o Wo^T, then the SwiGLU MLP block with its residual.
   torch::Tensor layer_output(int layer, const torch::Tensor& x, const torch::Tensor& o) const;
-  // Final norm and LM head: logits [n, vocab] in the compute dtype.
-  torch::Tensor logits(const torch::Tensor& x) const;
+  // Final norm and LM head: logits [n, vocab] in the compute dtype (this rank's vocabulary
+  // columns under TP; with sequence parallelism x holds rows split by `rows`, which the call
+  // gathers, default RowSplit::even over the group).
+  torch::Tensor logits(const torch::Tensor& x, const RowSplit* rows = nullptr) const;
   // Sum of next-token losses (fp32) of rows x [n, hidden] with targets (kIgnoreTarget adds 0).
-  torch::Tensor head_loss_sum(const torch::Tensor& x, const torch::Tensor& targets) const;
+  // With sequence parallelism x is this rank's part of the rows split by `rows` and targets are
+  // those of all of them, in rank order. The same value on every rank of the group.
+  torch::Tensor head_loss_sum(const torch::Tensor& x, const torch::Tensor& targets,
+                              const RowSplit* rows = nullptr) const;
+  // How sequence parallelism deals `rows` rows of a nano-batch (one part when it is off).
+  RowSplit sequence_split(int64_t rows) const;
+  bool sequence_parallel() const { return tp_ != nullptr && tp_->sequence_parallel(); }
+  int tensor_parallel_size() const { return tp_ ? tp_->size() : 1; }
+  const TensorParallelGroup* tensor_parallel() const { return tp_; }
+  // Query and K/V heads of this rank (all of them at T = 1).
+  int64_t local_heads() const { return local_heads_; }
+  int64_t local_kv_heads() const { return local_kv_heads_; }
   RopeTables rope(const torch::Tensor& positions) const;
 
   // Activations and matrix products run in `dtype` (kFloat, kBFloat16, kHalf); parameters and
@@ -101,6 +135,14 @@ class LlamaModel {
     torch::Tensor attention_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down;
   };
   torch::Tensor add_parameter(const std::string& name, torch::Tensor value);
+  // Adds this rank's slice of `full` (slice `index` of `parts` along `dim`; dim -1: replicated).
+  torch::Tensor add_shard(const std::string& name, const torch::Tensor& full, int dim,
+                          int64_t parts, int64_t index, bool counted);
+  bool parallel() const { return tp_ != nullptr && tp_->size() > 1; }
+  comm::Transport* tp_group() const { return parallel() ? &tp_->transport() : nullptr; }
+  // A replicated weight whose gradient each rank sees in part (norms under sequence
+  // parallelism, K/V replicated over ranks): its backward sums the gradient over `group`.
+  torch::Tensor partial_grad(const torch::Tensor& weight, comm::Transport* group) const;
   torch::Tensor cast(const torch::Tensor& weight) const { return weight.to(compute_dtype_); }
 
   config::ModelConfig config_;
@@ -108,6 +150,8 @@ class LlamaModel {
   torch::Tensor embedding_, final_norm_, lm_head_;  // lm_head_ aliases embedding_ when tied
   std::vector<Layer> layers_;
   torch::ScalarType compute_dtype_ = torch::kFloat;
+  const TensorParallelGroup* tp_ = nullptr;
+  int64_t local_heads_ = 0, local_kv_heads_ = 0, vocab_begin_ = 0;
 };
 
 }  // namespace cadre::runtime

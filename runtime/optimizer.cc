@@ -65,6 +65,26 @@ double clip_grad_norm(const std::vector<torch::Tensor>& parameters, double max_n
   return norm;
 }
 
+double grad_sum_squares(const std::vector<torch::Tensor>& parameters,
+                        const std::vector<bool>& counted) {
+  double sum_squares = 0;
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    const auto& p = parameters[i];
+    if (!counted.empty() && !counted[i]) continue;
+    if (p.grad().defined()) sum_squares += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  return sum_squares;
+}
+
+void clip_gradients(const std::vector<torch::Tensor>& parameters, double norm, double max_norm) {
+  if (!(max_norm > 0 && norm > max_norm)) return;
+  const double scale = max_norm / (norm + 1e-6);
+  torch::NoGradGuard no_grad;
+  for (const auto& p : parameters) {
+    if (p.grad().defined()) p.grad().mul_(scale);
+  }
+}
+
 double learning_rate_at(int64_t step, const config::TrainingConfig& training) {
   const double peak = training.learning_rate(), floor = training.min_learning_rate();
   const int64_t warmup = training.warmup_steps(), total = training.steps();

@@ -47,6 +47,13 @@ AdamWOptions adamw_options(const config::TrainingConfig& training);
 // by max_norm / (norm + 1e-6). Returns the norm before clipping.
 double clip_grad_norm(const std::vector<torch::Tensor>& parameters, double max_norm);
 
+// Pieces of clip_grad_norm for gradients spread over ranks: the sum of squares of the gradients
+// whose `counted` entry is true (all when `counted` is empty), in fp64; and scaling every
+// gradient by max_norm / (norm + 1e-6) when norm exceeds max_norm (> 0).
+double grad_sum_squares(const std::vector<torch::Tensor>& parameters,
+                        const std::vector<bool>& counted = {});
+void clip_gradients(const std::vector<torch::Tensor>& parameters, double norm, double max_norm);
+
 // Learning rate of 0-based `step`: linear warmup to learning_rate over warmup_steps
 // (lr * (step + 1) / warmup), then cosine decay to min_learning_rate at the last step.
 double learning_rate_at(int64_t step, const config::TrainingConfig& training);

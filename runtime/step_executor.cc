@@ -4,6 +4,7 @@
 
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <string>
 
 #include "common/error.h"
@@ -107,6 +108,7 @@ class Executor {
       nanos[i].layers.resize(layers);
       nanos[i].loss = torch::zeros({}, torch::TensorOptions().device(device_));
       if (model_ != nullptr) {
+        if (i == 0) parameters_needed(-1);
         const int span = begin("embed" + nanos[i].tag);
         nanos[i].rope = model_->rope(batches[i].positions);
         nanos[i].embedded = model_->embed(batches[i].tokens);
@@ -119,12 +121,14 @@ class Executor {
     // (under B's linear layers), B's (under A's attention), A's return (under B's attention) and
     // B's return (under A's next linear layers).
     for (int l = 0; l < layers; ++l) {
+      parameters_needed(l);
       for (NanoState& n : nanos) {
         if (l > 0) post_forward(n, l - 1);
         pre_forward(n, l);
       }
       for (NanoState& n : nanos) n.layers[l].attention->forward_serve();
     }
+    parameters_needed(layers);
     for (NanoState& n : nanos) {
       post_forward(n, layers - 1);
       head(n);
@@ -162,8 +166,17 @@ class Executor {
   void end(int span) {
     if (options_.timeline) options_.timeline->end_compute(span);
   }
+  void parameters_needed(int layer) {
+    if (model_ != nullptr && options_.parameters_needed) options_.parameters_needed(layer);
+  }
   void layer_done(int layer) {
     if (options_.layer_gradients_ready) options_.layer_gradients_ready(layer);
+  }
+  int64_t server_heads() const {
+    return options_.server_heads > 0 ? options_.server_heads : config_.num_heads();
+  }
+  int64_t server_kv_heads() const {
+    return options_.server_kv_heads > 0 ? options_.server_kv_heads : config_.num_kv_heads();
   }
   torch::Tensor empty_heads(int64_t heads) const {
     return torch::empty({0, heads, config_.head_dim()},
@@ -175,9 +188,8 @@ class Executor {
     s.attention = n.batch->make_attention();
     const int span = begin("L" + std::to_string(l) + " qkv" + n.tag);
     if (model_ == nullptr) {
-      s.attention->forward_send(empty_heads(config_.num_heads()),
-                                empty_heads(config_.num_kv_heads()),
-                                empty_heads(config_.num_kv_heads()));
+      s.attention->forward_send(empty_heads(server_heads()), empty_heads(server_kv_heads()),
+                                empty_heads(server_kv_heads()));
     } else if (options_.recompute) {
       torch::NoGradGuard no_grad;
       s.x = n.x;
@@ -216,6 +228,11 @@ class Executor {
     const int64_t chunk = options_.loss_chunk_tokens > 0 ? options_.loss_chunk_tokens
                                                          : std::max<int64_t>(rows, 1);
     n.grad = torch::zeros_like(n.x);
+    if (model_->sequence_parallel()) {
+      head_sequence_parallel(n, chunk);
+      end(span);
+      return;
+    }
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t len = std::min(chunk, rows - a);
       auto x = n.x.narrow(0, a, len).detach().requires_grad_(true);
@@ -228,10 +245,36 @@ class Executor {
     end(span);
   }
 
+  // Sequence parallelism: this rank holds rows [begin, begin + count) of the nano-batch. Every
+  // rank of the group runs the same number of chunks (the largest part's), each chunk gathering
+  // rows [a, a + len) of every rank's part, whose targets are picked out of the whole batch's.
+  void head_sequence_parallel(NanoState& n, int64_t chunk) {
+    const RowSplit split = model_->sequence_split(n.batch->targets.size(0));
+    const int me = model_->tensor_parallel()->rank();
+    for (int64_t a = 0; a < split.max_count(); a += chunk) {
+      RowSplit part;
+      std::vector<int64_t> rows;
+      for (size_t r = 0; r < split.counts.size(); ++r) {
+        const int64_t len = std::max<int64_t>(0, std::min(chunk, split.counts[r] - a));
+        part.counts.push_back(len);
+        for (int64_t i = 0; i < len; ++i) rows.push_back(split.begin(static_cast<int>(r)) + a + i);
+      }
+      const int64_t mine = part.counts[me];
+      auto x = n.x.narrow(0, std::min(a, n.x.size(0)), mine).detach().requires_grad_(true);
+      auto targets = n.batch->targets.index_select(
+          0, torch::tensor(rows, torch::kLong).to(n.batch->targets.device()));
+      auto loss = model_->head_loss_sum(x, targets, &part);
+      (loss * options_.loss_scale).backward();
+      n.loss = n.loss + loss.detach().to(torch::kFloat);
+      if (x.grad().defined() && mine > 0) n.grad.narrow(0, a, mine).copy_(x.grad());
+    }
+    n.x = torch::Tensor();
+  }
+
   void post_backward(NanoState& n, int l) {
     LayerState& s = n.layers[l];
     if (model_ == nullptr) {
-      s.attention->backward_send(empty_heads(config_.num_heads()));
+      s.attention->backward_send(empty_heads(server_heads()));
       return;
     }
     if (options_.recompute) {

@@ -67,6 +67,13 @@ struct ExecutorOptions {
   // core-attention sends have been issued: the trainer starts their data-parallel all-reduce
   // there. Empty: not called.
   std::function<void(int layer)> layer_gradients_ready;
+  // Query and K/V heads a dedicated server's empty inputs carry (its head group under tensor
+  // parallelism); 0: model_config's.
+  int64_t server_heads = 0, server_kv_heads = 0;
+  // Called before the forward first uses the parameters of a layer: -1 before the embedding,
+  // l before layer l, num_layers before the head (the sharded optimizer's gathers finish
+  // there). Empty: not called.
+  std::function<void(int layer)> parameters_needed;
 };
 
 // Runs forward and backward of `nanos` (1 = no overlap; 2 = ping-pong) through `model`,

@@ -20,6 +20,8 @@
 #include "runtime/attention_op.h"
 #include "runtime/checkpoint.h"
 #include "runtime/hf_weights.h"
+#include "runtime/memory_stats.h"
+#include "runtime/parameter_shards.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
@@ -186,20 +188,33 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
               " (at least one worker)");
   num_workers_ = world - servers;
   const bool worker = rank < num_workers_;
-  if (dedicated) {
-    workers_ = data.split(worker ? 0 : 1, rank);
-    dp_ = workers_.get();
-  } else {
-    dp_ = &data;
-  }
+  // The process grid: T consecutive ranks per tensor-parallel group, inside one node.
+  const int tp = config.cluster().tensor_parallel();
+  CADRE_CHECK(tp >= 1 && config.cluster().gpus_per_node() % tp == 0, "cluster.tensor_parallel=",
+              tp, " does not divide cluster.gpus_per_node=", config.cluster().gpus_per_node(),
+              " (a tensor-parallel group stays inside one node); accepted: a divisor of ",
+              config.cluster().gpus_per_node());
+  GridOptions grid_options;
+  grid_options.tensor_parallel = tp;
+  grid_options.pipeline_parallel = config.cluster().pipeline_parallel();
+  grid_options.workers = num_workers_;
+  grid_options.kv_heads = config.model().num_kv_heads();
+  grid_ = std::make_unique<ProcessGrid>(data, grid_options);
+  dp_ = &grid_->data_parallel();
+  tp_group_ = std::make_unique<TensorParallelGroup>(grid_->tensor(), grid_->kv_replicas(),
+                                                    training.sequence_parallel());
 
   if (worker) {
-    model_ = std::make_unique<LlamaModel>(config.model(), training.seed(), device_);
+    model_ = std::make_unique<LlamaModel>(config.model(), training.seed(), device_,
+                                          tp_group_.get());
     model_->set_compute_dtype(dtype_);
     if (!training.init_from().empty()) load_hf_weights(*model_, training.init_from());
-    optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
-    data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(), rank,
-                                         num_workers_);
+    if (!training.shard_optimizer()) {
+      optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
+    }
+    // Every rank of a tensor-parallel group trains the same documents: its data-parallel index's.
+    data_ = std::make_unique<DataLoader>(config.data(), config.model().vocab_size(),
+                                         grid_->data_rank(), grid_->data_size());
   }
   // GPU kernels take bf16/fp16 only; fp32 and CPU training run the reference.
   const bool gpu_kernel = device_.is_cuda() && dtype_ != torch::kFloat;
@@ -214,16 +229,23 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
 #ifdef CADRE_WITH_CUDA
   if (device_.is_cuda()) {
     const auto& nccl = static_cast<const comm::NcclTransport&>(data);
-    timeline_ = comm::make_cuda_timeline(nccl.compute_stream(), nccl.communication_stream());
-    // The workers' sub-group (dedicated mode) has a communication stream of its own.
-    if (workers_) dp_stream_ = static_cast<comm::NcclTransport&>(*workers_).communication_stream();
+    // Under tensor parallelism the exchange runs on its TP index's communicator (its own
+    // stream); the workers' sub-group (dedicated mode) has a communication stream of its own.
+    const auto& exchange = static_cast<const comm::NcclTransport&>(grid_->attention());
+    timeline_ = comm::make_cuda_timeline(nccl.compute_stream(), exchange.communication_stream());
+    if (dp_ != &grid_->attention()) {
+      dp_stream_ = static_cast<comm::NcclTransport&>(*dp_).communication_stream();
+    }
   }
 #endif
   if (!timeline_) timeline_ = comm::make_host_timeline();
   if (worker) {
     reducer_ = std::make_unique<GradientReducer>(
         *model_, *dp_, static_cast<int64_t>(training.grad_bucket_mib()) << 20, timeline_.get(),
-        dp_stream_);
+        dp_stream_, training.shard_optimizer());
+    if (training.shard_optimizer()) {
+      sharded_ = std::make_unique<ShardedAdamW>(*model_, *reducer_, *dp_, adamw_options(training));
+    }
   }
 }
 
@@ -239,11 +261,16 @@ std::string Trainer::describe() const {
                  "), ", device_.is_cuda() ? "cuda" : "cpu", " ", t.dtype(), ", kernel ",
                  kernel_->name(), ", transport ", data_transport_.backend(), ", attention ",
                  t.attention(), ", ping-pong ", ping_pong ? "on" : "off", ", recompute ",
-                 t.recompute(), ", micro-batches ", t.micro_batches());
+                 t.recompute(), ", micro-batches ", t.micro_batches(),
+                 grid_->tensor_size() > 1
+                     ? str_cat(", grid TP ", grid_->tensor_size(), " x DP ", grid_->data_size(),
+                               " (sequence parallel ",
+                               t.sequence_parallel() ? "on" : "off", ")")
+                     : std::string(),
+                 t.shard_optimizer() ? ", sharded optimizer" : "");
 }
 
 StepMetrics Trainer::forward_backward() {
-  const int world = control_.size();
   const auto& training = config_.training();
   const bool cad = training.attention() == "cad";
   const bool dedicated = config_.scheduler().server_mode() == "dedicated";
@@ -261,7 +288,10 @@ StepMetrics Trainer::forward_backward() {
     std::vector<scheduler::Layout> nano_layouts;  // every worker's pieces per nano-batch
   };
   std::vector<Micro> micros(micro_batches);
-  std::vector<double> owner_us(num_workers_, 0.0);
+  // Layouts and plans are over the data-parallel groups: the ranks of a tensor-parallel group
+  // hold the same documents (their first rank's lengths stand for the group's).
+  const int tp = grid_->tensor_size(), dp = grid_->data_size();
+  std::vector<double> owner_us(dp, 0.0);
   std::vector<int64_t> all_docs;
   for (Micro& mb : micros) {
     if (is_worker()) mb.batch = data_->next();
@@ -276,12 +306,12 @@ StepMetrics Trainer::forward_backward() {
       std::vector<int64_t> mine{mb.batch.first_continues && j == 0 ? 1 : 0};
       for (int64_t n : document_lengths(mb.batch, mb.nano_docs[j])) mine.push_back(n);
       auto gathered = gather_lengths(control_, mine);
-      gathered.resize(num_workers_);
-      std::vector<std::vector<int64_t>> lengths(num_workers_);
-      std::vector<bool> continues(num_workers_, false);
-      for (int r = 0; r < num_workers_; ++r) {
-        continues[r] = gathered[r].at(0) != 0;
-        lengths[r].assign(gathered[r].begin() + 1, gathered[r].end());
+      std::vector<std::vector<int64_t>> lengths(dp);
+      std::vector<bool> continues(dp, false);
+      for (int r = 0; r < dp; ++r) {
+        const auto& group = gathered[r * tp];
+        continues[r] = group.at(0) != 0;
+        lengths[r].assign(group.begin() + 1, group.end());
       }
       scheduler::Layout layout = scheduler::layout_from_rank_pieces(lengths, continues);
       for (const auto& doc : layout.documents) {
@@ -306,15 +336,32 @@ StepMetrics Trainer::forward_backward() {
   ExecutorOptions options;
   options.recompute = training.recompute() == "linear";
   options.loss_chunk_tokens = training.loss_chunk_tokens();
-  options.loss_scale = metrics.targets > 0 ? static_cast<double>(num_workers_) / metrics.targets : 0.0;
+  options.loss_scale = metrics.targets > 0 ? static_cast<double>(dp) / metrics.targets : 0.0;
+  if (model_) {
+    options.server_heads = model_->local_heads();
+    options.server_kv_heads = model_->local_kv_heads();
+  } else {
+    // A dedicated server serves one head group: its TP index's heads.
+    const auto& m = config_.model();
+    options.server_heads = m.num_heads() / tp;
+    options.server_kv_heads = m.num_kv_heads() % tp == 0 ? m.num_kv_heads() / tp : 1;
+  }
   options.timeline = timeline_.get();
+  if (sharded_) {
+    ShardedAdamW* sharded = sharded_.get();
+    options.parameters_needed = [sharded](int layer) { sharded->ensure_layer(layer); };
+  }
   timeline_->begin_step();
   last_record_ = StepRecord{};
   last_record_.nano_count = nano_count;
   if (reducer_) last_record_.bucket_bytes = reducer_->bucket_bytes();
 
+  // Servers and the plan's ranks are those of this TP index's exchange: the DP groups, then the
+  // dedicated servers of this head group.
+  comm::Transport& exchange = grid_->attention();
+  const int exchange_ranks = exchange.size();
   std::vector<int32_t> servers;
-  for (int r = dedicated ? num_workers_ : 0; r < world; ++r) servers.push_back(r);
+  for (int r = dedicated ? dp : 0; r < exchange_ranks; ++r) servers.push_back(r);
   const scheduler::PlannerOptions planner_options = scheduler::planner_options(config_);
   std::vector<double> server_us(servers.size(), 0.0);
   double local_loss = 0;
@@ -357,11 +404,12 @@ StepMetrics Trainer::forward_backward() {
       if (cad || has_spanning_document(layout)) {
         // colocated with documents cut at rank boundaries: each rank serves its own queries and
         // fetches the K/V of the part of its document held by the rank before.
-        plans[j] = cad ? scheduler::plan_cad(layout, servers, world, *cost_, planner_options)
+        plans[j] = cad ? scheduler::plan_cad(layout, servers, exchange_ranks, *cost_,
+                                             planner_options)
                        : scheduler::plan_colocated(layout);
         if (cad) add_server_times(plans[j], *cost_, &server_us);
-        dispatches[j] = std::make_unique<attention_server::CadDispatch>(
-            plans[j], data_transport_, *kernel_);
+        dispatches[j] = std::make_unique<attention_server::CadDispatch>(plans[j], exchange,
+                                                                        *kernel_);
         dispatches[j]->set_timeline(timeline_.get());
         dispatches[j]->mark_inputs_checked();  // the model builds q, k, v to the plan's shapes
         auto* dispatch = dispatches[j].get();
@@ -393,15 +441,72 @@ StepMetrics Trainer::forward_backward() {
   }
   if (cad) metrics.imbalance_after = max_over_mean(server_us);
   if (reducer_) reducer_->finish();
-  const double total = sum_over_ranks(control_, local_loss);
+  // Every rank of a tensor-parallel group computed its group's loss: count its first rank's.
+  const double total =
+      sum_over_ranks(control_, grid_->worker() && grid_->tensor_rank() == 0 ? local_loss : 0.0);
   metrics.loss = metrics.targets > 0 ? total / metrics.targets : 0.0;
   return metrics;
 }
 
+torch::Tensor Trainer::whole_gradient(size_t i) const {
+  const NamedParameter& p = model_->parameters().at(i);
+  if (sharded_) return gather_whole(p, sharded_->gather_gradients().at(i), grid_->tensor());
+  torch::Tensor grad = p.value.grad().defined() ? p.value.grad() : torch::zeros_like(p.value);
+  return gather_whole(p, grad.detach(), grid_->tensor());
+}
+
+torch::Tensor Trainer::whole_parameter(size_t i) const {
+  if (sharded_) sharded_->finish_gather();
+  const NamedParameter& p = model_->parameters().at(i);
+  return gather_whole(p, p.value.detach(), grid_->tensor());
+}
+
 void Trainer::optimizer_step(StepMetrics* metrics) {
   const double lr = learning_rate_at(step_, config_.training());
-  if (is_worker()) {
-    const int span = timeline_->begin_compute(kOptimizerSpan);
+  // The optimizer's span on the timeline (the training profile prices it).
+  const int span = is_worker() ? timeline_->begin_compute(kOptimizerSpan) : 0;
+  const bool sharded = config_.training().shard_optimizer();
+  if (grid_->tensor_size() > 1 || sharded) {
+    // The norm of the whole model's gradient: each element once (replicated copies count on the
+    // first rank holding them), summed in rank order over the tensor-parallel group, or over
+    // every worker when the gradients are sharded over the data-parallel group too.
+    double mine = 0;
+    if (is_worker() && sharded) {
+      mine = sharded_->grad_sum_squares();
+    } else if (is_worker()) {
+      std::vector<bool> counted;
+      for (const auto& p : model_->parameters()) counted.push_back(p.counted);
+      mine = grad_sum_squares(model_->parameter_tensors(), counted);
+    }
+    std::vector<double> all(control_.size());
+    control_.all_gather(&mine, all.data(), sizeof(double));
+    if (is_worker()) {
+      const int first = sharded ? 0 : control_.rank() - grid_->tensor_rank();
+      const int last = sharded ? num_workers_ : first + grid_->tensor_size();
+      double sum = 0;
+      for (int r = first; r < last; ++r) sum += all[r];
+      const auto params = model_->parameter_tensors();
+      const double norm = std::sqrt(sum);
+      if (sharded) {
+        // The buckets now receive the updated weights (gathered while the next forward runs);
+        // each is zeroed once copied into its parameters.
+        sharded_->clip(norm, config_.training().grad_clip());
+        sharded_->step(lr);
+        // With dedicated servers the workers' group is a communicator of its own beside the
+        // exchange's; as for the gradient buckets, its collectives do not stay in flight while
+        // the exchange runs (NCCL does not promise progress of two communicators at once).
+        if (config_.scheduler().server_mode() == "dedicated") sharded_->finish_gather();
+      } else {
+        clip_gradients(params, norm, config_.training().grad_clip());
+        optimizer_->step(lr);
+        torch::NoGradGuard no_grad;
+        for (const auto& p : params) {
+          if (p.grad().defined()) p.grad().zero_();
+        }
+      }
+      if (metrics != nullptr) metrics->grad_norm = norm;
+    }
+  } else if (is_worker()) {
     const auto params = model_->parameter_tensors();
     const double norm = clip_grad_norm(params, config_.training().grad_clip());
     optimizer_->step(lr);
@@ -410,8 +515,8 @@ void Trainer::optimizer_step(StepMetrics* metrics) {
       if (p.grad().defined()) p.grad().zero_();
     }
     if (metrics != nullptr) metrics->grad_norm = norm;
-    timeline_->end_compute(span);
   }
+  if (is_worker()) timeline_->end_compute(span);
   ++step_;
   if (metrics != nullptr) metrics->learning_rate = lr;
 }
@@ -428,6 +533,12 @@ StepMetrics Trainer::train_step() {
   std::vector<double> all(control_.size());
   control_.all_gather(&mine, all.data(), sizeof(double));
   metrics.step_ms = *std::max_element(all.begin(), all.end());
+  const int64_t peak = peak_memory_bytes(device_);
+  metrics.peak_memory_on_device = device_.is_cuda();
+  metrics.peak_memory_bytes_per_rank.assign(control_.size(), 0);
+  control_.all_gather(&peak, metrics.peak_memory_bytes_per_rank.data(), sizeof(int64_t));
+  metrics.peak_memory_bytes = *std::max_element(metrics.peak_memory_bytes_per_rank.begin(),
+                                                metrics.peak_memory_bytes_per_rank.end());
   control_.broadcast(&metrics.grad_norm, sizeof(double), 0);
   metrics.tokens_per_second = metrics.step_ms > 0 ? metrics.tokens / (metrics.step_ms / 1e3) : 0;
   metrics.mfu = metrics.step_ms > 0
@@ -491,6 +602,27 @@ std::string Trainer::save_checkpoint() {
   // others whether it succeeded, so that every rank fails together.
   uint8_t ok = 1;
   std::string error;
+  // Whole tensors: every tensor-parallel group gathers its shards (collective over the group).
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  if (sharded_) sharded_->finish_gather();
+  if (is_worker()) {
+    const auto& params = model_->parameters();
+    comm::Transport* tp = grid_->tensor();
+    // Sharded moments are first gathered over the data-parallel group (collective over it).
+    const std::vector<torch::Tensor> exp_avg = sharded_ ? sharded_->gather_moments(0)
+                                                        : optimizer_->exp_avg();
+    const std::vector<torch::Tensor> exp_avg_sq = sharded_ ? sharded_->gather_moments(1)
+                                                           : optimizer_->exp_avg_sq();
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto value = gather_whole(params[i], params[i].value.detach(), tp);
+      auto m = gather_whole(params[i], exp_avg[i], tp);
+      auto v = gather_whole(params[i], exp_avg_sq[i], tp);
+      if (control_.rank() != 0) continue;
+      tensors.emplace_back("model/" + params[i].name, value);
+      tensors.emplace_back("adam.exp_avg/" + params[i].name, m);
+      tensors.emplace_back("adam.exp_avg_sq/" + params[i].name, v);
+    }
+  }
   if (control_.rank() == 0) {
     try {
       CheckpointState state;
@@ -498,14 +630,8 @@ std::string Trainer::save_checkpoint() {
       state.counters["data.batches"] = data_->position().batches;
       state.counters["data.file_document"] = data_->position().file_document;
       state.counters["data.file_token_offset"] = data_->position().file_token_offset;
-      state.counters["adam.steps"] = optimizer_->steps();
-      const auto& params = model_->parameters();
-      for (size_t i = 0; i < params.size(); ++i) {
-        state.tensors.emplace_back("model/" + params[i].name, params[i].value);
-        state.tensors.emplace_back("adam.exp_avg/" + params[i].name, optimizer_->exp_avg()[i]);
-        state.tensors.emplace_back("adam.exp_avg_sq/" + params[i].name,
-                                   optimizer_->exp_avg_sq()[i]);
-      }
+      state.counters["adam.steps"] = sharded_ ? sharded_->steps() : optimizer_->steps();
+      state.tensors = std::move(tensors);
       path = runtime::save_checkpoint(dir, step_, state, config_.training().keep_checkpoints());
     } catch (const Error& e) {
       ok = 0;
@@ -526,28 +652,52 @@ void Trainer::load_checkpoint(const std::string& path) {
     CADRE_CHECK(it != state.counters.end(), "checkpoint '", path, "' lacks counter '", name, "'");
     return it->second;
   };
-  auto restore = [&](const std::string& name, const torch::Tensor& into) {
+  // The file holds whole tensors; each rank keeps its tensor-parallel slice.
+  auto restore = [&](const std::string& name, const NamedParameter& p, const torch::Tensor& into) {
     auto it = by_name.find(name);
     CADRE_CHECK(it != by_name.end(), "checkpoint '", path, "' lacks tensor '", name,
                 "' (was it written with another model config?)");
-    CADRE_CHECK(it->second.sizes() == into.sizes() && it->second.scalar_type() == into.scalar_type(),
-                "checkpoint '", path, "' tensor '", name, "' is ", it->second.sizes(),
-                " but the model expects ", into.sizes());
+    CADRE_CHECK(it->second.sizes().vec() == p.full_shape &&
+                    it->second.scalar_type() == into.scalar_type(),
+                "checkpoint '", path, "' tensor '", name, "' is ", it->second.sizes(), " of ",
+                it->second.scalar_type(), " but the model expects ",
+                c10::IntArrayRef(p.full_shape), " of ", into.scalar_type(),
+                " (was it written with another model config?)");
     torch::NoGradGuard no_grad;
-    into.copy_(it->second);
+    into.copy_(slice_shard(p, it->second));
   };
   step_ = counter("step");
   if (!is_worker()) return;  // a dedicated server holds no model, optimizer or data
+  if (sharded_) sharded_->finish_gather();
   const auto& params = model_->parameters();
+  std::vector<torch::Tensor> exp_avg, exp_avg_sq;
+  for (const auto& p : params) {
+    exp_avg.push_back(sharded_ ? torch::zeros_like(p.value).detach() : torch::Tensor());
+    exp_avg_sq.push_back(sharded_ ? torch::zeros_like(p.value).detach() : torch::Tensor());
+  }
+  if (!sharded_) {
+    exp_avg = optimizer_->exp_avg();
+    exp_avg_sq = optimizer_->exp_avg_sq();
+  }
   for (size_t i = 0; i < params.size(); ++i) {
-    restore("model/" + params[i].name, params[i].value);
-    restore("adam.exp_avg/" + params[i].name, optimizer_->exp_avg()[i]);
-    restore("adam.exp_avg_sq/" + params[i].name, optimizer_->exp_avg_sq()[i]);
+    restore("model/" + params[i].name, params[i], params[i].value);
+    restore("adam.exp_avg/" + params[i].name, params[i], exp_avg[i]);
+    restore("adam.exp_avg_sq/" + params[i].name, params[i], exp_avg_sq[i]);
+  }
+  if (sharded_) {
+    // This rank keeps its data-parallel slice of the moments and of the master weights.
+    sharded_->set_moments(0, exp_avg);
+    sharded_->set_moments(1, exp_avg_sq);
+    sharded_->reset_master();
   }
   CADRE_CHECK(by_name.size() == 3 * params.size(), "checkpoint '", path, "' holds ",
               by_name.size(), " tensors but this model has ", 3 * params.size(),
               " (parameters and two AdamW moments each); was it written with another model?");
-  optimizer_->set_steps(counter("adam.steps"));
+  if (sharded_) {
+    sharded_->set_steps(counter("adam.steps"));
+  } else {
+    optimizer_->set_steps(counter("adam.steps"));
+  }
   DataPosition position;
   position.batches = counter("data.batches");
   position.file_document = counter("data.file_document");
@@ -624,7 +774,18 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"kernel_graphs_built_in_measured_steps\":" << graphs_built_measured
       << ",\"kernel_graph_cache_hits\":" << graph_hits
       << ",\"first_loss\":" << Num{steps.front().loss}
-      << ",\"last_loss\":" << Num{steps.back().loss} << "}\n";
+      << ",\"last_loss\":" << Num{steps.back().loss}
+      << ",\"tensor_parallel\":" << config.cluster().tensor_parallel()
+      << ",\"sequence_parallel\":"
+      << (t.sequence_parallel() && config.cluster().tensor_parallel() > 1 ? "true" : "false")
+      << ",\"shard_optimizer\":" << (t.shard_optimizer() ? "true" : "false")
+      << ",\"peak_memory_kind\":\""
+      << (steps.back().peak_memory_on_device ? "allocator" : "resident")
+      << "\",\"peak_memory_bytes\":" << steps.back().peak_memory_bytes
+      << ",\"peak_memory_bytes_per_rank\":[";
+  const auto& peaks = steps.back().peak_memory_bytes_per_rank;
+  for (size_t r = 0; r < peaks.size(); ++r) out << (r ? "," : "") << peaks[r];
+  out << "]}\n";
   return out.str();
 }
 
@@ -638,8 +799,12 @@ std::string format_step_line(const StepMetrics& m, int64_t total_steps) {
                         m.loss, m.grad_norm, m.learning_rate, m.step_ms, ktok, 100 * m.mfu,
                         m.imbalance_before, m.imbalance_after);
   if (m.a2a_ms > 0 && n > 0 && n < static_cast<int>(sizeof(line))) {
-    std::snprintf(line + n, sizeof(line) - n, " | a2a %.1f ms, exposed %.1f ms", m.a2a_ms,
-                  m.exposed_a2a_ms);
+    n += std::snprintf(line + n, sizeof(line) - n, " | a2a %.1f ms, exposed %.1f ms", m.a2a_ms,
+                       m.exposed_a2a_ms);
+  }
+  if (m.peak_memory_bytes > 0 && n > 0 && n < static_cast<int>(sizeof(line))) {
+    std::snprintf(line + n, sizeof(line) - n, " | peak mem %.2f GiB",
+                  static_cast<double>(m.peak_memory_bytes) / (1 << 30));
   }
   return line;
 }
@@ -658,7 +823,12 @@ std::string metrics_json(const StepMetrics& m, const std::string& attention) {
       << ",\"imbalance_after\":" << m.imbalance_after << ",\"a2a_ms\":" << m.a2a_ms
       << ",\"exposed_a2a_ms\":" << m.exposed_a2a_ms << ",\"allreduce_ms\":" << m.allreduce_ms
       << ",\"exposed_allreduce_ms\":" << m.exposed_allreduce_ms
-      << ",\"a2a_bytes\":" << m.a2a_bytes << "}";
+      << ",\"a2a_bytes\":" << m.a2a_bytes << ",\"peak_memory_bytes\":" << m.peak_memory_bytes
+      << ",\"peak_memory_bytes_per_rank\":[";
+  for (size_t r = 0; r < m.peak_memory_bytes_per_rank.size(); ++r) {
+    out << (r ? "," : "") << m.peak_memory_bytes_per_rank[r];
+  }
+  out << "]}";
   return out.str();
 }
 

@@ -17,6 +17,9 @@
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
 #include "runtime/profile.h"
+#include "runtime/process_grid.h"
+#include "runtime/sharded_optimizer.h"
+#include "runtime/tensor_parallel.h"
 #include "scheduler/config.pb.h"
 #include "scheduler/cost_model.h"
 
@@ -47,6 +50,11 @@ struct StepMetrics {
   // This rank's core-attention kernel during the step: graphs it built and reused (cudnn).
   int64_t kernel_graphs_built = 0;
   int64_t kernel_graph_hits = 0;
+  // Peak memory of each rank so far (runtime/memory_stats.h: allocator peak on GPU, resident
+  // set on CPU), in rank order, and its maximum.
+  std::vector<int64_t> peak_memory_bytes_per_rank;
+  int64_t peak_memory_bytes = 0;
+  bool peak_memory_on_device = false;  // allocator statistics (true) or resident memory
 };
 
 class Trainer {
@@ -91,6 +99,13 @@ class Trainer {
   bool is_worker() const { return model_ != nullptr; }
   // Only on workers.
   const LlamaModel& model() const { return *model_; }
+  const ProcessGrid& grid() const { return *grid_; }
+  // The whole tensor of parameter i's gradient (gathered over the tensor-parallel group:
+  // collective over it; the local gradient when T = 1; with the sharded optimizer the reduced
+  // slices gathered over the data-parallel group first). For tests.
+  torch::Tensor whole_gradient(size_t i) const;
+  // The whole tensor of parameter i (collective over the tensor-parallel group).
+  torch::Tensor whole_parameter(size_t i) const;
   const config::RunConfig& config() const { return config_; }
   const torch::Device& device() const { return device_; }
   // A one-line description: device, dtype, kernel, transport, ranks, server mode, ping-pong.
@@ -100,13 +115,15 @@ class Trainer {
   config::RunConfig config_;
   comm::Transport& control_;
   comm::Transport& data_transport_;
-  std::unique_ptr<comm::Transport> workers_;  // the data-parallel group (dedicated mode)
-  comm::Transport* dp_ = nullptr;             // workers_ or data_transport_
+  std::unique_ptr<ProcessGrid> grid_;         // T x D workers (+ dedicated servers)
+  std::unique_ptr<TensorParallelGroup> tp_group_;
+  comm::Transport* dp_ = nullptr;             // the data-parallel group (grid_)
   int num_workers_ = 0;
   torch::Device device_ = torch::kCPU;
   torch::ScalarType dtype_ = torch::kFloat;
   std::unique_ptr<LlamaModel> model_;        // null on dedicated server ranks
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<AdamW> optimizer_;         // null with training.shard_optimizer
+  std::unique_ptr<ShardedAdamW> sharded_;    // training.shard_optimizer (after reducer_)
   std::unique_ptr<DataLoader> data_;
   std::unique_ptr<attention_server::CoreAttentionKernel> kernel_;
   std::unique_ptr<scheduler::CostModel> cost_;
