@@ -104,6 +104,10 @@ if [ -x "$cadre" ]; then
   # The same shard table with as many KV heads as query heads (no GQA): separates the cost of
   # LibTorch's GQA backward (gradients of every query head per key row, then summed) from the
   # kernel's own efficiency on short query shards.
+  # cuDNN: the comparison with FlashAttention-2 and the shard table of auto (cudnn-split).
+  say "== cadre bench kernel --kernel auto --compare at $(elapsed) s"
+  timeout 180 "$cadre" bench kernel --kernel auto --compare --no-calibration --repeats 5 --warmup 2 \
+    --kv-rows-cap 524288 --out "${prefix}_bench_kernel_auto.json" 2>&1 | tee -a "$log"
   if [ "${CADRE_BENCH_QUICK:-0}" != 1 ]; then
     say "== cadre bench kernel --kv-heads 32 (no GQA) at $(elapsed) s"
     timeout 120 "$cadre" bench kernel --kv-heads 32 --no-calibration --repeats 5 --warmup 2 \
@@ -173,7 +177,8 @@ rm -f "$summary.tmp" "${prefix}_bench_kernel.txt" "${prefix}_bench_kernel_mha.tx
 cat "$summary"
 
 if [ -n "${OUT:-}" ]; then
-  for f in "$summary" "$log" "$kernel_json" "$calibration_json" "$kernel_mha_json" "$comm_json"; do
+  for f in "$summary" "$log" "$kernel_json" "$calibration_json" "$kernel_mha_json" "$comm_json" \
+           "${prefix}_bench_kernel_auto.json"; do
     [ -f "$f" ] && cp "$f" "$OUT/"
   done
 fi
