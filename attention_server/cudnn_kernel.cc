@@ -144,43 +144,47 @@ TensorSpec thd_stats(int64_t b, int64_t h, int64_t s, int64_t ragged) {
   return spec;
 }
 
+// A score tensor's row (axis 2) or column (axis 3) index, int32.
+int64_t gen_index(Graph& g, int64_t scores, const std::vector<int64_t>& dims, int64_t axis,
+                  cudnnDataType_t compute) {
+  int64_t out = g.tensor(virtual_tensor(dims, CUDNN_DATA_INT32));
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scores, 0, 0, out, compute, axis);
+  return out;
+}
+
+// keep ? scores : -inf.
+int64_t keep_or_neg_inf(Graph& g, const Uids& u, int64_t scores, int64_t keep,
+                        const std::vector<int64_t>& dims) {
+  int64_t out = g.tensor(virtual_tensor(dims, CUDNN_DATA_FLOAT));
+  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, scores, u.neg_inf, keep, out);
+  return out;
+}
+
 // Scores with rows past seq_q and columns past seq_kv set to -inf.
 int64_t padding_mask(Graph& g, const Uids& u, int64_t scores, const std::vector<int64_t>& dims) {
-  auto index = [&](int64_t axis) {
-    int64_t out = g.tensor(virtual_tensor(dims, CUDNN_DATA_INT32));
-    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scores, 0, 0, out, CUDNN_DATA_INT32, axis);
-    return out;
-  };
   auto boolean = [&]() { return g.tensor(virtual_tensor(dims, CUDNN_DATA_BOOLEAN)); };
-  int64_t row = index(2), col = index(3);
+  int64_t row = gen_index(g, scores, dims, 2, CUDNN_DATA_INT32);
+  int64_t col = gen_index(g, scores, dims, 3, CUDNN_DATA_INT32);
   int64_t row_ok = boolean(), col_ok = boolean(), inside = boolean();
   g.pointwise(CUDNN_POINTWISE_CMP_LT, row, u.seq_q, 0, row_ok, CUDNN_DATA_BOOLEAN);
   g.pointwise(CUDNN_POINTWISE_CMP_LT, col, u.seq_kv, 0, col_ok, CUDNN_DATA_BOOLEAN);
   g.pointwise(CUDNN_POINTWISE_LOGICAL_AND, row_ok, col_ok, 0, inside, CUDNN_DATA_BOOLEAN);
-  int64_t out = g.tensor(virtual_tensor(dims, CUDNN_DATA_FLOAT));
-  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, scores, u.neg_inf, inside, out);
-  return out;
+  return keep_or_neg_inf(g, u, scores, inside, dims);
 }
 
 // The causal band aligned bottom-right per sequence: query row r of seq_q rows sees key columns
 // c <= r + seq_kv - seq_q (a query shard [s, e) of a document against keys [0, e)); the rest
 // -inf.
 int64_t causal_band(Graph& g, const Uids& u, int64_t scores, const std::vector<int64_t>& dims) {
-  auto index = [&](int64_t axis) {
-    int64_t out = g.tensor(virtual_tensor(dims, CUDNN_DATA_INT32));
-    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scores, 0, 0, out, CUDNN_DATA_FLOAT, axis);
-    return out;
-  };
-  int64_t row = index(2), col = index(3);
+  int64_t row = gen_index(g, scores, dims, 2, CUDNN_DATA_FLOAT);
+  int64_t col = gen_index(g, scores, dims, 3, CUDNN_DATA_FLOAT);
   int64_t shifted = g.tensor(virtual_tensor(dims, CUDNN_DATA_INT32));
   g.pointwise(CUDNN_POINTWISE_ADD, row, u.seq_kv, 0, shifted, CUDNN_DATA_INT32, 3);
   int64_t aligned = g.tensor(virtual_tensor(dims, CUDNN_DATA_INT32));
   g.pointwise(CUDNN_POINTWISE_SUB, shifted, u.seq_q, 0, aligned, CUDNN_DATA_INT32, 3);
   int64_t keep = g.tensor(virtual_tensor(dims, CUDNN_DATA_BOOLEAN));
   g.pointwise(CUDNN_POINTWISE_CMP_GE, aligned, col, 0, keep, CUDNN_DATA_BOOLEAN);
-  int64_t out = g.tensor(virtual_tensor(dims, CUDNN_DATA_FLOAT));
-  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, scores, u.neg_inf, keep, out);
-  return out;
+  return keep_or_neg_inf(g, u, scores, keep, dims);
 }
 
 // The causal band aligned top-left (row r sees columns c <= r): the same mask as the
@@ -189,15 +193,11 @@ int64_t causal_band(Graph& g, const Uids& u, int64_t scores, const std::vector<i
 // (measured on H200: twice the backward throughput of the bottom-right form on whole documents).
 int64_t causal_band_top_left(Graph& g, const Uids& u, int64_t scores,
                              const std::vector<int64_t>& dims) {
-  int64_t row = g.tensor(virtual_tensor(dims, CUDNN_DATA_INT32));
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scores, 0, 0, row, CUDNN_DATA_FLOAT, 2);
-  int64_t col = g.tensor(virtual_tensor(dims, CUDNN_DATA_INT32));
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, scores, 0, 0, col, CUDNN_DATA_FLOAT, 3);
+  int64_t row = gen_index(g, scores, dims, 2, CUDNN_DATA_FLOAT);
+  int64_t col = gen_index(g, scores, dims, 3, CUDNN_DATA_FLOAT);
   int64_t keep = g.tensor(virtual_tensor(dims, CUDNN_DATA_BOOLEAN));
   g.pointwise(CUDNN_POINTWISE_CMP_GE, row, col, 0, keep, CUDNN_DATA_BOOLEAN);
-  int64_t out = g.tensor(virtual_tensor(dims, CUDNN_DATA_FLOAT));
-  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, scores, u.neg_inf, keep, out);
-  return out;
+  return keep_or_neg_inf(g, u, scores, keep, dims);
 }
 
 // The mask of a graph: none (an unmasked prefix), causal aligned bottom-right per sequence

@@ -45,46 +45,6 @@ std::vector<Variant> variants() {
           {"unsplit", direct}};
 }
 
-void check_shape(CoreAttentionKernel& flash, const Shape& shape, uint64_t seed) {
-  torch::manual_seed(seed);
-  const torch::Device device(torch::kCUDA, 0);
-  int64_t total_q = 0, total_k = 0;
-  for (auto [nq, nk] : shape.sequences) {
-    total_q += nq;
-    total_k += nk;
-  }
-  auto opts = torch::TensorOptions().dtype(shape.dtype).device(device);
-  auto q = torch::randn({total_q, shape.heads, shape.head_dim}, opts);
-  auto k = torch::randn({total_k, shape.kv_heads, shape.head_dim}, opts);
-  auto v = torch::randn({total_k, shape.kv_heads, shape.head_dim}, opts);
-  auto dout = torch::randn({total_q, shape.heads, shape.head_dim}, opts);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(shape.head_dim));
-  VarlenBatch batch = make_batch(shape, device);
-
-  ForwardResult fwd = flash.forward(q, k, v, batch, 0.0);
-  BackwardResult bwd = flash.backward(dout, q, k, v, fwd.out, fwd.lse, batch, 0.0);
-  Reference ref = reference_attention(q, k, v, dout, shape, scale);
-
-  const double tol_out = 1e-2, tol_grad = 2e-2, tol_lse = 1e-3;
-  struct Row {
-    const char* name;
-    double error, tolerance;
-  } rows[] = {{"out", relative_error(fwd.out, ref.out), tol_out},
-              {"lse", relative_error(fwd.lse, ref.lse), tol_lse},
-              {"dq", relative_error(bwd.dq, ref.dq), tol_grad},
-              {"dk", relative_error(bwd.dk, ref.dk), tol_grad},
-              {"dv", relative_error(bwd.dv, ref.dv), tol_grad}};
-  std::string table;
-  bool ok = true;
-  for (const Row& row : rows) {
-    table += str_cat(" ", row.name, "=", row.error);
-    ok = ok && row.error <= row.tolerance;
-  }
-  EXPECT_TRUE(ok) << describe(shape) << ": relative errors" << table << " (tolerances out "
-                  << tol_out << ", lse " << tol_lse << ", grads " << tol_grad << ")";
-  std::cout << "[flash vs float64] " << describe(shape).substr(0, 120) << ":" << table << "\n";
-}
-
 bool have_gpu() { return torch::cuda::is_available() && torch::cuda::device_count() > 0; }
 
 TEST(FlashKernel, AwkwardLayouts) {
