@@ -7,6 +7,7 @@
 
 #include "comm/mpi_transport.h"
 #include "comm/nccl_transport.h"
+#include "comm/node_placement.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
@@ -62,6 +63,7 @@ int run_train(const Args& args) {
   comm::ensure_mpi_initialized();
   auto transport = comm::make_mpi_transport();
   const int rank = transport->rank(), world = transport->size();
+  const comm::NodePlacement placement = comm::detect_node_placement();
   auto fail = [&](const std::string& message) {
     if (rank == 0) std::cerr << "cadre train: error: " << message << "\n";
     return 2;
@@ -147,6 +149,15 @@ int run_train(const Args& args) {
                 << trainer->model().parameter_count() << " parameters), context "
                 << config.data().context_length() << " tokens per worker, "
                 << config.data().distribution() << " documents; " << trainer->describe()
+                << std::endl;
+      // The planner and cost model take rank r to be on node r / cluster.gpus_per_node.
+      const int per_node = config.cluster().gpus_per_node();
+      std::cout << "cadre train: " << comm::describe_placement(placement)
+                << "; cluster.gpus_per_node=" << per_node
+                << (comm::placement_matches(placement, per_node)
+                        ? " matches"
+                        : " does NOT match (the planner prices links by rank / gpus_per_node; "
+                          "set it to the ranks per node and map ranks node by node)")
                 << std::endl;
     }
   }

@@ -133,6 +133,21 @@ void add_server_times(const scheduler::Plan& plan, const scheduler::CostModel& c
   }
 }
 
+// Rows per layer each plan moves between distinct ranks, by link class.
+void add_link_rows(const scheduler::Plan& plan, const scheduler::CostModel& cost,
+                   StepMetrics* metrics) {
+  for (const scheduler::PeerTransfer& t : plan.transfers) {
+    const int32_t server = plan.server_ranks[t.server];
+    if (t.owner == server) continue;
+    const int64_t rows = t.q_rows() + t.kv_rows();
+    if (cost.link_between(t.owner, server) == scheduler::LinkClass::kInterNode) {
+      metrics->cad_inter_node_rows += rows;
+    } else {
+      metrics->cad_intra_node_rows += rows;
+    }
+  }
+}
+
 }  // namespace
 
 double training_flops(const config::ModelConfig& m, const std::vector<int64_t>& doc_lengths) {
@@ -377,6 +392,7 @@ StepMetrics Trainer::forward_backward() {
         plans[j] = cad ? scheduler::plan_cad(layout, servers, world, *cost_, planner_options)
                        : scheduler::plan_colocated(layout);
         if (cad) add_server_times(plans[j], *cost_, &server_us);
+        if (cad) add_link_rows(plans[j], *cost_, &metrics);
         dispatches[j] = std::make_unique<attention_server::CadDispatch>(
             plans[j], data_transport_, *kernel_);
         dispatches[j]->set_timeline(timeline_.get());
@@ -634,8 +650,14 @@ std::string format_step_line(const StepMetrics& m, int64_t total_steps) {
                         m.loss, m.grad_norm, m.learning_rate, m.step_ms, ktok, 100 * m.mfu,
                         m.imbalance_before, m.imbalance_after);
   if (m.a2a_ms > 0 && n > 0 && n < static_cast<int>(sizeof(line))) {
-    std::snprintf(line + n, sizeof(line) - n, " | a2a %.1f ms, exposed %.1f ms", m.a2a_ms,
-                  m.exposed_a2a_ms);
+    n += std::snprintf(line + n, sizeof(line) - n, " | a2a %.1f ms, exposed %.1f ms", m.a2a_ms,
+                       m.exposed_a2a_ms);
+  }
+  if (m.cad_intra_node_rows + m.cad_inter_node_rows > 0 && n > 0 &&
+      n < static_cast<int>(sizeof(line))) {
+    std::snprintf(line + n, sizeof(line) - n, " | rows/layer intra-node %lld, inter-node %lld",
+                  static_cast<long long>(m.cad_intra_node_rows),
+                  static_cast<long long>(m.cad_inter_node_rows));
   }
   return line;
 }
@@ -654,7 +676,8 @@ std::string metrics_json(const StepMetrics& m, const std::string& attention) {
       << ",\"imbalance_after\":" << m.imbalance_after << ",\"a2a_ms\":" << m.a2a_ms
       << ",\"exposed_a2a_ms\":" << m.exposed_a2a_ms << ",\"allreduce_ms\":" << m.allreduce_ms
       << ",\"exposed_allreduce_ms\":" << m.exposed_allreduce_ms
-      << ",\"a2a_bytes\":" << m.a2a_bytes << "}";
+      << ",\"a2a_bytes\":" << m.a2a_bytes << ",\"cad_intra_node_rows\":" << m.cad_intra_node_rows
+      << ",\"cad_inter_node_rows\":" << m.cad_inter_node_rows << "}";
   return out.str();
 }
 

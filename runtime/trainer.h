@@ -42,6 +42,11 @@ struct StepMetrics {
   double allreduce_ms = 0;    // rank 0: gradient all-reduce time (union of its buckets)
   double exposed_allreduce_ms = 0;  // rank 0: the part of it with the compute stream idle
   int64_t a2a_bytes = 0;      // rank 0: bytes sent + received by CAD dispatch in the step
+  // Rows (tokens) per layer that the step's CAD plans move forward (Q and K/V) between two ranks
+  // of one node and between nodes (cluster.gpus_per_node decides), all ranks: the link classes
+  // in use.
+  int64_t cad_intra_node_rows = 0;
+  int64_t cad_inter_node_rows = 0;
   int32_t nano_batches = 1;
 };
 
