@@ -14,6 +14,7 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "runtime/checkpoint.h"
+#include "runtime/resume.h"
 #include "runtime/trainer.h"
 
 namespace cadre::launch {
@@ -124,12 +125,32 @@ int run_train(const Args& args) {
   const std::string out_dir = config.output().dir();
   try {
     if (resume) {
-      const auto found = runtime::list_checkpoints(trainer->checkpoint_dir());
-      CADRE_CHECK(!found.empty(), "--resume: no checkpoint in '", trainer->checkpoint_dir(),
-                  "'; accepted: a directory written by a run with training.checkpoint_every > 0");
-      trainer->load_checkpoint(found.back());
+      // Every rank chooses (the newest checkpoint that reads back complete) and they must agree:
+      // ranks whose checkpoint directories differ (node-local disks) would continue apart.
+      const runtime::ResumeChoice choice =
+          runtime::choose_resume_checkpoint(trainer->checkpoint_dir());
+      for (const auto& [path, why] : choice.skipped) {
+        if (rank == 0) {
+          std::cerr << "cadre train: warning: --resume skips " << path << ": " << why << "\n";
+        }
+      }
+      std::vector<char> mine(1024, 0), all(1024 * world, 0);
+      choice.path.copy(mine.data(), mine.size() - 1);
+      transport->all_gather(mine.data(), all.data(), mine.size());
+      for (int r = 0; r < world; ++r) {
+        const std::string theirs(all.data() + r * mine.size());
+        CADRE_CHECK(theirs == choice.path, "--resume: rank ", rank, " chose '", choice.path,
+                    "' but rank ", r, " chose '", theirs,
+                    "'; accepted: one checkpoint directory that every rank sees alike");
+      }
+      trainer->load_checkpoint(choice.path);
       if (rank == 0 && !config.output().quiet()) {
-        std::cout << "resumed from " << found.back() << " at step " << trainer->step() << "\n";
+        std::cout << "resumed from " << choice.path << " at step " << trainer->step();
+        if (!choice.skipped.empty()) {
+          std::cout << " (skipped " << choice.skipped.size()
+                    << " newer checkpoint(s) that do not read back complete; see stderr)";
+        }
+        std::cout << "\n";
       }
     }
   } catch (const Error& e) {

@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "runtime/attention_op.h"
 #include "runtime/checkpoint.h"
+#include "runtime/data_fingerprint.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
@@ -506,6 +507,11 @@ std::string Trainer::checkpoint_dir() const {
   return (std::filesystem::path(config_.output().dir()) / "checkpoints").string();
 }
 
+uint64_t Trainer::data_fingerprint_value() {
+  if (!data_fingerprint_) data_fingerprint_ = data_fingerprint(config_.data());
+  return *data_fingerprint_;
+}
+
 std::string Trainer::save_checkpoint() {
   const std::string dir = checkpoint_dir();
   std::string path = checkpoint_path(dir, step_);
@@ -521,6 +527,7 @@ std::string Trainer::save_checkpoint() {
       state.counters["data.file_document"] = data_->position().file_document;
       state.counters["data.file_token_offset"] = data_->position().file_token_offset;
       state.counters["adam.steps"] = optimizer_->steps();
+      state.counters["data.fingerprint"] = static_cast<int64_t>(data_fingerprint_value());
       const auto& params = model_->parameters();
       for (size_t i = 0; i < params.size(); ++i) {
         state.tensors.emplace_back("model/" + params[i].name, params[i].value);
@@ -560,6 +567,16 @@ void Trainer::load_checkpoint(const std::string& path) {
   };
   step_ = counter("step");
   if (!is_worker()) return;  // a dedicated server holds no model, optimizer or data
+  // Checkpoints written before fingerprints existed carry none and are accepted.
+  auto fingerprint = state.counters.find("data.fingerprint");
+  if (fingerprint != state.counters.end()) {
+    const uint64_t theirs = static_cast<uint64_t>(fingerprint->second);
+    CADRE_CHECK(theirs == data_fingerprint_value(), "checkpoint '", path,
+                "' was trained on other data (data fingerprint ", theirs, ") than this run's ",
+                describe_data(config_.data()), " (fingerprint ", data_fingerprint_value(),
+                "); accepted: --resume with the token file contents and data settings the "
+                "checkpoint was written with, or a new run without --resume");
+  }
   const auto& params = model_->parameters();
   for (size_t i = 0; i < params.size(); ++i) {
     restore("model/" + params[i].name, params[i].value);

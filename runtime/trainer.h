@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -113,6 +114,9 @@ class Trainer {
   std::unique_ptr<GradientReducer> reducer_;  // workers only; after timeline_ (destroyed first)
   std::vector<comm::Span> last_spans_;
   int64_t step_ = 0;
+  // data_fingerprint(config.data), computed on first use (checkpoints save and check it).
+  uint64_t data_fingerprint_value();
+  std::optional<uint64_t> data_fingerprint_;
 };
 
 // "step 3/20 | loss 5.1234 | grad norm 0.812 | lr 3.00e-03 | 12.3 ms | 41.6k tok/s | MFU 41.2% |
