@@ -65,6 +65,8 @@ for i in 0 1; do
   fi
   created+=("${ns[$i]}")
 done
+ip netns exec "${ns[0]}" unshare --uts true 2>"$work/uts.err" ||
+  skip "cannot give a namespace its own hostname (unshare --uts): $(cat "$work/uts.err")"
 ip link add "${veth[0]}" type veth peer name "${veth[1]}" 2>"$work/veth.err" ||
   skip "cannot create a veth pair: $(cat "$work/veth.err")"
 for i in 0 1; do
