@@ -9,6 +9,7 @@
 
 #include "comm/mpi_transport.h"
 #include "comm/nccl_transport.h"
+#include "comm/node_placement.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
@@ -16,6 +17,7 @@
 #include "launch/config.h"
 #include "runtime/checkpoint.h"
 #include "runtime/profile.h"
+#include "runtime/resume.h"
 #include "runtime/trainer.h"
 
 namespace cadre::launch {
@@ -66,6 +68,7 @@ int run_train(const Args& args) {
   comm::ensure_mpi_initialized();
   auto transport = comm::make_mpi_transport();
   const int rank = transport->rank(), world = transport->size();
+  const comm::NodePlacement placement = comm::detect_node_placement();
   auto fail = [&](const std::string& message) {
     if (rank == 0) std::cerr << "cadre train: error: " << message << "\n";
     return 2;
@@ -126,12 +129,32 @@ int run_train(const Args& args) {
   const std::string out_dir = config.output().dir();
   try {
     if (resume) {
-      const auto found = runtime::list_checkpoints(trainer->checkpoint_dir());
-      CADRE_CHECK(!found.empty(), "--resume: no checkpoint in '", trainer->checkpoint_dir(),
-                  "'; accepted: a directory written by a run with training.checkpoint_every > 0");
-      trainer->load_checkpoint(found.back());
+      // Every rank chooses (the newest checkpoint that reads back complete) and they must agree:
+      // ranks whose checkpoint directories differ (node-local disks) would continue apart.
+      const runtime::ResumeChoice choice =
+          runtime::choose_resume_checkpoint(trainer->checkpoint_dir());
+      for (const auto& [path, why] : choice.skipped) {
+        if (rank == 0) {
+          std::cerr << "cadre train: warning: --resume skips " << path << ": " << why << "\n";
+        }
+      }
+      std::vector<char> mine(1024, 0), all(1024 * world, 0);
+      choice.path.copy(mine.data(), mine.size() - 1);
+      transport->all_gather(mine.data(), all.data(), mine.size());
+      for (int r = 0; r < world; ++r) {
+        const std::string theirs(all.data() + r * mine.size());
+        CADRE_CHECK(theirs == choice.path, "--resume: rank ", rank, " chose '", choice.path,
+                    "' but rank ", r, " chose '", theirs,
+                    "'; accepted: one checkpoint directory that every rank sees alike");
+      }
+      trainer->load_checkpoint(choice.path);
       if (rank == 0 && !config.output().quiet()) {
-        std::cout << "resumed from " << found.back() << " at step " << trainer->step() << "\n";
+        std::cout << "resumed from " << choice.path << " at step " << trainer->step();
+        if (!choice.skipped.empty()) {
+          std::cout << " (skipped " << choice.skipped.size()
+                    << " newer checkpoint(s) that do not read back complete; see stderr)";
+        }
+        std::cout << "\n";
       }
     }
   } catch (const Error& e) {
@@ -151,6 +174,15 @@ int run_train(const Args& args) {
                 << trainer->model().parameter_count() << " parameters), context "
                 << config.data().context_length() << " tokens per worker, "
                 << config.data().distribution() << " documents; " << trainer->describe()
+                << std::endl;
+      // The planner and cost model take rank r to be on node r / cluster.gpus_per_node.
+      const int per_node = config.cluster().gpus_per_node();
+      std::cout << "cadre train: " << comm::describe_placement(placement)
+                << "; cluster.gpus_per_node=" << per_node
+                << (comm::placement_matches(placement, per_node)
+                        ? " matches"
+                        : " does NOT match (the planner prices links by rank / gpus_per_node; "
+                          "set it to the ranks per node and map ranks node by node)")
                 << std::endl;
     }
   }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -55,7 +56,8 @@ class Reader {
   Reader(const std::vector<char>& bytes, size_t end, const std::string& path)
       : bytes_(bytes), end_(end), path_(path) {}
   void read(void* out, size_t size) {
-    CADRE_CHECK(offset_ + size <= end_, "checkpoint '", path_, "' is truncated at byte ", offset_);
+    CADRE_CHECK(size <= end_ - offset_, "checkpoint '", path_, "' is truncated at byte ", offset_);
+    if (size == 0) return;  // an empty tensor's data pointer may be null
     std::memcpy(out, bytes_.data() + offset_, size);
     offset_ += size;
   }
@@ -73,6 +75,7 @@ class Reader {
     return name;
   }
   size_t offset() const { return offset_; }
+  size_t remaining() const { return end_ - offset_; }
 
  private:
   const std::vector<char>& bytes_;
@@ -156,10 +159,24 @@ CheckpointState read_checkpoint(const std::string& path) {
     const uint32_t ndim = r.get<uint32_t>();
     CADRE_CHECK(ndim <= 16, "checkpoint '", path, "' tensor '", name, "' has ", ndim, " dims");
     std::vector<int64_t> sizes(ndim);
+    // The tensor's bytes must lie in the file: checked before allocating (a corrupt size could
+    // ask for any amount of memory), without overflow.
+    uint64_t nonzero_product = type == torch::kFloat ? 4 : 8;  // bytes, over the non-zero dims
+    bool empty = false;
     for (auto& d : sizes) {
       d = r.get<int64_t>();
       CADRE_CHECK(d >= 0, "checkpoint '", path, "' tensor '", name, "' has a negative size");
+      if (d == 0) {
+        empty = true;
+      } else {
+        CADRE_CHECK(!__builtin_mul_overflow(nonzero_product, static_cast<uint64_t>(d),
+                                            &nonzero_product) &&
+                        nonzero_product <= static_cast<uint64_t>(INT64_MAX),
+                    "checkpoint '", path, "' tensor '", name, "' has sizes that overflow");
+      }
     }
+    CADRE_CHECK(empty || nonzero_product <= r.remaining(), "checkpoint '", path, "' tensor '",
+                name, "' is larger than the rest of the file (truncated or corrupt)");
     auto t = torch::empty(sizes, torch::TensorOptions().dtype(type));
     r.read(t.data_ptr(), t.numel() * t.element_size());
     state.tensors.emplace_back(std::move(name), t);

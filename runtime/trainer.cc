@@ -22,6 +22,7 @@
 #include "runtime/hf_weights.h"
 #include "runtime/memory_stats.h"
 #include "runtime/parameter_shards.h"
+#include "runtime/data_fingerprint.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
@@ -105,6 +106,21 @@ void add_server_times(const scheduler::Plan& plan, const scheduler::CostModel& c
                       std::vector<double>* per_server) {
   for (const scheduler::CaTask& t : plan.tasks) {
     (*per_server)[t.server] += cost.attention_forward_backward_us(t.q_end - t.q_begin, t.q_end);
+  }
+}
+
+// Rows per layer each plan moves between distinct ranks, by link class.
+void add_link_rows(const scheduler::Plan& plan, const scheduler::CostModel& cost,
+                   StepMetrics* metrics) {
+  for (const scheduler::PeerTransfer& t : plan.transfers) {
+    const int32_t server = plan.server_ranks[t.server];
+    if (t.owner == server) continue;
+    const int64_t rows = t.q_rows() + t.kv_rows();
+    if (cost.link_between(t.owner, server) == scheduler::LinkClass::kInterNode) {
+      metrics->cad_inter_node_rows += rows;
+    } else {
+      metrics->cad_intra_node_rows += rows;
+    }
   }
 }
 
@@ -408,6 +424,7 @@ StepMetrics Trainer::forward_backward() {
                                              planner_options)
                        : scheduler::plan_colocated(layout);
         if (cad) add_server_times(plans[j], *cost_, &server_us);
+        if (cad) add_link_rows(plans[j], *cost_, &metrics);
         dispatches[j] = std::make_unique<attention_server::CadDispatch>(plans[j], exchange,
                                                                         *kernel_);
         dispatches[j]->set_timeline(timeline_.get());
@@ -595,6 +612,11 @@ std::string Trainer::checkpoint_dir() const {
   return (std::filesystem::path(config_.output().dir()) / "checkpoints").string();
 }
 
+uint64_t Trainer::data_fingerprint_value() {
+  if (!data_fingerprint_) data_fingerprint_ = data_fingerprint(config_.data());
+  return *data_fingerprint_;
+}
+
 std::string Trainer::save_checkpoint() {
   const std::string dir = checkpoint_dir();
   std::string path = checkpoint_path(dir, step_);
@@ -631,6 +653,7 @@ std::string Trainer::save_checkpoint() {
       state.counters["data.file_document"] = data_->position().file_document;
       state.counters["data.file_token_offset"] = data_->position().file_token_offset;
       state.counters["adam.steps"] = sharded_ ? sharded_->steps() : optimizer_->steps();
+      state.counters["data.fingerprint"] = static_cast<int64_t>(data_fingerprint_value());
       state.tensors = std::move(tensors);
       path = runtime::save_checkpoint(dir, step_, state, config_.training().keep_checkpoints());
     } catch (const Error& e) {
@@ -668,6 +691,16 @@ void Trainer::load_checkpoint(const std::string& path) {
   };
   step_ = counter("step");
   if (!is_worker()) return;  // a dedicated server holds no model, optimizer or data
+  // Checkpoints written before fingerprints existed carry none and are accepted.
+  auto fingerprint = state.counters.find("data.fingerprint");
+  if (fingerprint != state.counters.end()) {
+    const uint64_t theirs = static_cast<uint64_t>(fingerprint->second);
+    CADRE_CHECK(theirs == data_fingerprint_value(), "checkpoint '", path,
+                "' was trained on other data (data fingerprint ", theirs, ") than this run's ",
+                describe_data(config_.data()), " (fingerprint ", data_fingerprint_value(),
+                "); accepted: --resume with the token file contents and data settings the "
+                "checkpoint was written with, or a new run without --resume");
+  }
   if (sharded_) sharded_->finish_gather();
   const auto& params = model_->parameters();
   std::vector<torch::Tensor> exp_avg, exp_avg_sq;
@@ -803,12 +836,17 @@ std::string format_step_line(const StepMetrics& m, int64_t total_steps) {
                        m.exposed_a2a_ms);
   }
   if (m.peak_memory_bytes > 0 && n > 0 && n < static_cast<int>(sizeof(line))) {
-    std::snprintf(line + n, sizeof(line) - n, " | peak mem %.2f GiB",
-                  static_cast<double>(m.peak_memory_bytes) / (1 << 30));
+    n += std::snprintf(line + n, sizeof(line) - n, " | peak mem %.2f GiB",
+                       static_cast<double>(m.peak_memory_bytes) / (1 << 30));
+  }
+  if (m.cad_intra_node_rows + m.cad_inter_node_rows > 0 && n > 0 &&
+      n < static_cast<int>(sizeof(line))) {
+    std::snprintf(line + n, sizeof(line) - n, " | rows/layer intra-node %lld, inter-node %lld",
+                  static_cast<long long>(m.cad_intra_node_rows),
+                  static_cast<long long>(m.cad_inter_node_rows));
   }
   return line;
 }
-
 
 std::string metrics_json(const StepMetrics& m, const std::string& attention) {
   std::ostringstream out;
@@ -823,7 +861,9 @@ std::string metrics_json(const StepMetrics& m, const std::string& attention) {
       << ",\"imbalance_after\":" << m.imbalance_after << ",\"a2a_ms\":" << m.a2a_ms
       << ",\"exposed_a2a_ms\":" << m.exposed_a2a_ms << ",\"allreduce_ms\":" << m.allreduce_ms
       << ",\"exposed_allreduce_ms\":" << m.exposed_allreduce_ms
-      << ",\"a2a_bytes\":" << m.a2a_bytes << ",\"peak_memory_bytes\":" << m.peak_memory_bytes
+      << ",\"a2a_bytes\":" << m.a2a_bytes << ",\"cad_intra_node_rows\":" << m.cad_intra_node_rows
+      << ",\"cad_inter_node_rows\":" << m.cad_inter_node_rows
+      << ",\"peak_memory_bytes\":" << m.peak_memory_bytes
       << ",\"peak_memory_bytes_per_rank\":[";
   for (size_t r = 0; r < m.peak_memory_bytes_per_rank.size(); ++r) {
     out << (r ? "," : "") << m.peak_memory_bytes_per_rank[r];

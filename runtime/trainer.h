@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,11 @@ struct StepMetrics {
   double allreduce_ms = 0;    // rank 0: gradient all-reduce time (union of its buckets)
   double exposed_allreduce_ms = 0;  // rank 0: the part of it with the compute stream idle
   int64_t a2a_bytes = 0;      // rank 0: bytes sent + received by CAD dispatch in the step
+  // Rows (tokens) per layer that the step's CAD plans move forward (Q and K/V) between two ranks
+  // of one node and between nodes (cluster.gpus_per_node decides), all ranks: the link classes
+  // in use.
+  int64_t cad_intra_node_rows = 0;
+  int64_t cad_inter_node_rows = 0;
   int32_t nano_batches = 1;
   // This rank's core-attention kernel during the step: graphs it built and reused (cudnn).
   int64_t kernel_graphs_built = 0;
@@ -133,6 +139,9 @@ class Trainer {
   std::vector<comm::Span> last_spans_;
   StepRecord last_record_;
   int64_t step_ = 0;
+  // data_fingerprint(config.data), computed on first use (checkpoints save and check it).
+  uint64_t data_fingerprint_value();
+  std::optional<uint64_t> data_fingerprint_;
 };
 
 // "step 3/20 | loss 5.1234 | grad norm 0.812 | lr 3.00e-03 | 12.3 ms | 41.6k tok/s | MFU 41.2% |

@@ -43,9 +43,14 @@ void validate_layout(const Layout& layout) {
   CADRE_CHECK(static_cast<int64_t>(layout.tokens_per_rank.size()) == layout.num_ranks,
               "layout.tokens_per_rank has ", layout.tokens_per_rank.size(),
               " entries but layout.num_ranks is ", layout.num_ranks, "; they must match");
+  int64_t total_tokens = 0;
   for (int32_t r = 0; r < layout.num_ranks; ++r) {
-    CADRE_CHECK(layout.tokens_per_rank[r] >= 0, "layout.tokens_per_rank[", r, "] is ",
-                layout.tokens_per_rank[r], "; accepted: >= 0");
+    CADRE_CHECK(layout.tokens_per_rank[r] >= 0 && layout.tokens_per_rank[r] <= kMaxPlanTokens,
+                "layout.tokens_per_rank[", r, "] is ", layout.tokens_per_rank[r],
+                "; accepted: 0..", kMaxPlanTokens);
+    total_tokens += layout.tokens_per_rank[r];
+    CADRE_CHECK(total_tokens <= kMaxPlanTokens, "layout holds more than ", kMaxPlanTokens,
+                " tokens over its ranks; accepted: at most that many");
   }
   // Per rank: the pieces' local rows must be disjoint and inside the rank's token array.
   struct Rows {
@@ -67,7 +72,7 @@ void validate_layout(const Layout& layout) {
                   ") in order without gaps; found a piece [", p.doc_begin, ", ", p.doc_end,
                   ") where one starting at ", expected_begin, " was expected");
       const int64_t len = p.doc_end - p.doc_begin;
-      CADRE_CHECK(p.local_row >= 0 && p.local_row + len <= layout.tokens_per_rank[p.rank],
+      CADRE_CHECK(p.local_row >= 0 && p.local_row <= layout.tokens_per_rank[p.rank] - len,
                   "document ", d, " piece [", p.doc_begin, ", ", p.doc_end, ") at local row ",
                   p.local_row, " does not fit rank ", p.rank, "'s ",
                   layout.tokens_per_rank[p.rank], " tokens");
@@ -96,6 +101,8 @@ void validate_primary(const Plan& plan) {
   CADRE_CHECK(plan.world_size >= plan.layout.num_ranks, "plan.world_size is ", plan.world_size,
               " but the layout has ", plan.layout.num_ranks,
               " owner ranks; accepted: world_size >= owners");
+  CADRE_CHECK(plan.world_size <= kMaxPlanWorldSize, "plan.world_size is ", plan.world_size,
+              "; accepted: at most ", kMaxPlanWorldSize);
   CADRE_CHECK(!plan.server_ranks.empty(), "plan has no attention servers; accepted: >= 1");
   std::vector<char> seen(plan.world_size, 0);
   for (size_t s = 0; s < plan.server_ranks.size(); ++s) {
@@ -302,7 +309,10 @@ void finalize_plan(Plan& plan) {
       const CaTask& task = plan.tasks[t];
       const int64_t q = task.q_end - task.q_begin;
       batch.cu_seqlens_q.push_back(batch.cu_seqlens_q.back() + q);
-      batch.cu_seqlens_k.push_back(batch.cu_seqlens_k.back() + task.q_end);
+      int64_t keys = 0;  // many tasks of long documents on one server could overflow
+      CADRE_CHECK(!__builtin_add_overflow(batch.cu_seqlens_k.back(), task.q_end, &keys),
+                  "server ", batch.server_rank, "'s tasks expand to more than 2^63 keys");
+      batch.cu_seqlens_k.push_back(keys);
       batch.max_seqlen_q = std::max(batch.max_seqlen_q, q);
       batch.max_seqlen_k = std::max(batch.max_seqlen_k, task.q_end);
     }

@@ -8,6 +8,11 @@
 
 namespace cadre::scheduler {
 
+// Bounds every plan is checked against (far above any real step: 512 ranks x 512K tokens is
+// 2^28 tokens), so that no row arithmetic on a plan read from bytes can overflow.
+constexpr int32_t kMaxPlanWorldSize = 1 << 20;
+constexpr int64_t kMaxPlanTokens = int64_t{1} << 40;  // per rank and in total
+
 // A contiguous run of one document's tokens held by one rank: document tokens
 // [doc_begin, doc_end) are rows [local_row, local_row + doc_end - doc_begin) of that rank's
 // local token array.
