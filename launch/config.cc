@@ -21,8 +21,8 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "runtime/corpus.h"
-#include "runtime/hf_weights.h"
+#include "runtime/data_sources.h"
+#include "runtime/hf_config.h"
 
 namespace cadre::launch {
 namespace {

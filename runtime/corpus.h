@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/data_sources.h"
 #include "scheduler/config.pb.h"
 
 namespace cadre::runtime {
@@ -42,13 +43,7 @@ std::unique_ptr<Corpus> open_indexed_dataset_corpus(const std::string& prefix);
 std::unique_ptr<Corpus> blend_corpora(std::vector<std::unique_ptr<Corpus>> corpora,
                                       const std::vector<double>& weights);
 
-// data.path / data.blend of data.format "megatron" as (weight, prefix) pairs, each prefix's .idx
-// and .bin checked to exist. Throws cadre::Error naming the field, the entry and what is accepted.
-struct WeightedPrefix {
-  double weight = 1;
-  std::string prefix;
-};
-std::vector<WeightedPrefix> megatron_sources(const config::DataConfig& data);
+
 
 // The corpus data names: data.format "megatron" (one dataset or a blend), or data.token_file;
 // nullptr for synthetic data (format "tokens" without a token file).

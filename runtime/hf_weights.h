@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "runtime/hf_config.h"
 #include "runtime/model.h"
 #include "scheduler/config.pb.h"
 
@@ -28,27 +29,6 @@ std::vector<ParameterShape> llama_parameter_shapes(const config::ModelConfig& mo
 // "model.embed_tokens.weight", "layers.3.wq" -> "model.layers.3.self_attn.q_proj.weight", ...
 // Throws for a name that is not a Llama parameter.
 std::string hf_parameter_name(const std::string& cadre_name);
-
-// config.json of LlamaForCausalLM for `model` (every size set). torch_dtype "float32" or
-// "bfloat16"; max_position_embeddings is recorded for tools that read it (Cadre's rotary
-// embeddings have no limit).
-std::string hf_config_json(const config::ModelConfig& model, const std::string& torch_dtype,
-                           int64_t max_position_embeddings);
-
-// The model sizes in DIR/config.json (LlamaForCausalLM; model_type "llama"), every size field
-// set, preset "custom". Throws cadre::Error naming the file and key for a missing file, bad JSON,
-// another architecture, or a feature Cadre's model does not implement (rope_scaling, biases,
-// activations other than silu).
-config::ModelConfig read_hf_config(const std::string& dir);
-
-// Throws cadre::Error naming the first field where `model` (the configured model) and
-// DIR/config.json differ, in the order vocabulary, hidden size, layers, heads, KV heads, head
-// dim, FFN size, rope theta, norm eps, tied embeddings.
-void check_hf_config_matches(const config::ModelConfig& model, const std::string& dir);
-
-// Fills every size field of `model` not set explicitly from DIR/config.json (model.preset
-// "from_init"); explicit fields are left for check_hf_config_matches to compare.
-void fill_model_from_hf(config::ModelConfig* model, const std::string& dir);
 
 struct HfExportOptions {
   std::string dtype = "fp32";  // fp32 or bf16: the dtype of the written tensors
