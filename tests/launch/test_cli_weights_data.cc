@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/temp_dir.h"
 #include "common/posix_fs.h"
 
 namespace {
@@ -47,19 +48,7 @@ void expect_output(const CliResult& r, int exit_code, const std::vector<std::str
   }
 }
 
-class TempDir {
- public:
-  explicit TempDir(const std::string& name)
-      : path_(testing::TempDir() + "cadre_cli_" + std::to_string(::getpid()) + "_" + name) {
-    cadre::posix_fs::remove_tree(path_);
-    cadre::posix_fs::make_directories(path_);
-  }
-  ~TempDir() { cadre::posix_fs::remove_tree(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using cadre::testing::TempDir;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -6,6 +6,7 @@
 
 #include <fstream>
 
+#include "tests/temp_dir.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
 #include "launch/config.h"
@@ -26,18 +27,7 @@ void expect_error(F&& f, const std::vector<std::string>& pieces) {
   }
 }
 
-class TempDir {
- public:
-  TempDir() : path_(::testing::TempDir() + "cadre_cfg_wd_" + std::to_string(::getpid())) {
-    posix_fs::remove_tree(path_);
-    posix_fs::make_directories(path_);
-  }
-  ~TempDir() { posix_fs::remove_tree(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using cadre::testing::TempDir;
 
 config::RunConfig with(const std::vector<std::string>& overrides) {
   config::RunConfig c;

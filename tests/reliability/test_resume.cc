@@ -13,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include "tests/temp_dir.h"
 #include "common/error.h"
 #include "runtime/checkpoint.h"
 #include "runtime/data_fingerprint.h"
@@ -23,23 +24,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = (fs::temp_directory_path() / ("cadre_resume_test_" + std::to_string(::getpid()) + "_" +
-                                          std::to_string(counter_++)))
-                .string();
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-
- private:
-  static inline int counter_ = 0;
-  std::string path_;
-};
+using cadre::testing::TempDir;
 
 CheckpointState small_state(int64_t step, int64_t elements = 6) {
   CheckpointState s;

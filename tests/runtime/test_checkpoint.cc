@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tests/temp_dir.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
 #include "runtime/checkpoint.h"
@@ -17,25 +18,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = (fs::temp_directory_path() /
-             ("cadre_test_checkpoint_" + std::to_string(::getpid()) + "_" +
-              std::to_string(counter_++)))
-                .string();
-    posix_fs::remove_tree(path_);
-    posix_fs::make_directories(path_);
-  }
-  ~TempDir() {
-    posix_fs::remove_tree(path_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string path_;
-};
+using cadre::testing::TempDir;
 
 CheckpointState sample_state(int64_t step) {
   CheckpointState s;

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "tests/temp_dir.h"
 #include "attention_server/kernel.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
@@ -28,21 +29,7 @@ namespace {
 
 using testing::tiny_model;
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = ::testing::TempDir() + "cadre_test_hf_" + std::to_string(::getpid()) + "_" +
-            std::to_string(counter_++);
-    posix_fs::remove_tree(path_);
-    posix_fs::make_directories(path_);
-  }
-  ~TempDir() { posix_fs::remove_tree(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string path_;
-};
+using cadre::testing::TempDir;
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 
+#include "tests/temp_dir.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
 #include "runtime/corpus.h"
@@ -19,21 +20,7 @@
 namespace cadre::runtime {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = ::testing::TempDir() + "cadre_test_megatron_" + std::to_string(::getpid()) + "_" +
-            std::to_string(counter_++);
-    posix_fs::remove_tree(path_);
-    posix_fs::make_directories(path_);
-  }
-  ~TempDir() { posix_fs::remove_tree(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  std::string path_;
-};
+using cadre::testing::TempDir;
 
 template <typename F>
 void expect_error(F&& f, const std::vector<std::string>& pieces) {
