@@ -18,5 +18,6 @@ int run_bench_kernel(const Args& args);     // bench_gpu_command.cc
 int run_bench_comm(const Args& args);       // bench_gpu_command.cc
 int run_export(const Args& args);           // export_command.cc (Hugging Face weights)
 int run_data(const Args& args);             // data_command.cc (data inspect)
+int run_eval(const Args& args);             // eval_command.cc (held-out loss, TPLA form)
 
 }  // namespace cadre::launch

@@ -44,6 +44,8 @@ const std::vector<NamedChoice>& named_choices() {
       {"data.packing", {"whole", "fill", "span"}},
       {"data.format", {"tokens", "megatron"}},
       {"model.rope_scaling", {"none", "llama3"}},
+      {"model.tpla_transform", {"none", "hadamard"}},
+      {"scheduler.mla_shipping", {"latent", "expanded"}},
       {"scheduler.server_mode", {"in_place", "dedicated"}},
       {"training.attention", {"cad", "colocated"}},
       {"training.dtype", {"fp32", "bf16"}},
@@ -89,6 +91,8 @@ struct ModelPreset {
   double rope_theta;
   int32_t kv_latent_dim;
   int32_t rope_head_dim;
+  int32_t q_latent_dim = 0;
+  int32_t v_head_dim = 0;  // 0: head_dim
 };
 
 const std::vector<ModelPreset>& model_presets() {
@@ -101,7 +105,13 @@ const std::vector<ModelPreset>& model_presets() {
       // DeepSeek-V3's attention (MLA: 128 heads of 128 + a 512-wide K/V latent and a 64-wide
       // decoupled RoPE key) with a dense FFN of its first layers' width; no mixture of experts.
       {"deepseek-v3-mla-like", "DeepSeek-V3-like MLA attention, dense FFN", 61, 7168, 128, 128, 128,
-       18432, 129280, false, 10000, 512, 64},
+       18432, 129280, false, 10000, 512, 64, 1536, 128},
+      // DeepSeek-V2-Lite's attention (16 heads, no query compression, 512 + 64 latent) with a
+      // dense SwiGLU FFN of 5632 instead of its experts: ~1.7B parameters, trainable on one GPU.
+      {"deepseek-v2-lite-like", "DeepSeek-V2-Lite-like MLA, dense FFN (~1.7B)", 27, 2048, 16, 16,
+       128, 5632, 102400, false, 10000, 512, 64, 0, 128},
+      {"mla-tiny", "CPU tests of latent attention", 2, 64, 4, 4, 16, 128, 256, false, 10000, 32, 8,
+       0, 16},
   };
   return kPresets;
 }
@@ -644,6 +654,8 @@ void finalize_model(config::ModelConfig& m) {
     if (!m.has_rope_theta()) m.set_rope_theta(p->rope_theta);
     if (!m.has_kv_latent_dim()) m.set_kv_latent_dim(p->kv_latent_dim);
     if (!m.has_rope_head_dim()) m.set_rope_head_dim(p->rope_head_dim);
+    if (!m.has_q_latent_dim()) m.set_q_latent_dim(p->q_latent_dim);
+    if (!m.has_v_head_dim() && p->v_head_dim > 0) m.set_v_head_dim(p->v_head_dim);
   }
   if (!m.has_tie_embeddings()) m.set_tie_embeddings(false);
 
@@ -687,10 +699,34 @@ void finalize_model(config::ModelConfig& m) {
                 "model.rope_head_dim=", m.rope_head_dim(),
                 " is invalid for latent attention (model.kv_latent_dim=", m.kv_latent_dim(),
                 "); accepted: an even number >= 2 (64 for DeepSeek-V3 sizes)");
+    check_at_least("model.q_latent_dim", m.q_latent_dim(), 0);
+    if (!m.has_v_head_dim()) m.set_v_head_dim(m.head_dim());
+    check_at_least("model.v_head_dim", m.v_head_dim(), 1);
+    CADRE_CHECK(m.num_kv_heads() == m.num_heads(), "model.num_kv_heads=", m.num_kv_heads(),
+                " differs from model.num_heads=", m.num_heads(),
+                " under latent attention (model.kv_latent_dim=", m.kv_latent_dim(),
+                "), where every head expands its own key and value from the shared latent; "
+                "accepted: num_kv_heads = num_heads = ", m.num_heads());
+    check_name("model.tpla_transform", m.tpla_transform());
+    if (m.tpla_transform() == "hadamard") {
+      const int32_t d = m.kv_latent_dim();
+      CADRE_CHECK((d & (d - 1)) == 0, "model.tpla_transform=\"hadamard\" needs a power-of-two "
+                  "model.kv_latent_dim (the Sylvester-Hadamard matrix), got ", d,
+                  "; accepted: kv_latent_dim 2^k (512), or tpla_transform \"none\"");
+    }
   } else {
     CADRE_CHECK(m.rope_head_dim() == 0, "model.rope_head_dim=", m.rope_head_dim(),
                 " is set but model.kv_latent_dim=0 (ordinary attention); accepted: 0, or a "
                 "positive model.kv_latent_dim for latent attention");
+    for (const auto& [name, set] : std::vector<std::pair<const char*, bool>>{
+             {"q_latent_dim", m.q_latent_dim() != 0},
+             {"v_head_dim", m.has_v_head_dim()},
+             {"tpla", m.tpla()},
+             {"tpla_transform", m.tpla_transform() != "none"}}) {
+      CADRE_CHECK(!set, "model.", name, " is set but model.kv_latent_dim=0 (ordinary "
+                  "attention); accepted: leave it unset, or a positive model.kv_latent_dim for "
+                  "latent attention");
+    }
   }
 }
 
@@ -718,6 +754,16 @@ void finalize_cluster(const config::ModelConfig& m, config::ClusterConfig& c) {
               " do not divide one another (K/V heads are either split across the group or "
               "replicated); accepted: a tensor_parallel that divides or is a multiple of ",
               m.num_kv_heads());
+  if (m.tpla()) {
+    CADRE_CHECK(tp > 1, "model.tpla=true needs cluster.tensor_parallel > 1 (TPLA partitions the "
+                "latent across the tensor-parallel group; at T = 1 it is MLA); accepted: "
+                "cluster.tensor_parallel >= 2, or model.tpla=false (`cadre eval --tpla T` runs "
+                "an MLA checkpoint in TPLA form on one process)");
+    CADRE_CHECK(m.kv_latent_dim() % tp == 0, "model.kv_latent_dim=", m.kv_latent_dim(),
+                " is not divisible by cluster.tensor_parallel=", tp,
+                " (TPLA gives each rank an equal latent slice); accepted: a tensor_parallel "
+                "that divides ", m.kv_latent_dim(), ": ", divisors_of(m.kv_latent_dim()));
+  }
   CADRE_CHECK(m.num_layers() % pp == 0, "model.num_layers=", m.num_layers(),
               " is not divisible by cluster.pipeline_parallel=", pp,
               " (every stage holds the same number of layers); accepted: a pipeline_parallel "
@@ -794,6 +840,7 @@ void finalize_scheduler(const config::ClusterConfig& c, const config::SchedulerC
               " is out of range; accepted: a number in (0, 1), e.g. 0.03 for max <= 1.03 x mean");
   check_at_least<int64_t>("scheduler.min_shard_tokens", s.min_shard_tokens(), 1);
   check_name("scheduler.server_mode", s.server_mode());
+  check_name("scheduler.mla_shipping", s.mla_shipping());
   if (s.server_mode() == "dedicated") {
     CADRE_CHECK(s.num_dedicated_servers() > 0 && s.num_dedicated_servers() < c.num_gpus(),
                 "scheduler.num_dedicated_servers=", s.num_dedicated_servers(),

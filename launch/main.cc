@@ -15,6 +15,7 @@ void print_usage(std::ostream& out) {
          "  calibrate         fit the simulator's step costs to training profiles and benchmarks\n"
          "  train             train a Llama-style model with CAD or colocated attention\n"
          "  export            write a checkpoint's weights as a Hugging Face model directory\n"
+         "  eval              held-out loss of a checkpoint; an MLA checkpoint also in TPLA form\n"
          "  data inspect      document and token counts, length histogram and simulated CAD gain\n"
          "                    of a token file or Megatron indexed dataset\n"
          "  bench attention   CAD attention across ranks with a check against the reference\n"
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     if (command == "plan") return run_plan(args);
     if (command == "train") return run_train(args);
     if (command == "export") return run_export(args);
+    if (command == "eval") return run_eval(args);
     if (command == "data") return run_data(args);
     if (command == "bench") {
       if (args.empty()) {
@@ -83,7 +85,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::cerr << "cadre: unknown command '" << command
-              << "'; accepted: simulate, plan, calibrate, train, export, data, bench\n\n";
+              << "'; accepted: simulate, plan, calibrate, train, export, eval, data, bench\n\n";
     print_usage(std::cerr);
     return 2;
   } catch (const cadre::Error& e) {

@@ -70,13 +70,14 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& positions,
 }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  auto xf = x.to(torch::kFloat);
+  auto xf = x.scalar_type() == torch::kDouble ? x : x.to(torch::kFloat);
   auto normed = (xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(x.scalar_type());
   return normed * weight.to(x.scalar_type());
 }
 
 torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets) {
-  auto log_probs = torch::log_softmax(logits, -1, torch::kFloat);
+  auto log_probs = torch::log_softmax(
+      logits, -1, logits.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat);
   auto valid = targets.ne(kIgnoreTarget);
   auto picked = log_probs.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1);
   return -(picked * valid.to(picked.scalar_type())).sum();
@@ -97,9 +98,24 @@ void check_dims(const config::ModelConfig& m) {
               ") must be a multiple of model.num_kv_heads (", m.num_kv_heads(), ")");
   CADRE_CHECK(m.head_dim() % 2 == 0, "model.head_dim must be even for rotary embeddings; got ",
               m.head_dim());
-  CADRE_CHECK(m.kv_latent_dim() == 0,
-              "cadre train implements grouped-query attention only; model.kv_latent_dim must be 0,"
-              " got ", m.kv_latent_dim());
+  if (m.kv_latent_dim() > 0) {
+    CADRE_CHECK(m.rope_head_dim() > 0 && m.rope_head_dim() % 2 == 0,
+                "latent attention needs an even model.rope_head_dim >= 2; got ", m.rope_head_dim());
+    CADRE_CHECK(m.num_kv_heads() == m.num_heads(), "latent attention expands a key and a value "
+                "per head: model.num_kv_heads (", m.num_kv_heads(), ") must equal num_heads (",
+                m.num_heads(), ")");
+    CADRE_CHECK(m.q_latent_dim() >= 0 && (!m.has_v_head_dim() || m.v_head_dim() > 0),
+                "model.q_latent_dim must be >= 0 and model.v_head_dim > 0; got ",
+                m.q_latent_dim(), " and ", m.v_head_dim());
+    CADRE_CHECK(m.rope_scaling() == "none", "model.rope_scaling=\"", m.rope_scaling(),
+                "\" is not implemented for latent attention; accepted: none");
+    CADRE_CHECK(m.tpla_transform() == "none" || m.tpla_transform() == "hadamard",
+                "model.tpla_transform=\"", m.tpla_transform(), "\"; accepted: none, hadamard");
+  } else {
+    CADRE_CHECK(m.rope_head_dim() == 0 && !m.tpla() && m.q_latent_dim() == 0,
+                "model.rope_head_dim, q_latent_dim and tpla need latent attention "
+                "(model.kv_latent_dim > 0)");
+  }
 }
 
 void check_tensor_parallel(const config::ModelConfig& m, int64_t tp) {
@@ -123,14 +139,57 @@ void check_tensor_parallel(const config::ModelConfig& m, int64_t tp) {
               (m.vocab_size() + tp - 1) / tp * tp);
 }
 
+void check_tpla(const config::ModelConfig& m, int64_t tp, int64_t parts) {
+  CADRE_CHECK(parts >= 1 && parts % tp == 0, "TPLA with ", parts,
+              " latent slices on a tensor-parallel group of ", tp,
+              " ranks; accepted: a multiple of the group's size");
+  CADRE_CHECK(m.kv_latent_dim() % parts == 0, "model.kv_latent_dim=", m.kv_latent_dim(),
+              " is not divisible by the ", parts, " TPLA slices; accepted: a slice count that "
+              "divides ", m.kv_latent_dim());
+  if (m.tpla_transform() == "hadamard") {
+    const int64_t d = m.kv_latent_dim();
+    CADRE_CHECK((d & (d - 1)) == 0, "model.tpla_transform=hadamard needs a power-of-two "
+                "model.kv_latent_dim; got ", d);
+  }
+}
+
 }  // namespace
 
+int64_t attention_heads_per_rank(const config::ModelConfig& model, int64_t tp) {
+  if (model.kv_latent_dim() > 0 && model.tpla()) return model.num_heads();
+  return model.num_heads() / tp;
+}
+
+int64_t attention_qk_dim(const config::ModelConfig& model) {
+  return model.head_dim() + (model.kv_latent_dim() > 0 ? model.rope_head_dim() : 0);
+}
+
+int64_t attention_v_dim(const config::ModelConfig& model) {
+  return model.kv_latent_dim() > 0 && model.has_v_head_dim() ? model.v_head_dim()
+                                                             : model.head_dim();
+}
+
+torch::Tensor hadamard_matrix(int64_t n, const torch::TensorOptions& options) {
+  CADRE_CHECK(n >= 1 && (n & (n - 1)) == 0, "a Hadamard matrix of order ", n,
+              " does not exist here; accepted: a power of two");
+  auto h = torch::ones({1, 1}, torch::kDouble);
+  while (h.size(0) < n) {
+    h = torch::cat({torch::cat({h, h}, 1), torch::cat({h, -h}, 1)}, 0);
+  }
+  return (h / std::sqrt(static_cast<double>(n))).to(options.dtype(torch::kFloat));
+}
+
 LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const torch::Device& device,
-                       const TensorParallelGroup* tp)
+                       const TensorParallelGroup* tp, int64_t tpla_parts)
     : config_(model), tp_(tp) {
   check_dims(model);
   const int64_t tp_size = tp ? tp->size() : 1, tp_rank = tp ? tp->rank() : 0;
   if (tp_size > 1) check_tensor_parallel(model, tp_size);
+  if (latent_attention() && model.tpla()) {
+    tpla_parts_ = tpla_parts > 0 ? tpla_parts : tp_size;
+    check_tpla(model, tp_size, tpla_parts_);
+    local_parts_ = tpla_parts_ / tp_size;
+  }
   // One generator walked in a fixed order: identical weights on every rank for one seed.
   at::Generator generator = at::detail::createCPUGenerator(seed);
   if (!device.is_cpu()) {
@@ -156,6 +215,13 @@ LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const to
   const int64_t kv_index = tp_rank / kv_replicas;
   const bool kv_counted = tp_rank % kv_replicas == 0;
   local_kv_heads_ = kv_heads / kv_parts;
+  if (latent_attention()) {
+    // Every core-attention head has its own key and value; TPLA keeps every head per slice.
+    local_heads_ = local_kv_heads_ = attention_heads_per_rank(model, tp_size) * local_parts_;
+    if (tpla() && model.tpla_transform() == "hadamard") {
+      latent_transform_ = hadamard_matrix(model.kv_latent_dim(), f32);
+    }
+  }
   vocab_begin_ = tp_rank * (vocab / tp_size);
   const bool lead = tp_rank == 0;
   // The T = 1 draws in the T = 1 order; each rank keeps its slice (rows: dim 0, columns: dim 1).
@@ -165,13 +231,18 @@ LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const to
     Layer layer;
     layer.attention_norm =
         add_shard(p + "attention_norm", torch::ones({hidden}, f32), -1, 1, 0, lead);
-    layer.wq = add_shard(p + "wq", normal({heads * dim, hidden}, std), 0, tp_size, tp_rank, true);
-    layer.wk = add_shard(p + "wk", normal({kv_heads * dim, hidden}, std), 0, kv_parts, kv_index,
-                         kv_counted);
-    layer.wv = add_shard(p + "wv", normal({kv_heads * dim, hidden}, std), 0, kv_parts, kv_index,
-                         kv_counted);
-    layer.wo = add_shard(p + "wo", normal({hidden, heads * dim}, residual_std), 1, tp_size,
-                         tp_rank, true);
+    if (latent_attention()) {
+      add_latent_layer(p, &layer, normal, residual_std);
+    } else {
+      layer.wq =
+          add_shard(p + "wq", normal({heads * dim, hidden}, std), 0, tp_size, tp_rank, true);
+      layer.wk = add_shard(p + "wk", normal({kv_heads * dim, hidden}, std), 0, kv_parts,
+                           kv_index, kv_counted);
+      layer.wv = add_shard(p + "wv", normal({kv_heads * dim, hidden}, std), 0, kv_parts,
+                           kv_index, kv_counted);
+      layer.wo = add_shard(p + "wo", normal({hidden, heads * dim}, residual_std), 1, tp_size,
+                           tp_rank, true);
+    }
     layer.mlp_norm = add_shard(p + "mlp_norm", torch::ones({hidden}, f32), -1, 1, 0, lead);
     layer.w_gate = add_shard(p + "w_gate", normal({ffn, hidden}, std), 0, tp_size, tp_rank, true);
     layer.w_up = add_shard(p + "w_up", normal({ffn, hidden}, std), 0, tp_size, tp_rank, true);
@@ -236,7 +307,9 @@ RopeTables LlamaModel::rope(const torch::Tensor& positions) const {
   if (config_.rope_scaling() != "none") {  // runtime/rope_scaling.h
     return rope_tables(positions, rope_inverse_frequencies(config_));
   }
-  return rope_tables(positions, config_.head_dim(), config_.rope_theta());
+  // MLA rotates only its decoupled rotary part.
+  return rope_tables(positions, latent_attention() ? config_.rope_head_dim() : config_.head_dim(),
+                     config_.rope_theta());
 }
 
 std::vector<torch::Tensor> LlamaModel::attention_inputs(int layer_index, const torch::Tensor& x,
@@ -255,6 +328,7 @@ std::vector<torch::Tensor> LlamaModel::attention_inputs(int layer_index, const t
   } else {
     h = copy_to_tensor_parallel(rms_norm(x, layer.attention_norm, config_.norm_eps()), tp_group());
   }
+  if (latent_attention()) return latent_attention_inputs(layer, h, rope);
   if (parallel() && tp_->kv_replicas() != nullptr) {
     // Each replica of a K/V head sees the gradient of its own query heads only.
     wk = partial_grad(wk, tp_->kv_replicas());
@@ -271,8 +345,10 @@ torch::Tensor LlamaModel::layer_output(int layer_index, const torch::Tensor& x,
                                        const torch::Tensor& o) const {
   const Layer& layer = layers_.at(layer_index);
   const int64_t n = o.size(0);
-  auto attention = torch::matmul(o.reshape({n, local_heads_ * config_.head_dim()}),
-                                 cast(layer.wo).t());
+  auto attention = latent_attention()
+                       ? latent_output_projection(layer, o)
+                       : torch::matmul(o.reshape({n, local_heads_ * config_.head_dim()}),
+                                       cast(layer.wo).t());
   if (!parallel()) {
     auto y = x + attention;
     auto h = rms_norm(y, layer.mlp_norm, config_.norm_eps());

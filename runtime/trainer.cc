@@ -129,13 +129,24 @@ void add_link_rows(const scheduler::Plan& plan, const scheduler::CostModel& cost
 double training_flops(const config::ModelConfig& m, const std::vector<int64_t>& doc_lengths) {
   const double h = m.hidden_size(), d = m.head_dim(), heads = m.num_heads();
   const double kv = m.num_kv_heads(), ffn = m.ffn_hidden_size(), vocab = m.vocab_size();
-  const double per_token_layer = 2.0 * (h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * ffn);
+  double per_token_layer = 2.0 * (h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * ffn);
+  // Core attention's multiply-adds per causal pair and head: QK^T over the query/key width and
+  // PV over the value width (4 d for ordinary attention).
+  double pair_flops = 4.0 * heads * d;
+  if (m.kv_latent_dim() > 0) {
+    const double qk = attention_qk_dim(m), v = attention_v_dim(m), c = m.kv_latent_dim();
+    const double r = m.rope_head_dim(), cq = m.q_latent_dim();
+    const double query = cq > 0 ? h * cq + cq * heads * qk : h * heads * qk;
+    per_token_layer =
+        2.0 * (query + h * (c + r) + c * heads * (d + v) + heads * v * h + 3 * h * ffn);
+    pair_flops = 2.0 * heads * (qk + v);
+  }
   double tokens = 0, pairs = 0;
   for (int64_t n : doc_lengths) {
     tokens += static_cast<double>(n);
     pairs += 0.5 * static_cast<double>(n) * static_cast<double>(n + 1);
   }
-  const double forward = m.num_layers() * (per_token_layer * tokens + 4.0 * heads * d * pairs) +
+  const double forward = m.num_layers() * (per_token_layer * tokens + pair_flops * pairs) +
                          2.0 * h * vocab * tokens;
   return 3.0 * forward;
 }
@@ -225,6 +236,17 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
                                           tp_group_.get());
     model_->set_compute_dtype(dtype_);
     if (!training.init_from().empty()) load_hf_weights(*model_, training.init_from());
+  }
+  if (config.model().kv_latent_dim() > 0 && training.attention() == "cad" && !dedicated &&
+      config.scheduler().mla_shipping() == "latent") {
+    // Dedicated servers hold no weights: they get expanded per-head K/V instead.
+    latent_shipping_ = true;
+    if (model_) {
+      model_->set_latent_outputs(true);
+      latent_layout_ = model_->latent_layout();
+    }
+  }
+  if (worker) {
     if (!training.shard_optimizer()) {
       optimizer_ = std::make_unique<AdamW>(model_->parameter_tensors(), adamw_options(training));
     }
@@ -283,7 +305,13 @@ std::string Trainer::describe() const {
                                " (sequence parallel ",
                                t.sequence_parallel() ? "on" : "off", ")")
                      : std::string(),
-                 t.shard_optimizer() ? ", sharded optimizer" : "");
+                 t.shard_optimizer() ? ", sharded optimizer" : "",
+                 config_.model().kv_latent_dim() > 0
+                     ? str_cat(config_.model().tpla() ? ", TPLA" : ", MLA",
+                               t.attention() == "cad"
+                                   ? (latent_shipping_ ? " shipping latent" : " shipping expanded K/V")
+                                   : "")
+                     : std::string());
 }
 
 StepMetrics Trainer::forward_backward() {
@@ -353,14 +381,18 @@ StepMetrics Trainer::forward_backward() {
   options.recompute = training.recompute() == "linear";
   options.loss_chunk_tokens = training.loss_chunk_tokens();
   options.loss_scale = metrics.targets > 0 ? static_cast<double>(dp) / metrics.targets : 0.0;
+  options.server_qk_dim = attention_qk_dim(config_.model());
+  options.server_v_dim = attention_v_dim(config_.model());
   if (model_) {
     options.server_heads = model_->local_heads();
     options.server_kv_heads = model_->local_kv_heads();
   } else {
-    // A dedicated server serves one head group: its TP index's heads.
+    // A dedicated server serves one head group: its TP index's heads (every head under TPLA,
+    // over its TP index's latent slice).
     const auto& m = config_.model();
-    options.server_heads = m.num_heads() / tp;
-    options.server_kv_heads = m.num_kv_heads() % tp == 0 ? m.num_kv_heads() / tp : 1;
+    options.server_heads = attention_heads_per_rank(m, tp);
+    options.server_kv_heads = m.kv_latent_dim() > 0 ? options.server_heads
+                              : m.num_kv_heads() % tp == 0 ? m.num_kv_heads() / tp : 1;
   }
   options.timeline = timeline_.get();
   if (sharded_) {
@@ -425,8 +457,8 @@ StepMetrics Trainer::forward_backward() {
                        : scheduler::plan_colocated(layout);
         if (cad) add_server_times(plans[j], *cost_, &server_us);
         if (cad) add_link_rows(plans[j], *cost_, &metrics);
-        dispatches[j] = std::make_unique<attention_server::CadDispatch>(plans[j], exchange,
-                                                                        *kernel_);
+        dispatches[j] = std::make_unique<attention_server::CadDispatch>(
+            plans[j], exchange, *kernel_, 0.0, cad && latent_shipping_ ? &latent_layout_ : nullptr);
         dispatches[j]->set_timeline(timeline_.get());
         dispatches[j]->mark_inputs_checked();  // the model builds q, k, v to the plan's shapes
         auto* dispatch = dispatches[j].get();

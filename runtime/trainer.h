@@ -128,6 +128,10 @@ class Trainer {
   torch::Device device_ = torch::kCPU;
   torch::ScalarType dtype_ = torch::kFloat;
   std::unique_ptr<LlamaModel> model_;        // null on dedicated server ranks
+  // MLA under CAD with in-place servers and scheduler.mla_shipping = latent: the dispatch ships
+  // latent rows and the servers expand them (docs/latent_attention.md).
+  bool latent_shipping_ = false;
+  attention_server::LatentLayout latent_layout_;
   std::unique_ptr<AdamW> optimizer_;         // null with training.shard_optimizer
   std::unique_ptr<ShardedAdamW> sharded_;    // training.shard_optimizer (after reducer_)
   std::unique_ptr<DataLoader> data_;

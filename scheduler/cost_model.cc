@@ -150,8 +150,13 @@ void CostModel::rates(int64_t q_tokens, int64_t kv_tokens, double* forward,
 double CostModel::flops_per_pass(int64_t q_tokens, int64_t kv_tokens) const {
   const double heads =
       static_cast<double>(model_.num_heads()) / static_cast<double>(cluster_.tensor_parallel());
-  return 4.0 * static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) *
-         model_.head_dim() * heads;
+  // Latent attention (expanded on the server): QK^T over head_dim + rope_head_dim, PV over
+  // v_head_dim.
+  const bool mla = model_.kv_latent_dim() > 0;
+  const double widths = mla ? model_.head_dim() + model_.rope_head_dim() +
+                                  (model_.has_v_head_dim() ? model_.v_head_dim() : model_.head_dim())
+                            : 2.0 * model_.head_dim();
+  return 2.0 * static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) * widths * heads;
 }
 
 double CostModel::attention_forward_us(int64_t q_tokens, int64_t kv_tokens) const {
@@ -195,7 +200,9 @@ double CostModel::linear_step_us_per_token(int32_t layers) const {
 
 // Per GPU: tensor parallelism splits query heads, and KV heads down to one per GPU.
 int64_t CostModel::q_bytes_per_token() const {
-  return static_cast<int64_t>(model_.num_heads() / cluster_.tensor_parallel()) * model_.head_dim() *
+  const int64_t width =
+      model_.head_dim() + (model_.kv_latent_dim() > 0 ? model_.rope_head_dim() : 0);
+  return static_cast<int64_t>(model_.num_heads() / cluster_.tensor_parallel()) * width *
          kBytesPerValue;
 }
 

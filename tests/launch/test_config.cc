@@ -288,6 +288,43 @@ TEST(FinalizeConfig, ModelErrors) {
   expect_finalize_error({"model.rope_head_dim=64"}, {"model.rope_head_dim=64", "kv_latent_dim=0"});
 }
 
+// Latent attention: one clear error per inconsistent setting.
+TEST(FinalizeConfig, LatentAttentionErrors) {
+  const std::string mla = "model.preset=deepseek-v2-lite-like";
+  expect_finalize_error({mla, "model.rope_head_dim=63"}, {"model.rope_head_dim=63", "even"});
+  expect_finalize_error({mla, "model.rope_head_dim=0"}, {"model.rope_head_dim=0", "even"});
+  expect_finalize_error({"model.q_latent_dim=64"}, {"model.q_latent_dim", "kv_latent_dim=0"});
+  expect_finalize_error({"model.v_head_dim=64"}, {"model.v_head_dim", "kv_latent_dim=0"});
+  expect_finalize_error({"model.tpla=true"}, {"model.tpla", "kv_latent_dim=0"});
+  expect_finalize_error({mla, "model.num_kv_heads=4"},
+                        {"model.num_kv_heads=4", "accepted: num_kv_heads = num_heads = 16"});
+  expect_finalize_error({mla, "model.tpla=true", "cluster.tensor_parallel=1"},
+                        {"model.tpla=true needs cluster.tensor_parallel > 1", "cadre eval"});
+  expect_finalize_error({mla, "model.tpla=true", "model.kv_latent_dim=500",
+                         "cluster.tensor_parallel=8"},
+                        {"model.kv_latent_dim=500", "not divisible by cluster.tensor_parallel=8"});
+  expect_finalize_error({mla, "model.tpla=true", "model.kv_latent_dim=384",
+                         "model.tpla_transform=hadamard", "cluster.tensor_parallel=2"},
+                        {"hadamard", "power-of-two", "384"});
+  expect_finalize_error({mla, "model.tpla_transform=pca"}, {"model.tpla_transform", "hadamard"});
+  expect_finalize_error({mla, "scheduler.mla_shipping=compressed"},
+                        {"scheduler.mla_shipping", "latent, expanded"});
+}
+
+TEST(FinalizeConfig, LatentAttentionPresets) {
+  for (const char* preset : {"deepseek-v2-lite-like", "mla-tiny", "deepseek-v3-mla-like"}) {
+    auto c = finalized({std::string("model.preset=") + preset});
+    EXPECT_GT(c.model().kv_latent_dim(), 0) << preset;
+    EXPECT_EQ(c.model().num_kv_heads(), c.model().num_heads()) << preset;
+    EXPECT_TRUE(c.model().has_v_head_dim()) << preset;
+  }
+  auto lite = finalized({"model.preset=deepseek-v2-lite-like"});
+  EXPECT_EQ(lite.model().q_latent_dim(), 0);
+  EXPECT_EQ(lite.model().head_dim() + lite.model().rope_head_dim(), 192);
+  EXPECT_EQ(lite.model().v_head_dim(), 128);
+  EXPECT_EQ(finalized({"model.preset=deepseek-v3-mla-like"}).model().q_latent_dim(), 1536);
+}
+
 TEST(FinalizeConfig, ClusterErrors) {
   expect_finalize_error(
       {"cluster.num_gpus=12", "cluster.tensor_parallel=4", "cluster.pipeline_parallel=2"},

@@ -92,6 +92,13 @@ TEST(CostModel, BytesAndLinks) {
   mla.set_kv_latent_dim(512);
   mla.set_rope_head_dim(64);
   EXPECT_EQ(CostModel(mla, cluster, default_calibration()).kv_bytes_per_token(), (512 + 64) * 2);
+  // Queries are head_dim + rope_head_dim wide; attention multiplies over q/k and v widths.
+  EXPECT_EQ(CostModel(mla, cluster, default_calibration()).q_bytes_per_token(),
+            32 * (128 + 64) * 2);
+  const double gqa_us = cost.attention_forward_us(1000, 1000);
+  mla.set_v_head_dim(128);
+  EXPECT_NEAR(CostModel(mla, cluster, default_calibration()).attention_forward_us(1000, 1000),
+              gqa_us * (192.0 + 128.0) / 256.0, 1e-6 * gqa_us);
 }
 
 TEST(CostModel, BadCalibrationFilesSayWhatIsAccepted) {
