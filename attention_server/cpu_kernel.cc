@@ -14,10 +14,12 @@ namespace {
 void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                   const VarlenBatch& batch) {
   CADRE_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
-              "core attention takes q [tokens, heads, head_dim] and k, v [tokens, kv_heads, "
-              "head_dim]; got ",
+              "core attention takes q [tokens, heads, head_dim], k [tokens, kv_heads, head_dim] "
+              "and v [tokens, kv_heads, v_head_dim]; got ",
               q.dim(), "-d, ", k.dim(), "-d and ", v.dim(), "-d tensors");
-  CADRE_CHECK(k.sizes() == v.sizes(), "k and v shapes differ: ", k.sizes(), " vs ", v.sizes());
+  CADRE_CHECK(k.size(0) == v.size(0) && k.size(1) == v.size(1) && v.size(2) > 0,
+              "k and v need the same tokens and KV heads (v's head dim may differ from k's); got ",
+              k.sizes(), " and ", v.sizes());
   CADRE_CHECK(q.size(2) == k.size(2), "q head_dim ", q.size(2), " != k head_dim ", k.size(2));
   CADRE_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "query heads ", q.size(1),
               " are not a multiple of KV heads ", k.size(1));
@@ -34,7 +36,7 @@ double scale_for(const torch::Tensor& q, double softmax_scale) {
   return softmax_scale > 0 ? softmax_scale : 1.0 / std::sqrt(static_cast<double>(q.size(2)));
 }
 
-// Per sequence: [heads, nq, D] views of q and of k/v with KV heads repeated for their query group,
+// Per sequence: [heads, nq, D] views (D = Dqk for q and k, Dv for v) of q and of k/v with KV heads repeated for their query group,
 // plus the bottom-right-aligned causal mask (true = masked).
 struct Sequence {
   int64_t q_begin, q_end, k_begin, k_end;
@@ -76,7 +78,7 @@ class CpuKernel : public CoreAttentionKernel {
     check_inputs(q, k, v, batch);
     const double scale = scale_for(q, softmax_scale);
     const int64_t group = q.size(1) / k.size(1);
-    auto out = torch::zeros_like(q);
+    auto out = torch::zeros({q.size(0), q.size(1), v.size(2)}, q.options());  // Dv may != Dqk
     // fp32 as the interface says, but fp64 for fp64 inputs: the reference keeps full precision.
     auto lse = torch::full({q.size(1), q.size(0)}, -INFINITY,
                            q.options().dtype(q.scalar_type() == torch::kDouble ? torch::kDouble
@@ -102,9 +104,11 @@ class CpuKernel : public CoreAttentionKernel {
                           const torch::Tensor& lse, const VarlenBatch& batch,
                           double softmax_scale) override {
     check_inputs(q, k, v, batch);
-    CADRE_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
-                "dout and out must have q's shape ", q.sizes(), "; got ", dout.sizes(), " and ",
-                out.sizes());
+    const std::vector<int64_t> out_shape{q.size(0), q.size(1), v.size(2)};
+    CADRE_CHECK(dout.sizes() == out_shape && out.sizes() == out_shape,
+                "dout and out must be [q tokens, heads, v head_dim] = ", c10::IntArrayRef(out_shape),
+                "; got ",
+                dout.sizes(), " and ", out.sizes());
     const double scale = scale_for(q, softmax_scale);
     const int64_t heads = q.size(1), kv_heads = k.size(1), group = heads / kv_heads;
     auto dq = torch::zeros_like(q);
@@ -125,9 +129,9 @@ class CpuKernel : public CoreAttentionKernel {
       auto dprobs = torch::matmul(dos, vs.transpose(1, 2));     // dP = dO V^T
       auto delta = (dos * os).sum(-1, /*keepdim=*/true);        // D = rowsum(dO * O)
       auto dscores = probs * (dprobs - delta) * scale;          // dS (scaled)
-      auto dqs = torch::matmul(dscores, ks);                    // [H, nq, D]
-      auto dks = torch::matmul(dscores.transpose(1, 2), qs);    // [H, nk, D]
-      auto dvs = torch::matmul(probs.transpose(1, 2), dos);     // [H, nk, D]
+      auto dqs = torch::matmul(dscores, ks);                    // [H, nq, Dqk]
+      auto dks = torch::matmul(dscores.transpose(1, 2), qs);    // [H, nk, Dqk]
+      auto dvs = torch::matmul(probs.transpose(1, 2), dos);     // [H, nk, Dv]
       dq.slice(0, s.q_begin, s.q_end).copy_(dqs.transpose(0, 1));
       // Sum each KV head's query group.
       dk.slice(0, s.k_begin, s.k_end)

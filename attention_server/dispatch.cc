@@ -32,7 +32,8 @@ bool all_ranks_ok(comm::Transport& transport, bool ok) {
 }  // namespace
 
 CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport,
-                         CoreAttentionKernel& kernel, double softmax_scale)
+                         CoreAttentionKernel& kernel, double softmax_scale,
+                         const LatentLayout* latent)
     : plan_(plan),
       transport_(transport),
       kernel_(kernel),
@@ -64,6 +65,22 @@ CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport
     }
   }
   CADRE_CHECK(problem.empty(), "CAD attention on rank ", rank_, ": ", problem);
+  if (latent != nullptr) {
+    // Every rank holds the same (checked) plan, so these throw on every rank alike.
+    CADRE_CHECK(latent->latent_dim > 0 && latent->nope_dim > 0 && latent->rope_dim >= 0 &&
+                    latent->v_dim > 0,
+                "CAD attention: latent layout needs latent_dim, nope_dim, v_dim > 0 and rope_dim "
+                ">= 0; got latent ", latent->latent_dim, ", nope ", latent->nope_dim, ", rope ",
+                latent->rope_dim, ", v ", latent->v_dim);
+    for (int32_t server_rank : plan.server_ranks) {
+      CADRE_CHECK(server_rank < plan.layout.num_ranks,
+                  "CAD attention: latent K/V shipping needs every attention server to own tokens "
+                  "(and so the layer's weights), but server rank ", server_rank,
+                  " is a dedicated server (the layout has ", plan.layout.num_ranks,
+                  " token-owning ranks); ship expanded K/V (no latent layout) to dedicated servers");
+    }
+    latent_ = *latent;
+  }
 
   for (size_t s = 0; s < plan.server_ranks.size(); ++s) {
     if (plan.server_ranks[s] == rank_) server_ = static_cast<int32_t>(s);
@@ -136,24 +153,52 @@ CadDispatch::CadDispatch(const scheduler::Plan& plan, comm::Transport& transport
   }
 }
 
-void CadDispatch::check_inputs(const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v) {
-  std::string problem;
-  if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3) {
-    problem = str_cat("q, k, v must be [tokens, heads, head_dim]; got ", q.sizes(), ", ",
-                      k.sizes(), ", ", v.sizes());
+std::string CadDispatch::input_problem(const torch::Tensor& q, const torch::Tensor& k,
+                                       const torch::Tensor& v) const {
+  if (latent_) {
+    const LatentLayout& l = *latent_;
+    const int64_t per_head = l.nope_dim + l.v_dim;
+    if (q.dim() != 3 || q.size(0) != local_tokens_ || q.size(2) != l.qk_dim()) {
+      return str_cat("latent mode: q must be [", local_tokens_, " tokens, heads, nope + rope = ",
+                     l.qk_dim(), "]; got ", q.sizes());
+    }
+    if (k.dim() != 3 || k.size(0) != local_tokens_ || k.size(1) != 1 ||
+        k.size(2) != l.row_width()) {
+      return str_cat("latent mode: the latent rows (k) must be [", local_tokens_,
+                     " tokens, 1, latent + rope = ", l.row_width(), "]; got ", k.sizes());
+    }
+    if (v.dim() != 2 || v.size(0) != q.size(1) * per_head || v.size(1) != l.latent_dim) {
+      return str_cat("latent mode: the up-projection weight (v) must be [heads * (nope + v_dim) = ",
+                     q.size(1), " * ", per_head, ", latent = ", l.latent_dim, "]; got ",
+                     v.sizes());
+    }
+    if (q.device() != k.device() || q.device() != v.device()) {
+      return str_cat("latent mode: q, the latent rows and w must be on one device; got ",
+                     q.device(), ", ", k.device(), ", ", v.device());
+    }
+  } else if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3) {
+    return str_cat("q, k, v must be [tokens, heads, head_dim]; got ", q.sizes(), ", ", k.sizes(),
+                   ", ", v.sizes());
   } else if (q.size(0) != local_tokens_ || k.size(0) != local_tokens_ ||
              v.size(0) != local_tokens_) {
-    problem = str_cat("the plan gives this rank ", local_tokens_, " tokens but q, k, v have ",
-                      q.size(0), ", ", k.size(0), ", ", v.size(0), " rows");
-  } else if (k.sizes() != v.sizes() || q.size(2) != k.size(2) || k.size(1) == 0 ||
-             q.size(1) % k.size(1) != 0) {
-    problem = str_cat("head shapes do not fit: q ", q.sizes(), ", k ", k.sizes(), ", v ",
-                      v.sizes(), " (query heads must be a multiple of KV heads)");
-  } else if (q.scalar_type() != k.scalar_type() || q.scalar_type() != v.scalar_type()) {
-    problem = str_cat("q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ",
-                      v.scalar_type());
+    return str_cat("the plan gives this rank ", local_tokens_, " tokens but q, k, v have ",
+                   q.size(0), ", ", k.size(0), ", ", v.size(0), " rows");
+  } else if (k.size(1) != v.size(1) || q.size(2) != k.size(2) || v.size(2) == 0 ||
+             k.size(1) == 0 || q.size(1) % k.size(1) != 0) {
+    return str_cat("head shapes do not fit: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes(),
+                   " (q and k share a head dim, k and v their KV heads; v's head dim may differ; "
+                   "query heads must be a multiple of KV heads)");
   }
+  if (q.scalar_type() != k.scalar_type() || q.scalar_type() != v.scalar_type()) {
+    return str_cat("q, k, v dtypes differ: ", q.scalar_type(), ", ", k.scalar_type(), ", ",
+                   v.scalar_type());
+  }
+  return "";
+}
+
+void CadDispatch::check_inputs(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v) {
+  const std::string problem = input_problem(q, k, v);
   if (!inputs_checked_) {
     // Collective on the first call, so one rank's bad input stops every rank.
     const bool everyone_ok = all_ranks_ok(transport_, problem.empty());
@@ -162,6 +207,14 @@ void CadDispatch::check_inputs(const torch::Tensor& q, const torch::Tensor& k,
     inputs_checked_ = true;
   }
   CADRE_CHECK(problem.empty(), "CAD attention on rank ", rank_, ": ", problem);
+}
+
+int64_t CadDispatch::k_row_elements(const Flight& flight) const {
+  return latent_ ? latent_->row_width() : flight.kv_heads * flight.qk_dim;
+}
+
+int64_t CadDispatch::v_row_elements(const Flight& flight) const {
+  return latent_ ? 0 : flight.kv_heads * flight.v_dim;
 }
 
 Exchange CadDispatch::start_exchange(const std::vector<torch::Tensor>& parts,
@@ -265,25 +318,33 @@ Flight CadDispatch::forward_send(const torch::Tensor& q_in, const torch::Tensor&
   auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   Flight flight;
   flight.heads = q.size(1);
-  flight.kv_heads = k.size(1);
-  flight.dim = q.size(2);
+  flight.kv_heads = k.size(1);  // latent mode: 1 (one latent row per token)
+  flight.qk_dim = q.size(2);
+  flight.v_dim = latent_ ? latent_->v_dim : v.size(2);
   flight.options = q.options();
   kv_heads_for_backward_ = flight.kv_heads;
-  const int64_t heads = flight.heads, kv_heads = flight.kv_heads, dim = flight.dim;
+  qk_dim_for_backward_ = flight.qk_dim;
+  v_dim_for_backward_ = flight.v_dim;
+  if (latent_) {
+    w_sizes_for_backward_ = v.sizes().vec();
+    w_options_for_backward_ = v.options();
+  }
+  const int64_t q_row = flight.heads * flight.qk_dim, k_row = k_row_elements(flight),
+                v_row = v_row_elements(flight);
 
-  // Owners -> servers: Q rows per task, K/V rows per document prefix.
+  // Owners -> servers: Q rows per task, K/V rows (latent mode: latent rows) per document prefix.
   std::vector<torch::Tensor> parts;
   std::vector<int64_t> recv_elements;
   for (int p = 0; p < world_; ++p) {
     if (p == rank_) {
       parts.push_back(torch::empty({0}, q.options()));
     } else {
-      parts.push_back(torch::cat({q.index_select(0, q_send_rows_[p]).reshape({-1}),
-                                  k.index_select(0, kv_send_rows_[p]).reshape({-1}),
-                                  v.index_select(0, kv_send_rows_[p]).reshape({-1})}));
+      std::vector<torch::Tensor> rows{q.index_select(0, q_send_rows_[p]).reshape({-1}),
+                                      k.index_select(0, kv_send_rows_[p]).reshape({-1})};
+      if (!latent_) rows.push_back(v.index_select(0, kv_send_rows_[p]).reshape({-1}));
+      parts.push_back(torch::cat(rows));
     }
-    recv_elements.push_back(q_recv_count_[p] * heads * dim +
-                            2 * kv_recv_count_[p] * kv_heads * dim);
+    recv_elements.push_back(q_recv_count_[p] * q_row + kv_recv_count_[p] * (k_row + v_row));
   }
   flight.q = q;
   flight.k = k;
@@ -296,7 +357,9 @@ Flight CadDispatch::forward_send(const torch::Tensor& q_in, const torch::Tensor&
 
 void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
   CADRE_CHECK(!flight->served, "CAD attention: forward_serve called twice for one flight");
-  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, dim = flight->dim;
+  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, qk_dim = flight->qk_dim,
+                v_dim = flight->v_dim;
+  const int64_t k_row = k_row_elements(*flight), v_row = v_row_elements(*flight);
   const auto& options = flight->options;
   auto received = finish_exchange(&flight->exchange);
 
@@ -304,40 +367,60 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
   std::vector<torch::Tensor> back(world_);
   if (server_ >= 0) {
     const int span = timeline_ != nullptr ? timeline_->begin_compute("attention fwd (server)") : -1;
-    auto q_fused = self_q_.whole ? flight->q : torch::empty({server_q_rows_, heads, dim}, options);
-    auto k_prefix =
-        self_kv_.whole ? flight->k : torch::empty({server_kv_rows_, kv_heads, dim}, options);
-    auto v_prefix =
-        self_kv_.whole ? flight->v : torch::empty({server_kv_rows_, kv_heads, dim}, options);
+    // K prefix rows as they travel: [rows, kv_heads, Dqk], or latent rows [rows, 1, latent+rope].
+    const std::vector<int64_t> k_shape{-1, latent_ ? 1 : kv_heads,
+                                       latent_ ? latent_->row_width() : qk_dim};
+    auto q_fused =
+        self_q_.whole ? flight->q : torch::empty({server_q_rows_, heads, qk_dim}, options);
+    auto k_prefix = self_kv_.whole ? flight->k
+                                   : torch::empty({server_kv_rows_, k_shape[1], k_shape[2]}, options);
+    torch::Tensor v_prefix;
+    if (!latent_) {
+      v_prefix = self_kv_.whole ? flight->v
+                                : torch::empty({server_kv_rows_, kv_heads, v_dim}, options);
+    }
     for (int p = 0; p < world_; ++p) {
-      const int64_t nq = q_recv_count_[p] * heads * dim, nkv = kv_recv_count_[p] * kv_heads * dim;
+      const int64_t nq = q_recv_count_[p] * heads * qk_dim;
+      const int64_t nk = kv_recv_count_[p] * k_row, nv = kv_recv_count_[p] * v_row;
       if (p == rank_) {
         if (!self_q_.whole) copy_self(self_q_, q_fused, q_recv_rows_[p], flight->q, q_send_rows_[p]);
         if (!self_kv_.whole) {
           copy_self(self_kv_, k_prefix, kv_recv_rows_[p], flight->k, kv_send_rows_[p]);
-          copy_self(self_kv_, v_prefix, kv_recv_rows_[p], flight->v, kv_send_rows_[p]);
+          if (!latent_) copy_self(self_kv_, v_prefix, kv_recv_rows_[p], flight->v, kv_send_rows_[p]);
         }
         continue;
       }
       if (q_recv_count_[p] > 0) {
         q_fused.index_copy_(0, q_recv_rows_[p],
-                            received[p].narrow(0, 0, nq).view({-1, heads, dim}));
+                            received[p].narrow(0, 0, nq).view({-1, heads, qk_dim}));
       }
       if (kv_recv_count_[p] > 0) {
-        k_prefix.index_copy_(0, kv_recv_rows_[p],
-                             received[p].narrow(0, nq, nkv).view({-1, kv_heads, dim}));
-        v_prefix.index_copy_(0, kv_recv_rows_[p],
-                             received[p].narrow(0, nq + nkv, nkv).view({-1, kv_heads, dim}));
+        k_prefix.index_copy_(0, kv_recv_rows_[p], received[p].narrow(0, nq, nk).view(k_shape));
+        if (!latent_) {
+          v_prefix.index_copy_(0, kv_recv_rows_[p],
+                               received[p].narrow(0, nq + nk, nv).view({-1, kv_heads, v_dim}));
+        }
       }
     }
     const torch::Tensor& expand = kv_expand_rows_;
     const VarlenBatch& batch = batch_;
     state->q = q_fused;
     state->k = k_prefix;  // kept as prefixes; expanded per task for each kernel call
-    state->v = v_prefix;
+    torch::Tensor k_rows = k_prefix, v_rows = v_prefix;
+    if (latent_) {
+      // Expanded once per prefix row (not per task row), then gathered per task like ordinary
+      // K/V. The server keeps only the latent rows and w: backward recomputes the expansion
+      // (a matmul) instead of holding [rows, heads, Dqk + Dv] per prefix row until then.
+      state->v = flight->v;  // w
+      ExpandedKv expanded = expand_latent(*latent_, k_prefix, flight->v);
+      k_rows = expanded.k;
+      v_rows = expanded.v;
+    } else {
+      state->v = v_prefix;
+    }
     ForwardResult result =
-        kernel_.forward(state->q, expand_is_identity_ ? k_prefix : k_prefix.index_select(0, expand),
-                        expand_is_identity_ ? v_prefix : v_prefix.index_select(0, expand), batch,
+        kernel_.forward(state->q, expand_is_identity_ ? k_rows : k_rows.index_select(0, expand),
+                        expand_is_identity_ ? v_rows : v_rows.index_select(0, expand), batch,
                         softmax_scale_);
     state->out = result.out;
     state->lse = result.lse;
@@ -353,7 +436,7 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
   }
   // Outputs back to their owners.
   std::vector<int64_t> back_elements(world_);
-  for (int p = 0; p < world_; ++p) back_elements[p] = q_send_count_[p] * heads * dim;
+  for (int p = 0; p < world_; ++p) back_elements[p] = q_send_count_[p] * heads * v_dim;
   flight->exchange =
       start_exchange(back, back_elements, options, &forward_bytes_, "a2a fwd: out back");
   flight->q = flight->k = flight->v = torch::Tensor();
@@ -362,14 +445,14 @@ void CadDispatch::forward_serve(Flight* flight, ServerState* state) {
 
 torch::Tensor CadDispatch::forward_finish(Flight* flight) {
   CADRE_CHECK(flight->served, "CAD attention: forward_finish before forward_serve");
-  const int64_t heads = flight->heads, dim = flight->dim;
+  const int64_t heads = flight->heads, v_dim = flight->v_dim;
   auto returned = finish_exchange(&flight->exchange);
   if (self_q_.whole) {
     auto out = flight->out;
     flight->out = torch::Tensor();
     return out;
   }
-  auto out = torch::empty({local_tokens_, heads, dim}, flight->options);
+  auto out = torch::empty({local_tokens_, heads, v_dim}, flight->options);
   for (int p = 0; p < world_; ++p) {
     if (q_send_count_[p] == 0) continue;
     if (p == rank_) {
@@ -377,7 +460,7 @@ torch::Tensor CadDispatch::forward_finish(Flight* flight) {
       copy_self(self_q_.reversed(), out, q_send_rows_[p], flight->out, q_recv_rows_[p]);
       continue;
     }
-    out.index_copy_(0, q_send_rows_[p], returned[p].view({-1, heads, dim}));
+    out.index_copy_(0, q_send_rows_[p], returned[p].view({-1, heads, v_dim}));
   }
   flight->out = torch::Tensor();
   return out;
@@ -387,15 +470,17 @@ Flight CadDispatch::backward_send(const torch::Tensor& dout_in) {
   auto dout = dout_in.contiguous();
   const int64_t kv_heads = kv_heads_for_backward_;
   CADRE_CHECK(kv_heads > 0, "CAD attention backward called before forward");
-  CADRE_CHECK(dout.dim() == 3 && dout.size(0) == local_tokens_, "CAD attention backward: dout ",
-              dout.sizes(), " does not match this rank's ", local_tokens_, " tokens");
+  CADRE_CHECK(dout.dim() == 3 && dout.size(0) == local_tokens_ && dout.size(2) == v_dim_for_backward_,
+              "CAD attention backward: dout ", dout.sizes(), " does not match this rank's ",
+              local_tokens_, " tokens and the forward's value head dim ", v_dim_for_backward_);
   place_indices(dout.device());
   Flight flight;
   flight.heads = dout.size(1);
   flight.kv_heads = kv_heads;
-  flight.dim = dout.size(2);
+  flight.qk_dim = qk_dim_for_backward_;
+  flight.v_dim = dout.size(2);
   flight.options = dout.options();
-  const int64_t heads = flight.heads, dim = flight.dim;
+  const int64_t heads = flight.heads, v_dim = flight.v_dim;
 
   // dO rows out to the servers, along the Q segments.
   std::vector<torch::Tensor> parts;
@@ -403,7 +488,7 @@ Flight CadDispatch::backward_send(const torch::Tensor& dout_in) {
   for (int p = 0; p < world_; ++p) {
     parts.push_back(p == rank_ ? torch::empty({0}, dout.options())
                                : dout.index_select(0, q_send_rows_[p]));
-    recv_elements.push_back(q_recv_count_[p] * heads * dim);
+    recv_elements.push_back(q_recv_count_[p] * heads * v_dim);
   }
   flight.dout = dout;
   backward_bytes_ = ExchangeBytes{};
@@ -414,16 +499,18 @@ Flight CadDispatch::backward_send(const torch::Tensor& dout_in) {
 
 void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
   CADRE_CHECK(!flight->served, "CAD attention: backward_serve called twice for one flight");
-  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, dim = flight->dim;
+  const int64_t heads = flight->heads, qk_dim = flight->qk_dim, v_dim = flight->v_dim;
+  const int64_t k_row = k_row_elements(*flight), v_row = v_row_elements(*flight);
   const auto& options = flight->options;
   auto received = finish_exchange(&flight->exchange);
 
-  // Server: fused backward, dK/dV summed per prefix row.
+  // Server: fused backward, dK/dV summed per prefix row (latent mode: then through the
+  // expansion's backward to d(latent) per prefix row and the weight gradient).
   std::vector<torch::Tensor> back(world_);
   if (server_ >= 0) {
     const int span = timeline_ != nullptr ? timeline_->begin_compute("attention bwd (server)") : -1;
     auto dout_fused =
-        self_q_.whole ? flight->dout : torch::empty({server_q_rows_, heads, dim}, options);
+        self_q_.whole ? flight->dout : torch::empty({server_q_rows_, heads, v_dim}, options);
     for (int p = 0; p < world_; ++p) {
       if (q_recv_count_[p] == 0) continue;
       if (p == rank_) {
@@ -432,30 +519,50 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
         }
         continue;
       }
-      dout_fused.index_copy_(0, q_recv_rows_[p], received[p].view({-1, heads, dim}));
+      dout_fused.index_copy_(0, q_recv_rows_[p], received[p].view({-1, heads, v_dim}));
     }
     const VarlenBatch& batch = batch_;
     const torch::Tensor& expand = kv_expand_rows_;
+    torch::Tensor k_rows = state.k, v_rows = state.v;
+    if (latent_) {
+      ExpandedKv expanded = expand_latent(*latent_, state.k, state.v);  // recomputed, see forward
+      k_rows = expanded.k;
+      v_rows = expanded.v;
+    }
     BackwardResult grads = kernel_.backward(
-        dout_fused, state.q, expand_is_identity_ ? state.k : state.k.index_select(0, expand),
-        expand_is_identity_ ? state.v : state.v.index_select(0, expand), state.out, state.lse,
+        dout_fused, state.q, expand_is_identity_ ? k_rows : k_rows.index_select(0, expand),
+        expand_is_identity_ ? v_rows : v_rows.index_select(0, expand), state.out, state.lse,
         batch, softmax_scale_);
-    auto dk_prefix = expand_is_identity_
-                         ? grads.dk
-                         : torch::zeros({server_kv_rows_, kv_heads, dim}, options)
-                               .index_add_(0, expand, grads.dk);
-    auto dv_prefix = expand_is_identity_
-                         ? grads.dv
-                         : torch::zeros({server_kv_rows_, kv_heads, dim}, options)
-                               .index_add_(0, expand, grads.dv);
+    // Per prefix row. Latent mode sums in the expansion's accumulation dtype (fp32, fp64 for
+    // fp64), since its backward reads them in that dtype anyway.
+    const auto sum_options =
+        latent_ ? options.dtype(options.dtype() == torch::kDouble ? torch::kDouble : torch::kFloat)
+                : options;
+    auto per_prefix = [&](const torch::Tensor& g) {
+      if (expand_is_identity_) return g;
+      return torch::zeros({server_kv_rows_, g.size(1), g.size(2)}, sum_options)
+          .index_add_(0, expand, g.to(sum_options.dtype()));
+    };
+    auto dk_prefix = per_prefix(grads.dk);
+    auto dv_prefix = per_prefix(grads.dv);
+    if (latent_) {
+      LatentGrads latent_grads =
+          expand_latent_backward(*latent_, state.k, state.v, dk_prefix, dv_prefix);
+      dk_prefix = latent_grads.dlatent;  // [server kv rows, 1, latent + rope]
+      dv_prefix = torch::Tensor();
+      flight->dw = latent_grads.dw;
+    }
     for (int p = 0; p < world_; ++p) {
       if (p == rank_) {
         back[p] = torch::empty({0}, options);
         continue;
       }
-      back[p] = torch::cat({grads.dq.index_select(0, q_recv_rows_[p]).reshape({-1}),
-                            dk_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1}),
-                            dv_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1})});
+      // Exchanged in the compute dtype (the owner sums the contributions in fp32).
+      std::vector<torch::Tensor> rows{
+          grads.dq.index_select(0, q_recv_rows_[p]).reshape({-1}),
+          dk_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1}).to(options.dtype())};
+      if (!latent_) rows.push_back(dv_prefix.index_select(0, kv_recv_rows_[p]).reshape({-1}));
+      back[p] = torch::cat(rows);
     }
     flight->dq = grads.dq;
     flight->dk_prefix = dk_prefix;
@@ -464,10 +571,10 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
   } else {
     for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, options);
   }
-  // dQ back to the query owners; dK/dV summed at their owners.
+  // dQ back to the query owners; dK/dV (latent mode: d(latent)) summed at their owners.
   std::vector<int64_t> back_elements(world_);
   for (int p = 0; p < world_; ++p) {
-    back_elements[p] = q_send_count_[p] * heads * dim + 2 * kv_send_count_[p] * kv_heads * dim;
+    back_elements[p] = q_send_count_[p] * heads * qk_dim + kv_send_count_[p] * (k_row + v_row);
   }
   flight->exchange =
       start_exchange(back, back_elements, options, &backward_bytes_, "a2a bwd: dq,dkv back");
@@ -477,17 +584,27 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
 
 std::vector<torch::Tensor> CadDispatch::backward_finish(Flight* flight) {
   CADRE_CHECK(flight->served, "CAD attention: backward_finish before backward_serve");
-  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, dim = flight->dim;
+  const int64_t heads = flight->heads, kv_heads = flight->kv_heads, qk_dim = flight->qk_dim,
+                v_dim = flight->v_dim;
+  const int64_t k_row = k_row_elements(*flight), v_row = v_row_elements(*flight);
   const auto& options = flight->options;
   auto returned = finish_exchange(&flight->exchange);
+  // Latent mode sums d(latent) in fp32 (fp64 for fp64) and casts once at the end.
+  const auto sum_options =
+      latent_ ? options.dtype(options.dtype() == torch::kDouble ? torch::kDouble : torch::kFloat)
+              : options;
+  const std::vector<int64_t> k_shape{local_tokens_, latent_ ? 1 : kv_heads,
+                                     latent_ ? latent_->row_width() : qk_dim};
   // A rank whose own rows are the whole of both buffers gets no rows from anyone else.
-  auto dq = self_q_.whole ? flight->dq : torch::empty({local_tokens_, heads, dim}, options);
-  auto dk = self_kv_.whole ? flight->dk_prefix
-                           : torch::zeros({local_tokens_, kv_heads, dim}, options);
-  auto dv = self_kv_.whole ? flight->dv_prefix
-                           : torch::zeros({local_tokens_, kv_heads, dim}, options);
+  auto dq = self_q_.whole ? flight->dq : torch::empty({local_tokens_, heads, qk_dim}, options);
+  auto dk = self_kv_.whole ? flight->dk_prefix : torch::zeros(k_shape, sum_options);
+  torch::Tensor dv;
+  if (!latent_) {
+    dv = self_kv_.whole ? flight->dv_prefix : torch::zeros({local_tokens_, kv_heads, v_dim}, options);
+  }
   for (int p = 0; p < world_; ++p) {
-    const int64_t nq = q_send_count_[p] * heads * dim, nkv = kv_send_count_[p] * kv_heads * dim;
+    const int64_t nq = q_send_count_[p] * heads * qk_dim;
+    const int64_t nk = kv_send_count_[p] * k_row, nv = kv_send_count_[p] * v_row;
     if (p == rank_) {
       if (!self_q_.whole && q_send_count_[p] > 0) {
         copy_self(self_q_.reversed(), dq, q_send_rows_[p], flight->dq, q_recv_rows_[p]);
@@ -496,27 +613,39 @@ std::vector<torch::Tensor> CadDispatch::backward_finish(Flight* flight) {
         if (self_kv_.contiguous) {
           dk.narrow(0, self_kv_.src, self_kv_.rows)
               .add_(flight->dk_prefix.narrow(0, self_kv_.dst, self_kv_.rows));
-          dv.narrow(0, self_kv_.src, self_kv_.rows)
-              .add_(flight->dv_prefix.narrow(0, self_kv_.dst, self_kv_.rows));
+          if (!latent_) {
+            dv.narrow(0, self_kv_.src, self_kv_.rows)
+                .add_(flight->dv_prefix.narrow(0, self_kv_.dst, self_kv_.rows));
+          }
         } else {
           dk.index_add_(0, kv_send_rows_[p], flight->dk_prefix.index_select(0, kv_recv_rows_[p]));
-          dv.index_add_(0, kv_send_rows_[p], flight->dv_prefix.index_select(0, kv_recv_rows_[p]));
+          if (!latent_) {
+            dv.index_add_(0, kv_send_rows_[p], flight->dv_prefix.index_select(0, kv_recv_rows_[p]));
+          }
         }
       }
       continue;
     }
     if (q_send_count_[p] > 0) {
-      dq.index_copy_(0, q_send_rows_[p], returned[p].narrow(0, 0, nq).view({-1, heads, dim}));
+      dq.index_copy_(0, q_send_rows_[p], returned[p].narrow(0, 0, nq).view({-1, heads, qk_dim}));
     }
     if (kv_send_count_[p] > 0) {
       dk.index_add_(0, kv_send_rows_[p],
-                    returned[p].narrow(0, nq, nkv).view({-1, kv_heads, dim}));
-      dv.index_add_(0, kv_send_rows_[p],
-                    returned[p].narrow(0, nq + nkv, nkv).view({-1, kv_heads, dim}));
+                    returned[p].narrow(0, nq, nk).view({-1, k_shape[1], k_shape[2]})
+                        .to(sum_options.dtype()));
+      if (!latent_) {
+        dv.index_add_(0, kv_send_rows_[p],
+                      returned[p].narrow(0, nq + nk, nv).view({-1, kv_heads, v_dim}));
+      }
     }
   }
   flight->dq = flight->dk_prefix = flight->dv_prefix = torch::Tensor();
-  return {dq, dk, dv};
+  if (!latent_) return {dq, dk, dv};
+  // dw: this rank's server's weight gradient (zeros where it served nothing), in w's dtype.
+  auto dw = flight->dw.defined() ? flight->dw.to(w_options_for_backward_.dtype())
+                                 : torch::zeros(w_sizes_for_backward_, w_options_for_backward_);
+  flight->dw = torch::Tensor();
+  return {dq, dk.to(options.dtype()), dw};
 }
 
 }  // namespace cadre::attention_server

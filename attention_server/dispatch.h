@@ -7,9 +7,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "attention_server/kernel.h"
+#include "attention_server/latent_expansion.h"
 #include "comm/timeline.h"
 #include "comm/transport.h"
 #include "scheduler/plan.h"
@@ -18,10 +20,11 @@ namespace cadre::attention_server {
 
 // What the server half of this rank keeps between forward and backward.
 struct ServerState {
-  torch::Tensor q;    // fused query rows [server q rows, heads, D]
-  torch::Tensor k;    // K prefix rows [server kv rows, kv_heads, D] (expanded per task on use)
-  torch::Tensor v;
-  torch::Tensor out;  // fused outputs
+  torch::Tensor q;    // fused query rows [server q rows, heads, Dqk]
+  torch::Tensor k;    // K prefix rows [server kv rows, kv_heads, Dqk] (expanded per task on use);
+                      // latent mode: the latent prefix rows [server kv rows, 1, latent + rope]
+  torch::Tensor v;    // V prefix rows [server kv rows, kv_heads, Dv]; latent mode: the weight w
+  torch::Tensor out;  // fused outputs [server q rows, heads, Dv]
   torch::Tensor lse;  // [heads, server q rows]
 };
 
@@ -65,9 +68,13 @@ struct Flight {
   Exchange exchange;
   // This rank's own rows skip the exchange: the owner's inputs (q, k, v or dout) and the
   // server's results (out or dq, dk, dv per prefix row) are kept here and copied directly.
+  // Latent mode: k holds the latent rows, v the weight w, dk_prefix d(latent) per prefix row
+  // (fp32, or fp64 for fp64 inputs), dv_prefix is unused and dw is the server's weight gradient.
   torch::Tensor q, k, v, dout;
-  torch::Tensor out, dq, dk_prefix, dv_prefix;
-  int64_t heads = 0, kv_heads = 0, dim = 0;
+  torch::Tensor out, dq, dk_prefix, dv_prefix, dw;
+  int64_t heads = 0, kv_heads = 0;
+  int64_t qk_dim = 0;  // head dim of q and k (and dq, dk)
+  int64_t v_dim = 0;   // head dim of v, out, dout (and dv)
   torch::TensorOptions options;
   bool served = false;
 };
@@ -76,14 +83,29 @@ class CadDispatch {
  public:
   // Builds every index tensor once. Collective: all ranks of `transport` construct it together
   // and check that they hold the same plan (a mismatch throws on every rank).
+  // `latent` (copied; nullptr: ordinary K/V shipping) selects MLA's latent shipping (see below);
+  // it needs every server to own tokens (a dedicated server holds no weights to expand with),
+  // and throws cadre::Error on every rank for a plan with dedicated servers.
   CadDispatch(const scheduler::Plan& plan, comm::Transport& transport, CoreAttentionKernel& kernel,
-              double softmax_scale = 0);
+              double softmax_scale = 0, const LatentLayout* latent = nullptr);
 
-  // q: [local tokens, heads, D]; k, v: [local tokens, kv_heads, D] (a dedicated server passes
-  // zero rows of the right head shape). Returns outputs like q and the server state.
+  // q: [local tokens, heads, Dqk]; k: [local tokens, kv_heads, Dqk]; v: [local tokens, kv_heads,
+  // Dv] (Dv may differ from Dqk; a dedicated server passes zero rows of the right head shapes).
+  // Returns outputs [local tokens, heads, Dv] and the server state.
+  //
+  // Latent mode: q: [local tokens, heads, nope + rope]; k: the latent rows [local tokens, 1,
+  // latent + rope] ([c ; rotated k_rope]); v: the up-projection weight w [heads * (nope + v_dim),
+  // latent] of this rank's head group in the compute dtype, the same on every rank. Only q and
+  // latent rows travel; each server expands its latent prefix rows once (expand_latent) and
+  // recomputes the expansion in backward instead of keeping the expanded K/V.
+  // Returns outputs [local tokens, heads, v_dim].
   torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         ServerState* state);
-  // dout like q; returns dq, dk, dv like q, k, v. dk/dv sum every server's contribution.
+  // dout like the output; returns dq, dk, dv like q, k, v. dk/dv sum every server's contribution.
+  // Latent mode: {dq, dlatent, dw}: dlatent sums every server's contribution in fp32 at the owner
+  // (exchanged in the compute dtype) and is returned in the compute dtype; dw is this rank's
+  // server's weight gradient in w's dtype (zeros on a rank that served nothing), to be summed
+  // over ranks by the data-parallel gradient reduction.
   std::vector<torch::Tensor> backward(const torch::Tensor& dout, const ServerState& state);
 
   // The same in three phases, so that a caller can run other work between them (ping-pong):
@@ -109,6 +131,7 @@ class CadDispatch {
   const ExchangeBytes& forward_bytes() const { return forward_bytes_; }
   const ExchangeBytes& backward_bytes() const { return backward_bytes_; }
   int64_t local_tokens() const { return local_tokens_; }
+  const LatentLayout* latent() const { return latent_ ? &*latent_ : nullptr; }
 
  private:
   // Sends parts[p] (flattened, one dtype) to rank p; returns what each rank sent us, reshaped
@@ -121,6 +144,12 @@ class CadDispatch {
   // Moves the index tensors to `device` once (they are built on the host).
   void place_indices(const torch::Device& device);
   void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+  // What one input's problem is, or "" (ordinary and latent mode).
+  std::string input_problem(const torch::Tensor& q, const torch::Tensor& k,
+                            const torch::Tensor& v) const;
+  // Elements per K row and per V row of the forward exchange (latent mode: one latent row, no V).
+  int64_t k_row_elements(const Flight& flight) const;
+  int64_t v_row_elements(const Flight& flight) const;
 
   const scheduler::Plan& plan_;
   comm::Transport& transport_;
@@ -156,7 +185,13 @@ class CadDispatch {
   int64_t server_q_rows_ = 0, server_kv_rows_ = 0;
   ExchangeBytes forward_bytes_, backward_bytes_;
   bool inputs_checked_ = false;
-  int64_t kv_heads_for_backward_ = 0;  // KV heads seen in forward (dout does not carry them)
+  std::optional<LatentLayout> latent_;
+  // Seen in forward (dout does not carry them): KV heads, q/k head dim, v head dim, and in
+  // latent mode the shape and options of w (for a zero dw on a rank that served nothing).
+  int64_t kv_heads_for_backward_ = 0;
+  int64_t qk_dim_for_backward_ = 0, v_dim_for_backward_ = 0;
+  std::vector<int64_t> w_sizes_for_backward_;
+  torch::TensorOptions w_options_for_backward_;
   comm::Timeline* timeline_ = nullptr;
   torch::Device indices_device_ = torch::kCPU;
 };

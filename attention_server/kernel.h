@@ -14,7 +14,10 @@ namespace cadre::attention_server {
 // k[cu_seqlens_k[i] : cu_seqlens_k[i+1]]; with nq queries and nk >= nq keys, query j sees keys
 // [0, nk - nq + j] (causal mask aligned bottom-right: a query shard [s, e) of a document sees
 // keys [0, s + j]).
-//   q: [total_q, heads, head_dim]; k, v: [total_k, kv_heads, head_dim]; heads % kv_heads == 0
+//   q: [total_q, heads, head_dim]; k: [total_k, kv_heads, head_dim];
+//   v: [total_k, kv_heads, v_head_dim]; heads % kv_heads == 0. v_head_dim may differ from head_dim
+//   (MLA's expanded form: head_dim 192 = nope 128 + rope 64, v_head_dim 128); the output then has
+//   v_head_dim. Every kernel accepts it (flash pads V to head_dim, see flash_kernel_gpu.cc).
 //   cu_seqlens_q, cu_seqlens_k: int32 [batch + 1], on the same device as q (Torch convention)
 struct VarlenBatch {
   torch::Tensor cu_seqlens_q;
@@ -34,7 +37,7 @@ VarlenBatch make_varlen_batch(const std::vector<int64_t>& cu_q, const std::vecto
                               const torch::Device& device = torch::kCPU);
 
 struct ForwardResult {
-  torch::Tensor out;  // [total_q, heads, head_dim], q's dtype
+  torch::Tensor out;  // [total_q, heads, v_head_dim], q's dtype
   torch::Tensor lse;  // [heads, total_q], fp32 (fp64 for fp64 inputs): log-sum-exp of scaled scores
 };
 
@@ -63,7 +66,8 @@ class CoreAttentionKernel {
   virtual ~CoreAttentionKernel() = default;
   virtual std::string name() const = 0;
   virtual KernelCounters counters() const { return {}; }
-  // softmax_scale <= 0 means 1/sqrt(head_dim).
+  // softmax_scale <= 0 means 1/sqrt(head_dim) (q's and k's head dim, never v's).
+  // dout and out in backward: [total_q, heads, v_head_dim].
   virtual ForwardResult forward(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& v, const VarlenBatch& batch,
                                 double softmax_scale) = 0;

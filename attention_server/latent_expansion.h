@@ -35,10 +35,12 @@ ExpandedKv expand_latent(const LatentLayout& layout, const torch::Tensor& latent
 
 // The backward of expand_latent: from dk, dv (shaped like its outputs) the gradient of the
 // latent rows (dc = sum over heads of dk_nope W_UK + dv W_UV; d k_rope = sum over heads of the
-// rotary part of dk) and of w (dkv^T c), both accumulated in fp32 and returned in fp32.
+// rotary part of dk) and of w (dkv^T c), both accumulated in fp32 and returned in fp32 (fp64
+// for fp64 inputs, so that the float64 reference path keeps full precision). Throws
+// cadre::Error naming the expected shape when latent, w, dk or dv do not fit `layout`.
 struct LatentGrads {
-  torch::Tensor dlatent;  // [rows, 1, latent_dim + rope_dim], fp32
-  torch::Tensor dw;       // like w, fp32
+  torch::Tensor dlatent;  // [rows, 1, latent_dim + rope_dim], fp32 (fp64 for fp64 inputs)
+  torch::Tensor dw;       // like w, fp32 (fp64 for fp64 inputs)
 };
 LatentGrads expand_latent_backward(const LatentLayout& layout, const torch::Tensor& latent,
                                    const torch::Tensor& w, const torch::Tensor& dk,

@@ -20,6 +20,8 @@ using torch::autograd::variable_list;
 
 // Forward dispatches Q/K/V to the servers; backward dispatches dO and gathers dQ, dK, dV. The
 // server half's tensors ride in the autograd context, so one dispatch serves every layer.
+// In latent mode k and v are the latent rows and the weight w, the state keeps the latent prefix
+// rows and w, and the gradients are dq, dlatent, dw: the same function.
 class CadFunction : public torch::autograd::Function<CadFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor q, torch::Tensor k,
@@ -43,8 +45,9 @@ class CadFunction : public torch::autograd::Function<CadFunction> {
 class CadAttention : public CoreAttentionOp {
  public:
   CadAttention(const scheduler::Plan& plan, comm::Transport& transport,
-               CoreAttentionKernel& kernel, double softmax_scale)
-      : dispatch_(plan, transport, kernel, softmax_scale) {}
+               CoreAttentionKernel& kernel, double softmax_scale,
+               const attention_server::LatentLayout* latent)
+      : dispatch_(plan, transport, kernel, softmax_scale, latent) {}
   torch::Tensor operator()(const torch::Tensor& q, const torch::Tensor& k,
                            const torch::Tensor& v) override {
     return CadFunction::apply(q, k, v, &dispatch_);
@@ -126,10 +129,11 @@ class ColocatedAttention : public CoreAttentionOp {
   torch::Tensor operator()(const torch::Tensor& q, const torch::Tensor& k,
                            const torch::Tensor& v) override {
     CADRE_CHECK(q.dim() == 3 && q.size(0) == local_tokens_ && k.dim() == 3 &&
-                    k.size(0) == local_tokens_ && v.sizes() == k.sizes(),
-                "colocated attention: expected q [", local_tokens_, ", heads, D] and k, v [",
-                local_tokens_, ", kv_heads, D]; got ", q.sizes(), ", ", k.sizes(), ", ",
-                v.sizes());
+                    k.size(0) == local_tokens_ && v.dim() == 3 && v.size(0) == local_tokens_ &&
+                    v.size(1) == k.size(1),
+                "colocated attention: expected q [", local_tokens_, ", heads, Dqk], k [",
+                local_tokens_, ", kv_heads, Dqk] and v [", local_tokens_,
+                ", kv_heads, Dv]; got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
     return ColocatedFunction::apply(q, k, v, &kernel_, &batch_, softmax_scale_);
   }
 
@@ -145,8 +149,9 @@ class ColocatedAttention : public CoreAttentionOp {
 std::unique_ptr<CoreAttentionOp> make_cad_attention(const scheduler::Plan& plan,
                                                     comm::Transport& transport,
                                                     attention_server::CoreAttentionKernel& kernel,
-                                                    double softmax_scale) {
-  return std::make_unique<CadAttention>(plan, transport, kernel, softmax_scale);
+                                                    double softmax_scale,
+                                                    const attention_server::LatentLayout* latent) {
+  return std::make_unique<CadAttention>(plan, transport, kernel, softmax_scale, latent);
 }
 
 std::unique_ptr<CoreAttentionOp> make_colocated_attention(

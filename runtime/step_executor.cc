@@ -178,9 +178,14 @@ class Executor {
   int64_t server_kv_heads() const {
     return options_.server_kv_heads > 0 ? options_.server_kv_heads : config_.num_kv_heads();
   }
-  torch::Tensor empty_heads(int64_t heads) const {
-    return torch::empty({0, heads, config_.head_dim()},
-                        torch::TensorOptions().dtype(dtype_).device(device_));
+  int64_t server_qk_dim() const {
+    return options_.server_qk_dim > 0 ? options_.server_qk_dim : config_.head_dim();
+  }
+  int64_t server_v_dim() const {
+    return options_.server_v_dim > 0 ? options_.server_v_dim : config_.head_dim();
+  }
+  torch::Tensor empty_heads(int64_t heads, int64_t head_dim) const {
+    return torch::empty({0, heads, head_dim}, torch::TensorOptions().dtype(dtype_).device(device_));
   }
 
   void pre_forward(NanoState& n, int l) {
@@ -188,8 +193,9 @@ class Executor {
     s.attention = n.batch->make_attention();
     const int span = begin("L" + std::to_string(l) + " qkv" + n.tag);
     if (model_ == nullptr) {
-      s.attention->forward_send(empty_heads(server_heads()), empty_heads(server_kv_heads()),
-                                empty_heads(server_kv_heads()));
+      s.attention->forward_send(empty_heads(server_heads(), server_qk_dim()),
+                                empty_heads(server_kv_heads(), server_qk_dim()),
+                                empty_heads(server_kv_heads(), server_v_dim()));
     } else if (options_.recompute) {
       torch::NoGradGuard no_grad;
       s.x = n.x;
@@ -274,7 +280,7 @@ class Executor {
   void post_backward(NanoState& n, int l) {
     LayerState& s = n.layers[l];
     if (model_ == nullptr) {
-      s.attention->backward_send(empty_heads(server_heads()));
+      s.attention->backward_send(empty_heads(server_heads(), server_v_dim()));
       return;
     }
     if (options_.recompute) {

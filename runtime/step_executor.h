@@ -36,7 +36,8 @@ class AttentionPhases {
   virtual torch::Tensor forward_finish() = 0;
   virtual void backward_send(const torch::Tensor& dout) = 0;
   virtual void backward_serve() = 0;
-  // dq, dk, dv like q, k, v.
+  // dq, dk, dv like q, k, v (the three inputs of forward_send, whatever they are: CAD's latent
+  // mode gives dq, dlatent, dw). v's head dim, and so out's and dout's, may differ from q's.
   virtual std::vector<torch::Tensor> backward_finish() = 0;
 };
 
@@ -70,6 +71,9 @@ struct ExecutorOptions {
   // Query and K/V heads a dedicated server's empty inputs carry (its head group under tensor
   // parallelism); 0: model_config's.
   int64_t server_heads = 0, server_kv_heads = 0;
+  // Head dims of a dedicated server's empty inputs: q and k (server_qk_dim), v and dout
+  // (server_v_dim; MLA's expanded form has 192 and 128); 0: model_config's head_dim.
+  int64_t server_qk_dim = 0, server_v_dim = 0;
   // Called before the forward first uses the parameters of a layer: -1 before the embedding,
   // l before layer l, num_layers before the head (the sharded optimizer's gathers finish
   // there). Empty: not called.
