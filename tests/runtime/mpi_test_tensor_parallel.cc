@@ -290,12 +290,12 @@ TEST(TensorParallel, ReferenceMatchesTheDataParallelTrainer) {
     auto c = tp_run("cad", 1);
     c.mutable_training()->set_micro_batches(2);
     c.mutable_data()->set_packing("fill");
-    expect_matches_single_process(c, "T=1, two micro-batches, packing fill");
+    expect_matches_single_process(world(), c, "T=1, two micro-batches, packing fill");
   }
-  expect_matches_single_process(tp_run("cad", 1), "T=1");
+  expect_matches_single_process(world(), tp_run("cad", 1), "T=1");
   auto sharded = tp_run("cad", 1);
   sharded.mutable_training()->set_shard_optimizer(true);
-  expect_matches_single_process(sharded, "T=1, sharded optimizer", 3);
+  expect_matches_single_process(world(), sharded, "T=1, sharded optimizer", 3);
 }
 
 void expect_error(const config::RunConfig& config, const std::vector<std::string>& parts) {
