@@ -546,7 +546,7 @@ class CudnnKernel : public CudnnAttention {
     }
     float scale = static_cast<float>(softmax_scale > 0 ? softmax_scale
                                                        : 1.0 / std::sqrt(double(dqk)));
-    const ClassKey key = class_key(false, causal, q, k, v, batch);
+    const ClassKey key = resolve(class_key(false, causal, q, k, v, batch), q.device().index());
     ClassEntry& entry = entry_for(key, q.device().index());
     Metadata meta = make_metadata(batch, key.batch, hq, hk, dqk, dv, q.device());
     Workspace workspace;
@@ -599,7 +599,7 @@ class CudnnKernel : public CudnnAttention {
     dvt.zero_();
     float scale = static_cast<float>(softmax_scale > 0 ? softmax_scale
                                                        : 1.0 / std::sqrt(double(dqk)));
-    const ClassKey key = class_key(true, causal, q, k, v, batch);
+    const ClassKey key = resolve(class_key(true, causal, q, k, v, batch), q.device().index());
     ClassEntry& entry = entry_for(key, q.device().index());
     Metadata meta = make_metadata(batch, key.batch, hq, hk, dqk, dv, q.device());
     const torch::Tensor stats = lse.t().contiguous();  // [total_q, heads]
@@ -662,6 +662,39 @@ class CudnnKernel : public CudnnAttention {
     key.max_q = bucket_length(batch.max_seqlen_q);
     key.max_k = bucket_length(batch.max_seqlen_k);
     return key;
+  }
+
+  // The class a call runs: its own if built, else the smallest built class of the same kind
+  // that covers it (as many or more sequences, as long or longer maxima) at most twice its
+  // tile grid (sequences x query length) and key length, else its own (to be built). A ragged
+  // graph runs any batch within its declared sizes (padding sequences have length zero and
+  // tiles beyond a sequence's length exit at once), so covering trades a bounded grid overhead
+  // for no graph build: steady-state training steps whose shapes wander inside the classes
+  // already built build nothing. CADRE_CUDNN_EXACT_CLASSES=1 turns covering off.
+  ClassKey resolve(const ClassKey& wanted, int device) const {
+    auto found = entries_.find(device);
+    if (found == entries_.end() || found->second.count(wanted) > 0) return wanted;
+    static const bool exact = std::getenv("CADRE_CUDNN_EXACT_CLASSES") != nullptr;
+    if (exact) return wanted;
+    const ClassKey* best = nullptr;
+    const double grid = static_cast<double>(wanted.batch) * static_cast<double>(wanted.max_q);
+    for (const auto& [key, entry] : found->second) {
+      if (key.backward != wanted.backward || key.mask != wanted.mask ||
+          key.dtype != wanted.dtype || key.heads != wanted.heads ||
+          key.kv_heads != wanted.kv_heads || key.d_qk != wanted.d_qk || key.d_v != wanted.d_v) {
+        continue;
+      }
+      if (key.batch < wanted.batch || key.max_q < wanted.max_q || key.max_k < wanted.max_k) continue;
+      const double key_grid = static_cast<double>(key.batch) * static_cast<double>(key.max_q);
+      if (key_grid > 2.0 * grid || key.max_k > 2 * wanted.max_k) continue;
+      if (best == nullptr || key_grid * static_cast<double>(key.max_k) <
+                                 static_cast<double>(best->batch) * best->max_q * best->max_k) {
+        best = &key;
+      }
+    }
+    if (best == nullptr) return wanted;
+    ++counters_.graphs_covered;
+    return *best;
   }
 
   ClassEntry& entry_for(const ClassKey& key, int device) {
@@ -770,7 +803,7 @@ class CudnnKernel : public CudnnAttention {
   }
 
   std::map<int, std::map<ClassKey, ClassEntry>> entries_;
-  KernelCounters counters_;
+  mutable KernelCounters counters_;
   double build_ms_pending_ = 0;
 };
 

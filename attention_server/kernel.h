@@ -57,6 +57,7 @@ struct KernelCounters {
   int64_t calls = 0;             // forward and backward calls
   int64_t graphs_built = 0;      // execution plans built (first use of a shape class)
   int64_t graph_cache_hits = 0;  // calls that reused a built plan
+  int64_t graphs_covered = 0;    // of those, calls run by a larger built class (cudnn_kernel.cc)
   double graph_build_ms = 0;     // host time spent building them
   int64_t fallback_calls = 0;    // calls an "auto" kernel sent to its fallback
 };

@@ -203,6 +203,7 @@ int64_t total_pairs(const Sequences& sequences) {
 
 struct KernelConfig {
   int64_t heads = 32, kv_heads = 8, head_dim = 128;
+  int64_t v_dim = 0;  // value head dim (0: head_dim); latent attention runs 192 / 128
   torch::ScalarType dtype = torch::kBFloat16;
   int64_t max_kv = 131072;
   int64_t work_pairs = int64_t{1} << 30;
@@ -234,8 +235,9 @@ KernelTiming time_kernel(attention_server::CoreAttentionKernel& kernel, const Se
     auto opts = torch::TensorOptions().dtype(config.dtype).device(device);
     auto q = torch::randn({timing.q_tokens, config.heads, config.head_dim}, opts);
     auto k = torch::randn({timing.kv_tokens, config.kv_heads, config.head_dim}, opts);
-    auto v = torch::randn({timing.kv_tokens, config.kv_heads, config.head_dim}, opts);
-    auto dout = torch::randn_like(q);
+    const int64_t v_dim = config.v_dim > 0 ? config.v_dim : config.head_dim;
+    auto v = torch::randn({timing.kv_tokens, config.kv_heads, v_dim}, opts);
+    auto dout = torch::randn({timing.q_tokens, config.heads, v_dim}, opts);
     attention_server::ForwardResult fwd;
     timing.forward_ms =
         time_median_ms(warmup, repeats, [&] { fwd = kernel.forward(q, k, v, batch, 0.0); });
@@ -245,8 +247,10 @@ KernelTiming time_kernel(attention_server::CoreAttentionKernel& kernel, const Se
         warmup, repeats, [&] { kernel.backward(dout, q, k, v, fwd.out, fwd.lse, batch, 0.0); });
   }
   c10::cuda::CUDACachingAllocator::emptyCache();
+  // QK^T over the query/key width and PV over the value width (4 d for equal widths).
   const double forward_flops =
-      4.0 * static_cast<double>(timing.pairs) * config.head_dim * config.heads;
+      2.0 * static_cast<double>(timing.pairs) *
+      (config.head_dim + (config.v_dim > 0 ? config.v_dim : config.head_dim)) * config.heads;
   timing.forward_tflops = forward_flops / (timing.forward_ms * 1e-3) / 1e12;
   timing.backward_tflops = 2.5 * forward_flops / (timing.backward_ms * 1e-3) / 1e12;
   return timing;
@@ -344,6 +348,7 @@ KernelComparison compare_kernels(const KernelConfig& base) {
     Sequences sequences;
     const char* label;
     double fwd_target, bwd_target;
+    int64_t v_dim = 0;
   };
   const std::vector<Case> cases = {
       {16, 4, 128, Sequences{{65536, 65536}}, "one 64K document, d 128, 16/4 heads", 1.6, 1.5},
@@ -351,6 +356,10 @@ KernelComparison compare_kernels(const KernelConfig& base) {
       {32, 8, 128, Sequences(8, {8192, 8192}), "8 documents of 8K, d 128, 32/8 heads", 0, 0},
       {32, 8, 128, Sequences(64, {1024, 1024}), "64 documents of 1K, d 128, 32/8 heads", 0, 0},
       {32, 32, 128, Sequences{{32768, 32768}}, "one 32K document, d 128, 32/32 heads", 0, 0},
+      // Latent attention (DeepSeek-V2-Lite's 16 heads, expanded form): FlashAttention-2 needs
+      // equal widths, so the flash kernel pads V to 192 (flash_kernel_gpu.cc).
+      {16, 16, 192, Sequences{{65536, 65536}}, "one 64K document, MLA q/k 192 v 128, 16 heads",
+       0, 0, 128},
   };
   std::cout << "cuDNN fused attention vs FlashAttention-2 (same run; TFLOP/s fwd / bwd)\n";
   std::ostringstream rows;
@@ -360,6 +369,7 @@ KernelComparison compare_kernels(const KernelConfig& base) {
     config.heads = c.heads;
     config.kv_heads = c.kv_heads;
     config.head_dim = c.head_dim;
+    config.v_dim = c.v_dim;
     KernelTiming f = time_kernel(*flash, c.sequences, config, base.warmup, base.repeats);
     KernelTiming d = time_kernel(*cudnn, c.sequences, config, base.warmup, base.repeats);
     const double fr = d.forward_tflops / f.forward_tflops, br = d.backward_tflops / f.backward_tflops;
@@ -416,6 +426,7 @@ int bench_kernel(const Args& args) {
   config.heads = options.integer("heads", config.heads);
   config.kv_heads = options.integer("kv-heads", config.kv_heads);
   config.head_dim = options.integer("head-dim", config.head_dim);
+  config.v_dim = options.integer("v-head-dim", config.v_dim);
   const std::string dtype = options.text("dtype", "bf16");
   config.max_kv = options.integer("max-kv", config.max_kv);
   config.work_pairs = options.integer("work-pairs", config.work_pairs);

@@ -125,6 +125,12 @@ TEST(CudnnKernel, GraphCacheServesAShapeClass) {
   run(Shape{{{100, 5000}}, 8, 2, 128});  // a longer key class
   EXPECT_EQ(kernel->counters().graphs_built, 4);
   EXPECT_EQ(kernel->counters().calls, 6);
+  // 96 queries, 1024 keys, 3 sequences: no class of its own, but the (4, 112, 1024) class
+  // covers it within twice its tile grid, so it runs there (against the float64 reference)
+  // without building.
+  check_shape(*kernel, Shape{{{90, 950}, {30, 30}, {5, 5}}, 8, 2, 128}, 77);
+  EXPECT_EQ(kernel->counters().graphs_built, 4);
+  EXPECT_EQ(kernel->counters().graphs_covered, 2);
   std::cout << "[cudnn graph cache] built " << kernel->counters().graphs_built << " in "
             << kernel->counters().graph_build_ms << " ms, hits "
             << kernel->counters().graph_cache_hits << "\n";
