@@ -32,6 +32,9 @@ prefix="$results/${slug}x${gpu_count}"
 log="${prefix}_gpu_check.log"
 summary="${prefix}_gpu_check_summary.md"
 kernel_json="${prefix}_bench_kernel.json"
+# The quick run has no calibration grid: it writes beside the full run's table, which
+# `cadre calibrate`, the simulator's calibration and tests/launch/test_cli.cc read.
+[ "${CADRE_BENCH_QUICK:-0}" = 1 ] && kernel_json="${prefix}_bench_kernel_quick.json"
 calibration_json="${prefix}_flash_attention_calibration.json"
 kernel_mha_json="${prefix}_bench_kernel_mha.json"
 comm_json="${prefix}_bench_comm.json"
