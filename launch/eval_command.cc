@@ -28,13 +28,14 @@ namespace cadre::launch {
 namespace {
 
 const char* kUsage =
-    "usage: cadre eval --checkpoint FILE [--batches N] [--data-seed S] [--tpla T,...]\n"
+    "usage: cadre eval --checkpoint FILE [--batches N] [--skip-steps N] [--tpla T,...]\n"
     "                  [--tpla-transform none,hadamard] [--out FILE.json]\n"
     "                  [--config FILE] [--set PATH=VALUE ...]\n\n"
     "Mean next-token loss (nats per target) of a `cadre train` checkpoint on N held-out batches\n"
-    "of the data section (one batch = data.context_length tokens, whole documents; synthetic\n"
-    "data is drawn with --data-seed, default data.seed + 1, so none of the training documents\n"
-    "recur; for a token file point data.token_file at the held-out file). Give the model section\n"
+    "of the data section (one batch = data.context_length tokens). Synthetic data: the batches\n"
+    "after --skip-steps of them (default training.steps: those the run did not train on; the\n"
+    "successor table stays that of data.seed, so the task is the trained one). A token file:\n"
+    "point data.token_file at the held-out file. Give the model section\n"
     "of the training run (--config / --set): checkpoints hold tensors, not sizes.\n"
     "For a latent-attention model (model.kv_latent_dim > 0) the checkpoint is also run in TPLA\n"
     "form for each T of --tpla and each transform of --tpla-transform, and the table gives the\n"
@@ -42,7 +43,7 @@ const char* kUsage =
     "options:\n"
     "  --checkpoint FILE         a checkpoint written by cadre train\n"
     "  --batches N               held-out batches (default 8)\n"
-    "  --data-seed S             seed of the synthetic held-out documents (default data.seed+1)\n"
+    "  --skip-steps N            batches skipped first (default training.steps)\n"
     "  --tpla T,...              TPLA slice counts, each dividing model.kv_latent_dim (e.g. 2,4)\n"
     "  --tpla-transform LIST     none, hadamard or both (default none,hadamard)\n"
     "  --out FILE.json           also write the results there (atomically)\n\n";
@@ -126,22 +127,22 @@ int run_eval(const Args& args) {
   config::RunConfig config = config_from_args(args, &rest);
   std::string checkpoint, out;
   int64_t batches = 8;
-  uint64_t data_seed = config.data().seed() + 1;
+  int64_t skip = config.training().steps();
   std::vector<int64_t> tpla_parts;
   std::vector<std::string> transforms = {"none", "hadamard"};
   for (size_t i = 0; i < rest.size(); ++i) {
     const std::string& flag = rest[i];
-    CADRE_CHECK(flag == "--checkpoint" || flag == "--batches" || flag == "--data-seed" ||
+    CADRE_CHECK(flag == "--checkpoint" || flag == "--batches" || flag == "--skip-steps" ||
                     flag == "--tpla" || flag == "--tpla-transform" || flag == "--out",
                 "unknown option '", flag,
-                "'; accepted: --checkpoint, --batches, --data-seed, --tpla, --tpla-transform, "
+                "'; accepted: --checkpoint, --batches, --skip-steps, --tpla, --tpla-transform, "
                 "--out, --config, --set (see cadre eval --help)");
     CADRE_CHECK(i + 1 < rest.size(), flag, " needs a value (see cadre eval --help)");
     const std::string value = rest[++i];
     if (flag == "--checkpoint") checkpoint = value;
     if (flag == "--out") out = value;
     if (flag == "--batches") batches = parse_count(flag, value, 1);
-    if (flag == "--data-seed") data_seed = static_cast<uint64_t>(parse_count(flag, value, 0));
+    if (flag == "--skip-steps") skip = parse_count(flag, value, 0);
     if (flag == "--tpla") {
       tpla_parts.clear();
       for (const auto& t : split_list(value)) tpla_parts.push_back(parse_count(flag, t, 2));
@@ -170,9 +171,9 @@ int run_eval(const Args& args) {
   }
 
   const runtime::CheckpointState state = runtime::read_checkpoint(checkpoint);
-  config::DataConfig data = config.data();
-  data.set_seed(data_seed);
-  runtime::DataLoader loader(data, m.vocab_size(), 0, 1);
+  runtime::DataLoader loader(config.data(), m.vocab_size(), 0, 1);
+  if (!config.data().token_file().empty()) skip = 0;  // a held-out file is read from its start
+  for (int64_t i = 0; i < skip; ++i) loader.next();
   std::vector<Batch> held_out;
   for (int64_t i = 0; i < batches; ++i) {
     runtime::RankBatch b = loader.next();
@@ -204,7 +205,7 @@ int run_eval(const Args& args) {
   for (const Batch& b : held_out) tokens += b.tokens.size(0);
   std::ostringstream json;
   json << std::setprecision(9) << "{\n  \"checkpoint\": \"" << checkpoint << "\",\n  \"batches\": "
-       << batches << ",\n  \"tokens\": " << tokens << ",\n  \"data_seed\": " << data_seed
+       << batches << ",\n  \"tokens\": " << tokens << ",\n  \"skipped_steps\": " << skip
        << ",\n  \"loss\": " << exact_loss << ",\n  \"tpla\": [";
   for (size_t i = 0; i < rows.size(); ++i) {
     json << (i ? "," : "") << "\n    {\"parts\": " << rows[i].parts << ", \"transform\": \""
@@ -215,8 +216,7 @@ int run_eval(const Args& args) {
   if (!out.empty()) write_file_atomically(out, json.str());
   if (!config.output().quiet()) {
     std::cout << std::fixed << std::setprecision(4) << "held-out loss " << exact_loss
-              << " nats/target over " << tokens << " tokens (" << batches << " batches, seed "
-              << data_seed << ")" << (m.kv_latent_dim() > 0 ? ", exact MLA" : "") << "\n";
+              << " nats/target over " << tokens << " tokens (" << batches << " batches)" << (m.kv_latent_dim() > 0 ? ", exact MLA" : "") << "\n";
     if (!rows.empty()) {
       std::cout << "| TPLA slices | transform | loss | change vs MLA |\n|---|---|---|---|\n";
       for (const Row& r : rows) {
