@@ -58,6 +58,7 @@ class AutoKernel : public CoreAttentionKernel {
     FlashKernelOptions split;
     split.cudnn_parts = true;
     cudnn_ = make_flash_kernel(split);
+    cudnn_direct_ = make_cudnn_kernel();
 #endif
   }
 
@@ -65,6 +66,14 @@ class AutoKernel : public CoreAttentionKernel {
 
   KernelCounters counters() const override {
     KernelCounters c = cudnn_ ? cudnn_->counters() : KernelCounters{};
+    if (cudnn_direct_) {
+      const KernelCounters d = cudnn_direct_->counters();
+      c.calls += d.calls;
+      c.graphs_built += d.graphs_built;
+      c.graph_cache_hits += d.graph_cache_hits;
+      c.graphs_covered += d.graphs_covered;
+      c.graph_build_ms += d.graph_build_ms;
+    }
     c.calls += fallback_calls_;
     c.fallback_calls = fallback_calls_;
     return c;
@@ -88,7 +97,8 @@ class AutoKernel : public CoreAttentionKernel {
     if (!q.is_cuda() || !flash_) return *reference_;
 #ifdef CADRE_WITH_CUDNN
     const std::string why = cudnn_unsupported_reason(q, k, v, batch);
-    if (why.empty()) return *cudnn_;
+    // Latent attention's 192 / 128 widths: cuDNN's own kernel (the split runs equal widths).
+    if (why.empty()) return v.size(2) != q.size(2) ? *cudnn_direct_ : *cudnn_;
     if (logged_.insert(why).second) {
       std::cerr << "cadre: attention kernel auto: flash for a batch cuDNN does not take (" << why
                 << ")\n";
@@ -103,7 +113,7 @@ class AutoKernel : public CoreAttentionKernel {
     return *flash_;
   }
 
-  std::unique_ptr<CoreAttentionKernel> reference_, flash_, cudnn_;
+  std::unique_ptr<CoreAttentionKernel> reference_, flash_, cudnn_, cudnn_direct_;
   std::set<std::string> logged_;
   int64_t fallback_calls_ = 0;
 };

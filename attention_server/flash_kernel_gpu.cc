@@ -365,8 +365,48 @@ class FlashKernel : public CoreAttentionKernel {
   std::string name() const override { return cudnn_ ? "cudnn-split" : "flash"; }
   KernelCounters counters() const override { return cudnn_ ? cudnn_->counters() : KernelCounters{}; }
 
+  // Latent attention's value width (128) below the query/key width (192): FlashAttention-2
+  // needs equal widths, so V (and, in backward, dO and O) are padded with zeros to the q/k
+  // width and the results sliced back. Exact (the padded columns of O and dV are zero and add
+  // nothing to dP or rowsum(dO * O)); it costs the PV and dV work of the padded width, 192/128
+  // of the value half of the FLOPs, plus one copy of V, dO and O per call.
   ForwardResult forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const VarlenBatch& batch, double softmax_scale) override {
+    if (v.dim() == 3 && q.dim() == 3 && v.size(2) < q.size(2)) {
+      CADRE_CHECK(cudnn_ == nullptr, "cudnn-split: a value width below the query/key width is "
+                  "not split; use the cudnn kernel (auto does) or flash");
+      const int64_t dv = v.size(2);
+      ForwardResult r = forward_equal(q, k, pad_to(v, q.size(2)), batch,
+                                      scale_for(softmax_scale, q.size(2)));
+      r.out = r.out.narrow(2, 0, dv).contiguous();
+      return r;
+    }
+    return forward_equal(q, k, v, batch, softmax_scale);
+  }
+
+  BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                          const torch::Tensor& v, const torch::Tensor& out,
+                          const torch::Tensor& lse, const VarlenBatch& batch,
+                          double softmax_scale) override {
+    if (v.dim() == 3 && q.dim() == 3 && v.size(2) < q.size(2)) {
+      CADRE_CHECK(cudnn_ == nullptr, "cudnn-split: a value width below the query/key width is "
+                  "not split; use the cudnn kernel (auto does) or flash");
+      const int64_t d = q.size(2), dv = v.size(2);
+      BackwardResult g = backward_equal(pad_to(dout, d), q, k, pad_to(v, d), pad_to(out, d), lse,
+                                        batch, scale_for(softmax_scale, d));
+      g.dv = g.dv.narrow(2, 0, dv).contiguous();
+      return g;
+    }
+    return backward_equal(dout, q, k, v, out, lse, batch, softmax_scale);
+  }
+
+ private:
+  static torch::Tensor pad_to(const torch::Tensor& x, int64_t width) {
+    return torch::constant_pad_nd(x, {0, width - x.size(2)}, 0);
+  }
+
+  ForwardResult forward_equal(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const VarlenBatch& batch, double softmax_scale) {
     check_inputs(q, k, v, batch);
     c10::cuda::CUDAGuard guard(q.device());
     const int64_t heads = q.size(1);
@@ -452,10 +492,10 @@ class FlashKernel : public CoreAttentionKernel {
     return result;
   }
 
-  BackwardResult backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                          const torch::Tensor& v, const torch::Tensor& out,
-                          const torch::Tensor& lse, const VarlenBatch& batch,
-                          double softmax_scale) override {
+  BackwardResult backward_equal(const torch::Tensor& dout, const torch::Tensor& q,
+                                const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& out, const torch::Tensor& lse,
+                                const VarlenBatch& batch, double softmax_scale) {
     check_inputs(q, k, v, batch);
     CADRE_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
                 "flash kernel backward: dout and out must be shaped like q ", q.sizes(), "; got ",
