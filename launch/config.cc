@@ -700,7 +700,7 @@ void finalize_model(config::ModelConfig& m) {
                 " is invalid for latent attention (model.kv_latent_dim=", m.kv_latent_dim(),
                 "); accepted: an even number >= 2 (64 for DeepSeek-V3 sizes)");
     check_at_least("model.q_latent_dim", m.q_latent_dim(), 0);
-    if (!m.has_v_head_dim()) m.set_v_head_dim(m.head_dim());
+    if (m.v_head_dim() == 0) m.set_v_head_dim(m.head_dim());
     check_at_least("model.v_head_dim", m.v_head_dim(), 1);
     CADRE_CHECK(m.num_kv_heads() == m.num_heads(), "model.num_kv_heads=", m.num_kv_heads(),
                 " differs from model.num_heads=", m.num_heads(),
@@ -720,7 +720,7 @@ void finalize_model(config::ModelConfig& m) {
                 "positive model.kv_latent_dim for latent attention");
     for (const auto& [name, set] : std::vector<std::pair<const char*, bool>>{
              {"q_latent_dim", m.q_latent_dim() != 0},
-             {"v_head_dim", m.has_v_head_dim()},
+             {"v_head_dim", m.v_head_dim() != 0},
              {"tpla", m.tpla()},
              {"tpla_transform", m.tpla_transform() != "none"}}) {
       CADRE_CHECK(!set, "model.", name, " is set but model.kv_latent_dim=0 (ordinary "

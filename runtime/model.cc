@@ -104,7 +104,7 @@ void check_dims(const config::ModelConfig& m) {
     CADRE_CHECK(m.num_kv_heads() == m.num_heads(), "latent attention expands a key and a value "
                 "per head: model.num_kv_heads (", m.num_kv_heads(), ") must equal num_heads (",
                 m.num_heads(), ")");
-    CADRE_CHECK(m.q_latent_dim() >= 0 && (!m.has_v_head_dim() || m.v_head_dim() > 0),
+    CADRE_CHECK(m.q_latent_dim() >= 0 && m.v_head_dim() >= 0,
                 "model.q_latent_dim must be >= 0 and model.v_head_dim > 0; got ",
                 m.q_latent_dim(), " and ", m.v_head_dim());
     CADRE_CHECK(m.rope_scaling() == "none", "model.rope_scaling=\"", m.rope_scaling(),
@@ -165,7 +165,7 @@ int64_t attention_qk_dim(const config::ModelConfig& model) {
 }
 
 int64_t attention_v_dim(const config::ModelConfig& model) {
-  return model.kv_latent_dim() > 0 && model.has_v_head_dim() ? model.v_head_dim()
+  return model.kv_latent_dim() > 0 && model.v_head_dim() > 0 ? model.v_head_dim()
                                                              : model.head_dim();
 }
 

@@ -154,7 +154,7 @@ double CostModel::flops_per_pass(int64_t q_tokens, int64_t kv_tokens) const {
   // v_head_dim.
   const bool mla = model_.kv_latent_dim() > 0;
   const double widths = mla ? model_.head_dim() + model_.rope_head_dim() +
-                                  (model_.has_v_head_dim() ? model_.v_head_dim() : model_.head_dim())
+                                  (model_.v_head_dim() > 0 ? model_.v_head_dim() : model_.head_dim())
                             : 2.0 * model_.head_dim();
   return 2.0 * static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) * widths * heads;
 }
