@@ -99,8 +99,8 @@ std::string shape_fields(const std::string& cadre_name) {
   return "ffn_hidden_size, hidden_size";
 }
 
-// The rotary row blocks of a latent-attention parameter: (first row, count) for every head of
-// the query projection, the one block of the latent projection; none for other parameters.
+// The first rows of the rotary blocks (rope_head_dim rows each) of a latent-attention parameter:
+// one per head of the query projection, one in the latent projection; none for the others.
 std::vector<int64_t> rotary_block_starts(const config::ModelConfig& m, const std::string& name,
                                          int64_t rows) {
   if (m.kv_latent_dim() == 0) return {};
