@@ -161,10 +161,13 @@ def python_loss_deepseek(model_dir, docs):
     queries directly or through the normalised query latent; the normalised K/V latent expanded
     per head into keys and values; a rotary key shared by the heads; RoPE on interleaved pairs
     (2i, 2i + 1) as DeepSeek rotates them (rope_interleave true; rotate-half otherwise); scores
-    scaled by 1/sqrt(qk_nope_head_dim + qk_rope_head_dim); a SwiGLU MLP in every layer."""
+    scaled by 1/sqrt(qk_nope_head_dim + qk_rope_head_dim); a SwiGLU MLP in every layer. The
+    latents' norms use eps 1e-6 whatever rms_norm_eps says, as transformers' DeepSeek (and
+    DeepSeek's own code) build them; the other norms use rms_norm_eps."""
     config = json.load(open(os.path.join(model_dir, "config.json")))
     raw = read_tensors(model_dir)
     eps, theta = config["rms_norm_eps"], config.get("rope_theta", 10000.0)
+    latent_eps = 1e-6
     heads, dc, dq = config["num_attention_heads"], config["kv_lora_rank"], config["q_lora_rank"]
     dn, dr, dv = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["v_head_dim"]
     interleaved = config.get("rope_interleave", True)
@@ -179,8 +182,9 @@ def python_loss_deepseek(model_dir, docs):
     def matvec(m, v):
         return [sum(a * b for a, b in zip(row, v)) for row in m]
 
-    def rms_norm(x, w):
-        scale = 1.0 / math.sqrt(sum(a * a for a in x) / len(x) + eps)
+    def rms_norm(x, w, epsilon=None):
+        epsilon = eps if epsilon is None else epsilon
+        scale = 1.0 / math.sqrt(sum(a * a for a in x) / len(x) + epsilon)
         return [a * scale * b for a, b in zip(x, w)]
 
     def rope(vec, pos):
@@ -223,11 +227,11 @@ def python_loss_deepseek(model_dir, docs):
             for pos, x in enumerate(xs):
                 h = rms_norm(x, L["in_norm"])
                 q = (matvec(L["q"], h) if dq is None
-                     else matvec(L["q_b"], rms_norm(matvec(L["q_a"], h), L["q_norm"])))
+                     else matvec(L["q_b"], rms_norm(matvec(L["q_a"], h), L["q_norm"], latent_eps)))
                 q_nope.append([q[j * w:j * w + dn] for j in range(heads)])
                 q_rope.append([rope(q[j * w + dn:(j + 1) * w], pos) for j in range(heads)])
                 ckv = matvec(L["kv_a"], h)
-                kv = matvec(L["kv_b"], rms_norm(ckv[:dc], L["kv_norm"]))
+                kv = matvec(L["kv_b"], rms_norm(ckv[:dc], L["kv_norm"], latent_eps))
                 k_rope.append(rope(ckv[dc:], pos))
                 k_nope.append([kv[j * (dn + dv):j * (dn + dv) + dn] for j in range(heads)])
                 values.append([kv[j * (dn + dv) + dn:(j + 1) * (dn + dv)] for j in range(heads)])

@@ -117,6 +117,14 @@ int run_export(const Args& args) {
     std::cout << "exported " << parameters << " parameters (" << options.dtype << ") from "
               << checkpoint << " to " << out << ":\n";
     for (const auto& path : written) std::cout << "  " << path << "\n";
+    const config::ModelConfig& m = config.model();
+    if (m.kv_latent_dim() > 0 && m.norm_eps() != 1e-6) {
+      std::cout << "note: transformers' DeepSeek normalises the query and K/V latents with eps "
+                   "1e-6 whatever rms_norm_eps says; this model uses model.norm_eps="
+                << m.norm_eps()
+                << " there, so transformers' outputs differ slightly from Cadre's "
+                   "(docs/weights.md)\n";
+    }
   }
   return 0;
 }

@@ -76,11 +76,13 @@ for variant in ${CADRE_PARITY_VARIANTS:-untied tied llama3 mla mla-q}; do
     model+=(--set model.rope_scaling=llama3 --set model.rope_scaling_factor=8
             --set model.rope_original_max_positions=64)
   fi
+  # norm_eps 1e-6 as in DeepSeek: transformers' DeepSeek normalises the query and K/V latents
+  # with 1e-6 whatever rms_norm_eps says, Cadre with model.norm_eps (docs/weights.md).
   if [ $variant = mla ]; then
-    model+=(--set model.preset=mla-tiny --set model.v_head_dim=12)
+    model+=(--set model.preset=mla-tiny --set model.v_head_dim=12 --set model.norm_eps=1e-6)
   fi
   if [ $variant = mla-q ]; then
-    model+=(--set model.preset=mla-tiny --set model.q_latent_dim=24)
+    model+=(--set model.preset=mla-tiny --set model.q_latent_dim=24 --set model.norm_eps=1e-6)
   fi
   # Trained on the token file itself until it has memorised part of it: random tokens are only
   # predictable from their position and context, so the weights use attention and RoPE: read

@@ -52,7 +52,8 @@ config::ModelConfig mla_model(int q_latent, bool tied, int layers = 2) {
   m.set_vocab_size(50);
   m.set_tie_embeddings(tied);
   m.set_rope_theta(10000);
-  m.set_norm_eps(1e-5);
+  // DeepSeek's value: transformers normalises the latents with 1e-6 whatever rms_norm_eps is.
+  m.set_norm_eps(1e-6);
   return m;
 }
 
@@ -165,9 +166,11 @@ torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w, double eps) {
 // Logits [n, vocab] of one document (positions 0..n-1) from the exported directory, in double:
 // DeepSeek's multi-head latent attention (DeepSeek-V2 paper, equations 9-19; softmax scale
 // 1/sqrt(qk_nope_head_dim + qk_rope_head_dim)) and a dense SwiGLU MLP per layer, everything
-// read from config.json and model.safetensors.
+// read from config.json and model.safetensors. The latents' norms use eps 1e-6, as
+// transformers' DeepSeek builds them (not rms_norm_eps).
 torch::Tensor deepseek_logits(const std::string& dir, const torch::Tensor& tokens,
                               bool interleaved = true) {
+  const double kLatentEps = 1e-6;
   const auto cfg = nlohmann::json::parse(read_bytes(dir + "/config.json"));
   const auto w = read_exported(dir);
   const int64_t H = cfg["num_attention_heads"], dn = cfg["qk_nope_head_dim"];
@@ -186,14 +189,14 @@ torch::Tensor deepseek_logits(const std::string& dir, const torch::Tensor& token
       q = h.matmul(W(p + "self_attn.q_proj.weight").t());
     } else {
       auto cq = rms(h.matmul(W(p + "self_attn.q_a_proj.weight").t()),
-                    W(p + "self_attn.q_a_layernorm.weight"), eps);
+                    W(p + "self_attn.q_a_layernorm.weight"), kLatentEps);
       q = cq.matmul(W(p + "self_attn.q_b_proj.weight").t());
     }
     q = q.view({n, H, dn + dr});
     auto q_nope = q.narrow(2, 0, dn),
          q_rope = rotate_pairs(q.narrow(2, dn, dr), positions, theta, interleaved);
     auto ckv = h.matmul(W(p + "self_attn.kv_a_proj_with_mqa.weight").t());
-    auto c = rms(ckv.narrow(1, 0, dc), W(p + "self_attn.kv_a_layernorm.weight"), eps);
+    auto c = rms(ckv.narrow(1, 0, dc), W(p + "self_attn.kv_a_layernorm.weight"), kLatentEps);
     auto k_rope = rotate_pairs(ckv.narrow(1, dc, dr), positions, theta, interleaved);  // [n, dr]
     auto kv = c.matmul(W(p + "self_attn.kv_b_proj.weight").t()).view({n, H, dn + dv});
     auto k_nope = kv.narrow(2, 0, dn), v = kv.narrow(2, dn, dv);
@@ -318,7 +321,7 @@ TEST(HfDeepSeek, IndependentReaderChecksNamesShapesConfigAndRotaryRows) {
     EXPECT_EQ(cfg["rope_interleave"], true);
     EXPECT_TRUE(cfg["rope_scaling"].is_null());
     EXPECT_EQ(cfg["rope_theta"], 10000.0);
-    EXPECT_EQ(cfg["rms_norm_eps"], 1e-5);
+    EXPECT_EQ(cfg["rms_norm_eps"], 1e-6);
     EXPECT_EQ(cfg["hidden_act"], "silu");
     EXPECT_EQ(cfg["attention_bias"], false);
     EXPECT_EQ(cfg["tie_word_embeddings"], false);
@@ -594,7 +597,7 @@ TEST(HfDeepSeek, FillFromInitTakesTheLatentSizes) {
   EXPECT_EQ(filled.num_kv_heads(), 4);
   EXPECT_EQ(filled.ffn_hidden_size(), 40);
   EXPECT_TRUE(filled.tie_embeddings());
-  EXPECT_EQ(filled.norm_eps(), 1e-5);
+  EXPECT_EQ(filled.norm_eps(), 1e-6);
   check_hf_config_matches(filled, dir.path());
 }
 
