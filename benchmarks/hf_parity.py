@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Checks a Cadre-exported model against Hugging Face transformers (or, where transformers is
-not installed, against a plain-Python Llama written here from the Hugging Face definition).
+not installed, against a plain-Python Llama or DeepSeek written here from their definitions).
 
 Reads DIR (written by `cadre export`) with an independent safetensors reader (json + struct:
 the header, names, shapes, dtypes and byte ranges against config.json), then, unless
---no-transformers, loads it with transformers' LlamaForCausalLM and computes the mean
+--no-transformers, loads it with transformers' LlamaForCausalLM or DeepseekV3ForCausalLM (the
+class config.json names; every tensor must be used and none missing) and computes the mean
 next-token loss over the documents of TOKENS (a flat uint16 token file split at --eod, as
 `cadre train` reads it), and compares it with the loss Cadre reported for the same tokens
-(--cadre-loss, the first step of `cadre train --set training.init_from=DIR`).
+(--cadre-loss, the first step of `cadre train --set training.init_from=DIR`). Without
+transformers installed (and without --no-transformers) it says so and skips.
 
 Exit code 0 when everything matches; the result is printed as one JSON line.
 """
@@ -51,6 +53,16 @@ def check_files(model_dir):
             covered += end - begin
             tensors[key] = entry["shape"]
         assert covered == data_bytes, f"{name}: {covered} of {data_bytes} data bytes indexed"
+    expected = expected_tensors(config)
+    name = config["architectures"][0]
+    assert tensors == expected, f"tensors differ from {name}'s: {set(tensors) ^ set(expected)}"
+    return config, len(tensors)
+
+
+def expected_tensors(config):
+    """Names and shapes of the Hugging Face model config.json describes."""
+    if config["model_type"] == "deepseek_v3":
+        return expected_deepseek_tensors(config)
     h, f = config["hidden_size"], config["intermediate_size"]
     heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
     d, v = config["head_dim"], config["vocab_size"]
@@ -65,8 +77,36 @@ def check_files(model_dir):
             p + "self_attn.v_proj.weight": [kv * d, h], p + "self_attn.o_proj.weight": [h, heads * d],
             p + "mlp.gate_proj.weight": [f, h], p + "mlp.up_proj.weight": [f, h],
             p + "mlp.down_proj.weight": [h, f]})
-    assert tensors == expected, f"tensors differ from LlamaForCausalLM's: {set(tensors) ^ set(expected)}"
-    return config, len(tensors)
+    return expected
+
+
+def expected_deepseek_tensors(config):
+    """DeepseekV3ForCausalLM with every layer dense (first_k_dense_replace = layers)."""
+    layers = config["num_hidden_layers"]
+    assert config["first_k_dense_replace"] >= layers, "an exported DeepSeek model has no experts"
+    h, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    heads, dc, dq = config["num_attention_heads"], config["kv_lora_rank"], config["q_lora_rank"]
+    dn, dr, dv = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["v_head_dim"]
+    expected = {"model.embed_tokens.weight": [v, h], "model.norm.weight": [h]}
+    if not config["tie_word_embeddings"]:
+        expected["lm_head.weight"] = [v, h]
+    for layer in range(layers):
+        p = f"model.layers.{layer}."
+        if dq is None:
+            expected[p + "self_attn.q_proj.weight"] = [heads * (dn + dr), h]
+        else:
+            expected.update({p + "self_attn.q_a_proj.weight": [dq, h],
+                             p + "self_attn.q_a_layernorm.weight": [dq],
+                             p + "self_attn.q_b_proj.weight": [heads * (dn + dr), dq]})
+        expected.update({
+            p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h],
+            p + "self_attn.kv_a_proj_with_mqa.weight": [dc + dr, h],
+            p + "self_attn.kv_a_layernorm.weight": [dc],
+            p + "self_attn.kv_b_proj.weight": [heads * (dn + dv), dc],
+            p + "self_attn.o_proj.weight": [h, heads * dv],
+            p + "mlp.gate_proj.weight": [f, h], p + "mlp.up_proj.weight": [f, h],
+            p + "mlp.down_proj.weight": [h, f]})
+    return expected
 
 
 def documents(path, eod):
@@ -115,11 +155,120 @@ def read_tensors(model_dir):
     return out
 
 
+def python_loss_deepseek(model_dir, docs):
+    """Mean next-token loss of a dense DeepseekV3ForCausalLM directory in plain Python (double
+    precision), written from DeepSeek-V2's multi-head latent attention (paper, section 2.1):
+    queries directly or through the normalised query latent; the normalised K/V latent expanded
+    per head into keys and values; a rotary key shared by the heads; RoPE on interleaved pairs
+    (2i, 2i + 1) as DeepSeek rotates them (rope_interleave true; rotate-half otherwise); scores
+    scaled by 1/sqrt(qk_nope_head_dim + qk_rope_head_dim); a SwiGLU MLP in every layer. The
+    latents' norms use eps 1e-6 whatever rms_norm_eps says, as transformers' DeepSeek (and
+    DeepSeek's own code) build them; the other norms use rms_norm_eps."""
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    raw = read_tensors(model_dir)
+    eps, theta = config["rms_norm_eps"], config.get("rope_theta", 10000.0)
+    latent_eps = 1e-6
+    heads, dc, dq = config["num_attention_heads"], config["kv_lora_rank"], config["q_lora_rank"]
+    dn, dr, dv = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["v_head_dim"]
+    interleaved = config.get("rope_interleave", True)
+
+    def matrix(name):
+        (rows, cols), values = raw[name]
+        return [values[r * cols:(r + 1) * cols] for r in range(rows)]
+
+    def vector(name):
+        return raw[name][1]
+
+    def matvec(m, v):
+        return [sum(a * b for a, b in zip(row, v)) for row in m]
+
+    def rms_norm(x, w, epsilon=None):
+        epsilon = eps if epsilon is None else epsilon
+        scale = 1.0 / math.sqrt(sum(a * a for a in x) / len(x) + epsilon)
+        return [a * scale * b for a, b in zip(x, w)]
+
+    def rope(vec, pos):
+        out = list(vec)
+        for i in range(dr // 2):
+            angle = pos * theta ** (-2.0 * i / dr)
+            a, b = (2 * i, 2 * i + 1) if interleaved else (i, i + dr // 2)
+            c, s = math.cos(angle), math.sin(angle)
+            out[a] = vec[a] * c - vec[b] * s
+            out[b] = vec[a] * s + vec[b] * c
+        return out
+
+    embed = matrix("model.embed_tokens.weight")
+    head = embed if config["tie_word_embeddings"] else matrix("lm_head.weight")
+    layers = []
+    for l in range(config["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        L = {"in_norm": vector(p + "input_layernorm.weight"),
+             "post_norm": vector(p + "post_attention_layernorm.weight"),
+             "kv_a": matrix(p + "self_attn.kv_a_proj_with_mqa.weight"),
+             "kv_norm": vector(p + "self_attn.kv_a_layernorm.weight"),
+             "kv_b": matrix(p + "self_attn.kv_b_proj.weight"),
+             "o": matrix(p + "self_attn.o_proj.weight"),
+             "gate": matrix(p + "mlp.gate_proj.weight"), "up": matrix(p + "mlp.up_proj.weight"),
+             "down": matrix(p + "mlp.down_proj.weight")}
+        if dq is None:
+            L["q"] = matrix(p + "self_attn.q_proj.weight")
+        else:
+            L["q_a"] = matrix(p + "self_attn.q_a_proj.weight")
+            L["q_norm"] = vector(p + "self_attn.q_a_layernorm.weight")
+            L["q_b"] = matrix(p + "self_attn.q_b_proj.weight")
+        layers.append(L)
+    norm = vector("model.norm.weight")
+    w = dn + dr
+    total, targets = 0.0, 0
+    for doc in docs:
+        xs = [list(embed[t]) for t in doc]
+        for L in layers:
+            q_nope, q_rope, k_nope, k_rope, values = [], [], [], [], []
+            for pos, x in enumerate(xs):
+                h = rms_norm(x, L["in_norm"])
+                q = (matvec(L["q"], h) if dq is None
+                     else matvec(L["q_b"], rms_norm(matvec(L["q_a"], h), L["q_norm"], latent_eps)))
+                q_nope.append([q[j * w:j * w + dn] for j in range(heads)])
+                q_rope.append([rope(q[j * w + dn:(j + 1) * w], pos) for j in range(heads)])
+                ckv = matvec(L["kv_a"], h)
+                kv = matvec(L["kv_b"], rms_norm(ckv[:dc], L["kv_norm"], latent_eps))
+                k_rope.append(rope(ckv[dc:], pos))
+                k_nope.append([kv[j * (dn + dv):j * (dn + dv) + dn] for j in range(heads)])
+                values.append([kv[j * (dn + dv) + dn:(j + 1) * (dn + dv)] for j in range(heads)])
+            new = []
+            for t, x in enumerate(xs):
+                o = []
+                for j in range(heads):
+                    scores = [(sum(a * b for a, b in zip(q_nope[t][j], k_nope[u][j])) +
+                               sum(a * b for a, b in zip(q_rope[t][j], k_rope[u]))) / math.sqrt(w)
+                              for u in range(t + 1)]
+                    m = max(scores)
+                    e = [math.exp(s - m) for s in scores]
+                    z = sum(e)
+                    o += [sum(e[u] * values[u][j][i] for u in range(t + 1)) / z for i in range(dv)]
+                y = [a + b for a, b in zip(x, matvec(L["o"], o))]
+                h = rms_norm(y, L["post_norm"])
+                gate, up = matvec(L["gate"], h), matvec(L["up"], h)
+                act = [g / (1 + math.exp(-g)) * u for g, u in zip(gate, up)]
+                new.append([a + b for a, b in zip(y, matvec(L["down"], act))])
+            xs = new
+        for t in range(len(doc) - 1):
+            logits = matvec(head, rms_norm(xs[t], norm))
+            m = max(logits)
+            lse = m + math.log(sum(math.exp(a - m) for a in logits))
+            total += lse - logits[doc[t + 1]]
+            targets += 1
+    return total / targets, targets
+
+
 def python_loss(model_dir, docs):
     """Mean next-token loss of a LlamaForCausalLM directory in plain Python (double precision),
     written from the Hugging Face Llama definition: RMSNorm, rotate-half RoPE (Llama 3 scaling
-    when config.json has it), grouped-query causal attention, SwiGLU, tied or untied head."""
+    when config.json has it), grouped-query causal attention, SwiGLU, tied or untied head.
+    DeepSeek directories go to python_loss_deepseek."""
     config = json.load(open(os.path.join(model_dir, "config.json")))
+    if config["model_type"] == "deepseek_v3":
+        return python_loss_deepseek(model_dir, docs)
     raw = read_tensors(model_dir)
 
     def matrix(name):
@@ -213,14 +362,36 @@ def python_loss(model_dir, docs):
 
 def hf_loss(model_dir, docs, dtype_name, device):
     import torch
-    from transformers import LlamaForCausalLM
+    import transformers
 
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    # The class config.json names: LlamaForCausalLM or DeepseekV3ForCausalLM.
+    model_class = getattr(transformers, config["architectures"][0])
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     try:
-        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+        model, info = model_class.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager",
+                                                  output_loading_info=True)
     except TypeError:  # transformers before 4.56 names it torch_dtype
-        model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=dtype,
-                                                 attn_implementation="eager")
+        model, info = model_class.from_pretrained(model_dir, torch_dtype=dtype,
+                                                  attn_implementation="eager",
+                                                  output_loading_info=True)
+    # Every exported tensor used and none left at its random initialisation (a tied head is the
+    # embedding, not a missing tensor).
+    missing = [k for k in info.get("missing_keys", [])
+               if not (k == "lm_head.weight" and config["tie_word_embeddings"])]
+    unexpected = list(info.get("unexpected_keys", []))
+    mismatched = list(info.get("mismatched_keys", []))
+    assert not missing and not unexpected and not mismatched, \
+        f"loading {model_dir}: missing {missing}, unexpected {unexpected}, mismatched {mismatched}"
+    if config["model_type"] == "deepseek_v3":
+        # Dense layers only, rotary rows read as interleaved pairs (as exported), no YaRN mscale.
+        experts = [n for n, _ in model.named_modules() if "experts" in n or n.endswith("mlp.gate")]
+        assert not experts, f"transformers built mixture-of-experts modules: {experts[:4]}"
+        assert getattr(model.config, "rope_interleave", None) is True, \
+            "rope_interleave was not read as true"
+        scaling = getattr(model.model.layers[0].self_attn, "scaling", None)
+        want = (config["qk_nope_head_dim"] + config["qk_rope_head_dim"]) ** -0.5
+        assert scaling is None or abs(scaling - want) < 1e-12, f"softmax scale {scaling} != {want}"
     model = model.to(device).eval()
     total, targets = 0.0, 0
     with torch.no_grad():
@@ -247,8 +418,8 @@ def main():
                          "--tokens compute the loss with the plain-Python reference instead")
     args = ap.parse_args()
     config, count = check_files(args.model)
-    result = {"model": args.model, "tensors": count, "files_ok": True,
-              "tie_word_embeddings": config["tie_word_embeddings"]}
+    result = {"model": args.model, "architecture": config["architectures"][0], "tensors": count,
+              "files_ok": True, "tie_word_embeddings": config["tie_word_embeddings"]}
     ok = True
     if args.no_transformers and args.tokens:
         loss, targets = python_loss(args.model, documents(args.tokens, args.eod))
@@ -258,6 +429,14 @@ def main():
                        "cadre_loss": args.cadre_loss, "targets": targets,
                        "relative_difference": rel, "rtol": args.rtol, "match": ok})
     elif not args.no_transformers:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            result.update({"skipped": f"transformers is not installed here ({e}); "
+                                      "--no-transformers compares with the plain-Python reference"})
+            print(json.dumps(result))
+            return 0
         # The tiny models run on the CPU: no TF32 or other reduced-precision fp32 paths to
         # account for, and the same numbers on any machine.
         device = args.device

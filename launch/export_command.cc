@@ -1,5 +1,6 @@
 // `cadre export`: a Cadre checkpoint's model weights as a Hugging Face LlamaForCausalLM
-// directory (config.json + safetensors, sharded above a size limit).
+// directory, or DeepseekV3ForCausalLM for latent attention (config.json + safetensors, sharded
+// above a size limit).
 #include <iostream>
 #include <string>
 #include <utility>
@@ -18,8 +19,9 @@ const char* kUsage =
     "usage: cadre export --checkpoint FILE --out DIR [--dtype fp32|bf16] [--max-shard-size SIZE]\n"
     "                    [--config FILE] [--set PATH=VALUE ...]\n\n"
     "Writes the model weights of a `cadre train` checkpoint in Hugging Face layout, readable by\n"
-    "transformers' LlamaForCausalLM.from_pretrained(DIR) and by training.init_from:\n"
-    "  DIR/config.json          LlamaForCausalLM sizes from the model section of the config\n"
+    "transformers' LlamaForCausalLM.from_pretrained(DIR) (DeepseekV3ForCausalLM for latent\n"
+    "attention, model.kv_latent_dim > 0, every layer dense) and by training.init_from:\n"
+    "  DIR/config.json          the sizes from the model section of the config\n"
     "  DIR/model.safetensors    the weights, or model-0000K-of-0000N.safetensors shards and\n"
     "                           model.safetensors.index.json when they exceed --max-shard-size\n"
     "Give the same --config / --set as the training run: checkpoints hold tensors, not the\n"
@@ -115,6 +117,14 @@ int run_export(const Args& args) {
     std::cout << "exported " << parameters << " parameters (" << options.dtype << ") from "
               << checkpoint << " to " << out << ":\n";
     for (const auto& path : written) std::cout << "  " << path << "\n";
+    const config::ModelConfig& m = config.model();
+    if (m.kv_latent_dim() > 0 && m.norm_eps() != 1e-6) {
+      std::cout << "note: transformers' DeepSeek normalises the query and K/V latents with eps "
+                   "1e-6 whatever rms_norm_eps says; this model uses model.norm_eps="
+                << m.norm_eps()
+                << " there, so transformers' outputs differ slightly from Cadre's "
+                   "(docs/weights.md)\n";
+    }
   }
   return 0;
 }

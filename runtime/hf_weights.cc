@@ -1,14 +1,23 @@
-// Hugging Face LlamaForCausalLM directories: config.json through nlohmann::json, weights through
-// runtime/safetensors.
+// Hugging Face LlamaForCausalLM and DeepseekV3ForCausalLM directories: config.json through
+// runtime/hf_config, weights through runtime/safetensors.
 //
-// Rotary layout: Cadre rotates the pairs (i, i + head_dim/2) of each head (rotate-half), which
-// is the layout of Hugging Face's Llama q_proj/k_proj rows (its conversion script permutes
-// Meta's interleaved-pair checkpoints into exactly this order). So the rows of wq and wk map
-// one to one and no permutation is applied in either direction; tests/runtime/test_hf_weights.cc
-// checks the rotation against an independent rotate-half reference, and
-// scripts/hf_parity_check.sh checks the loss against transformers on the GPU machine.
+// Rotary layout, grouped-query attention: Cadre rotates the pairs (i, i + head_dim/2) of each
+// head (rotate-half), which is the layout of Hugging Face's Llama q_proj/k_proj rows (its
+// conversion script permutes Meta's interleaved-pair checkpoints into exactly this order). So the
+// rows of wq and wk map one to one and no permutation is applied in either direction;
+// tests/runtime/test_hf_weights.cc checks the rotation against an independent rotate-half
+// reference, and scripts/hf_parity_check.sh checks the loss against transformers on the GPU
+// machine.
+//
+// Rotary layout, latent attention: Cadre rotates (i, i + d_r/2) of the d_r rotary values too,
+// but DeepSeek's checkpoints (and transformers' DeepSeek-V3 with rope_interleave true, its
+// default; DeepSeek-V2 always) hold those values as interleaved pairs (2i, 2i + 1), which the
+// attention de-interleaves before rotating. Export therefore moves rotary row i to 2i and row
+// i + d_r/2 to 2i + 1 in every head's rotary rows of the query projection (q_proj or q_b_proj)
+// and in the rotary rows of kv_a_proj_with_mqa; import applies the inverse. The rotated values
+// then meet in the same positions of q.k, so the function is unchanged (tests/runtime/
+// test_hf_deepseek.cc computes the exported model's logits from DeepSeek's formulas).
 #include "runtime/hf_weights.h"
-#include "runtime/parameter_shards.h"
 
 #include <cmath>
 #include <fstream>
@@ -21,6 +30,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
+#include "runtime/parameter_shards.h"
 #include "runtime/safetensors.h"
 
 namespace cadre::runtime {
@@ -30,7 +40,6 @@ using Json = nlohmann::json;
 
 const char* const kSingleFile = "model.safetensors";
 const char* const kIndexFile = "model.safetensors.index.json";
-
 
 // Per-layer parameter suffixes: Cadre name -> Hugging Face name inside model.layers.N.
 const std::vector<std::pair<std::string, std::string>>& layer_names() {
@@ -48,6 +57,19 @@ const std::vector<std::pair<std::string, std::string>>& layer_names() {
   return kNames;
 }
 
+// Multi-head latent attention's own parameters (the norms, o_proj and the MLP are as above).
+const std::vector<std::pair<std::string, std::string>>& latent_layer_names() {
+  static const std::vector<std::pair<std::string, std::string>> kNames = {
+      {"wq_a", "self_attn.q_a_proj.weight"},
+      {"q_norm", "self_attn.q_a_layernorm.weight"},
+      {"wq_b", "self_attn.q_b_proj.weight"},
+      {"wkv_a", "self_attn.kv_a_proj_with_mqa.weight"},
+      {"kv_norm", "self_attn.kv_a_layernorm.weight"},
+      {"wkv_b", "self_attn.kv_b_proj.weight"},
+  };
+  return kNames;
+}
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
@@ -57,6 +79,16 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 // Which model field decides a parameter's shape (for error messages).
 std::string shape_fields(const std::string& cadre_name) {
   if (cadre_name == "embedding" || cadre_name == "lm_head") return "vocab_size, hidden_size";
+  const auto ends_with = [&](const std::string& suffix) {
+    return cadre_name.size() >= suffix.size() &&
+           cadre_name.compare(cadre_name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with(".wq_a")) return "q_latent_dim, hidden_size";
+  if (ends_with(".q_norm")) return "q_latent_dim";
+  if (ends_with(".wq_b")) return "num_heads, head_dim, rope_head_dim, q_latent_dim";
+  if (ends_with(".wkv_a")) return "kv_latent_dim, rope_head_dim, hidden_size";
+  if (ends_with(".kv_norm")) return "kv_latent_dim";
+  if (ends_with(".wkv_b")) return "num_heads, head_dim, v_head_dim, kv_latent_dim";
   if (cadre_name.find("norm") != std::string::npos) return "hidden_size";
   if (cadre_name.find(".wq") != std::string::npos || cadre_name.find(".wo") != std::string::npos) {
     return "num_heads, head_dim, hidden_size";
@@ -67,6 +99,50 @@ std::string shape_fields(const std::string& cadre_name) {
   return "ffn_hidden_size, hidden_size";
 }
 
+// The first rows of the rotary blocks (rope_head_dim rows each) of a latent-attention parameter:
+// one per head of the query projection, one in the latent projection; none for the others.
+std::vector<int64_t> rotary_block_starts(const config::ModelConfig& m, const std::string& name,
+                                         int64_t rows) {
+  if (m.kv_latent_dim() == 0) return {};
+  const auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  std::vector<int64_t> starts;
+  if (ends_with(".wq") || ends_with(".wq_b")) {
+    const int64_t head_rows = int64_t{m.head_dim()} + m.rope_head_dim();
+    for (int64_t first = 0; first + head_rows <= rows; first += head_rows) {
+      starts.push_back(first + m.head_dim());
+    }
+  } else if (ends_with(".wkv_a")) {
+    starts.push_back(m.kv_latent_dim());
+  }
+  return starts;
+}
+
+// Rows of `t` reordered between Cadre's rotate-half order and interleaved pairs (see the top of
+// this file): to_interleaved moves row i of each rotary block to 2i and i + d/2 to 2i + 1;
+// the other direction undoes it. Other rows stay.
+torch::Tensor permute_rotary_rows(const config::ModelConfig& m, const std::string& name,
+                                  const torch::Tensor& t, bool to_interleaved) {
+  const auto starts = rotary_block_starts(m, name, t.size(0));
+  if (starts.empty()) return t;
+  const int64_t half = m.rope_head_dim() / 2;
+  std::vector<int64_t> source(static_cast<size_t>(t.size(0)));
+  for (int64_t r = 0; r < t.size(0); ++r) source[r] = r;
+  for (const int64_t first : starts) {
+    for (int64_t i = 0; i < half; ++i) {
+      if (to_interleaved) {  // new row 2i comes from old row i, 2i + 1 from i + half
+        source[first + 2 * i] = first + i;
+        source[first + 2 * i + 1] = first + half + i;
+      } else {  // new row i comes from old row 2i, i + half from 2i + 1
+        source[first + i] = first + 2 * i;
+        source[first + half + i] = first + 2 * i + 1;
+      }
+    }
+  }
+  return t.index_select(0, torch::tensor(source, torch::kLong));
+}
 
 }  // namespace
 
@@ -78,6 +154,27 @@ std::vector<ParameterShape> llama_parameter_shapes(const config::ModelConfig& m)
   for (int32_t l = 0; l < m.num_layers(); ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     out.push_back({p + "attention_norm", {hidden}});
+    if (m.kv_latent_dim() > 0) {  // LlamaModel::add_latent_layer's order
+      const int64_t heads = m.num_heads(), nope = m.head_dim(), rope = m.rope_head_dim();
+      const int64_t latent = m.kv_latent_dim(), q_latent = m.q_latent_dim();
+      const int64_t v = m.v_head_dim() > 0 ? m.v_head_dim() : m.head_dim();
+      if (q_latent == 0) {
+        out.push_back({p + "wq", {heads * (nope + rope), hidden}});
+      } else {
+        out.push_back({p + "wq_a", {q_latent, hidden}});
+        out.push_back({p + "q_norm", {q_latent}});
+        out.push_back({p + "wq_b", {heads * (nope + rope), q_latent}});
+      }
+      out.push_back({p + "wkv_a", {latent + rope, hidden}});
+      out.push_back({p + "kv_norm", {latent}});
+      out.push_back({p + "wkv_b", {heads * (nope + v), latent}});
+      out.push_back({p + "wo", {hidden, heads * v}});
+      out.push_back({p + "mlp_norm", {hidden}});
+      out.push_back({p + "w_gate", {ffn, hidden}});
+      out.push_back({p + "w_up", {ffn, hidden}});
+      out.push_back({p + "w_down", {hidden, ffn}});
+      continue;
+    }
     out.push_back({p + "wq", {q, hidden}});
     out.push_back({p + "wk", {kv, hidden}});
     out.push_back({p + "wv", {kv, hidden}});
@@ -107,11 +204,15 @@ std::string hf_parameter_name(const std::string& name) {
       for (const auto& [cadre, hf] : layer_names()) {
         if (suffix == cadre) return "model.layers." + layer + "." + hf;
       }
+      for (const auto& [cadre, hf] : latent_layer_names()) {
+        if (suffix == cadre) return "model.layers." + layer + "." + hf;
+      }
     }
   }
   CADRE_FAIL("'", name,
-             "' is not a parameter of Cadre's Llama model; accepted: embedding, "
-             "layers.N.{attention_norm,wq,wk,wv,wo,mlp_norm,w_gate,w_up,w_down}, final_norm, "
+             "' is not a parameter of Cadre's model; accepted: embedding, "
+             "layers.N.{attention_norm,wq,wk,wv,wo,mlp_norm,w_gate,w_up,w_down}, "
+             "layers.N.{wq_a,q_norm,wq_b,wkv_a,kv_norm,wkv_b} (latent attention), final_norm, "
              "lm_head");
 }
 
@@ -141,7 +242,11 @@ std::vector<std::string> export_hf(
                 shape_text(it->second.sizes().vec()), " but the configured model (model.",
                 shape_fields(p.name), ") needs ", shape_text(p.shape),
                 "; accepted: the model config the weights were trained with");
-    auto t = it->second.detach().to(torch::kCPU).to(dtype).contiguous();
+    // DeepSeek's rotary rows are interleaved pairs (see the top of this file); an exact
+    // reordering, before any rounding.
+    auto t = permute_rotary_rows(model, p.name, it->second.detach().to(torch::kCPU), true)
+                 .to(dtype)
+                 .contiguous();
     const int64_t bytes = t.numel() * t.element_size();
     if (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes) {
       shards.emplace_back();
@@ -200,7 +305,8 @@ std::vector<std::pair<std::string, torch::Tensor>> read_hf_weights(
   // index's weight map.
   std::map<std::string, std::string> file_of;  // HF name -> file name in dir
   std::map<std::string, std::unique_ptr<SafetensorsReader>> readers;
-  const std::string single = hf_join_path(dir, kSingleFile), index_path = hf_join_path(dir, kIndexFile);
+  const std::string single = hf_join_path(dir, kSingleFile),
+                    index_path = hf_join_path(dir, kIndexFile);
   if (posix_fs::exists(single)) {
     readers[kSingleFile] = std::make_unique<SafetensorsReader>(single);
     for (const auto& e : readers[kSingleFile]->entries()) file_of[e.name] = kSingleFile;
@@ -223,24 +329,36 @@ std::vector<std::pair<std::string, torch::Tensor>> read_hf_weights(
     if (!r) r = std::make_unique<SafetensorsReader>(hf_join_path(dir, file));
     return *r;
   };
+  // Latent attention: the directory's architecture says whether its rotary rows are
+  // interleaved pairs (DeepSeek's layout) that Cadre's rotate-half order must be restored from.
+  std::string architecture = "LlamaForCausalLM";
+  bool interleaved = false;
+  if (model.kv_latent_dim() > 0) {
+    const HfArchitecture arch = read_hf_architecture(dir);
+    architecture = arch.architecture;
+    interleaved = arch.rotary_interleaved;
+  }
+  const std::string complete = "; accepted: a complete " + architecture + " checkpoint";
   std::vector<std::pair<std::string, torch::Tensor>> out;
   std::set<std::string> used;
   for (const ParameterShape& p : llama_parameter_shapes(model)) {
     const std::string hf = hf_parameter_name(p.name);
     auto f = file_of.find(hf);
     CADRE_CHECK(f != file_of.end(), "training.init_from=\"", dir, "\" lacks tensor '", hf,
-                "' (Cadre's '", p.name, "'); accepted: a complete LlamaForCausalLM checkpoint");
+                "' (Cadre's '", p.name, "')", complete);
     const SafetensorsReader& reader = reader_for(f->second);
     const SafetensorsEntry* e = reader.find(hf);
     CADRE_CHECK(e != nullptr, "'", reader.path(), "' lacks tensor '", hf, "' (Cadre's '", p.name,
-                "') that ", posix_fs::exists(single) ? kSingleFile : kIndexFile,
-                " places there; accepted: a complete LlamaForCausalLM checkpoint");
+                "') that ", posix_fs::exists(single) ? kSingleFile : kIndexFile, " places there",
+                complete);
     CADRE_CHECK(e->dtype == "F32" || e->dtype == "BF16" || e->dtype == "F16", "'", reader.path(),
                 "' tensor '", hf, "' has dtype ", e->dtype, "; accepted: F32, BF16, F16");
     CADRE_CHECK(e->shape == p.shape, "'", reader.path(), "' tensor '", hf, "' is ",
                 shape_text(e->shape), " but the configured model (model.", shape_fields(p.name),
                 ") needs ", shape_text(p.shape));
-    out.emplace_back(p.name, reader.read(hf).to(torch::kFloat));
+    torch::Tensor value = reader.read(hf).to(torch::kFloat);
+    if (interleaved) value = permute_rotary_rows(model, p.name, value, false);
+    out.emplace_back(p.name, value.contiguous());
     used.insert(hf);
   }
   for (const auto& [hf, file] : file_of) {
@@ -258,10 +376,11 @@ std::vector<std::pair<std::string, torch::Tensor>> read_hf_weights(
       continue;
     }
     CADRE_FAIL("training.init_from=\"", dir, "\" holds tensor '", hf, "' (in ", file,
-               "), which a Llama model with model.num_layers=", model.num_layers(),
-               " and tie_embeddings=", model.tie_embeddings() ? "true" : "false",
-               " has no place for; accepted: a LlamaForCausalLM checkpoint of the configured "
-               "sizes");
+               "), which the configured model (model.num_layers=", model.num_layers(),
+               ", tie_embeddings=", model.tie_embeddings() ? "true" : "false",
+               model.kv_latent_dim() > 0 ? ", latent attention with dense layers" : "",
+               ") has no place for; accepted: a ", architecture,
+               " checkpoint of the configured sizes");
   }
   return out;
 }

@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Cadre vs Hugging Face transformers on the same tokens, in one command (GPU machine: its
 # python3 has torch and transformers). For an untied, a tied and a Llama-3.1-rotary-scaled tiny
-# model: train on a small token file until its loss is about 0.14-0.3 nats (30 steps, CPU, fp32),
-# `cadre export` the checkpoint, compute Cadre's loss of the exported weights on that file
-# (`cadre train --set training.init_from=... --set model.preset=from_init`, first step), and have benchmarks/hf_parity.py load the directory with
-# LlamaForCausalLM and compute the loss of the same documents: they must agree to 1e-4 (fp32),
-# and the bf16 export to 2e-2. Results: benchmarks/results/hf_parity.jsonl (and $OUT if set).
+# Llama, and two tiny latent-attention models (mla-tiny: one with a direct query projection and
+# v_head_dim 12, one tied with a query latent of 24): train on a small token file until its loss
+# is low (30 steps, CPU, fp32), `cadre export` the checkpoint, compute Cadre's loss of the
+# exported weights on that file (`cadre train --set training.init_from=... --set
+# model.preset=from_init`, first step), and have benchmarks/hf_parity.py load the directory with
+# transformers' LlamaForCausalLM or DeepseekV3ForCausalLM and compute the loss of the same
+# documents: they must agree to 1e-4 (fp32), and the bf16 export to 2e-2. Results:
+# benchmarks/results/hf_parity.jsonl (and $OUT if set).
 #
-#   scripts/hf_parity_check.sh                    full check (needs transformers)
+#   scripts/hf_parity_check.sh                    full check (needs transformers; skips with a
+#                                                 message and exit code 0 where it is missing)
 #   scripts/hf_parity_check.sh --no-transformers  the same against benchmarks/hf_parity.py's
-#                                                 plain-Python Llama (CPU machines; a CTest runs it)
+#                                                 plain-Python Llama and DeepSeek (CPU machines;
+#                                                 a CTest runs it)
+#   CADRE_PARITY_VARIANTS="mla mla-q" scripts/hf_parity_check.sh   only those models
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
+if [ -z "$mode" ] && ! python3 -c 'import torch, transformers' 2>/dev/null; then
+  echo "hf parity: SKIP (python3 cannot import torch and transformers; run on the GPU machine," \
+       "or with --no-transformers for the plain-Python reference)"
+  exit 0
+fi
 # An existing build is reused (on the GPU machine: CADRE_BUILD_DIR=build-gpu-check after
 # scripts/gpu_check.sh); otherwise `cadre` is built, against the Python wheel's LibTorch where
 # there is one (the GPU machines have no libtorch-dev).
@@ -50,14 +61,28 @@ base=(--config configs/train_tiny.pbtxt --set cluster.num_gpus=1 --set cluster.g
       --set training.device=cpu --set output.quiet=true)
 status=0
 steps=${CADRE_PARITY_STEPS:-30}
-# Three models: untied, tied, and untied with Llama 3.1's rotary scaling at a small original
-# context (64 positions: wavelengths under 16 kept, over 64 divided by 8, between interpolated).
-for variant in untied tied llama3; do
+# Three Llama models: untied, tied, and untied with Llama 3.1's rotary scaling at a small
+# original context (64 positions: wavelengths under 16 kept, over 64 divided by 8, between
+# interpolated). Two latent-attention models exported as DeepseekV3ForCausalLM: mla-tiny (4
+# heads of 16 + 8 rotary, latent 32) untied with values 12 wide, and tied with a query latent
+# of 24; their rotary rows are written in interleaved pairs (docs/weights.md).
+for variant in ${CADRE_PARITY_VARIANTS:-untied tied llama3 mla mla-q}; do
   d="$work/$variant"
-  model=(--set model.tie_embeddings=$([ $variant = tied ] && echo true || echo false))
+  case $variant in
+    tied | mla-q) model=(--set model.tie_embeddings=true) ;;
+    *) model=(--set model.tie_embeddings=false) ;;
+  esac
   if [ $variant = llama3 ]; then
     model+=(--set model.rope_scaling=llama3 --set model.rope_scaling_factor=8
             --set model.rope_original_max_positions=64)
+  fi
+  # norm_eps 1e-6 as in DeepSeek: transformers' DeepSeek normalises the query and K/V latents
+  # with 1e-6 whatever rms_norm_eps says, Cadre with model.norm_eps (docs/weights.md).
+  if [ $variant = mla ]; then
+    model+=(--set model.preset=mla-tiny --set model.v_head_dim=12 --set model.norm_eps=1e-6)
+  fi
+  if [ $variant = mla-q ]; then
+    model+=(--set model.preset=mla-tiny --set model.q_latent_dim=24 --set model.norm_eps=1e-6)
   fi
   # Trained on the token file itself until it has memorised part of it: random tokens are only
   # predictable from their position and context, so the weights use attention and RoPE: read

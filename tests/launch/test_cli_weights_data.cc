@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/temp_dir.h"
 #include "common/posix_fs.h"
+#include "tests/temp_dir.h"
 
 namespace {
 
@@ -139,8 +139,10 @@ TEST(CliWeights, ExportAndTrainFromTheExportedModel) {
 
 // Cadre's loss of its exported weights equals that of benchmarks/hf_parity.py's plain-Python
 // Llama (written from the Hugging Face definition) reading the exported files: untied, tied and
-// with Llama 3.1 rotary scaling, fp32 to 1e-4 and bf16 to 2e-2 (the GPU machine runs the same
-// script against transformers itself).
+// with Llama 3.1 rotary scaling; and of its plain-Python DeepSeek for two latent-attention
+// models exported as DeepseekV3ForCausalLM (with and without a query latent), each trained,
+// exported and read back with model.preset from_init; fp32 to 1e-4 and bf16 to 2e-2 (the GPU
+// machine runs the same script against transformers itself).
 TEST(CliWeights, ExportedModelsMatchAnIndependentReference) {
   TempDir dir("parity");
   const std::string binary = CADRE_BINARY;
@@ -149,7 +151,8 @@ TEST(CliWeights, ExportedModelsMatchAnIndependentReference) {
       run(std::string("cd '") + CADRE_SOURCE_DIR + "' && CADRE_BUILD_DIR='" + build_dir +
           "' CADRE_PARITY_DIR='" + dir.path() + "' scripts/hf_parity_check.sh --no-transformers");
   expect_output(r, 0,
-                {"untied: Cadre loss", "llama3: Cadre loss", "\"match\": true", "hf parity: PASS"});
+                {"untied: Cadre loss", "llama3: Cadre loss", "mla: Cadre loss", "mla-q: Cadre loss",
+                 "DeepseekV3ForCausalLM", "\"match\": true", "hf parity: PASS"});
   EXPECT_EQ(r.output.find("\"match\": false"), std::string::npos) << r.output;
 }
 

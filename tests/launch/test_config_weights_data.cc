@@ -6,10 +6,10 @@
 
 #include <fstream>
 
-#include "tests/temp_dir.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
 #include "launch/config.h"
+#include "tests/temp_dir.h"
 
 namespace cadre::launch {
 namespace {
@@ -69,6 +69,47 @@ TEST(ConfigWeights, FromInitTakesSizesFromConfigJson) {
                {"cannot open Hugging Face config", "/no/config.json"});
   config::RunConfig unknown = with({"model.preset=llama-9b"});
   expect_error([&] { finalize_config(unknown); }, {"llama-9b", "from_init"});
+}
+
+TEST(ConfigWeights, FromInitTakesDeepSeekSizesAndRefusesExperts) {
+  TempDir dir;
+  // DeepSeek-V2-Lite's attention with a dense FFN in all 27 layers (the deepseek-v2-lite-like
+  // preset), as `cadre export` writes it.
+  const std::string dense =
+      R"({"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+          "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 27,
+          "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512,
+          "q_lora_rank": null, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+          "v_head_dim": 128, "first_k_dense_replace": 27, "vocab_size": 102400,
+          "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "rope_scaling": null,
+          "rope_interleave": true, "tie_word_embeddings": false, "hidden_act": "silu"})";
+  std::ofstream(dir.path() + "/config.json") << dense;
+  config::RunConfig c = with({"model.preset=from_init", "training.init_from=" + dir.path()});
+  finalize_config(c);
+  EXPECT_EQ(c.model().num_layers(), 27);
+  EXPECT_EQ(c.model().kv_latent_dim(), 512);
+  EXPECT_EQ(c.model().rope_head_dim(), 64);
+  EXPECT_EQ(c.model().q_latent_dim(), 0);
+  EXPECT_EQ(c.model().v_head_dim(), 128);
+  EXPECT_EQ(c.model().head_dim(), 128);
+  EXPECT_EQ(c.model().num_kv_heads(), 16);
+  // The preset it mirrors matches; a grouped-query preset is told the attention kind differs.
+  config::RunConfig preset =
+      with({"model.preset=deepseek-v2-lite-like", "training.init_from=" + dir.path()});
+  finalize_config(preset);
+  config::RunConfig gqa = with({"model.preset=tiny", "training.init_from=" + dir.path()});
+  expect_error([&] { finalize_config(gqa); },
+               {"DeepseekV3ForCausalLM", "kv_lora_rank=512", "model.kv_latent_dim=0"});
+  // DeepSeek-V2-Lite itself: routed experts from layer 1 on.
+  std::ofstream(dir.path() + "/config.json", std::ios::trunc)
+      << R"({"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+             "hidden_size": 2048, "intermediate_size": 10944, "num_hidden_layers": 27,
+             "num_attention_heads": 16, "kv_lora_rank": 512, "q_lora_rank": null,
+             "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+             "n_routed_experts": 64, "first_k_dense_replace": 1, "vocab_size": 102400})";
+  config::RunConfig moe = with({"model.preset=from_init", "training.init_from=" + dir.path()});
+  expect_error([&] { finalize_config(moe); },
+               {"n_routed_experts=64", "first_k_dense_replace=1", "experts are not supported"});
 }
 
 TEST(ConfigWeights, RopeScalingIsValidated) {
