@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <numeric>
 #include <set>
 
@@ -13,6 +14,7 @@
 #include "scheduler/doc_lengths.h"
 #include "scheduler/planner.h"
 #include "scheduler/step_calibration.h"
+#include "scheduler/step_model.h"
 
 namespace cadre::scheduler {
 
@@ -583,11 +585,15 @@ ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& 
     // The layer input (residual stream) only; the rest is recomputed from it and O.
     a.owner = kBf16Bytes * h / tp;
   } else {
-    // Inputs of: RMSNorm 1, the QKV projection, RMSNorm 2, the gate/up projections (4·h); the
-    // fused SwiGLU's inputs gate and up (2·f) and the down projection's input (f). The output
-    // projection's input is O, counted once with core attention. Hidden-sized tensors are split by
-    // sequence parallelism across the TP group.
-    a.owner = kBf16Bytes * (4 * h + 3 * f) / tp;
+    // runtime/model.cc under autograd: the layer input (2h); each RMSNorm keeps its fp32 upcast
+    // (pow saves it, 4h) and its normalised bf16 output (the weight multiply saves it, 2h), on
+    // this rank's rows under sequence parallelism; the QKV and gate/up matmuls keep their (gathered,
+    // every row) input (2 x 2h); SwiGLU keeps gate and up (silu and the product save them),
+    // silu(gate) (the product saves it) and the product (the down matmul saves it): 4 x 2f / TP.
+    // The output projection's input is O, counted with core attention; the residual sums and
+    // RoPE's fp32 temporaries are not saved.
+    a.owner = (kBf16Bytes + 2 * (kFp32Bytes + kBf16Bytes)) * h / tp + 2 * kBf16Bytes * h +
+              4 * kBf16Bytes * f / tp;
   }
   return a;
 }
@@ -604,8 +610,67 @@ double parameters_per_stage(const config::ModelConfig& model, int32_t pp) {
   return per_layer * model.num_layers() / pp + vocab_matrices * vocab;
 }
 
+double layer_matrix_parameters(const config::ModelConfig& model, int32_t tp) {
+  const double h = model.hidden_size();
+  const double q_width = static_cast<double>(model.num_heads()) * model.head_dim();
+  const double kv_width = static_cast<double>(model.num_kv_heads()) * model.head_dim();
+  return (h * (q_width + 2 * kv_width) + q_width * h +
+          3 * h * static_cast<double>(model.ffn_hidden_size())) /
+         std::max(1, tp);
+}
+
+double weights_optimizer_bytes_per_parameter(bool shard_optimizer, int32_t dp) {
+  CADRE_CHECK(dp >= 1, "data-parallel size is ", dp, "; accepted: >= 1");
+  if (!shard_optimizer) return 4 * kFp32Bytes;  // weight, gradient, two moments
+  return 2 * kFp32Bytes + 6 * kFp32Bytes / dp;  // + slice: gradient, master, moments, two masks
+}
+
+double saved_weight_copy_bytes(const config::ModelConfig& model, int32_t tp,
+                               const std::string& recompute) {
+  if (recompute != "none") return 0;
+  // The seven matrices and the two norm weights, cast to bf16 and saved by their consumer.
+  return kBf16Bytes * (layer_matrix_parameters(model, tp) + 2.0 * model.hidden_size());
+}
+
 double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens) {
-  return 2 * kFp32Bytes * static_cast<double>(chunk_tokens) * model.vocab_size() / tp;
+  const double h = model.hidden_size(), vocab = model.vocab_size(), c = chunk_tokens;
+  // LogSoftmaxBackward: saved fp32 log-probabilities, their gradient (gather's backward scatters
+  // into fp32 zeros) and the fp32 gradient of the logits it writes, 3 x 4 bytes per logit.
+  const double logits = 3 * kFp32Bytes * c * vocab / tp;
+  const double head_weight = kBf16Bytes * vocab * h / tp;  // the LM head's bf16 copy, saved
+  // Final RMSNorm: fp32 upcast and normalised output on this rank's rows, the (gathered) input of
+  // the head matmul.
+  const double norm = c * ((kFp32Bytes + kBf16Bytes) * h / tp + kBf16Bytes * h);
+  return logits + head_weight + norm;
+}
+
+double backward_layer_bytes(const config::ModelConfig& model, int32_t tp,
+                            const std::string& recompute, int64_t tokens) {
+  const double h = model.hidden_size(), f = model.ffn_hidden_size(), n = tokens;
+  // At SwiGLU's backward (the product's MulBackward) the gradient of the product and the two it
+  // writes are in flight (3 x 2f); without recomputation the product itself was already saved and
+  // the down matmul's backward has released it (-2f).
+  const double in_flight = 3 * kBf16Bytes * f / tp;
+  if (recompute != "linear") return n * (in_flight - kBf16Bytes * f / tp);
+  // Recomputed out+mlp with autograd: second RMSNorm's fp32 upcast and output (6h, rows split by
+  // SP), the gathered gate/up input (2h), SwiGLU's gate, up and silu(gate) still saved (3 x 2f),
+  // the segment's output (2h, rows split), plus the gradients above; and the bf16 copies of the
+  // output projection and MLP weights.
+  const double q_width = static_cast<double>(model.num_heads()) * model.head_dim();
+  const double weights = kBf16Bytes * (q_width * h + 3 * h * f) / tp;
+  return n * ((kFp32Bytes + 2 * kBf16Bytes) * h / tp + kBf16Bytes * h + 3 * kBf16Bytes * f / tp +
+              in_flight) +
+         weights;
+}
+
+double optimizer_step_bytes(bool shard_optimizer, double largest) {
+  // clip_grad_norm / grad_sum_squares: grad.to(fp64) and its square (runtime/optimizer.cc);
+  // sharded, the slice in fp64, its square, the mask in fp64 and their product.
+  return (shard_optimizer ? 4 : 2) * 8 * largest;
+}
+
+double residual_bytes(const config::ModelConfig& model, int32_t tp, int64_t tokens) {
+  return kBf16Bytes * static_cast<double>(model.hidden_size()) / tp * tokens;
 }
 
 const std::vector<std::string>& simulator_strategies() {
@@ -658,8 +723,12 @@ SimulationResult simulate_step(const config::RunConfig& config,
   result.recompute = config.training().recompute();
   const ActivationBytes activation =
       activation_bytes_per_token_per_layer(model, c.tp, result.recompute);
-  const double weights_optimizer_gib = kWeightOptimizerBytesPerParameter *
+  const bool shard = config.training().shard_optimizer();
+  const double weights_optimizer_gib = weights_optimizer_bytes_per_parameter(shard, c.dp) *
                                        parameters_per_stage(model, c.pp) / c.tp / kGiB;
+  const double optimizer_peak =
+      optimizer_step_bytes(shard, largest_gradient_elements(config, c.tp, c.dp));
+  const double layer_weight_copies = saved_weight_copy_bytes(model, c.tp, result.recompute);
   for (const std::string& strategy : strategies) {
     StepCost mean;
     mean.strategy = strategy;
@@ -700,9 +769,11 @@ SimulationResult simulate_step(const config::RunConfig& config,
         one.step_us -= one.pp_bubble_us;
         one.pp_bubble_us = 0;
       }
-      // Peak activations: under 1F1B stage 0 holds min(PP, M) micro-batches in flight; the last
-      // stage holds one and runs the LM head and loss on one chunk of it (with PP = 1 they are
-      // one stage). Priced at the largest micro-batch of any rank.
+      // Peak above the weights and optimizer state (docs/simulation.md, "Memory estimate"):
+      // under 1F1B stage 0 holds min(PP, M) micro-batches in flight and peaks in its first
+      // backward layer; the last stage holds one and peaks in the LM head's last chunk or its
+      // first backward layer (with PP = 1 they are one stage); or the optimizer's temporaries.
+      // Priced at the largest micro-batch of any rank.
       int64_t max_tokens = 0;
       double max_micro_batch = 0;
       for (const RankWork& r : ranks) {
@@ -713,13 +784,25 @@ SimulationResult simulate_step(const config::RunConfig& config,
                                             micro_batch_activation_bytes(r, m, activation));
         }
       }
+      // Nano-batches split a micro-batch evenly here (the runtime runs two for CAD with
+      // ping-pong, one otherwise). Per micro-batch in flight without recomputation: every
+      // layer's bf16 weight copies, per nano-batch.
+      const int32_t nanos = strategy == "cad" ? c.nano_batches : 1;
+      const int64_t nano_tokens = (max_tokens + nanos - 1) / nanos;
+      const double weight_copies = layer_weight_copies * c.layers_per_stage * nanos;
       const int64_t loss_chunk = config.training().loss_chunk_tokens() > 0
-                                     ? std::min(config.training().loss_chunk_tokens(), max_tokens)
-                                     : max_tokens;
-      const double first_stage = std::min(c.pp, c.micro_batches) * max_micro_batch;
-      const double last_stage = max_micro_batch + loss_chunk_bytes(model, c.tp, loss_chunk);
+                                     ? std::min(config.training().loss_chunk_tokens(), nano_tokens)
+                                     : nano_tokens;
+      const double held = max_micro_batch + weight_copies + residual_bytes(model, c.tp, max_tokens);
+      const double backward = backward_layer_bytes(model, c.tp, result.recompute, nano_tokens);
+      const double head = residual_bytes(model, c.tp, nano_tokens) +
+                          loss_chunk_bytes(model, c.tp, loss_chunk);
+      const double first_stage =
+          (std::min(c.pp, c.micro_batches) - 1) * (max_micro_batch + weight_copies) + held +
+          backward;
+      const double last_stage = held + std::max(head, backward);
       one.peak_activation_gib =
-          pricing.activation_scale * std::max(first_stage, last_stage) / kGiB +
+          pricing.activation_scale * std::max({first_stage, last_stage, optimizer_peak}) / kGiB +
           pricing.memory_fixed_gib;
       one.planning_ms = planning_ms;
       const double w = 1.0 / batches;
