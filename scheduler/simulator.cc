@@ -36,12 +36,12 @@ struct Cluster {
 // all-reduce).
 struct Pricing {
   const CostModel* cost = nullptr;
-  double linear_per_token = 0;   // one stage's layers + head/loss/embedding, per token
-  double fixed_per_nano = 0;     // per nano-batch (one call of each layer segment)
+  double linear_per_token = 0;  // one stage's layers + head/loss/embedding, per token
+  double fixed_per_nano = 0;    // per nano-batch (one call of each layer segment)
   double attention_forward_scale = 1, attention_backward_scale = 1, attention_call_us = 0;
   LinkCost intra, inter, all_reduce_intra;
   double optimizer_us = 0, overhead_us = 0;
-  double gradient_bytes = 0;     // fp32 gradients of one stage on one TP rank
+  double gradient_bytes = 0;  // fp32 gradients of one stage on one TP rank
   int32_t gradient_buckets = 1;
   double backward_fraction = 0.7;  // of a micro-batch's compute, the backward (and recompute)
   double layer_forward_per_token = 0, layer_backward_per_token = 0;  // one layer
@@ -58,7 +58,7 @@ struct Pricing {
 struct RankWork {
   std::vector<double> attention_us, linear_us;
   std::vector<int64_t> tokens;
-  double comm_us = 0;  // exposed communication of the whole step on this rank
+  double comm_us = 0;        // exposed communication of the whole step on this rank
   double step_fixed_us = 0;  // optimizer, host overhead, exposed gradient all-reduce
   double bytes = 0;
   // CAD only, per micro-batch (empty: attention colocated with the tokens): query and K/V-prefix
@@ -124,10 +124,9 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
     return cal.segment(kind, direction).us_per_unit * segment_work(kind, model, c.tp, 1);
   };
   p.layer_forward_per_token = per_token("qkv", "forward") + per_token("out_mlp", "forward");
-  p.layer_backward_per_token = per_token("qkv", "backward") + per_token("out_mlp", "backward") +
-                               (recompute ? per_token("qkv", "recompute") +
-                                                per_token("out_mlp", "recompute")
-                                          : 0.0);
+  p.layer_backward_per_token =
+      per_token("qkv", "backward") + per_token("out_mlp", "backward") +
+      (recompute ? per_token("qkv", "recompute") + per_token("out_mlp", "recompute") : 0.0);
   const double head = per_token("head_loss", "step") + per_token("embedding", "forward") +
                       per_token("embedding", "backward");
   // Tensor and sequence parallelism (Megatron-style, as issue 11 builds it): per layer, an
@@ -154,8 +153,8 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
              (recompute ? cal.segment(kind, "recompute").fixed_us : 0.0);
   }
   // One forward and one backward attention kernel call per layer too.
-  p.fixed_per_nano = c.layers_per_stage * (fixed + 2 * cal.attention_call_us) + p.tp_fixed_per_nano +
-                     cal.segment("head_loss", "step").fixed_us +
+  p.fixed_per_nano = c.layers_per_stage * (fixed + 2 * cal.attention_call_us) +
+                     p.tp_fixed_per_nano + cal.segment("head_loss", "step").fixed_us +
                      cal.segment("embedding", "forward").fixed_us +
                      cal.segment("embedding", "backward").fixed_us;
   p.backward_fraction = p.layer_backward_per_token /
@@ -174,9 +173,9 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
   p.overhead_us = cal.step_overhead_us;
   p.gradient_bytes = 4 * parameters;
   p.gradient_buckets = std::max<int32_t>(
-      1, static_cast<int32_t>(std::ceil(p.gradient_bytes /
-                                        (static_cast<double>(config.training().grad_bucket_mib()) *
-                                         1024 * 1024))));
+      1, static_cast<int32_t>(
+             std::ceil(p.gradient_bytes /
+                       (static_cast<double>(config.training().grad_bucket_mib()) * 1024 * 1024))));
   p.activation_scale = cal.activation_memory_scale;
   p.memory_fixed_gib = cal.memory_fixed_gib;
   return p;
@@ -189,7 +188,8 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
 // Ring all-reduce: 2 (n - 1) / n of the bytes per rank; inter-node once the DP group spans nodes.
 void add_step_costs(const Pricing& p, const Cluster& c, std::vector<RankWork>* ranks) {
   const double n = c.dp;
-  const bool inter_node = static_cast<int64_t>(c.dp) * c.tp * c.pp > p.cost->cluster().gpus_per_node();
+  const bool inter_node =
+      static_cast<int64_t>(c.dp) * c.tp * c.pp > p.cost->cluster().gpus_per_node();
   const LinkCost& link = inter_node ? p.inter : p.all_reduce_intra;
   const double moved = n > 1 ? p.gradient_bytes * 2 * (n - 1) / n : 0.0;
   const double reduce_us = p.gradient_buckets * link.latency_us + moved / (link.gbps * 1e3);
@@ -264,10 +264,10 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
   for (int64_t len : lengths) {
     for (int64_t begin = 0; begin < len && budget > 0; begin += group_context) {
       const int64_t piece = std::min({group_context, len - begin, budget});
-      pieces.push_back({piece, begin + piece,
-                        sequence_attention_us(pricing, piece, begin + piece, c) +
-                            piece * linear_per_token,
-                        len >= outlier_tokens});
+      pieces.push_back(
+          {piece, begin + piece,
+           sequence_attention_us(pricing, piece, begin + piece, c) + piece * linear_per_token,
+           len >= outlier_tokens});
       budget -= piece;
     }
   }
@@ -333,7 +333,8 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
     for (const Piece* p : members[b]) bin_tokens += p->len;
     std::vector<double> attention(cp, 0);
     if (cp == 1) {
-      for (const Piece* p : members[b]) attention[0] += sequence_attention_us(pricing, p->len, p->end, c);
+      for (const Piece* p : members[b])
+        attention[0] += sequence_attention_us(pricing, p->len, p->end, c);
     } else {
       // Per-document for all.
       double per_document = 0;
@@ -373,8 +374,10 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
         attention = mixed;
       }
     }
-    const double gather_bytes = cp > 1 ? 2.0 * (cp - 1) * (static_cast<double>(bin_tokens) / cp) * kv_bytes : 0.0;
-    const double comm = gather_bytes > 0 ? c.layers_per_stage * pricing.link_us(gather_bytes, inter_node) : 0.0;
+    const double gather_bytes =
+        cp > 1 ? 2.0 * (cp - 1) * (static_cast<double>(bin_tokens) / cp) * kv_bytes : 0.0;
+    const double comm =
+        gather_bytes > 0 ? c.layers_per_stage * pricing.link_us(gather_bytes, inter_node) : 0.0;
     for (int32_t k = 0; k < cp; ++k) {
       RankWork& r = ranks[g * cp + k];
       const int64_t tokens = bin_tokens / cp;
@@ -466,8 +469,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
         if (offset < 0) offset = p.doc_begin;
         // A document that began in the previous wave restarts its context here (rare: one per
         // wave boundary); within a wave it keeps its prefix across ranks.
-        part.pieces.push_back({p.rank % c.dp, p.doc_begin - offset, p.doc_end - offset,
-                               p.local_row});
+        part.pieces.push_back(
+            {p.rank % c.dp, p.doc_begin - offset, p.doc_end - offset, p.local_row});
         wave.tokens_per_rank[p.rank % c.dp] =
             std::max(wave.tokens_per_rank[p.rank % c.dp], p.local_row + p.doc_end - p.doc_begin);
       }
@@ -481,7 +484,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
       }
       if (!contiguous) {
         for (const DocumentPiece& p : part.pieces) {
-          wave.documents.push_back({doc.id, p.doc_end - p.doc_begin,
+          wave.documents.push_back({doc.id,
+                                    p.doc_end - p.doc_begin,
                                     {{p.rank, 0, p.doc_end - p.doc_begin, p.local_row}}});
         }
         continue;
@@ -501,7 +505,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
     std::vector<double> bytes(c.dp, 0);
     // Per rank, bytes it sends and receives in the stage that carries K/V (forward out, backward
     // back) and in the one that carries query rows only (forward back, backward out).
-    std::vector<double> kv_sent(c.dp, 0), kv_received(c.dp, 0), q_sent(c.dp, 0), q_received(c.dp, 0);
+    std::vector<double> kv_sent(c.dp, 0), kv_received(c.dp, 0), q_sent(c.dp, 0),
+        q_received(c.dp, 0);
     std::vector<int64_t> queries_away(c.dp, 0);
     for (const PeerTransfer& tr : plan.transfers) {
       if (tr.owner == tr.server) continue;
@@ -518,7 +523,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
     }
     for (int32_t r = 0; r < c.dp; ++r) {
       RankWork& rank = ranks[r];
-      const double linear = wave.tokens_per_rank[r] * linear_per_token + c.nano_batches * pricing.fixed_per_nano;
+      const double linear =
+          wave.tokens_per_rank[r] * linear_per_token + c.nano_batches * pricing.fixed_per_nano;
       rank.attention_us.push_back(server_us[r]);
       rank.linear_us.push_back(linear);
       rank.tokens.push_back(wave.tokens_per_rank[r]);
@@ -541,10 +547,10 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
       const double lin_f = half_tokens * pricing.layer_forward_per_token;
       const double lin_b = half_tokens * pricing.layer_backward_per_token;
       auto gap = [](double e, double hidden) { return std::max(0.0, e - hidden); };
-      const double exposed = layers * (gap(with_kv, lin_f) + gap(with_kv, attn_f) +
-                                       gap(rows, attn_f) + gap(rows, lin_f) +
-                                       gap(rows, lin_b) + gap(rows, attn_b) +
-                                       gap(with_kv, attn_b) + gap(with_kv, lin_b));
+      const double exposed =
+          layers *
+          (gap(with_kv, lin_f) + gap(with_kv, attn_f) + gap(rows, attn_f) + gap(rows, lin_f) +
+           gap(rows, lin_b) + gap(rows, attn_b) + gap(with_kv, attn_b) + gap(with_kv, lin_b));
       rank.comm_us += c.nano_batches == 2 ? exposed : 4 * layers * (with_kv + rows);
       rank.bytes += step_bytes;
     }
@@ -587,10 +593,10 @@ ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& 
   } else {
     // runtime/model.cc under autograd: the layer input (2h); each RMSNorm keeps its fp32 upcast
     // (pow saves it, 4h) and its normalised bf16 output (the weight multiply saves it, 2h), on
-    // this rank's rows under sequence parallelism; the QKV and gate/up matmuls keep their (gathered,
-    // every row) input (2 x 2h); SwiGLU keeps gate and up (silu and the product save them),
-    // silu(gate) (the product saves it) and the product (the down matmul saves it): 4 x 2f / TP.
-    // The output projection's input is O, counted with core attention; the residual sums and
+    // this rank's rows under sequence parallelism; the QKV and gate/up matmuls keep their
+    // (gathered, every row) input (2 x 2h); SwiGLU keeps gate and up (silu and the product save
+    // them), silu(gate) (the product saves it) and the product (the down matmul saves it): 4 x 2f /
+    // TP. The output projection's input is O, counted with core attention; the residual sums and
     // RoPE's fp32 temporaries are not saved.
     a.owner = (kBf16Bytes + 2 * (kFp32Bytes + kBf16Bytes)) * h / tp + 2 * kBf16Bytes * h +
               4 * kBf16Bytes * f / tp;
@@ -703,7 +709,8 @@ SimulationResult simulate_step(const config::RunConfig& config,
   const StepCalibration calibration = step_calibration_for(cl);
   CalibrationTable table = calibration_for(cl, model);
   if (cl.attention_calibration().empty()) {
-    const bool mha = std::max(1, model.num_heads() / c.tp) == std::max(1, model.num_kv_heads() / c.tp);
+    const bool mha =
+        std::max(1, model.num_heads() / c.tp) == std::max(1, model.num_kv_heads() / c.tp);
     if (mha && calibration.attention_table_mha) table = *calibration.attention_table_mha;
     if (!mha && calibration.attention_table) table = *calibration.attention_table;
   }
@@ -740,13 +747,13 @@ SimulationResult simulate_step(const config::RunConfig& config,
       if (strategy == "fixed") {
         ranks = fixed_packing(lengths, pricing, c);
       } else if (strategy == "wlb") {
-        ranks = workload_balanced(
-            lengths, pricing, c, cp,
-            config.simulate().wlb_outlier_tokens() > 0 ? config.simulate().wlb_outlier_tokens()
-                                                       : c.context,
-            config.simulate().wlb_shard_threshold_tokens() > 0
-                ? config.simulate().wlb_shard_threshold_tokens()
-                : c.context / 2);
+        ranks = workload_balanced(lengths, pricing, c, cp,
+                                  config.simulate().wlb_outlier_tokens() > 0
+                                      ? config.simulate().wlb_outlier_tokens()
+                                      : c.context,
+                                  config.simulate().wlb_shard_threshold_tokens() > 0
+                                      ? config.simulate().wlb_shard_threshold_tokens()
+                                      : c.context / 2);
       } else if (strategy == "cp") {
         ranks = context_parallel(lengths, pricing, c, cp);
       } else if (strategy == "cad") {
@@ -779,9 +786,8 @@ SimulationResult simulate_step(const config::RunConfig& config,
       for (const RankWork& r : ranks) {
         for (size_t m = 0; m < r.tokens.size(); ++m) {
           max_tokens = std::max(max_tokens, r.tokens[m]);
-          max_micro_batch =
-              std::max(max_micro_batch, c.layers_per_stage *
-                                            micro_batch_activation_bytes(r, m, activation));
+          max_micro_batch = std::max(
+              max_micro_batch, c.layers_per_stage * micro_batch_activation_bytes(r, m, activation));
         }
       }
       // Nano-batches split a micro-batch evenly here (the runtime runs two for CAD with
@@ -795,8 +801,8 @@ SimulationResult simulate_step(const config::RunConfig& config,
                                      : nano_tokens;
       const double held = max_micro_batch + weight_copies + residual_bytes(model, c.tp, max_tokens);
       const double backward = backward_layer_bytes(model, c.tp, result.recompute, nano_tokens);
-      const double head = residual_bytes(model, c.tp, nano_tokens) +
-                          loss_chunk_bytes(model, c.tp, loss_chunk);
+      const double head =
+          residual_bytes(model, c.tp, nano_tokens) + loss_chunk_bytes(model, c.tp, loss_chunk);
       const double first_stage =
           (std::min(c.pp, c.micro_batches) - 1) * (max_micro_batch + weight_copies) + held +
           backward;

@@ -126,8 +126,8 @@ double largest_gradient_elements(const config::RunConfig& config, int32_t tp, in
            tp;
   }
   int64_t bucket = 0;
-  for (const GradientBucket& b : gradient_buckets(
-           m, tp, static_cast<int64_t>(config.training().grad_bucket_mib()) << 20)) {
+  for (const GradientBucket& b :
+       gradient_buckets(m, tp, static_cast<int64_t>(config.training().grad_bucket_mib()) << 20)) {
     bucket = std::max(bucket, b.bytes);
   }
   return std::ceil(bucket / 4.0 / dp);

@@ -59,17 +59,17 @@ double worker_parameters(const config::ModelConfig& model, int32_t tp);
 // (the first backward layer of a nano-batch), "attention" (a server's fused buffers) or
 // "optimizer" (the gradient norm's temporaries).
 struct MemoryByComponent {
-  double weights_gib = 0;        // fp32 parameters
-  double gradients_gib = 0;      // fp32 gradient buckets (+ sharded: the reduced slice)
-  double optimizer_gib = 0;      // AdamW moments (+ sharded: master slice, two fp32 masks)
-  double activations_gib = 0;    // saved for backward, every nano-batch of the micro-batch
-  double weight_copies_gib = 0;  // bf16 weight copies autograd saved (no recomputation)
-  double residual_gib = 0;       // nano-batches' last outputs and gradient buffers
-  double loss_gib = 0;           // head phase: one loss chunk at its peak
-  double backward_gib = 0;       // backward phase: the recomputed layer and its gradients
-  double attention_gib = 0;      // attention phase: a server's fused Q/K/V/O/LSE of one layer
+  double weights_gib = 0;         // fp32 parameters
+  double gradients_gib = 0;       // fp32 gradient buckets (+ sharded: the reduced slice)
+  double optimizer_gib = 0;       // AdamW moments (+ sharded: master slice, two fp32 masks)
+  double activations_gib = 0;     // saved for backward, every nano-batch of the micro-batch
+  double weight_copies_gib = 0;   // bf16 weight copies autograd saved (no recomputation)
+  double residual_gib = 0;        // nano-batches' last outputs and gradient buffers
+  double loss_gib = 0;            // head phase: one loss chunk at its peak
+  double backward_gib = 0;        // backward phase: the recomputed layer and its gradients
+  double attention_gib = 0;       // attention phase: a server's fused Q/K/V/O/LSE of one layer
   double optimizer_step_gib = 0;  // optimizer phase: temporaries
-  double fixed_gib = 0;          // calibration: what the model cannot derive
+  double fixed_gib = 0;           // calibration: what the model cannot derive
   std::string phase;
   double state_gib() const { return weights_gib + gradients_gib + optimizer_gib; }
   double above_state_gib() const {  // unscaled
@@ -103,7 +103,6 @@ struct StepPrice {
 StepPrice price_training_step(const config::RunConfig& config,
                               const std::vector<MicroBatchDocuments>& micro_batches,
                               const StepCalibration& calibration);
-
 
 // Fits the calibration's memory terms to profiles that measured peaks (the GPU build's allocator
 // peaks, max over the run): per profile, measured peak - state (weights, gradients, optimizer) =

@@ -198,8 +198,8 @@ TEST(StepModelMemory, PeakPhaseAndComponentsMatchAHandComputation) {
   EXPECT_EQ(m.phase, "head");
   EXPECT_NEAR(m.activations_gib, 8.0 * 8192 * 56352 / kGiB, 1e-12);
   EXPECT_NEAR(m.weight_copies_gib, 8.0 * 30412800 / kGiB, 1e-12);
-  EXPECT_NEAR(m.peak_gib,
-              (16 * params + 3693084672.0 + 243302400 + 33554432 + 3278372864.0) / kGiB, 1e-9);
+  EXPECT_NEAR(m.peak_gib, (16 * params + 3693084672.0 + 243302400 + 33554432 + 3278372864.0) / kGiB,
+              1e-9);
   // 16 tokens: the optimizer's temporaries are the peak, the fp64 embedding gradient and its
   // square (16 x 32768000).
   m = step_memory("linear", 8192, {16});
