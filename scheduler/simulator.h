@@ -34,8 +34,10 @@ struct StepCost {
   double bytes_per_rank = 0;       // moved per GPU per step (CAD dispatch, CP all-gathers)
   // Memory per GPU (docs/simulation.md, "Memory estimate"), the worst of the simulated batches;
   // it does not change the times above.
-  double peak_activation_gib = 0;    // micro-batches in flight and the loss chunk
-  double weights_optimizer_gib = 0;  // bf16 weights and gradients, fp32 master and Adam moments
+  double peak_activation_gib = 0;    // above the state at the peak: activations in flight and
+                                     // the peak phase's own tensors (loss chunk, first backward
+                                     // layer or optimizer temporaries)
+  double weights_optimizer_gib = 0;  // fp32 weights, gradients and Adam moments (ZeRO-1 slices)
   double peak_memory_gib = 0;        // the two together
   bool fits_memory = true;           // peak_memory_gib <= cluster.gpu_memory_gib
   double planning_ms = 0;            // wall time of plan_cad for the step (cad only)
