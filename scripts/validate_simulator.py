@@ -86,6 +86,10 @@ def simulate(cadre, row, packing, calibration):
 def svg(rows, path, measured="measured_ms", simulated="simulated_ms", gated="step_gated",
         title="step time, ms", tick=500):
     rows = [r for r in rows if r.get(measured)]
+    if not rows:  # nothing measured for this plot (e.g. no peak memory): no plot
+        if os.path.exists(path):
+            os.remove(path)
+        return
     w, h, m = 560, 560, 60
     values = [r[measured] for r in rows] + [r[simulated] for r in rows]
     lo, hi = 0.0, max(values) * 1.1
