@@ -519,13 +519,14 @@ StepPrice price_training_step(const config::RunConfig& config,
   for (int r = 0; r < world; ++r) {
     MemoryByComponent mem = rank_above[r];
     if (r < workers) {
-      // Plain AdamW: weight, gradient, two moments (16 bytes per parameter). Sharded: the
-      // weights and buckets stay whole; the slice adds the reduced gradient, master copy, two
-      // moments and two fp32 masks (weights_optimizer_bytes_per_parameter).
-      const double slice = shard ? parameters / dp : 0;
+      // weights_optimizer_bytes_per_parameter split by component: the fp32 weights and
+      // gradient buckets (4 + 4), with ZeRO-1 the reduced slice beside the gradients (4 / dp), and
+      // the rest (moments; with ZeRO-1 also the master slice and two masks) the optimizer's.
+      const double total = weights_optimizer_bytes_per_parameter(shard, dp) * parameters;
+      const double slice = shard ? 4 * parameters / dp : 0;
       mem.weights_gib = 4 * parameters / kGiB;
-      mem.gradients_gib = (4 * parameters + 4 * slice) / kGiB;
-      mem.optimizer_gib = (shard ? 20 * slice : 8 * parameters) / kGiB;
+      mem.gradients_gib = (4 * parameters + slice) / kGiB;
+      mem.optimizer_gib = (total - 8 * parameters - slice) / kGiB;
       if (optimizer_step > mem.above_state_gib()) {  // activations are gone by then
         MemoryByComponent step;
         step.weights_gib = mem.weights_gib;
