@@ -12,8 +12,9 @@
 # Six steps: the first two build the cuDNN graphs of the largest shape classes (a built class
 # serves every smaller one within 2x its tile grid), so the four measured steps are steady state;
 # a cell whose measured steps still build a graph is flagged here and left out of the step-time
-# gate by scripts/validate_simulator.py (docs/simulation.md, "Validation"). About 50 s more than
-# four steps over the eleven 1-GPU cells (~2.5 s a 64K step, ~3.4 s at 128K).
+# gate by scripts/validate_simulator.py (docs/simulation.md, "Validation"). The eleven 1-GPU cells
+# took 125 s with four steps (h200x1_profile_bench.log); two more steps add about 50 s (~2.5 s a
+# 64K step, ~3.4 s at 128K), so a build plus the runs stays inside one device call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
