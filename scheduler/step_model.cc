@@ -567,6 +567,7 @@ config::RunConfig profile_run_config(const profile::RunProfile& p) {
   t->set_loss_chunk_tokens(p.loss_chunk_tokens());
   if (p.grad_bucket_mib() > 0) t->set_grad_bucket_mib(p.grad_bucket_mib());
   t->set_overlap_grad_reduce(p.overlap_grad_reduce());
+  t->set_shard_optimizer(p.shard_optimizer());
   t->set_micro_batches(std::max(1, p.micro_batches()));
   t->set_dtype(p.dtype().empty() ? "bf16" : p.dtype());
   if (p.server_mode() == "dedicated") {

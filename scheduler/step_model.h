@@ -114,7 +114,8 @@ StepPrice price_training_step(const config::RunConfig& config,
 int fit_memory(const std::vector<profile::RunProfile>& profiles, StepCalibration* calibration);
 
 // The run configuration a profile describes (model, ranks, attention, ping-pong, recomputation,
-// loss chunk, buckets, micro-batches, dtype, server mode), for pricing its steps.
+// loss chunk, buckets, micro-batches, dtype, server mode, sharded optimizer), for pricing its
+// steps.
 config::RunConfig profile_run_config(const profile::RunProfile& profile);
 
 }  // namespace cadre::scheduler

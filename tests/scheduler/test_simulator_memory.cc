@@ -216,6 +216,17 @@ TEST(StepModelMemory, PeakPhaseAndComponentsMatchAHandComputation) {
   EXPECT_NEAR(m.peak_gib, (32 * params + 32 * 47975424.0) / kGiB, 1e-9);
 }
 
+// A profile says whether its run sharded the optimizer, so fitting and pricing it count ZeRO-1's
+// state (32 bytes per parameter at DP 1, not 16).
+TEST(StepModelMemory, ProfileCarriesTheShardedOptimizer) {
+  profile::RunProfile p;
+  p.set_ranks(1);
+  p.set_workers(1);
+  EXPECT_FALSE(profile_run_config(p).training().shard_optimizer());
+  p.set_shard_optimizer(true);
+  EXPECT_TRUE(profile_run_config(p).training().shard_optimizer());
+}
+
 TEST(SimulatorMemory, FitsFlipsAtTheLimitAndTimesDoNotChange) {
   const std::vector<std::string> strategies = {"cad", "fixed"};
   auto config = fixed_config(4, "none");
