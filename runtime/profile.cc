@@ -228,8 +228,8 @@ profile::ProfileRankStep rank_step_profile(const config::RunConfig& config, int 
   }
   // Dedicated attention servers are the last ranks; they run the executor's spans on empty inputs.
   const bool dedicated = config.scheduler().server_mode() == "dedicated";
-  const int workers =
-      config.cluster().num_gpus() - (dedicated ? config.scheduler().num_dedicated_servers() : 0);
+  const int workers = config.cluster().num_gpus() -
+                      (dedicated ? config.scheduler().num_dedicated_servers() : 0);
   out.set_worker(rank < workers);
   out.set_compute_busy_us(comm::busy_us(spans, comm::Lane::kCompute));
   out.set_exposed_communication_us(comm::exposed_communication_us(spans));
