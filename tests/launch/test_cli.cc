@@ -95,9 +95,8 @@ TEST(Cli, PlanDrawsDocumentsFromTheDataSectionWithoutLengths) {
   expect_output(run_cadre("plan --set model.preset=tiny --set cluster.num_gpus=2 "
                           "--set data.context_length=1K --set data.distribution=uniform "
                           "--set data.uniform_max_tokens=700"),
-                0,
-                {"documents drawn from data.distribution=\"uniform\"", "2 worker ranks",
-                 "2048 tokens", "after"});
+                0, {"documents drawn from data.distribution=\"uniform\"", "2 worker ranks",
+                    "2048 tokens", "after"});
 }
 
 TEST(Cli, PlanPrintsConfigWithRanksFromLengths) {
@@ -188,8 +187,7 @@ TEST(Cli, CalibrateAndPriceATrainingStep) {
   const std::string args =
       "calibrate --profiles benchmarks/results/profiles/h200x2_prolong_cad_from_trace.profile.json "
       "--kernel benchmarks/results/h200x1_bench_kernel.json --comm "
-      "benchmarks/results/h200x2_bench_comm.json --out '" +
-      out + "'";
+      "benchmarks/results/h200x2_bench_comm.json --out '" + out + "'";
   expect_output(run_cadre(args), 0, {"calibration " + out});
   const CliResult again = run_cadre(args.substr(0, args.find("--out")));
   std::ifstream file(out);
