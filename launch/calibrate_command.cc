@@ -194,9 +194,12 @@ int run_simulate_training_step(const Args& args) {
     << ",\"overhead_ms\":" << ms(mean.overhead_us) << ",\"a2a_bytes\":" << mean.a2a_bytes / n
     << ",\"memory\":{\"weights_gib\":" << peak.weights_gib
     << ",\"gradients_gib\":" << peak.gradients_gib << ",\"optimizer_gib\":" << peak.optimizer_gib
-    << ",\"activations_gib\":" << peak.activations_gib << ",\"loss_gib\":" << peak.loss_gib
-    << ",\"attention_gib\":" << peak.attention_gib << ",\"fixed_gib\":" << peak.fixed_gib
-    << ",\"peak_gib\":" << peak.peak_gib << "},\"steps_ms\":[";
+    << ",\"activations_gib\":" << peak.activations_gib
+    << ",\"weight_copies_gib\":" << peak.weight_copies_gib
+    << ",\"residual_gib\":" << peak.residual_gib << ",\"loss_gib\":" << peak.loss_gib
+    << ",\"backward_gib\":" << peak.backward_gib << ",\"attention_gib\":" << peak.attention_gib
+    << ",\"optimizer_step_gib\":" << peak.optimizer_step_gib << ",\"fixed_gib\":" << peak.fixed_gib
+    << ",\"phase\":\"" << peak.phase << "\",\"peak_gib\":" << peak.peak_gib << "},\"steps_ms\":[";
   for (size_t s = 0; s < prices.size(); ++s) {
     o << (s ? "," : "") << prices[s].step_us / 1e3;
   }

@@ -369,10 +369,11 @@ int run_simulate(const Args& args) {
               "pipeline bubble, straggler wait and\nexposed communication (ms). %zu cells in "
               "%.1f s.\n",
               cells, elapsed);
-  std::printf("mem_GiB: peak activations (recompute=%s; act_GiB in the JSON/CSV) plus weights "
-              "and optimizer\nstate (16 B/param / TP); fits: mem_GiB <= cluster.gpu_memory_gib "
-              "= %.0f (docs/simulation.md).\n",
-              base.training().recompute().c_str(), cluster.gpu_memory_gib());
+  std::printf("mem_GiB: what a GPU holds at its peak above its state (recompute=%s; act_GiB in "
+              "the JSON/CSV)\nplus weights and optimizer state (%s B/param / TP); fits: mem_GiB "
+              "<= cluster.gpu_memory_gib = %.0f\n(docs/simulation.md, \"Memory estimate\").\n",
+              base.training().recompute().c_str(),
+              base.training().shard_optimizer() ? "8 + 24/DP" : "16", cluster.gpu_memory_gib());
   std::string mkdir = "mkdir -p '" + out_dir + "'";
   CADRE_CHECK(std::system(mkdir.c_str()) == 0, "cannot create output directory '", out_dir, "'");
   write_file_atomically(out_dir + "/simulate.json", to_json(rows));

@@ -276,6 +276,7 @@ profile::RunProfile profile_header(const config::RunConfig& config, int ranks, i
   p.set_distribution(config.data().distribution());
   p.set_packing(config.data().packing());
   p.set_server_mode(config.scheduler().server_mode());
+  p.set_shard_optimizer(t.shard_optimizer());
   p.set_warmup_steps(std::min<int>(2, std::max(0, t.steps() - 1)));
   return p;
 }

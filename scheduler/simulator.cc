@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <numeric>
 #include <set>
 
@@ -13,6 +14,7 @@
 #include "scheduler/doc_lengths.h"
 #include "scheduler/planner.h"
 #include "scheduler/step_calibration.h"
+#include "scheduler/step_model.h"
 
 namespace cadre::scheduler {
 
@@ -34,12 +36,12 @@ struct Cluster {
 // all-reduce).
 struct Pricing {
   const CostModel* cost = nullptr;
-  double linear_per_token = 0;   // one stage's layers + head/loss/embedding, per token
-  double fixed_per_nano = 0;     // per nano-batch (one call of each layer segment)
+  double linear_per_token = 0;  // one stage's layers + head/loss/embedding, per token
+  double fixed_per_nano = 0;    // per nano-batch (one call of each layer segment)
   double attention_forward_scale = 1, attention_backward_scale = 1, attention_call_us = 0;
   LinkCost intra, inter, all_reduce_intra;
   double optimizer_us = 0, overhead_us = 0;
-  double gradient_bytes = 0;     // fp32 gradients of one stage on one TP rank
+  double gradient_bytes = 0;  // fp32 gradients of one stage on one TP rank
   int32_t gradient_buckets = 1;
   double backward_fraction = 0.7;  // of a micro-batch's compute, the backward (and recompute)
   double layer_forward_per_token = 0, layer_backward_per_token = 0;  // one layer
@@ -56,7 +58,7 @@ struct Pricing {
 struct RankWork {
   std::vector<double> attention_us, linear_us;
   std::vector<int64_t> tokens;
-  double comm_us = 0;  // exposed communication of the whole step on this rank
+  double comm_us = 0;        // exposed communication of the whole step on this rank
   double step_fixed_us = 0;  // optimizer, host overhead, exposed gradient all-reduce
   double bytes = 0;
   // CAD only, per micro-batch (empty: attention colocated with the tokens): query and K/V-prefix
@@ -122,10 +124,9 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
     return cal.segment(kind, direction).us_per_unit * segment_work(kind, model, c.tp, 1);
   };
   p.layer_forward_per_token = per_token("qkv", "forward") + per_token("out_mlp", "forward");
-  p.layer_backward_per_token = per_token("qkv", "backward") + per_token("out_mlp", "backward") +
-                               (recompute ? per_token("qkv", "recompute") +
-                                                per_token("out_mlp", "recompute")
-                                          : 0.0);
+  p.layer_backward_per_token =
+      per_token("qkv", "backward") + per_token("out_mlp", "backward") +
+      (recompute ? per_token("qkv", "recompute") + per_token("out_mlp", "recompute") : 0.0);
   const double head = per_token("head_loss", "step") + per_token("embedding", "forward") +
                       per_token("embedding", "backward");
   // Tensor and sequence parallelism (Megatron-style, as issue 11 builds it): per layer, an
@@ -152,8 +153,8 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
              (recompute ? cal.segment(kind, "recompute").fixed_us : 0.0);
   }
   // One forward and one backward attention kernel call per layer too.
-  p.fixed_per_nano = c.layers_per_stage * (fixed + 2 * cal.attention_call_us) + p.tp_fixed_per_nano +
-                     cal.segment("head_loss", "step").fixed_us +
+  p.fixed_per_nano = c.layers_per_stage * (fixed + 2 * cal.attention_call_us) +
+                     p.tp_fixed_per_nano + cal.segment("head_loss", "step").fixed_us +
                      cal.segment("embedding", "forward").fixed_us +
                      cal.segment("embedding", "backward").fixed_us;
   p.backward_fraction = p.layer_backward_per_token /
@@ -172,9 +173,9 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
   p.overhead_us = cal.step_overhead_us;
   p.gradient_bytes = 4 * parameters;
   p.gradient_buckets = std::max<int32_t>(
-      1, static_cast<int32_t>(std::ceil(p.gradient_bytes /
-                                        (static_cast<double>(config.training().grad_bucket_mib()) *
-                                         1024 * 1024))));
+      1, static_cast<int32_t>(
+             std::ceil(p.gradient_bytes /
+                       (static_cast<double>(config.training().grad_bucket_mib()) * 1024 * 1024))));
   p.activation_scale = cal.activation_memory_scale;
   p.memory_fixed_gib = cal.memory_fixed_gib;
   return p;
@@ -187,7 +188,8 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
 // Ring all-reduce: 2 (n - 1) / n of the bytes per rank; inter-node once the DP group spans nodes.
 void add_step_costs(const Pricing& p, const Cluster& c, std::vector<RankWork>* ranks) {
   const double n = c.dp;
-  const bool inter_node = static_cast<int64_t>(c.dp) * c.tp * c.pp > p.cost->cluster().gpus_per_node();
+  const bool inter_node =
+      static_cast<int64_t>(c.dp) * c.tp * c.pp > p.cost->cluster().gpus_per_node();
   const LinkCost& link = inter_node ? p.inter : p.all_reduce_intra;
   const double moved = n > 1 ? p.gradient_bytes * 2 * (n - 1) / n : 0.0;
   const double reduce_us = p.gradient_buckets * link.latency_us + moved / (link.gbps * 1e3);
@@ -262,10 +264,10 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
   for (int64_t len : lengths) {
     for (int64_t begin = 0; begin < len && budget > 0; begin += group_context) {
       const int64_t piece = std::min({group_context, len - begin, budget});
-      pieces.push_back({piece, begin + piece,
-                        sequence_attention_us(pricing, piece, begin + piece, c) +
-                            piece * linear_per_token,
-                        len >= outlier_tokens});
+      pieces.push_back(
+          {piece, begin + piece,
+           sequence_attention_us(pricing, piece, begin + piece, c) + piece * linear_per_token,
+           len >= outlier_tokens});
       budget -= piece;
     }
   }
@@ -331,7 +333,8 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
     for (const Piece* p : members[b]) bin_tokens += p->len;
     std::vector<double> attention(cp, 0);
     if (cp == 1) {
-      for (const Piece* p : members[b]) attention[0] += sequence_attention_us(pricing, p->len, p->end, c);
+      for (const Piece* p : members[b])
+        attention[0] += sequence_attention_us(pricing, p->len, p->end, c);
     } else {
       // Per-document for all.
       double per_document = 0;
@@ -371,8 +374,10 @@ std::vector<RankWork> workload_balanced(const std::vector<int64_t>& lengths, con
         attention = mixed;
       }
     }
-    const double gather_bytes = cp > 1 ? 2.0 * (cp - 1) * (static_cast<double>(bin_tokens) / cp) * kv_bytes : 0.0;
-    const double comm = gather_bytes > 0 ? c.layers_per_stage * pricing.link_us(gather_bytes, inter_node) : 0.0;
+    const double gather_bytes =
+        cp > 1 ? 2.0 * (cp - 1) * (static_cast<double>(bin_tokens) / cp) * kv_bytes : 0.0;
+    const double comm =
+        gather_bytes > 0 ? c.layers_per_stage * pricing.link_us(gather_bytes, inter_node) : 0.0;
     for (int32_t k = 0; k < cp; ++k) {
       RankWork& r = ranks[g * cp + k];
       const int64_t tokens = bin_tokens / cp;
@@ -464,8 +469,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
         if (offset < 0) offset = p.doc_begin;
         // A document that began in the previous wave restarts its context here (rare: one per
         // wave boundary); within a wave it keeps its prefix across ranks.
-        part.pieces.push_back({p.rank % c.dp, p.doc_begin - offset, p.doc_end - offset,
-                               p.local_row});
+        part.pieces.push_back(
+            {p.rank % c.dp, p.doc_begin - offset, p.doc_end - offset, p.local_row});
         wave.tokens_per_rank[p.rank % c.dp] =
             std::max(wave.tokens_per_rank[p.rank % c.dp], p.local_row + p.doc_end - p.doc_begin);
       }
@@ -479,7 +484,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
       }
       if (!contiguous) {
         for (const DocumentPiece& p : part.pieces) {
-          wave.documents.push_back({doc.id, p.doc_end - p.doc_begin,
+          wave.documents.push_back({doc.id,
+                                    p.doc_end - p.doc_begin,
                                     {{p.rank, 0, p.doc_end - p.doc_begin, p.local_row}}});
         }
         continue;
@@ -499,7 +505,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
     std::vector<double> bytes(c.dp, 0);
     // Per rank, bytes it sends and receives in the stage that carries K/V (forward out, backward
     // back) and in the one that carries query rows only (forward back, backward out).
-    std::vector<double> kv_sent(c.dp, 0), kv_received(c.dp, 0), q_sent(c.dp, 0), q_received(c.dp, 0);
+    std::vector<double> kv_sent(c.dp, 0), kv_received(c.dp, 0), q_sent(c.dp, 0),
+        q_received(c.dp, 0);
     std::vector<int64_t> queries_away(c.dp, 0);
     for (const PeerTransfer& tr : plan.transfers) {
       if (tr.owner == tr.server) continue;
@@ -516,7 +523,8 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
     }
     for (int32_t r = 0; r < c.dp; ++r) {
       RankWork& rank = ranks[r];
-      const double linear = wave.tokens_per_rank[r] * linear_per_token + c.nano_batches * pricing.fixed_per_nano;
+      const double linear =
+          wave.tokens_per_rank[r] * linear_per_token + c.nano_batches * pricing.fixed_per_nano;
       rank.attention_us.push_back(server_us[r]);
       rank.linear_us.push_back(linear);
       rank.tokens.push_back(wave.tokens_per_rank[r]);
@@ -539,10 +547,10 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
       const double lin_f = half_tokens * pricing.layer_forward_per_token;
       const double lin_b = half_tokens * pricing.layer_backward_per_token;
       auto gap = [](double e, double hidden) { return std::max(0.0, e - hidden); };
-      const double exposed = layers * (gap(with_kv, lin_f) + gap(with_kv, attn_f) +
-                                       gap(rows, attn_f) + gap(rows, lin_f) +
-                                       gap(rows, lin_b) + gap(rows, attn_b) +
-                                       gap(with_kv, attn_b) + gap(with_kv, lin_b));
+      const double exposed =
+          layers *
+          (gap(with_kv, lin_f) + gap(with_kv, attn_f) + gap(rows, attn_f) + gap(rows, lin_f) +
+           gap(rows, lin_b) + gap(rows, attn_b) + gap(with_kv, attn_b) + gap(with_kv, lin_b));
       rank.comm_us += c.nano_batches == 2 ? exposed : 4 * layers * (with_kv + rows);
       rank.bytes += step_bytes;
     }
@@ -583,11 +591,15 @@ ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& 
     // The layer input (residual stream) only; the rest is recomputed from it and O.
     a.owner = kBf16Bytes * h / tp;
   } else {
-    // Inputs of: RMSNorm 1, the QKV projection, RMSNorm 2, the gate/up projections (4·h); the
-    // fused SwiGLU's inputs gate and up (2·f) and the down projection's input (f). The output
-    // projection's input is O, counted once with core attention. Hidden-sized tensors are split by
-    // sequence parallelism across the TP group.
-    a.owner = kBf16Bytes * (4 * h + 3 * f) / tp;
+    // runtime/model.cc under autograd: the layer input (2h); each RMSNorm keeps its fp32 upcast
+    // (pow saves it, 4h) and its normalised bf16 output (the weight multiply saves it, 2h), on
+    // this rank's rows under sequence parallelism; the QKV and gate/up matmuls keep their
+    // (gathered, every row) input (2 x 2h); SwiGLU keeps gate and up (silu and the product save
+    // them), silu(gate) (the product saves it) and the product (the down matmul saves it): 4 x 2f /
+    // TP. The output projection's input is O, counted with core attention; the residual sums and
+    // RoPE's fp32 temporaries are not saved.
+    a.owner = (kBf16Bytes + 2 * (kFp32Bytes + kBf16Bytes)) * h / tp + 2 * kBf16Bytes * h +
+              4 * kBf16Bytes * f / tp;
   }
   return a;
 }
@@ -604,8 +616,67 @@ double parameters_per_stage(const config::ModelConfig& model, int32_t pp) {
   return per_layer * model.num_layers() / pp + vocab_matrices * vocab;
 }
 
+double layer_matrix_parameters(const config::ModelConfig& model, int32_t tp) {
+  const double h = model.hidden_size();
+  const double q_width = static_cast<double>(model.num_heads()) * model.head_dim();
+  const double kv_width = static_cast<double>(model.num_kv_heads()) * model.head_dim();
+  return (h * (q_width + 2 * kv_width) + q_width * h +
+          3 * h * static_cast<double>(model.ffn_hidden_size())) /
+         std::max(1, tp);
+}
+
+double weights_optimizer_bytes_per_parameter(bool shard_optimizer, int32_t dp) {
+  CADRE_CHECK(dp >= 1, "data-parallel size is ", dp, "; accepted: >= 1");
+  if (!shard_optimizer) return 4 * kFp32Bytes;  // weight, gradient, two moments
+  return 2 * kFp32Bytes + 6 * kFp32Bytes / dp;  // + slice: gradient, master, moments, two masks
+}
+
+double saved_weight_copy_bytes(const config::ModelConfig& model, int32_t tp,
+                               const std::string& recompute) {
+  if (recompute != "none") return 0;
+  // The seven matrices and the two norm weights, cast to bf16 and saved by their consumer.
+  return kBf16Bytes * (layer_matrix_parameters(model, tp) + 2.0 * model.hidden_size());
+}
+
 double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens) {
-  return 2 * kFp32Bytes * static_cast<double>(chunk_tokens) * model.vocab_size() / tp;
+  const double h = model.hidden_size(), vocab = model.vocab_size(), c = chunk_tokens;
+  // LogSoftmaxBackward: saved fp32 log-probabilities, their gradient (gather's backward scatters
+  // into fp32 zeros) and the fp32 gradient of the logits it writes, 3 x 4 bytes per logit.
+  const double logits = 3 * kFp32Bytes * c * vocab / tp;
+  const double head_weight = kBf16Bytes * vocab * h / tp;  // the LM head's bf16 copy, saved
+  // Final RMSNorm: fp32 upcast and normalised output on this rank's rows, the (gathered) input of
+  // the head matmul.
+  const double norm = c * ((kFp32Bytes + kBf16Bytes) * h / tp + kBf16Bytes * h);
+  return logits + head_weight + norm;
+}
+
+double backward_layer_bytes(const config::ModelConfig& model, int32_t tp,
+                            const std::string& recompute, int64_t tokens) {
+  const double h = model.hidden_size(), f = model.ffn_hidden_size(), n = tokens;
+  // At SwiGLU's backward (the product's MulBackward) the gradient of the product and the two it
+  // writes are in flight (3 x 2f); without recomputation the product itself was already saved and
+  // the down matmul's backward has released it (-2f).
+  const double in_flight = 3 * kBf16Bytes * f / tp;
+  if (recompute != "linear") return n * (in_flight - kBf16Bytes * f / tp);
+  // Recomputed out+mlp with autograd: second RMSNorm's fp32 upcast and output (6h, rows split by
+  // SP), the gathered gate/up input (2h), SwiGLU's gate, up and silu(gate) still saved (3 x 2f),
+  // the segment's output (2h, rows split), plus the gradients above; and the bf16 copies of the
+  // output projection and MLP weights.
+  const double q_width = static_cast<double>(model.num_heads()) * model.head_dim();
+  const double weights = kBf16Bytes * (q_width * h + 3 * h * f) / tp;
+  return n * ((kFp32Bytes + 2 * kBf16Bytes) * h / tp + kBf16Bytes * h + 3 * kBf16Bytes * f / tp +
+              in_flight) +
+         weights;
+}
+
+double optimizer_step_bytes(bool shard_optimizer, double largest) {
+  // clip_grad_norm / grad_sum_squares: grad.to(fp64) and its square (runtime/optimizer.cc);
+  // sharded, the slice in fp64, its square, the mask in fp64 and their product.
+  return (shard_optimizer ? 4 : 2) * 8 * largest;
+}
+
+double residual_bytes(const config::ModelConfig& model, int32_t tp, int64_t tokens) {
+  return kBf16Bytes * static_cast<double>(model.hidden_size()) / tp * tokens;
 }
 
 const std::vector<std::string>& simulator_strategies() {
@@ -638,7 +709,8 @@ SimulationResult simulate_step(const config::RunConfig& config,
   const StepCalibration calibration = step_calibration_for(cl);
   CalibrationTable table = calibration_for(cl, model);
   if (cl.attention_calibration().empty()) {
-    const bool mha = std::max(1, model.num_heads() / c.tp) == std::max(1, model.num_kv_heads() / c.tp);
+    const bool mha =
+        std::max(1, model.num_heads() / c.tp) == std::max(1, model.num_kv_heads() / c.tp);
     if (mha && calibration.attention_table_mha) table = *calibration.attention_table_mha;
     if (!mha && calibration.attention_table) table = *calibration.attention_table;
   }
@@ -658,8 +730,12 @@ SimulationResult simulate_step(const config::RunConfig& config,
   result.recompute = config.training().recompute();
   const ActivationBytes activation =
       activation_bytes_per_token_per_layer(model, c.tp, result.recompute);
-  const double weights_optimizer_gib = kWeightOptimizerBytesPerParameter *
+  const bool shard = config.training().shard_optimizer();
+  const double weights_optimizer_gib = weights_optimizer_bytes_per_parameter(shard, c.dp) *
                                        parameters_per_stage(model, c.pp) / c.tp / kGiB;
+  const double optimizer_peak =
+      optimizer_step_bytes(shard, largest_gradient_elements(config, c.tp, c.dp));
+  const double layer_weight_copies = saved_weight_copy_bytes(model, c.tp, result.recompute);
   for (const std::string& strategy : strategies) {
     StepCost mean;
     mean.strategy = strategy;
@@ -671,13 +747,13 @@ SimulationResult simulate_step(const config::RunConfig& config,
       if (strategy == "fixed") {
         ranks = fixed_packing(lengths, pricing, c);
       } else if (strategy == "wlb") {
-        ranks = workload_balanced(
-            lengths, pricing, c, cp,
-            config.simulate().wlb_outlier_tokens() > 0 ? config.simulate().wlb_outlier_tokens()
-                                                       : c.context,
-            config.simulate().wlb_shard_threshold_tokens() > 0
-                ? config.simulate().wlb_shard_threshold_tokens()
-                : c.context / 2);
+        ranks = workload_balanced(lengths, pricing, c, cp,
+                                  config.simulate().wlb_outlier_tokens() > 0
+                                      ? config.simulate().wlb_outlier_tokens()
+                                      : c.context,
+                                  config.simulate().wlb_shard_threshold_tokens() > 0
+                                      ? config.simulate().wlb_shard_threshold_tokens()
+                                      : c.context / 2);
       } else if (strategy == "cp") {
         ranks = context_parallel(lengths, pricing, c, cp);
       } else if (strategy == "cad") {
@@ -700,26 +776,39 @@ SimulationResult simulate_step(const config::RunConfig& config,
         one.step_us -= one.pp_bubble_us;
         one.pp_bubble_us = 0;
       }
-      // Peak activations: under 1F1B stage 0 holds min(PP, M) micro-batches in flight; the last
-      // stage holds one and runs the LM head and loss on one chunk of it (with PP = 1 they are
-      // one stage). Priced at the largest micro-batch of any rank.
+      // Peak above the weights and optimizer state (docs/simulation.md, "Memory estimate"):
+      // under 1F1B stage 0 holds min(PP, M) micro-batches in flight and peaks in its first
+      // backward layer; the last stage holds one and peaks in the LM head's last chunk or its
+      // first backward layer (with PP = 1 they are one stage); or the optimizer's temporaries.
+      // Priced at the largest micro-batch of any rank.
       int64_t max_tokens = 0;
       double max_micro_batch = 0;
       for (const RankWork& r : ranks) {
         for (size_t m = 0; m < r.tokens.size(); ++m) {
           max_tokens = std::max(max_tokens, r.tokens[m]);
-          max_micro_batch =
-              std::max(max_micro_batch, c.layers_per_stage *
-                                            micro_batch_activation_bytes(r, m, activation));
+          max_micro_batch = std::max(
+              max_micro_batch, c.layers_per_stage * micro_batch_activation_bytes(r, m, activation));
         }
       }
+      // Nano-batches split a micro-batch evenly here (the runtime runs two for CAD with
+      // ping-pong, one otherwise). Per micro-batch in flight without recomputation: every
+      // layer's bf16 weight copies, per nano-batch.
+      const int32_t nanos = strategy == "cad" ? c.nano_batches : 1;
+      const int64_t nano_tokens = (max_tokens + nanos - 1) / nanos;
+      const double weight_copies = layer_weight_copies * c.layers_per_stage * nanos;
       const int64_t loss_chunk = config.training().loss_chunk_tokens() > 0
-                                     ? std::min(config.training().loss_chunk_tokens(), max_tokens)
-                                     : max_tokens;
-      const double first_stage = std::min(c.pp, c.micro_batches) * max_micro_batch;
-      const double last_stage = max_micro_batch + loss_chunk_bytes(model, c.tp, loss_chunk);
+                                     ? std::min(config.training().loss_chunk_tokens(), nano_tokens)
+                                     : nano_tokens;
+      const double held = max_micro_batch + weight_copies + residual_bytes(model, c.tp, max_tokens);
+      const double backward = backward_layer_bytes(model, c.tp, result.recompute, nano_tokens);
+      const double head =
+          residual_bytes(model, c.tp, nano_tokens) + loss_chunk_bytes(model, c.tp, loss_chunk);
+      const double first_stage =
+          (std::min(c.pp, c.micro_batches) - 1) * (max_micro_batch + weight_copies) + held +
+          backward;
+      const double last_stage = held + std::max(head, backward);
       one.peak_activation_gib =
-          pricing.activation_scale * std::max(first_stage, last_stage) / kGiB +
+          pricing.activation_scale * std::max({first_stage, last_stage, optimizer_peak}) / kGiB +
           pricing.memory_fixed_gib;
       one.planning_ms = planning_ms;
       const double w = 1.0 / batches;

@@ -34,8 +34,10 @@ struct StepCost {
   double bytes_per_rank = 0;       // moved per GPU per step (CAD dispatch, CP all-gathers)
   // Memory per GPU (docs/simulation.md, "Memory estimate"), the worst of the simulated batches;
   // it does not change the times above.
-  double peak_activation_gib = 0;    // micro-batches in flight and the loss chunk
-  double weights_optimizer_gib = 0;  // bf16 weights and gradients, fp32 master and Adam moments
+  double peak_activation_gib = 0;    // above the state at the peak: activations in flight and
+                                     // the peak phase's own tensors (loss chunk, first backward
+                                     // layer or optimizer temporaries)
+  double weights_optimizer_gib = 0;  // fp32 weights, gradients and Adam moments (ZeRO-1 slices)
   double peak_memory_gib = 0;        // the two together
   bool fits_memory = true;           // peak_memory_gib <= cluster.gpu_memory_gib
   double planning_ms = 0;            // wall time of plan_cad for the step (cad only)
@@ -50,13 +52,16 @@ struct SimulationResult {
   std::vector<StepCost> costs;  // in the order of the requested strategies
 };
 
-// Bytes one GPU keeps for backward per layer (bf16 tensors, fp32 log-sum-exp), split by where
+// Bytes one GPU keeps for backward per layer, as autograd saves them in runtime/model.cc and
+// runtime/step_executor.cc (bf16 activations; fp32 RMSNorm upcasts and log-sum-exp), split by where
 // they live: with the token's owner, or with the core attention that used it (the owner itself for
 // colocated strategies, the attention server for CAD). TP splits heads (KV heads down to one per
-// GPU) and, with sequence parallelism, the hidden-sized tensors. recompute: "none" or "linear".
+// GPU) and, with sequence parallelism, the norms' rows; the projections' gathered inputs hold
+// every row. recompute: "none" or "linear". docs/simulation.md, "Memory estimate".
 struct ActivationBytes {
-  double owner = 0;   // per owned token: "none" norm inputs, QKV and MLP inputs, SwiGLU tensors;
-                      // "linear" the layer input only
+  double owner = 0;   // per owned token: "none" the layer input, both RMSNorms' fp32 input and
+                      // normalised output, the gathered inputs of QKV and gate/up, SwiGLU's gate,
+                      // up, silu(gate) and product; "linear" the layer input only
   double query = 0;   // per query row of core attention: Q and O (bf16) and log-sum-exp (fp32)
   double key = 0;     // per key/value row held by core attention: K and V (bf16)
   double output = 0;  // O alone: kept again by an owner whose queries a CAD server computed
@@ -68,13 +73,45 @@ ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& 
 // Parameters of one GPU of the first pipeline stage (its layers, the embedding, and with PP = 1 an
 // untied LM head; the last stage holds as many), before the TP split.
 double parameters_per_stage(const config::ModelConfig& model, int32_t pp);
-// Weights and optimizer state: 16 bytes per parameter (bf16 weight and gradient, fp32 master
-// weight and two Adam moments), divided by TP; not sharded over data parallelism.
-constexpr double kWeightOptimizerBytesPerParameter = 16;
+// Matrix parameters of one decoder layer on one TP rank (Q, K, V, O, gate, up, down).
+double layer_matrix_parameters(const config::ModelConfig& model, int32_t tp);
 
-// The LM head and loss of one chunk of tokens: fp32 logits and their gradient over the
-// vocabulary, split by TP (vocabulary-parallel head).
+// Weights and optimizer state per parameter, as the runtime allocates them. Plain AdamW
+// (runtime/optimizer.cc): fp32 weight, fp32 gradient (bucket view), two fp32 moments = 16.
+// training.shard_optimizer (runtime/sharded_optimizer.cc, ZeRO-1 over `dp` ranks): the fp32
+// weights and gradient buckets stay whole (8) and each rank adds, for its 1/dp slice, the reduced
+// gradient, the fp32 master copy, two moments and two fp32 masks (weight decay, counted) = 24/dp:
+// 32 at dp = 1, below 16 only from dp = 4.
+double weights_optimizer_bytes_per_parameter(bool shard_optimizer, int32_t dp);
+
+// Bytes autograd keeps of the bf16 weight copies (LlamaModel casts fp32 weights per use, and the
+// matmul saves the copy) for one layer of one nano-batch: without recomputation every layer's
+// copies live from its forward to its backward; with it none do.
+double saved_weight_copy_bytes(const config::ModelConfig& model, int32_t tp,
+                               const std::string& recompute);
+
+// The LM head and loss of one chunk of `chunk_tokens` tokens at its peak (LogSoftmaxBackward):
+// the fp32 log-probabilities it saved, their gradient and its own output (12 bytes per logit,
+// vocabulary split by TP), the bf16 copy of the head weight, and the final RMSNorm's saved
+// tensors for the chunk.
 double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens);
+
+// What the first backward layer adds for one nano-batch of `tokens` tokens: with recomputation
+// its out+mlp segment's saved tensors (second RMSNorm, gathered input, SwiGLU's four, the
+// output) and the gradients in flight at SwiGLU's backward, plus the segment's bf16 weight
+// copies; without, only those gradients beyond the saved tensors already held.
+double backward_layer_bytes(const config::ModelConfig& model, int32_t tp,
+                            const std::string& recompute, int64_t tokens);
+
+// The residual stream (or its gradient) of `tokens` tokens: bf16, rows split by SP. The step
+// executor keeps each nano-batch's last output for the head and a gradient buffer from the head
+// on through backward.
+double residual_bytes(const config::ModelConfig& model, int32_t tp, int64_t tokens);
+
+// Temporaries of the optimizer phase: the gradient norm's fp64 copy and square of the largest
+// gradient tensor (16 bytes per element, `largest` elements); sharded, of the largest bucket
+// slice (fp64 gradient, mask, square and product: 32 bytes per element).
+double optimizer_step_bytes(bool shard_optimizer, double largest);
 
 // config must be finalized (model sizes filled); cluster.num_gpus and data.context_length set the
 // cell. Deterministic for a given config (the data seed).

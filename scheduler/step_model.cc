@@ -115,6 +115,24 @@ std::vector<GradientBucket> gradient_buckets(const config::ModelConfig& m, int32
   return out;
 }
 
+// Elements of the largest gradient tensor the optimizer phase copies to fp64 on one GPU: the
+// largest parameter (plain AdamW), or the largest gradient bucket's slice (sharded).
+double largest_gradient_elements(const config::RunConfig& config, int32_t tp, int32_t dp) {
+  const auto& m = config.model();
+  const double h = m.hidden_size();
+  if (!config.training().shard_optimizer()) {
+    return std::max({static_cast<double>(m.vocab_size()) * h, h * m.ffn_hidden_size(),
+                     h * m.num_heads() * m.head_dim()}) /
+           tp;
+  }
+  int64_t bucket = 0;
+  for (const GradientBucket& b :
+       gradient_buckets(m, tp, static_cast<int64_t>(config.training().grad_bucket_mib()) << 20)) {
+    bucket = std::max(bucket, b.bytes);
+  }
+  return std::ceil(bucket / 4.0 / dp);
+}
+
 StepPrice price_training_step(const config::RunConfig& config,
                               const std::vector<MicroBatchDocuments>& micro_batches,
                               const StepCalibration& cal) {
@@ -167,8 +185,9 @@ StepPrice price_training_step(const config::RunConfig& config,
   const int total_nanos = static_cast<int>(micro_batches.size()) * nano_count;
   std::vector<RankCosts> costs(world);
   std::vector<NanoExchanges> exchanges(total_nanos);
-  std::vector<double> rank_activation_bytes(world, 0), rank_attention_bytes(world, 0);
-  std::vector<int64_t> rank_max_tokens(world, 0);
+  std::vector<double> rank_attention_bytes(world, 0);
+  std::vector<MemoryByComponent> rank_above(world);  // above the state, at each rank's peak
+  const double weight_copies = saved_weight_copy_bytes(model, tp, training.recompute());
   std::vector<std::vector<int64_t>> nano_tokens(workers);
   const ActivationBytes act = activation_bytes_per_token_per_layer(model, tp, training.recompute());
   for (RankCosts& c : costs) {
@@ -192,6 +211,7 @@ StepPrice price_training_step(const config::RunConfig& config,
       nano_docs[r] = split_nano_batches(mb[r].lengths, nano_count, pinned);
     }
     std::vector<double> micro_activation(world, 0);
+    std::vector<std::vector<int64_t>> micro_nano_tokens(workers);
     for (int j = 0; j < nano_count; ++j) {
       const int index = static_cast<int>(m) * nano_count + j;
       std::vector<std::vector<int64_t>> lengths(workers);
@@ -220,8 +240,8 @@ StepPrice price_training_step(const config::RunConfig& config,
             c.mlp_r[index][l] = seg("out_mlp", "recompute", tokens);
           }
         }
-        rank_max_tokens[r] = std::max(rank_max_tokens[r], tokens);
         nano_tokens[r].push_back(tokens);
+        micro_nano_tokens[r].push_back(tokens);
         micro_activation[r] += tokens * act.owner;
       }
       NanoExchanges& ex = exchanges[index];
@@ -280,8 +300,39 @@ StepPrice price_training_step(const config::RunConfig& config,
         }
       }
     }
+    // What each rank holds above its state at each point where its peak can fall, this
+    // micro-batch in flight (micro-batches run one after another: one in flight at a time).
     for (int r = 0; r < world; ++r) {
-      rank_activation_bytes[r] = std::max(rank_activation_bytes[r], layers * micro_activation[r]);
+      MemoryByComponent base;
+      base.activations_gib = layers * micro_activation[r] / kGiB;
+      std::vector<MemoryByComponent> candidates;
+      MemoryByComponent serving = base;
+      serving.attention_gib = rank_attention_bytes[r] / kGiB;
+      serving.phase = "attention";
+      candidates.push_back(serving);
+      if (r < workers) {
+        const auto& nanos = micro_nano_tokens[r];
+        const int64_t tokens = std::accumulate(nanos.begin(), nanos.end(), int64_t{0});
+        base.weight_copies_gib = weight_copies * layers * nano_count / kGiB;
+        base.residual_gib = residual_bytes(model, tp, tokens) / kGiB;  // gradient buffers
+        for (int64_t n : nanos) {
+          MemoryByComponent head = base;
+          const int64_t chunk = training.loss_chunk_tokens() > 0
+                                    ? std::min<int64_t>(training.loss_chunk_tokens(), n)
+                                    : n;
+          head.residual_gib += residual_bytes(model, tp, n) / kGiB;  // its last layer's output
+          head.loss_gib = loss_chunk_bytes(model, tp, chunk) / kGiB;
+          head.phase = "head";
+          candidates.push_back(head);
+          MemoryByComponent backward = base;
+          backward.backward_gib = backward_layer_bytes(model, tp, training.recompute(), n) / kGiB;
+          backward.phase = "backward";
+          candidates.push_back(backward);
+        }
+      }
+      for (const MemoryByComponent& c : candidates) {
+        if (c.above_state_gib() > rank_above[r].above_state_gib()) rank_above[r] = c;
+      }
     }
   }
   const double parameters = worker_parameters(model, tp);
@@ -461,25 +512,34 @@ StepPrice price_training_step(const config::RunConfig& config,
   price.nano_tokens = std::move(nano_tokens);
 
   // --- memory -----------------------------------------------------------------------------------
+  const bool shard = training.shard_optimizer();
+  const int dp = std::max(1, workers / tp);
+  const double optimizer_step =
+      optimizer_step_bytes(shard, largest_gradient_elements(config, tp, dp)) / kGiB;
   for (int r = 0; r < world; ++r) {
-    MemoryByComponent mem;
-    const bool worker = r < workers;
-    if (worker) {
+    MemoryByComponent mem = rank_above[r];
+    if (r < workers) {
+      // weights_optimizer_bytes_per_parameter split by component: the fp32 weights and
+      // gradient buckets (4 + 4), with ZeRO-1 the reduced slice beside the gradients (4 / dp), and
+      // the rest (moments; with ZeRO-1 also the master slice and two masks) the optimizer's.
+      const double total = weights_optimizer_bytes_per_parameter(shard, dp) * parameters;
+      const double slice = shard ? 4 * parameters / dp : 0;
       mem.weights_gib = 4 * parameters / kGiB;
-      mem.gradients_gib = 4 * parameters / kGiB;
-      mem.optimizer_gib = 8 * parameters / kGiB;
-      const int64_t chunk = training.loss_chunk_tokens() > 0
-                                ? std::min(training.loss_chunk_tokens(), rank_max_tokens[r])
-                                : rank_max_tokens[r];
-      mem.loss_gib = loss_chunk_bytes(model, tp, chunk) / kGiB;
+      mem.gradients_gib = (4 * parameters + slice) / kGiB;
+      mem.optimizer_gib = (total - 8 * parameters - slice) / kGiB;
+      if (optimizer_step > mem.above_state_gib()) {  // activations are gone by then
+        MemoryByComponent step;
+        step.weights_gib = mem.weights_gib;
+        step.gradients_gib = mem.gradients_gib;
+        step.optimizer_gib = mem.optimizer_gib;
+        step.optimizer_step_gib = optimizer_step;
+        step.phase = "optimizer";
+        mem = step;
+      }
     }
-    mem.activations_gib = rank_activation_bytes[r] / kGiB;
-    mem.attention_gib = rank_attention_bytes[r] / kGiB;
     mem.fixed_gib = cal.memory_fixed_gib;
     mem.peak_gib =
-        mem.weights_gib + mem.gradients_gib + mem.optimizer_gib +
-        cal.activation_memory_scale * (mem.activations_gib + mem.loss_gib + mem.attention_gib) +
-        mem.fixed_gib;
+        mem.state_gib() + cal.activation_memory_scale * mem.above_state_gib() + mem.fixed_gib;
     if (mem.peak_gib > price.memory.peak_gib) price.memory = mem;
   }
   return price;
@@ -507,6 +567,7 @@ config::RunConfig profile_run_config(const profile::RunProfile& p) {
   t->set_loss_chunk_tokens(p.loss_chunk_tokens());
   if (p.grad_bucket_mib() > 0) t->set_grad_bucket_mib(p.grad_bucket_mib());
   t->set_overlap_grad_reduce(p.overlap_grad_reduce());
+  t->set_shard_optimizer(p.shard_optimizer());
   t->set_micro_batches(std::max(1, p.micro_batches()));
   t->set_dtype(p.dtype().empty() ? "bf16" : p.dtype());
   if (p.server_mode() == "dedicated") {
@@ -545,8 +606,8 @@ int fit_memory(const std::vector<profile::RunProfile>& profiles, StepCalibration
       const MemoryByComponent& mem = price.memory;
       if (mem.peak_gib > best) {
         best = mem.peak_gib;
-        fixed_part = mem.weights_gib + mem.gradients_gib + mem.optimizer_gib;
-        scaled_part = mem.activations_gib + mem.loss_gib + mem.attention_gib;
+        fixed_part = mem.state_gib();
+        scaled_part = mem.above_state_gib();
       }
     }
     if (scaled_part <= 0) continue;

@@ -46,18 +46,37 @@ struct GradientBucket {
 };
 std::vector<GradientBucket> gradient_buckets(const config::ModelConfig& model, int32_t tp,
                                              int64_t bucket_bytes);
+// Elements of the largest gradient tensor the optimizer phase copies to fp64 on one GPU: the
+// largest parameter (plain AdamW), or the largest gradient bucket's slice over `dp` ranks
+// (training.shard_optimizer).
+double largest_gradient_elements(const config::RunConfig& config, int32_t tp, int32_t dp);
 // Parameters of one worker (its TP shard; untied head included).
 double worker_parameters(const config::ModelConfig& model, int32_t tp);
 
+// Memory of one rank at its peak (docs/simulation.md, "Memory estimate"). The state terms hold
+// all step long; the others are what the rank holds at the point of the step where the sum is
+// largest (`phase`): "head" (the last LM-head chunk of a nano-batch, end of forward), "backward"
+// (the first backward layer of a nano-batch), "attention" (a server's fused buffers) or
+// "optimizer" (the gradient norm's temporaries).
 struct MemoryByComponent {
-  double weights_gib = 0;      // fp32 master weights
-  double gradients_gib = 0;    // fp32 gradient buckets
-  double optimizer_gib = 0;    // AdamW moments (fp32, two)
-  double activations_gib = 0;  // saved for backward, every nano-batch and micro-batch in flight
-  double loss_gib = 0;         // one loss chunk's logits and their gradient
-  double attention_gib = 0;    // a server's fused Q/K/V/O/LSE of one layer
-  double fixed_gib = 0;        // calibration: allocator and workspaces
-  double peak_gib = 0;         // the sum, activations scaled by the calibration
+  double weights_gib = 0;         // fp32 parameters
+  double gradients_gib = 0;       // fp32 gradient buckets (+ sharded: the reduced slice)
+  double optimizer_gib = 0;       // AdamW moments (+ sharded: master slice, two fp32 masks)
+  double activations_gib = 0;     // saved for backward, every nano-batch of the micro-batch
+  double weight_copies_gib = 0;   // bf16 weight copies autograd saved (no recomputation)
+  double residual_gib = 0;        // nano-batches' last outputs and gradient buffers
+  double loss_gib = 0;            // head phase: one loss chunk at its peak
+  double backward_gib = 0;        // backward phase: the recomputed layer and its gradients
+  double attention_gib = 0;       // attention phase: a server's fused Q/K/V/O/LSE of one layer
+  double optimizer_step_gib = 0;  // optimizer phase: temporaries
+  double fixed_gib = 0;           // calibration: what the model cannot derive
+  std::string phase;
+  double state_gib() const { return weights_gib + gradients_gib + optimizer_gib; }
+  double above_state_gib() const {  // unscaled
+    return activations_gib + weight_copies_gib + residual_gib + loss_gib + backward_gib +
+           attention_gib + optimizer_step_gib;
+  }
+  double peak_gib = 0;  // state + activation_memory_scale x above_state + fixed
 };
 
 struct StepPrice {
@@ -85,17 +104,18 @@ StepPrice price_training_step(const config::RunConfig& config,
                               const std::vector<MicroBatchDocuments>& micro_batches,
                               const StepCalibration& calibration);
 
-
 // Fits the calibration's memory terms to profiles that measured peaks (the GPU build's allocator
-// peaks, max over the run): per profile, measured peak - (weights + gradients + optimizer) =
-// activation_memory_scale x (activations + loss chunk + server buffers) + memory_fixed_gib, the
-// modelled terms from price_training_step on the profile's own documents. Two or more profiles of
+// peaks, max over the run): per profile, measured peak - state (weights, gradients, optimizer) =
+// activation_memory_scale x (what the rank holds above its state at its modelled peak) +
+// memory_fixed_gib, the modelled terms from price_training_step on the profile's own documents
+// (every step, warm-up included: the allocator's peak covers them). Two or more profiles of
 // different activation sizes fit both terms (least squares); one fits the scale alone. Profiles
 // without peaks are skipped; with none, the calibration is unchanged. Returns the profiles used.
 int fit_memory(const std::vector<profile::RunProfile>& profiles, StepCalibration* calibration);
 
 // The run configuration a profile describes (model, ranks, attention, ping-pong, recomputation,
-// loss chunk, buckets, micro-batches, dtype, server mode), for pricing its steps.
+// loss chunk, buckets, micro-batches, dtype, server mode, sharded optimizer), for pricing its
+// steps.
 config::RunConfig profile_run_config(const profile::RunProfile& profile);
 
 }  // namespace cadre::scheduler

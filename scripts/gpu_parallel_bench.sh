@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Model-parallel training cells on the GPU machine (issue 11): measured peak memory per rank
-# beside the simulator's estimate for the same cell, and step time / tokens/s.
+# beside the simulator's estimate for the same cell (`cadre simulate --training-step` with the
+# cell's own settings), and step time / tokens/s.
 #   1 GPU : llama-1b and llama-3b at T=1 (the memory columns; the step time of T=1 is
 #           scripts/gpu_train_bench.sh's 1-GPU cells, which must stay within 3%)
 #   2 GPUs: llama-1b at T=2 (sequence parallel, colocated and cad) beside T=1 x D=2
@@ -49,24 +50,26 @@ cell() {
   local common=(--set model.preset="$model" --set cluster.num_gpus="$np"
                 --set cluster.gpus_per_node="$np" --set cluster.tensor_parallel="$tp"
                 --set data.context_length="$context")
+  # The cell's own settings ("$@": the sharded optimizer, attention, ...) go to the simulator
+  # too, and it prices the very steps the run took (--training-step: the data loader's
+  # documents), so the two columns compare like with like.
+  common+=(--set data.distribution=prolong --set data.packing=fill
+           --set training.steps="$steps" --set training.recompute=linear "$@")
   if timeout 480 mpirun $mpirun_flags -np "$np" "$cadre" train --config configs/train_1b.pbtxt \
-      "${common[@]}" --set data.distribution=prolong --set data.packing=fill \
-      --set training.steps="$steps" --set training.warmup_steps=2 \
-      --set training.checkpoint_every=0 --set training.recompute=linear \
-      --set output.dir="$dir" "$@" >>"$log" 2>&1; then
-    "$cadre" simulate --config configs/train_1b.pbtxt "${common[@]}" \
-      --set simulate.gpu_counts="$np" --set simulate.strategies=cad \
-      --set simulate.context_lengths="$context" --set simulate.batches=1 \
-      --out "$dir/simulate" >>"$log" 2>&1 || echo "   (simulate failed)" | tee -a "$log"
+      "${common[@]}" --set training.warmup_steps=2 --set training.checkpoint_every=0 \
+      --set output.dir="$dir" >>"$log" 2>&1; then
+    mkdir -p "$dir/simulate"
+    "$cadre" simulate --training-step --config configs/train_1b.pbtxt "${common[@]}" \
+      >"$dir/simulate/training_step.json" 2>>"$log" || echo "   (simulate failed)" | tee -a "$log"
     python3 - "$dir" "$name" "$np" "$tp" "$dry" >>"$jsonl" <<'PY'
 import json, os, sys
 d, name, np_, tp, dry = sys.argv[1:6]
 s = json.load(open(os.path.join(d, "summary.json")))
 s.update(run=name, gpus=int(np_), dry_run=dry == "1")
 try:
-    sim = json.load(open(os.path.join(d, "simulate", "simulate.json")))
-    s["simulated_peak_memory_gib"] = sim[0]["peak_memory_gib"]
-    s["simulated_step_ms"] = sim[0]["step_ms"]
+    sim = json.load(open(os.path.join(d, "simulate", "training_step.json")))
+    s["simulated_peak_memory_gib"] = sim["memory"]["peak_gib"]
+    s["simulated_step_ms"] = sim["step_ms"]
 except Exception:
     pass
 print(json.dumps(s))
@@ -93,7 +96,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"# cadre train under tensor parallelism on {sys.argv[3]}x {sys.argv[2]}: bf16, recompute=linear, prolong, packing fill\n")
 print("Means over the steps after two warm-up steps. Peak memory: the CUDA caching allocator's peak of")
-print("allocated bytes, max over ranks (summary.json peak_memory_bytes_per_rank), beside `cadre simulate`'s")
+print("allocated bytes, max over ranks (summary.json peak_memory_bytes_per_rank), beside `cadre simulate --training-step`'s")
 print("peak for the same cell. dry: run at one GPU, T=1 (the machine had too few GPUs).\n")
 print("| run | dry | GPUs | T | model | context | tokens/s | MFU | step ms | peak GiB (max rank) | simulated GiB | loss first -> last |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -29,7 +29,25 @@ DEFAULT_RESULTS = [
     # Profile runs (peak memory measured), when committed.
     "benchmarks/results/profiles/h200x1_profile_bench.jsonl:fill:gate",
     "benchmarks/results/profiles/h200x2_profile_bench.jsonl:fill:gate",
+    # Model-parallel bench on one GPU (peak memory measured; llama-3b and the sharded optimizer;
+    # the dry-run cells are the 2- and 8-GPU cells run at T=1, D=1 on one GPU).
+    "benchmarks/results/h200x1_parallel_bench.jsonl:fill:gate",
 ]
+
+# The simulator prices the steady state. A cell whose measured steps hold cuDNN graph builds (a
+# one-time warm-up cost: a built shape class serves every smaller one afterwards) measured
+# something else; its step time is reported and left out of the gate, with the reason printed.
+# Its peak memory is still gated (a graph build changes no tensor the step keeps).
+def graph_builds(row):
+    return int(row.get("kernel_graphs_built_in_measured_steps", 0) or 0)
+
+
+def measured_peak_gib(row):
+    if row.get("peak_allocated_gib"):
+        return float(row["peak_allocated_gib"])
+    if row.get("peak_memory_kind") == "allocator" and row.get("peak_memory_bytes"):
+        return int(row["peak_memory_bytes"]) / 2**30
+    return None
 
 
 def overrides(row, packing):
@@ -46,6 +64,12 @@ def overrides(row, packing):
          "scheduler.server_mode=%s" % row.get("server_mode", "in_place")]
     if row.get("server_mode") == "dedicated":
         s.append("scheduler.num_dedicated_servers=1")
+    if row.get("model"):
+        s.append("model.preset=%s" % row["model"])
+    if "tensor_parallel" in row:
+        s.append("cluster.tensor_parallel=%d" % int(row["tensor_parallel"]))
+    if "shard_optimizer" in row:
+        s.append("training.shard_optimizer=%s" % ("true" if row["shard_optimizer"] else "false"))
     return s
 
 
@@ -59,30 +83,36 @@ def simulate(cadre, row, packing, calibration):
     return json.loads(out.stdout)
 
 
-def svg(rows, path):
+def svg(rows, path, measured="measured_ms", simulated="simulated_ms", gated="step_gated",
+        title="step time, ms", tick=500):
+    rows = [r for r in rows if r.get(measured)]
+    if not rows:  # nothing measured for this plot (e.g. no peak memory): no plot
+        if os.path.exists(path):
+            os.remove(path)
+        return
     w, h, m = 560, 560, 60
-    values = [r["measured_ms"] for r in rows] + [r["simulated_ms"] for r in rows]
+    values = [r[measured] for r in rows] + [r[simulated] for r in rows]
     lo, hi = 0.0, max(values) * 1.1
     sx = lambda v: m + (v - lo) / (hi - lo) * (w - 2 * m)
     sy = lambda v: h - m - (v - lo) / (hi - lo) * (h - 2 * m)
     p = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">' % (w, h),
          '<rect width="100%" height="100%" fill="white"/>',
-         '<text x="%d" y="20" font-size="14">cadre simulate --training-step vs cadre train (step time, ms)</text>' % m]
+         '<text x="%d" y="20" font-size="14">cadre simulate --training-step vs cadre train (%s)</text>' % (m, title)]
     for f, style in ((1.0, 'stroke="#444"'), (1.1, 'stroke="#aaa" stroke-dasharray="4,3"'), (0.9, 'stroke="#aaa" stroke-dasharray="4,3"')):
         p.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" %s/>' % (sx(lo), sy(lo * f), sx(hi / max(f, 1)), sy(hi / max(f, 1) * f), style))
-    for t in range(0, int(hi) + 1, max(1, int(hi / 5 / 500) * 500 or 500)):
+    for t in range(0, int(hi) + 1, max(1, int(hi / 5 / tick) * tick or tick)):
         p.append('<text x="%.1f" y="%d" text-anchor="middle">%d</text>' % (sx(t), h - m + 16, t))
         p.append('<text x="%d" y="%.1f" text-anchor="end">%d</text>' % (m - 6, sy(t) + 4, t))
-    p.append('<text x="%d" y="%d" text-anchor="middle">measured step (ms)</text>' % (w / 2, h - 18))
-    p.append('<text x="16" y="%d" transform="rotate(-90 16 %d)" text-anchor="middle">simulated step (ms)</text>' % (h / 2, h / 2))
+    p.append('<text x="%d" y="%d" text-anchor="middle">measured (%s)</text>' % (w / 2, h - 18, title))
+    p.append('<text x="16" y="%d" transform="rotate(-90 16 %d)" text-anchor="middle">simulated (%s)</text>' % (h / 2, h / 2, title))
     colors = {1: "#1f77b4", 2: "#d62728"}
     for r in rows:
-        fill = colors.get(r["gpus"], "#2ca02c") if r["gated"] else "none"
+        fill = colors.get(r["gpus"], "#2ca02c") if r[gated] else "none"
         stroke = colors.get(r["gpus"], "#2ca02c")
         p.append('<circle cx="%.1f" cy="%.1f" r="4" fill="%s" stroke="%s"><title>%s: measured %.0f, simulated %.0f</title></circle>'
-                 % (sx(r["measured_ms"]), sy(r["simulated_ms"]), fill, stroke, r["cell"], r["measured_ms"], r["simulated_ms"]))
+                 % (sx(r[measured]), sy(r[simulated]), fill, stroke, r["cell"], r[measured], r[simulated]))
     p.append('<text x="%d" y="44"><tspan fill="#1f77b4">&#9679; 1 GPU</tspan> <tspan fill="#d62728">&#9679; 2 GPUs</tspan> (filled: gated, 10%% / 15%%)</text>' % (m + 10))
-    p.append('<text x="%d" y="60" fill="#666">&#9675; hollow: reported only (measured on an older runtime)</text>' % (m + 10))
+    p.append('<text x="%d" y="60" fill="#666">&#9675; hollow: reported only (older runtime, or graph builds in the measured steps)</text>' % (m + 10))
     p.append('<text x="%d" y="76" fill="#888">dashed: &#177;10%%</text>' % (m + 10))
     p.append("</svg>")
     with open(path + ".tmp", "w") as f:
@@ -111,29 +141,37 @@ def main():
             gpus = int(row["gpus"])
             target = 0.10 if gpus == 1 else 0.15
             err = sim["step_ms"] / row["step_ms"] - 1
-            mem = row.get("peak_allocated_gib")
+            mem = measured_peak_gib(row)
             mem_err = sim["memory"]["peak_gib"] / mem - 1 if mem else None
+            builds = graph_builds(row)
             r = dict(cell=row["run"], source=os.path.relpath(full, ROOT), gpus=gpus,
                      packing=row.get("packing", packing), measured_ms=row["step_ms"],
                      simulated_ms=sim["step_ms"], error=err, target=target, gated=gate == "gate",
+                     step_gated=gate == "gate" and builds == 0, graph_builds=builds,
                      measured_peak_gib=mem, simulated_peak_gib=sim["memory"]["peak_gib"],
-                     memory_error=mem_err, simulated=sim)
+                     memory_error=mem_err, memory_phase=sim["memory"].get("phase", ""),
+                     simulated=sim)
+            if gate == "gate" and builds > 0:
+                r["step_excluded"] = ("%d cuDNN graph builds in its measured steps (one-time "
+                                      "warm-up; the simulator prices the steady state)" % builds)
             rows.append(r)
-            over = abs(err) > target or (mem_err is not None and abs(mem_err) > 0.10)
-            if r["gated"] and over:
+            over_step = r["step_gated"] and abs(err) > target
+            over_mem = r["gated"] and mem_err is not None and abs(mem_err) > 0.10
+            if over_step or over_mem:
                 failures.append(r)
     if not rows:
         raise SystemExit("validate_simulator: no measured results found")
-    md = ["| cell | source | GPUs | packing | measured ms | simulated ms | error | target | measured peak GiB | simulated peak GiB | memory error | gated |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    md = ["| cell | source | GPUs | packing | measured ms | simulated ms | error | target | step gated | measured peak GiB | simulated peak GiB | memory error | peak phase | gated |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append("| %s | %s | %d | %s | %.0f | %.0f | %+.1f%% | %d%% | %s | %.1f | %s | %s |" % (
+        md.append("| %s | %s | %d | %s | %.0f | %.0f | %+.1f%% | %d%% | %s | %s | %.1f | %s | %s | %s |" % (
             r["cell"], os.path.basename(r["source"]), r["gpus"], r["packing"], r["measured_ms"],
             r["simulated_ms"], 100 * r["error"], round(100 * r["target"]),
+            "yes" if r["step_gated"] else ("no: %d graph builds" % r["graph_builds"] if r["gated"] else "report"),
             "%.1f" % r["measured_peak_gib"] if r["measured_peak_gib"] else "not measured",
             r["simulated_peak_gib"],
             "%+.1f%%" % (100 * r["memory_error"]) if r["memory_error"] is not None else "-",
-            "yes" if r["gated"] else "report"))
+            r["memory_phase"], "yes" if r["gated"] else "report"))
     text = "\n".join(md) + "\n"
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out + ".md.tmp", "w") as f:
@@ -143,14 +181,25 @@ def main():
         json.dump(dict(calibration=a.calibration or "(built-in)", rows=rows), f, indent=1)
     os.replace(a.out + ".json.tmp", a.out + ".json")
     svg(rows, a.out + ".svg")
+    svg(rows, a.out + "_memory.svg", "measured_peak_gib", "simulated_peak_gib", "gated",
+        "peak memory, GiB", 10)
     print(text)
-    gated = [r for r in rows if r["gated"]]
-    worst = max((abs(r["error"]) for r in gated), default=0)
-    print("gated cells: %d, worst step-time error %.1f%%; %d over target" % (len(gated), 100 * worst, len(failures)))
+    step_gated = [r for r in rows if r["step_gated"]]
+    worst = max((abs(r["error"]) for r in step_gated), default=0)
+    mem_gated = [r for r in rows if r["gated"] and r["memory_error"] is not None]
+    worst_mem = max((abs(r["memory_error"]) for r in mem_gated), default=0)
+    print("step time: %d gated cells, worst error %.1f%%" % (len(step_gated), 100 * worst))
+    print("peak memory: %d gated cells, worst error %.1f%%" % (len(mem_gated), 100 * worst_mem))
+    for r in rows:
+        if r.get("step_excluded"):
+            print("  step time not gated: %s (%s): %s; error %+.1f%%" % (
+                r["cell"], os.path.basename(r["source"]), r["step_excluded"], 100 * r["error"]))
+    print("%d over target" % len(failures))
     for r in failures:
-        print("  FAIL %s: step %+.1f%% (target %d%%)%s" % (
-            r["cell"], 100 * r["error"], round(100 * r["target"]),
-            "" if r["memory_error"] is None else ", memory %+.1f%%" % (100 * r["memory_error"])))
+        print("  FAIL %s (%s): step %+.1f%% (target %d%%%s)%s" % (
+            r["cell"], os.path.basename(r["source"]), 100 * r["error"], round(100 * r["target"]),
+            "" if r["step_gated"] else ", not gated",
+            "" if r["memory_error"] is None else ", memory %+.1f%% (target 10%%)" % (100 * r["memory_error"])))
     return 1 if failures else 0
 
 

@@ -209,14 +209,21 @@ TEST(Cli, CalibrateAndPriceATrainingStep) {
 }
 
 // scripts/validate_simulator.py exits 0 when every gated cell is within its target and 1 when
-// one is not (here a measured step time three times what the model predicts).
+// one is not (here a measured step time three times what the model predicts, or a measured peak
+// twice the modelled one); a cell with cuDNN graph builds in its measured steps is not gated on
+// its step time (the reason is printed) but still on its memory.
 TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
   const std::string results = temp_path("measured.jsonl");
-  auto write_cell = [&](double step_ms) {
+  auto write_cell = [&](double step_ms, int graph_builds = 0, double peak_gib = 0) {
     std::ofstream(results) << "{\"run\": \"1gpu_wlb_colocated\", \"gpus\": 1, "
                               "\"distribution\": \"wlb\", \"context_length\": 65536, "
                               "\"attention\": \"colocated\", \"steps\": 4, \"step_ms\": "
-                           << step_ms << "}\n";
+                           << step_ms
+                           << ", \"kernel_graphs_built_in_measured_steps\": " << graph_builds
+                           << (peak_gib > 0
+                                   ? ", \"peak_allocated_gib\": " + std::to_string(peak_gib)
+                                   : std::string())
+                           << "}\n";
   };
   auto validate = [&]() {
     const std::string command = std::string("cd '") + CADRE_SOURCE_DIR +
@@ -239,7 +246,18 @@ TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
   EXPECT_EQ(validate(), 0);
   write_cell(simulated * 3);
   EXPECT_EQ(validate(), 1);
-  for (const char* ext : {".md", ".json", ".svg"}) std::filesystem::remove(temp_path("validation") + ext);
+  write_cell(simulated * 3, 2);  // graph builds: step time reported, not gated
+  EXPECT_EQ(validate(), 0);
+  const auto peak_at = text.str().find("\"simulated_peak_gib\": ");
+  ASSERT_NE(peak_at, std::string::npos) << text.str();
+  const double peak = std::stod(text.str().substr(peak_at + 22));
+  write_cell(simulated, 2, peak * 1.05);
+  EXPECT_EQ(validate(), 0);
+  write_cell(simulated, 2, peak * 2);  // memory stays gated
+  EXPECT_EQ(validate(), 1);
+  for (const char* ext : {".md", ".json", ".svg", "_memory.svg"}) {
+    std::filesystem::remove(temp_path("validation") + ext);
+  }
   std::filesystem::remove(results);
 }
 
