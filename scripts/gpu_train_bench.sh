@@ -25,7 +25,11 @@ gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head 
 slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
 results=benchmarks/results
 mkdir -p "$results" out/train_bench
-prefix="$results/${slug}x${gpus}_train_bench"
+# CADRE_TRAIN_TAG=NAME writes <gpu>_train_bench_NAME.* instead (a variant beside the main table);
+# CADRE_TRAIN_SET="--set a=b ..." adds settings to every cell.
+prefix="$results/${slug}x${gpus}_train_bench${CADRE_TRAIN_TAG:+_$CADRE_TRAIN_TAG}"
+# shellcheck disable=SC2206
+extra_sets=(${CADRE_TRAIN_SET:-})
 jsonl="$prefix.jsonl"
 log="$prefix.log"
 : >"$jsonl"
@@ -46,7 +50,7 @@ run() {
       --set training.steps="$steps" --set training.warmup_steps=2 \
       --set training.checkpoint_every=0 --set training.recompute=linear \
       --set data.packing="$packing" \
-      --set output.dir="$dir" "$@" >>"$log" 2>&1; then
+      --set output.dir="$dir" "${extra_sets[@]}" "$@" >>"$log" 2>&1; then
     python3 - "$dir/summary.json" "$name" "$np" >>"$jsonl" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
