@@ -199,7 +199,9 @@ int run_simulate_training_step(const Args& args) {
     << ",\"residual_gib\":" << peak.residual_gib << ",\"loss_gib\":" << peak.loss_gib
     << ",\"backward_gib\":" << peak.backward_gib << ",\"attention_gib\":" << peak.attention_gib
     << ",\"optimizer_step_gib\":" << peak.optimizer_step_gib << ",\"fixed_gib\":" << peak.fixed_gib
-    << ",\"phase\":\"" << peak.phase << "\",\"peak_gib\":" << peak.peak_gib << "},\"steps_ms\":[";
+    << ",\"phase\":\"" << peak.phase << "\",\"elementwise_ops\":\""
+    << config.simulate().elementwise_ops() << "\",\"peak_gib\":" << peak.peak_gib
+    << "},\"steps_ms\":[";
   for (size_t s = 0; s < prices.size(); ++s) {
     o << (s ? "," : "") << prices[s].step_us / 1e3;
   }

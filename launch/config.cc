@@ -54,6 +54,7 @@ const std::vector<NamedChoice>& named_choices() {
       {"training.attention_kernel", {"auto", "flash", "cudnn", "reference"}},
       {"simulate.distributions", {"wlb", "prolong", "lognormal", "uniform", "fixed", "file"}},
       {"simulate.strategies", {"cad", "fixed", "cp", "wlb", "ideal"}},
+      {"simulate.elementwise_ops", {"fused", "composite"}},
   };
   return kChoices;
 }
@@ -893,6 +894,7 @@ void finalize_training(const config::TrainingConfig& t) {
 }
 
 void finalize_simulate(const config::ClusterConfig& c, const config::SimulateConfig& s) {
+  check_name("simulate.elementwise_ops", s.elementwise_ops());
   const int64_t tp_pp = static_cast<int64_t>(c.tensor_parallel()) * c.pipeline_parallel();
   for (int i = 0; i < s.gpu_counts_size(); ++i) {
     const int32_t g = s.gpu_counts(i);

@@ -7,6 +7,7 @@
 namespace cadre::runtime::fused {
 
 bool applies(const torch::Tensor&) { return false; }
+const char* elementwise_ops(bool) { return "composite"; }
 int64_t max_rms_norm_cols() { return 0; }
 
 torch::Tensor rms_norm(const torch::Tensor&, const torch::Tensor&, double) {

@@ -13,6 +13,10 @@ namespace cadre::runtime::fused {
 // turned off by CADRE_FUSED_OPS=0.
 bool applies(const torch::Tensor& x);
 
+// What a run's training tensors (fp32 or bf16) go through, for its summary and profile (the
+// simulator prices each differently): "fused" on CUDA with the kernels on, else "composite".
+const char* elementwise_ops(bool cuda);
+
 // x [..., cols] (the last dimension contiguous), weight [cols] of any floating dtype (its
 // gradient comes back in that dtype): x * rsqrt(mean(x^2) + eps) * weight in fp32, rounded once.
 // cols at most max_rms_norm_cols().

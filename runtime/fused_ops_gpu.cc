@@ -206,6 +206,8 @@ bool applies(const torch::Tensor& x) {
           x.scalar_type() == torch::kBFloat16);
 }
 
+const char* elementwise_ops(bool cuda) { return cuda && enabled() ? "fused" : "composite"; }
+
 int64_t max_rms_norm_cols() { return rms_norm_max_cols(); }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {

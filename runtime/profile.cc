@@ -10,6 +10,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "runtime/fused_ops.h"
 #include "scheduler/step_model.h"
 
 namespace cadre::runtime {
@@ -286,6 +287,7 @@ ProfileWriter::ProfileWriter(const config::RunConfig& config, int rank, int64_t 
 
 void ProfileWriter::add_step(int64_t step, double step_ms, double rank_wall_ms, bool cuda,
                              const std::vector<comm::Span>& spans, const StepRecord& record) {
+  cuda_ = cuda;
   profile::ProfileStep s;
   s.set_step(step);
   s.set_step_ms(step_ms);
@@ -315,6 +317,7 @@ void ProfileWriter::write(comm::Transport& control, const std::string& path, int
   if (control.rank() != 0) return;
   profile::RunProfile run =
       profile_header(config_, control.size(), workers, parameters, description);
+  run.set_elementwise_ops(fused::elementwise_ops(cuda_));
   for (int r = 0; r < control.size(); ++r) {
     profile::RunProfile theirs;
     CADRE_CHECK(theirs.ParseFromString(all.substr(r * width, lengths[r])), "profile: rank ", r,

@@ -63,6 +63,7 @@ class ProfileWriter {
   config::RunConfig config_;
   int rank_;
   int64_t element_bytes_;
+  bool cuda_ = false;                        // the steps ran on a GPU (add_step says)
   std::vector<profile::ProfileStep> steps_;  // this rank's entry only
 };
 

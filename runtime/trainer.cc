@@ -23,6 +23,7 @@
 #include "runtime/memory_stats.h"
 #include "runtime/parameter_shards.h"
 #include "runtime/data_fingerprint.h"
+#include "runtime/fused_ops.h"
 #include "runtime/step_executor.h"
 #include "scheduler/plan.h"
 #include "scheduler/planner.h"
@@ -844,7 +845,8 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"sequence_parallel\":"
       << (t.sequence_parallel() && config.cluster().tensor_parallel() > 1 ? "true" : "false")
       << ",\"shard_optimizer\":" << (t.shard_optimizer() ? "true" : "false")
-      << ",\"peak_memory_kind\":\""
+      << ",\"elementwise_ops\":\"" << fused::elementwise_ops(steps.back().peak_memory_on_device)
+      << "\",\"peak_memory_kind\":\""
       << (steps.back().peak_memory_on_device ? "allocator" : "resident")
       << "\",\"peak_memory_bytes\":" << steps.back().peak_memory_bytes
       << ",\"peak_memory_bytes_per_rank\":[";

@@ -574,8 +574,23 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
 // Sec. 4.1) count 34·h bytes per token per layer (plus 5·a·s for the score matrix, which
 // FlashAttention does not keep) for GPT with dropout. Adapted to Llama layers (RMSNorm, GQA,
 // SwiGLU, no dropout, FlashAttention), bf16, per token and layer; docs/simulation.md has the table.
+ElementwiseOps elementwise_ops(const config::RunConfig& config) {
+  const std::string& ops = config.simulate().elementwise_ops();
+  CADRE_CHECK(ops == "fused" || ops == "composite", "simulate.elementwise_ops is '", ops,
+              "'; accepted: fused, composite");
+  return ops == "fused" ? ElementwiseOps::kFused : ElementwiseOps::kComposite;
+}
+
+namespace {
+// Whether the fused RMSNorm serves the model's norms (rows of hidden_size values).
+bool fused_norm(const config::ModelConfig& model, ElementwiseOps ops) {
+  return ops == ElementwiseOps::kFused && model.hidden_size() <= kFusedNormMaxColumns;
+}
+}  // namespace
+
 ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& model, int32_t tp,
-                                                     const std::string& recompute) {
+                                                     const std::string& recompute,
+                                                     ElementwiseOps ops) {
   CADRE_CHECK(tp >= 1, "tensor_parallel is ", tp, "; accepted: >= 1");
   CADRE_CHECK(recompute == "none" || recompute == "linear", "training.recompute is '", recompute,
               "'; accepted: none, linear");
@@ -591,15 +606,22 @@ ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& 
     // The layer input (residual stream) only; the rest is recomputed from it and O.
     a.owner = kBf16Bytes * h / tp;
   } else {
-    // runtime/model.cc under autograd: the layer input (2h); each RMSNorm keeps its fp32 upcast
-    // (pow saves it, 4h) and its normalised bf16 output (the weight multiply saves it, 2h), on
-    // this rank's rows under sequence parallelism; the QKV and gate/up matmuls keep their
-    // (gathered, every row) input (2 x 2h); SwiGLU keeps gate and up (silu and the product save
-    // them), silu(gate) (the product saves it) and the product (the down matmul saves it): 4 x 2f /
-    // TP. The output projection's input is O, counted with core attention; the residual sums and
-    // RoPE's fp32 temporaries are not saved.
-    a.owner = (kBf16Bytes + 2 * (kFp32Bytes + kBf16Bytes)) * h / tp + 2 * kBf16Bytes * h +
-              4 * kBf16Bytes * f / tp;
+    // runtime/model.cc under autograd: the layer input (2h), on this rank's rows under sequence
+    // parallelism; the QKV and gate/up matmuls keep their (gathered, every row) input (2 x 2h).
+    // RMSNorm, composite: each keeps its fp32 upcast (pow saves it, 4h) and its normalised bf16
+    // output (the weight multiply saves it, 2h). Fused (RmsNormFunction): each keeps its bf16
+    // input and an fp32 rstd per row; the first norm's input is the layer input (the same
+    // storage, counted), the second's is the residual sum y = x + attention, which nothing else
+    // keeps (2h + 4 bytes per row for both rstd).
+    const double norms = fused_norm(model, ops) ? (kBf16Bytes * h + 2 * kFp32Bytes) / tp
+                                                : 2 * (kFp32Bytes + kBf16Bytes) * h / tp;
+    // SwiGLU, composite: gate and up (silu and the product save them), silu(gate) (the product
+    // saves it) and the product (the down matmul saves it), 4 x 2f / TP; fused (SwigluFunction):
+    // gate and up, and the product the down matmul keeps, 3 x 2f / TP. The output projection's
+    // input is O, counted with core attention; the residual sums and RoPE's outputs are not
+    // saved (its backward needs only the cos/sin tables, once per nano-batch).
+    const double swiglu = (ops == ElementwiseOps::kFused ? 3 : 4) * kBf16Bytes * f / tp;
+    a.owner = kBf16Bytes * h / tp + norms + 2 * kBf16Bytes * h + swiglu;
   }
   return a;
 }
@@ -632,41 +654,62 @@ double weights_optimizer_bytes_per_parameter(bool shard_optimizer, int32_t dp) {
 }
 
 double saved_weight_copy_bytes(const config::ModelConfig& model, int32_t tp,
-                               const std::string& recompute) {
+                               const std::string& recompute, ElementwiseOps ops) {
   if (recompute != "none") return 0;
-  // The seven matrices and the two norm weights, cast to bf16 and saved by their consumer.
-  return kBf16Bytes * (layer_matrix_parameters(model, tp) + 2.0 * model.hidden_size());
+  // The seven matrices (Q, K and V as one concatenated copy, the same bytes) cast to bf16 and
+  // saved by their matmul; the composite norms' weight multiplies save a bf16 copy of each norm
+  // weight too, the fused norms read the fp32 parameter.
+  const double norm_weights = fused_norm(model, ops) ? 0.0 : 2.0 * model.hidden_size();
+  return kBf16Bytes * (layer_matrix_parameters(model, tp) + norm_weights);
 }
 
-double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens) {
+double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens,
+                        ElementwiseOps ops) {
   const double h = model.hidden_size(), vocab = model.vocab_size(), c = chunk_tokens;
-  // LogSoftmaxBackward: saved fp32 log-probabilities, their gradient (gather's backward scatters
-  // into fp32 zeros) and the fp32 gradient of the logits it writes, 3 x 4 bytes per logit.
-  const double logits = 3 * kFp32Bytes * c * vocab / tp;
-  const double head_weight = kBf16Bytes * vocab * h / tp;  // the LM head's bf16 copy, saved
-  // Final RMSNorm: fp32 upcast and normalised output on this rank's rows, the (gathered) input of
-  // the head matmul.
-  const double norm = c * ((kFp32Bytes + kBf16Bytes) * h / tp + kBf16Bytes * h);
-  return logits + head_weight + norm;
+  const double head_weight = kBf16Bytes * vocab * h / tp;  // the LM head's bf16 copy
+  const double head_input = kBf16Bytes * c * h;            // saved by the head matmul (gathered)
+  // Final RMSNorm's saved tensors for the chunk, on this rank's rows: composite, the fp32 upcast
+  // and the normalised output; fused, an fp32 rstd per row (its input is a view of the last
+  // layer's output, counted with the residual stream).
+  const double norm =
+      fused_norm(model, ops) ? kFp32Bytes * c / tp : (kFp32Bytes + kBf16Bytes) * c * h / tp;
+  // (a) The loss's backward. Fused (CrossEntropyFunction, one rank's whole vocabulary): the bf16
+  // logits it saved and the bf16 gradient it writes, and its fp32 log-sum-exp per row.
+  // Composite (and the vocabulary-parallel loss at TP > 1): LogSoftmaxBackward with the fp32
+  // log-probabilities it saved, their gradient (gather's backward scatters into fp32 zeros) and
+  // the fp32 gradient of the logits it writes.
+  const bool fused_loss = ops == ElementwiseOps::kFused && tp == 1;
+  const double loss =
+      fused_loss ? 2 * kBf16Bytes * c * vocab + kFp32Bytes * c : 3 * kFp32Bytes * c * vocab / tp;
+  const double at_loss = loss + head_weight + head_input + norm;
+  // (b) The head matmul's backward: the bf16 logit gradient, the weight copy and input it saved,
+  // the input's gradient and the bf16 weight gradient it writes.
+  const double at_matmul = kBf16Bytes * c * vocab / tp + 2 * head_weight + 2 * head_input + norm;
+  // (c) The weight copy's backward (ToCopyBackward): the bf16 weight gradient and its fp32 copy,
+  // with the input's gradient on its way to the norm.
+  const double at_cast = head_weight + 2 * head_weight + head_input + norm;
+  return std::max({at_loss, at_matmul, at_cast});
 }
 
 double backward_layer_bytes(const config::ModelConfig& model, int32_t tp,
-                            const std::string& recompute, int64_t tokens) {
+                            const std::string& recompute, int64_t tokens, ElementwiseOps ops) {
   const double h = model.hidden_size(), f = model.ffn_hidden_size(), n = tokens;
-  // At SwiGLU's backward (the product's MulBackward) the gradient of the product and the two it
-  // writes are in flight (3 x 2f); without recomputation the product itself was already saved and
-  // the down matmul's backward has released it (-2f).
+  // At SwiGLU's backward (composite: the product's MulBackward; fused: SwigluFunction's) the
+  // gradient of its output and the two it writes are in flight (3 x 2f); without recomputation
+  // the product itself was already saved and the down matmul's backward has released it (-2f).
   const double in_flight = 3 * kBf16Bytes * f / tp;
   if (recompute != "linear") return n * (in_flight - kBf16Bytes * f / tp);
-  // Recomputed out+mlp with autograd: second RMSNorm's fp32 upcast and output (6h, rows split by
-  // SP), the gathered gate/up input (2h), SwiGLU's gate, up and silu(gate) still saved (3 x 2f),
-  // the segment's output (2h, rows split), plus the gradients above; and the bf16 copies of the
-  // output projection and MLP weights.
+  // Recomputed out+mlp with autograd: the second RMSNorm's saved tensors (composite: fp32 upcast
+  // and normalised output, 6h; fused: its input y and an fp32 rstd per row, 2h + 4; rows split by
+  // SP), the gathered gate/up input (2h), SwiGLU's saved tensors (composite: gate, up and
+  // silu(gate), 3 x 2f; fused: gate and up, 2 x 2f), the segment's output (2h, rows split), plus
+  // the gradients above; and the bf16 copies of the output projection and MLP weights.
+  const double norm = fused_norm(model, ops) ? (kBf16Bytes * h + kFp32Bytes) / tp
+                                             : (kFp32Bytes + kBf16Bytes) * h / tp;
+  const double swiglu = (ops == ElementwiseOps::kFused ? 2 : 3) * kBf16Bytes * f / tp;
   const double q_width = static_cast<double>(model.num_heads()) * model.head_dim();
   const double weights = kBf16Bytes * (q_width * h + 3 * h * f) / tp;
-  return n * ((kFp32Bytes + 2 * kBf16Bytes) * h / tp + kBf16Bytes * h + 3 * kBf16Bytes * f / tp +
-              in_flight) +
-         weights;
+  return n * (norm + kBf16Bytes * h / tp + kBf16Bytes * h + swiglu + in_flight) + weights;
 }
 
 double optimizer_step_bytes(bool shard_optimizer, double largest) {
@@ -728,14 +771,15 @@ SimulationResult simulate_step(const config::RunConfig& config,
   result.micro_batches = c.micro_batches;
   result.tokens_per_step = static_cast<int64_t>(c.dp) * c.micro_batches * c.context;
   result.recompute = config.training().recompute();
+  const ElementwiseOps ops = elementwise_ops(config);
   const ActivationBytes activation =
-      activation_bytes_per_token_per_layer(model, c.tp, result.recompute);
+      activation_bytes_per_token_per_layer(model, c.tp, result.recompute, ops);
   const bool shard = config.training().shard_optimizer();
   const double weights_optimizer_gib = weights_optimizer_bytes_per_parameter(shard, c.dp) *
                                        parameters_per_stage(model, c.pp) / c.tp / kGiB;
   const double optimizer_peak =
       optimizer_step_bytes(shard, largest_gradient_elements(config, c.tp, c.dp));
-  const double layer_weight_copies = saved_weight_copy_bytes(model, c.tp, result.recompute);
+  const double layer_weight_copies = saved_weight_copy_bytes(model, c.tp, result.recompute, ops);
   for (const std::string& strategy : strategies) {
     StepCost mean;
     mean.strategy = strategy;
@@ -800,9 +844,9 @@ SimulationResult simulate_step(const config::RunConfig& config,
                                      ? std::min(config.training().loss_chunk_tokens(), nano_tokens)
                                      : nano_tokens;
       const double held = max_micro_batch + weight_copies + residual_bytes(model, c.tp, max_tokens);
-      const double backward = backward_layer_bytes(model, c.tp, result.recompute, nano_tokens);
+      const double backward = backward_layer_bytes(model, c.tp, result.recompute, nano_tokens, ops);
       const double head =
-          residual_bytes(model, c.tp, nano_tokens) + loss_chunk_bytes(model, c.tp, loss_chunk);
+          residual_bytes(model, c.tp, nano_tokens) + loss_chunk_bytes(model, c.tp, loss_chunk, ops);
       const double first_stage =
           (std::min(c.pp, c.micro_batches) - 1) * (max_micro_batch + weight_copies) + held +
           backward;

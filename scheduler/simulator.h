@@ -52,23 +52,39 @@ struct SimulationResult {
   std::vector<StepCost> costs;  // in the order of the requested strategies
 };
 
+// How the worker's RMSNorm, rotary embedding, SwiGLU and cross-entropy run, which sets what
+// autograd keeps for them: kFused, the GPU runtime's kernels (runtime/fused_ops.h, CUDA tensors:
+// RMSNorm keeps its input and an fp32 rstd per row, SwiGLU gate and up, the cross-entropy the bf16
+// logits and an fp32 log-sum-exp per row); kComposite, LibTorch's compositions (CPU runs, and GPU
+// runs with CADRE_FUSED_OPS=0). The fused RMSNorm takes rows of at most kFusedNormMaxColumns
+// (wider hidden sizes keep the composition) and the fused cross-entropy serves one rank's whole
+// vocabulary (TP > 1 uses the vocabulary-parallel composition). RoPE's saved tensors are the same
+// either way (the cos/sin tables).
+enum class ElementwiseOps { kFused, kComposite };
+constexpr int64_t kFusedNormMaxColumns = 11 * 1024;  // runtime/fused_kernels.cu, kMaxNormCols
+// simulate.elementwise_ops of a finalized config ("fused" or "composite").
+ElementwiseOps elementwise_ops(const config::RunConfig& config);
+
 // Bytes one GPU keeps for backward per layer, as autograd saves them in runtime/model.cc and
-// runtime/step_executor.cc (bf16 activations; fp32 RMSNorm upcasts and log-sum-exp), split by where
-// they live: with the token's owner, or with the core attention that used it (the owner itself for
-// colocated strategies, the attention server for CAD). TP splits heads (KV heads down to one per
-// GPU) and, with sequence parallelism, the norms' rows; the projections' gathered inputs hold
-// every row. recompute: "none" or "linear". docs/simulation.md, "Memory estimate".
+// runtime/step_executor.cc (bf16 activations; the norms' fp32 upcasts or rstd and log-sum-exp),
+// split by where they live: with the token's owner, or with the core attention that used it (the
+// owner itself for colocated strategies, the attention server for CAD). TP splits heads (KV heads
+// down to one per GPU) and, with sequence parallelism, the norms' rows; the projections' gathered
+// inputs hold every row. recompute: "none" or "linear". docs/simulation.md, "Memory estimate".
 struct ActivationBytes {
-  double owner = 0;   // per owned token: "none" the layer input, both RMSNorms' fp32 input and
-                      // normalised output, the gathered inputs of QKV and gate/up, SwiGLU's gate,
-                      // up, silu(gate) and product; "linear" the layer input only
+  double owner = 0;   // per owned token: "none" the layer input, both RMSNorms' saved tensors
+                      // (composite: fp32 input and normalised output; fused: the second norm's
+                      // input and an fp32 rstd each), the gathered inputs of QKV and gate/up,
+                      // SwiGLU's gate, up, (composite) silu(gate), and the product the down
+                      // projection keeps; "linear" the layer input only
   double query = 0;   // per query row of core attention: Q and O (bf16) and log-sum-exp (fp32)
   double key = 0;     // per key/value row held by core attention: K and V (bf16)
   double output = 0;  // O alone: kept again by an owner whose queries a CAD server computed
   double per_token() const { return owner + query + key; }  // colocated attention
 };
 ActivationBytes activation_bytes_per_token_per_layer(const config::ModelConfig& model, int32_t tp,
-                                                     const std::string& recompute);
+                                                     const std::string& recompute,
+                                                     ElementwiseOps ops);
 
 // Parameters of one GPU of the first pipeline stage (its layers, the embedding, and with PP = 1 an
 // untied LM head; the last stage holds as many), before the TP split.
@@ -86,22 +102,29 @@ double weights_optimizer_bytes_per_parameter(bool shard_optimizer, int32_t dp);
 
 // Bytes autograd keeps of the bf16 weight copies (LlamaModel casts fp32 weights per use, and the
 // matmul saves the copy) for one layer of one nano-batch: without recomputation every layer's
-// copies live from its forward to its backward; with it none do.
+// copies live from its forward to its backward; with it none do. The composite RMSNorm also saves
+// a bf16 copy of its weight; the fused one reads the fp32 parameter.
 double saved_weight_copy_bytes(const config::ModelConfig& model, int32_t tp,
-                               const std::string& recompute);
+                               const std::string& recompute, ElementwiseOps ops);
 
-// The LM head and loss of one chunk of `chunk_tokens` tokens at its peak (LogSoftmaxBackward):
-// the fp32 log-probabilities it saved, their gradient and its own output (12 bytes per logit,
-// vocabulary split by TP), the bf16 copy of the head weight, and the final RMSNorm's saved
-// tensors for the chunk.
-double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens);
+// The LM head and loss of one chunk of `chunk_tokens` tokens at its peak: the largest of (a) the
+// loss's backward (composite, LogSoftmaxBackward: the fp32 log-probabilities it saved, their
+// gradient and its own output, 12 bytes per logit; fused: the bf16 logits it saved and the bf16
+// gradient it writes, 4 bytes per logit, and an fp32 log-sum-exp per row; vocabulary split by
+// TP) with the head's bf16 weight copy and input; (b) the head matmul's backward (the bf16 logit
+// gradient, the weight copy, the input, its gradient and the bf16 weight gradient); (c) the
+// weight copy's backward (bf16 and fp32 weight gradients, the input's gradient). The final
+// RMSNorm's saved tensors for the chunk are held in all three.
+double loss_chunk_bytes(const config::ModelConfig& model, int32_t tp, int64_t chunk_tokens,
+                        ElementwiseOps ops);
 
 // What the first backward layer adds for one nano-batch of `tokens` tokens: with recomputation
-// its out+mlp segment's saved tensors (second RMSNorm, gathered input, SwiGLU's four, the
-// output) and the gradients in flight at SwiGLU's backward, plus the segment's bf16 weight
-// copies; without, only those gradients beyond the saved tensors already held.
+// its out+mlp segment's saved tensors still held at SwiGLU's backward (second RMSNorm, gathered
+// input, SwiGLU's gate and up, composite also silu(gate), the output) and the three gradients in
+// flight there, plus the segment's bf16 weight copies; without, only those gradients beyond the
+// saved tensors already held.
 double backward_layer_bytes(const config::ModelConfig& model, int32_t tp,
-                            const std::string& recompute, int64_t tokens);
+                            const std::string& recompute, int64_t tokens, ElementwiseOps ops);
 
 // The residual stream (or its gradient) of `tokens` tokens: bf16, rows split by SP. The step
 // executor keeps each nano-batch's last output for the head and a gradient buffer from the head

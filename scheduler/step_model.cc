@@ -187,9 +187,11 @@ StepPrice price_training_step(const config::RunConfig& config,
   std::vector<NanoExchanges> exchanges(total_nanos);
   std::vector<double> rank_attention_bytes(world, 0);
   std::vector<MemoryByComponent> rank_above(world);  // above the state, at each rank's peak
-  const double weight_copies = saved_weight_copy_bytes(model, tp, training.recompute());
+  const ElementwiseOps ops = elementwise_ops(config);
+  const double weight_copies = saved_weight_copy_bytes(model, tp, training.recompute(), ops);
   std::vector<std::vector<int64_t>> nano_tokens(workers);
-  const ActivationBytes act = activation_bytes_per_token_per_layer(model, tp, training.recompute());
+  const ActivationBytes act =
+      activation_bytes_per_token_per_layer(model, tp, training.recompute(), ops);
   for (RankCosts& c : costs) {
     c.embed_f.assign(total_nanos, 0);
     c.embed_b.assign(total_nanos, 0);
@@ -321,11 +323,12 @@ StepPrice price_training_step(const config::RunConfig& config,
                                     ? std::min<int64_t>(training.loss_chunk_tokens(), n)
                                     : n;
           head.residual_gib += residual_bytes(model, tp, n) / kGiB;  // its last layer's output
-          head.loss_gib = loss_chunk_bytes(model, tp, chunk) / kGiB;
+          head.loss_gib = loss_chunk_bytes(model, tp, chunk, ops) / kGiB;
           head.phase = "head";
           candidates.push_back(head);
           MemoryByComponent backward = base;
-          backward.backward_gib = backward_layer_bytes(model, tp, training.recompute(), n) / kGiB;
+          backward.backward_gib =
+              backward_layer_bytes(model, tp, training.recompute(), n, ops) / kGiB;
           backward.phase = "backward";
           candidates.push_back(backward);
         }
@@ -568,6 +571,9 @@ config::RunConfig profile_run_config(const profile::RunProfile& p) {
   if (p.grad_bucket_mib() > 0) t->set_grad_bucket_mib(p.grad_bucket_mib());
   t->set_overlap_grad_reduce(p.overlap_grad_reduce());
   t->set_shard_optimizer(p.shard_optimizer());
+  // Profiles from before the field are priced as the GPU runtime runs now (fused kernels).
+  c.mutable_simulate()->set_elementwise_ops(p.elementwise_ops().empty() ? "fused"
+                                                                        : p.elementwise_ops());
   t->set_micro_batches(std::max(1, p.micro_batches()));
   t->set_dtype(p.dtype().empty() ? "bf16" : p.dtype());
   if (p.server_mode() == "dedicated") {

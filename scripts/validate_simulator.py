@@ -5,11 +5,16 @@ calibration, against the committed measurements. Writes a Markdown table, JSON a
 and exits non-zero when a gated cell's error exceeds its target (10% on one GPU, 15% on two).
 
   scripts/validate_simulator.py [--cadre build/bin/cadre] [--calibration FILE]
-                                [--results FILE:PACKING:GATE ...] [--out PREFIX]
+                                [--results FILE:PACKING:GATE[:OPS] ...] [--out PREFIX]
 
 Each --results entry is a `scripts/gpu_train_bench.sh` JSONL (or a profile bench JSONL with peak
-memory), the data.packing its runs used when the rows do not say, and whether its cells are
-gated ("gate") or only reported ("report": measured on a runtime that has changed since).
+memory), the data.packing its runs used when the rows do not say, whether its cells are gated
+("gate": step time and peak memory; "memory": peak memory only, step time reported; "report":
+measured on a runtime that has changed since), and how its runs computed RMSNorm, RoPE, SwiGLU and
+the loss (simulate.elementwise_ops; the memory estimate differs): "fused" (the GPU kernels,
+983d90d on), "composite" (LibTorch's compositions: runs before 983d90d, CADRE_FUSED_OPS=0; the
+default), or "e2e" (scripts/gpu_kernel_e2e.sh's names: *_flash and *_unfused ran with
+CADRE_FUSED_OPS=0). A row's own "elementwise_ops" (summaries from 983d90d's successors) wins.
 """
 import argparse
 import json
@@ -20,19 +25,41 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS = [
     # 1 GPU at 68cb25a: packing "whole" (fill did not exist yet); runtime paths unchanged since
-    # for one GPU (no exchange moves bytes).
-    "benchmarks/results/h200x1_train_bench.jsonl:whole:gate",
-    "benchmarks/results/h200x1_train_bench_fill_quick.jsonl:fill:gate",
+    # for one GPU (no exchange moves bytes). Before the fused kernels: composite.
+    "benchmarks/results/h200x1_train_bench.jsonl:whole:gate:composite",
+    "benchmarks/results/h200x1_train_bench_fill_quick.jsonl:fill:gate:composite",
     # 2 GPUs at 1442622: before bucketed, overlapped gradient reduction and the fixes that made
     # CAD's dispatch cost ~1% on one GPU; reported, not gated (docs/simulation.md).
-    "benchmarks/results/h200x2_train_bench.jsonl:whole:report",
+    "benchmarks/results/h200x2_train_bench.jsonl:whole:report:composite",
     # Profile runs (peak memory measured), when committed.
-    "benchmarks/results/profiles/h200x1_profile_bench.jsonl:fill:gate",
-    "benchmarks/results/profiles/h200x2_profile_bench.jsonl:fill:gate",
+    "benchmarks/results/profiles/h200x1_profile_bench.jsonl:fill:gate:composite",
+    "benchmarks/results/profiles/h200x2_profile_bench.jsonl:fill:gate:composite",
     # Model-parallel bench on one GPU (peak memory measured; llama-3b and the sharded optimizer;
-    # the dry-run cells are the 2- and 8-GPU cells run at T=1, D=1 on one GPU).
-    "benchmarks/results/h200x1_parallel_bench.jsonl:fill:gate",
+    # the dry-run cells are the 2- and 8-GPU cells run at T=1, D=1 on one GPU), at 2ae4f1c.
+    "benchmarks/results/h200x1_parallel_bench.jsonl:fill:gate:composite",
+    # The kernel A/B on one GPU at 983d90d (llama-1b, 64K tokens, one document and ProLong fill;
+    # flash or auto attention, fused kernels on or off): peak memory gated. Step time reported
+    # only: the calibration prices one attention kernel and one set of elementwise kernels (those
+    # its profiles ran), and these cells vary both on purpose.
+    "benchmarks/results/h200x1_kernel_e2e.jsonl:whole:memory:e2e",
 ]
+
+
+def e2e_row(row):
+    """scripts/gpu_kernel_e2e.sh's summaries do not name its document settings: its "fixed"
+    cells are one document of data.context_length tokens (data.fixed_tokens, packing whole)."""
+    if row.get("distribution") == "fixed" and "fixed_tokens" not in row:
+        row = dict(row, fixed_tokens=int(row["context_length"]))
+    return row
+
+
+def elementwise_ops(row, ops):
+    if row.get("elementwise_ops") in ("fused", "composite"):
+        return row["elementwise_ops"]
+    if ops == "e2e":
+        name = row["run"]
+        return "composite" if "unfused" in name or name.endswith("_flash") else "fused"
+    return ops
 
 # The simulator prices the steady state. A cell whose measured steps hold cuDNN graph builds (a
 # one-time warm-up cost: a built shape class serves every smaller one afterwards) measured
@@ -50,8 +77,8 @@ def measured_peak_gib(row):
     return None
 
 
-def overrides(row, packing):
-    gpus = int(row["gpus"])
+def overrides(row, packing, ops):
+    gpus = int(row.get("gpus", 1))
     s = ["cluster.num_gpus=%d" % gpus, "cluster.gpus_per_node=%d" % gpus,
          "data.distribution=%s" % row["distribution"],
          "data.context_length=%d" % int(row["context_length"]),
@@ -61,11 +88,14 @@ def overrides(row, packing):
          "training.steps=%d" % int(row.get("steps", 6)),
          "data.packing=%s" % row.get("packing", packing),
          "training.overlap_grad_reduce=%s" % ("true" if row.get("overlap_grad_reduce", True) else "false"),
-         "scheduler.server_mode=%s" % row.get("server_mode", "in_place")]
+         "scheduler.server_mode=%s" % row.get("server_mode", "in_place"),
+         "simulate.elementwise_ops=%s" % ops]
     if row.get("server_mode") == "dedicated":
         s.append("scheduler.num_dedicated_servers=1")
     if row.get("model"):
         s.append("model.preset=%s" % row["model"])
+    if row.get("fixed_tokens"):
+        s.append("data.fixed_tokens=%d" % int(row["fixed_tokens"]))
     if "tensor_parallel" in row:
         s.append("cluster.tensor_parallel=%d" % int(row["tensor_parallel"]))
     if "shard_optimizer" in row:
@@ -73,9 +103,9 @@ def overrides(row, packing):
     return s
 
 
-def simulate(cadre, row, packing, calibration):
+def simulate(cadre, row, packing, ops, calibration):
     cmd = [cadre, "simulate", "--training-step", "--config", os.path.join(ROOT, "configs/train_1b.pbtxt")]
-    for o in overrides(row, packing) + (["cluster.calibration=" + calibration] if calibration else []):
+    for o in overrides(row, packing, ops) + (["cluster.calibration=" + calibration] if calibration else []):
         cmd += ["--set", o]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
@@ -129,7 +159,12 @@ def main():
     a = ap.parse_args()
     rows, failures = [], []
     for spec in a.results if a.results is not None else DEFAULT_RESULTS:
-        path, packing, gate = spec.rsplit(":", 2)
+        parts = spec.split(":")
+        path, packing, gate = parts[:3]
+        spec_ops = parts[3] if len(parts) > 3 else "composite"
+        if gate not in ("gate", "memory", "report") or spec_ops not in ("fused", "composite", "e2e"):
+            raise SystemExit("validate_simulator: bad --results entry '%s'; accepted: "
+                             "FILE:PACKING:{gate,memory,report}[:{fused,composite,e2e}]" % spec)
         full = path if os.path.isabs(path) else os.path.join(ROOT, path)
         if not os.path.exists(full):
             continue
@@ -137,16 +172,20 @@ def main():
             if not line.strip():
                 continue
             row = json.loads(line)
-            sim = simulate(a.cadre, row, packing, a.calibration)
-            gpus = int(row["gpus"])
+            if spec_ops == "e2e":
+                row = e2e_row(row)
+            ops = elementwise_ops(row, spec_ops)
+            sim = simulate(a.cadre, row, packing, ops, a.calibration)
+            gpus = int(row.get("gpus", 1))
             target = 0.10 if gpus == 1 else 0.15
             err = sim["step_ms"] / row["step_ms"] - 1
             mem = measured_peak_gib(row)
             mem_err = sim["memory"]["peak_gib"] / mem - 1 if mem else None
             builds = graph_builds(row)
             r = dict(cell=row["run"], source=os.path.relpath(full, ROOT), gpus=gpus,
-                     packing=row.get("packing", packing), measured_ms=row["step_ms"],
-                     simulated_ms=sim["step_ms"], error=err, target=target, gated=gate == "gate",
+                     packing=row.get("packing", packing), elementwise_ops=ops,
+                     measured_ms=row["step_ms"], simulated_ms=sim["step_ms"], error=err,
+                     target=target, gated=gate in ("gate", "memory"),
                      step_gated=gate == "gate" and builds == 0, graph_builds=builds,
                      measured_peak_gib=mem, simulated_peak_gib=sim["memory"]["peak_gib"],
                      memory_error=mem_err, memory_phase=sim["memory"].get("phase", ""),
@@ -154,6 +193,10 @@ def main():
             if gate == "gate" and builds > 0:
                 r["step_excluded"] = ("%d cuDNN graph builds in its measured steps (one-time "
                                       "warm-up; the simulator prices the steady state)" % builds)
+            if gate == "memory":
+                r["step_excluded"] = ("kernel A/B cell (attention kernel %s, elementwise ops %s): "
+                                      "peak memory gated, step time reported"
+                                      % (row.get("attention_kernel", "?"), ops))
             rows.append(r)
             over_step = r["step_gated"] and abs(err) > target
             over_mem = r["gated"] and mem_err is not None and abs(mem_err) > 0.10
@@ -161,13 +204,14 @@ def main():
                 failures.append(r)
     if not rows:
         raise SystemExit("validate_simulator: no measured results found")
-    md = ["| cell | source | GPUs | packing | measured ms | simulated ms | error | target | step gated | measured peak GiB | simulated peak GiB | memory error | peak phase | gated |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    md = ["| cell | source | GPUs | packing | elementwise ops | measured ms | simulated ms | error | target | step gated | measured peak GiB | simulated peak GiB | memory error | peak phase | gated |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append("| %s | %s | %d | %s | %.0f | %.0f | %+.1f%% | %d%% | %s | %s | %.1f | %s | %s | %s |" % (
-            r["cell"], os.path.basename(r["source"]), r["gpus"], r["packing"], r["measured_ms"],
+        md.append("| %s | %s | %d | %s | %s | %.0f | %.0f | %+.1f%% | %d%% | %s | %s | %.1f | %s | %s | %s |" % (
+            r["cell"], os.path.basename(r["source"]), r["gpus"], r["packing"], r["elementwise_ops"], r["measured_ms"],
             r["simulated_ms"], 100 * r["error"], round(100 * r["target"]),
-            "yes" if r["step_gated"] else ("no: %d graph builds" % r["graph_builds"] if r["gated"] else "report"),
+            "yes" if r["step_gated"] else ("no: %d graph builds" % r["graph_builds"] if r["graph_builds"] and r["gated"]
+                                           else ("no: kernel A/B" if r["gated"] else "report")),
             "%.1f" % r["measured_peak_gib"] if r["measured_peak_gib"] else "not measured",
             r["simulated_peak_gib"],
             "%+.1f%%" % (100 * r["memory_error"]) if r["memory_error"] is not None else "-",

@@ -225,11 +225,11 @@ TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
                                    : std::string())
                            << "}\n";
   };
-  auto validate = [&]() {
+  auto validate = [&](const std::string& gate = "gate") {
     const std::string command = std::string("cd '") + CADRE_SOURCE_DIR +
                                 "' && python3 scripts/validate_simulator.py --cadre '" +
-                                CADRE_BINARY + "' --results '" + results + ":fill:gate' --out '" +
-                                temp_path("validation") + "' > /dev/null 2>&1";
+                                CADRE_BINARY + "' --results '" + results + ":fill:" + gate +
+                                "' --out '" + temp_path("validation") + "' > /dev/null 2>&1";
     const int status = std::system(command.c_str());
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   };
@@ -255,6 +255,23 @@ TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
   EXPECT_EQ(validate(), 0);
   write_cell(simulated, 2, peak * 2);  // memory stays gated
   EXPECT_EQ(validate(), 1);
+  // "memory" cells (the kernel A/B): step time reported only, peak memory gated.
+  write_cell(simulated * 3, 0, peak * 1.05);
+  EXPECT_EQ(validate("memory"), 0);
+  write_cell(simulated, 0, peak * 2);
+  EXPECT_EQ(validate("memory"), 1);
+  // Rows are priced with LibTorch's compositions unless the entry (or the row) says "fused",
+  // which keeps less: the same cell's simulated peak is lower.
+  write_cell(simulated);
+  EXPECT_EQ(validate("gate:fused"), 0);
+  std::ifstream fused_json(temp_path("validation") + ".json");
+  std::stringstream fused_text;
+  fused_text << fused_json.rdbuf();
+  const auto fused_at = fused_text.str().find("\"simulated_peak_gib\": ");
+  ASSERT_NE(fused_at, std::string::npos) << fused_text.str();
+  EXPECT_LT(std::stod(fused_text.str().substr(fused_at + 22)), peak);
+  EXPECT_NE(fused_text.str().find("\"elementwise_ops\": \"fused\""), std::string::npos);
+  EXPECT_EQ(validate("gate:unfused"), 1);  // not a known setting
   for (const char* ext : {".md", ".json", ".svg", "_memory.svg"}) {
     std::filesystem::remove(temp_path("validation") + ext);
   }
