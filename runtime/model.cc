@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "runtime/fused_ops.h"
 #include "runtime/rope_scaling.h"
 
 namespace cadre::runtime {
@@ -34,8 +35,8 @@ torch::Tensor document_targets(const torch::Tensor& tokens,
   int64_t* out = targets.data_ptr<int64_t>();
   int64_t begin = 0;
   for (int64_t n : doc_lengths) {
-    CADRE_CHECK(n >= 0 && begin + n <= src.size(0), "document lengths sum past the ",
-                src.size(0), " tokens");
+    CADRE_CHECK(n >= 0 && begin + n <= src.size(0), "document lengths sum past the ", src.size(0),
+                " tokens");
     for (int64_t i = begin; i + 1 < begin + n; ++i) out[i] = t[i + 1];
     begin += n;
   }
@@ -55,6 +56,15 @@ RopeTables rope_tables(const torch::Tensor& positions, int64_t head_dim, double 
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& tables) {
+  if (fused::applies(x) && x.dim() == 3) {
+    CADRE_CHECK(x.size(-1) == 2 * tables.cos.size(-1), "rotary tables are for head_dim ",
+                2 * tables.cos.size(-1), " but x has ", x.size(-1));
+    return fused::rope(x, tables.cos, tables.sin);
+  }
+  return apply_rope_composite(x, tables);
+}
+
+torch::Tensor apply_rope_composite(const torch::Tensor& x, const RopeTables& tables) {
   const int64_t half = x.size(-1) / 2;
   CADRE_CHECK(x.size(-1) == 2 * tables.cos.size(-1), "rotary tables are for head_dim ",
               2 * tables.cos.size(-1), " but x has ", x.size(-1));
@@ -70,12 +80,34 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& positions,
 }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  if (fused::applies(x) && x.size(-1) <= fused::max_rms_norm_cols()) {
+    return fused::rms_norm(x, weight, eps);
+  }
+  return rms_norm_composite(x, weight, eps);
+}
+
+torch::Tensor rms_norm_composite(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   auto xf = x.scalar_type() == torch::kDouble ? x : x.to(torch::kFloat);
   auto normed = (xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(x.scalar_type());
   return normed * weight.to(x.scalar_type());
 }
 
+torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up) {
+  if (fused::applies(gate)) return fused::swiglu(gate, up);
+  return swiglu_composite(gate, up);
+}
+
+torch::Tensor swiglu_composite(const torch::Tensor& gate, const torch::Tensor& up) {
+  return torch::silu(gate) * up;
+}
+
 torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (fused::applies(logits) && logits.dim() == 2) return fused::cross_entropy_sum(logits, targets);
+  return cross_entropy_sum_composite(logits, targets);
+}
+
+torch::Tensor cross_entropy_sum_composite(const torch::Tensor& logits,
+                                          const torch::Tensor& targets) {
   auto log_probs = torch::log_softmax(
       logits, -1, logits.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat);
   auto valid = targets.ne(kIgnoreTarget);
@@ -90,10 +122,9 @@ void check_dims(const config::ModelConfig& m) {
                   m.num_kv_heads() > 0 && m.head_dim() > 0 && m.ffn_hidden_size() > 0 &&
                   m.vocab_size() > 0,
               "model sizes must all be positive (num_layers ", m.num_layers(), ", hidden_size ",
-              m.hidden_size(), ", num_heads ", m.num_heads(), ", num_kv_heads ",
-              m.num_kv_heads(), ", head_dim ", m.head_dim(), ", ffn_hidden_size ",
-              m.ffn_hidden_size(), ", vocab_size ", m.vocab_size(),
-              "); set model.preset or every size field");
+              m.hidden_size(), ", num_heads ", m.num_heads(), ", num_kv_heads ", m.num_kv_heads(),
+              ", head_dim ", m.head_dim(), ", ffn_hidden_size ", m.ffn_hidden_size(),
+              ", vocab_size ", m.vocab_size(), "); set model.preset or every size field");
   CADRE_CHECK(m.num_heads() % m.num_kv_heads() == 0, "model.num_heads (", m.num_heads(),
               ") must be a multiple of model.num_kv_heads (", m.num_kv_heads(), ")");
   CADRE_CHECK(m.head_dim() % 2 == 0, "model.head_dim must be even for rotary embeddings; got ",
@@ -101,12 +132,13 @@ void check_dims(const config::ModelConfig& m) {
   if (m.kv_latent_dim() > 0) {
     CADRE_CHECK(m.rope_head_dim() > 0 && m.rope_head_dim() % 2 == 0,
                 "latent attention needs an even model.rope_head_dim >= 2; got ", m.rope_head_dim());
-    CADRE_CHECK(m.num_kv_heads() == m.num_heads(), "latent attention expands a key and a value "
-                "per head: model.num_kv_heads (", m.num_kv_heads(), ") must equal num_heads (",
-                m.num_heads(), ")");
+    CADRE_CHECK(m.num_kv_heads() == m.num_heads(),
+                "latent attention expands a key and a value "
+                "per head: model.num_kv_heads (",
+                m.num_kv_heads(), ") must equal num_heads (", m.num_heads(), ")");
     CADRE_CHECK(m.q_latent_dim() >= 0 && m.v_head_dim() >= 0,
-                "model.q_latent_dim must be >= 0 and model.v_head_dim > 0; got ",
-                m.q_latent_dim(), " and ", m.v_head_dim());
+                "model.q_latent_dim must be >= 0 and model.v_head_dim > 0; got ", m.q_latent_dim(),
+                " and ", m.v_head_dim());
     CADRE_CHECK(m.rope_scaling() == "none", "model.rope_scaling=\"", m.rope_scaling(),
                 "\" is not implemented for latent attention; accepted: none");
     CADRE_CHECK(m.tpla_transform() == "none" || m.tpla_transform() == "hadamard",
@@ -122,21 +154,23 @@ void check_tensor_parallel(const config::ModelConfig& m, int64_t tp) {
   CADRE_CHECK(m.num_heads() % tp == 0, "model.num_heads=", m.num_heads(),
               " is not divisible by cluster.tensor_parallel=", tp,
               " (query heads are split across the tensor-parallel group); accepted: a "
-              "tensor_parallel that divides ", m.num_heads());
-  CADRE_CHECK(m.num_kv_heads() % tp == 0 || tp % m.num_kv_heads() == 0, "model.num_kv_heads=",
-              m.num_kv_heads(), " and cluster.tensor_parallel=", tp,
+              "tensor_parallel that divides ",
+              m.num_heads());
+  CADRE_CHECK(m.num_kv_heads() % tp == 0 || tp % m.num_kv_heads() == 0,
+              "model.num_kv_heads=", m.num_kv_heads(), " and cluster.tensor_parallel=", tp,
               " do not divide one another (K/V heads are split, or replicated when the group is "
               "larger); accepted: a tensor_parallel that divides or is a multiple of ",
               m.num_kv_heads());
   CADRE_CHECK(m.ffn_hidden_size() % tp == 0, "model.ffn_hidden_size=", m.ffn_hidden_size(),
               " is not divisible by cluster.tensor_parallel=", tp,
               " (gate/up columns and down rows are split); accepted: a tensor_parallel that "
-              "divides ", m.ffn_hidden_size());
+              "divides ",
+              m.ffn_hidden_size());
   CADRE_CHECK(m.vocab_size() % tp == 0, "model.vocab_size=", m.vocab_size(),
               " is not divisible by cluster.tensor_parallel=", tp,
               " (the embedding, LM head and loss split the vocabulary; cadre does not pad it); "
-              "accepted: a vocab_size that is a multiple of ", tp, ", e.g. ",
-              (m.vocab_size() + tp - 1) / tp * tp);
+              "accepted: a vocab_size that is a multiple of ",
+              tp, ", e.g. ", (m.vocab_size() + tp - 1) / tp * tp);
 }
 
 void check_tpla(const config::ModelConfig& m, int64_t tp, int64_t parts) {
@@ -144,12 +178,16 @@ void check_tpla(const config::ModelConfig& m, int64_t tp, int64_t parts) {
               " latent slices on a tensor-parallel group of ", tp,
               " ranks; accepted: a multiple of the group's size");
   CADRE_CHECK(m.kv_latent_dim() % parts == 0, "model.kv_latent_dim=", m.kv_latent_dim(),
-              " is not divisible by the ", parts, " TPLA slices; accepted: a slice count that "
-              "divides ", m.kv_latent_dim());
+              " is not divisible by the ", parts,
+              " TPLA slices; accepted: a slice count that "
+              "divides ",
+              m.kv_latent_dim());
   if (m.tpla_transform() == "hadamard") {
     const int64_t d = m.kv_latent_dim();
-    CADRE_CHECK((d & (d - 1)) == 0, "model.tpla_transform=hadamard needs a power-of-two "
-                "model.kv_latent_dim; got ", d);
+    CADRE_CHECK((d & (d - 1)) == 0,
+                "model.tpla_transform=hadamard needs a power-of-two "
+                "model.kv_latent_dim; got ",
+                d);
   }
 }
 
@@ -234,20 +272,19 @@ LlamaModel::LlamaModel(const config::ModelConfig& model, uint64_t seed, const to
     if (latent_attention()) {
       add_latent_layer(p, &layer, normal, residual_std);
     } else {
-      layer.wq =
-          add_shard(p + "wq", normal({heads * dim, hidden}, std), 0, tp_size, tp_rank, true);
-      layer.wk = add_shard(p + "wk", normal({kv_heads * dim, hidden}, std), 0, kv_parts,
-                           kv_index, kv_counted);
-      layer.wv = add_shard(p + "wv", normal({kv_heads * dim, hidden}, std), 0, kv_parts,
-                           kv_index, kv_counted);
+      layer.wq = add_shard(p + "wq", normal({heads * dim, hidden}, std), 0, tp_size, tp_rank, true);
+      layer.wk = add_shard(p + "wk", normal({kv_heads * dim, hidden}, std), 0, kv_parts, kv_index,
+                           kv_counted);
+      layer.wv = add_shard(p + "wv", normal({kv_heads * dim, hidden}, std), 0, kv_parts, kv_index,
+                           kv_counted);
       layer.wo = add_shard(p + "wo", normal({hidden, heads * dim}, residual_std), 1, tp_size,
                            tp_rank, true);
     }
     layer.mlp_norm = add_shard(p + "mlp_norm", torch::ones({hidden}, f32), -1, 1, 0, lead);
     layer.w_gate = add_shard(p + "w_gate", normal({ffn, hidden}, std), 0, tp_size, tp_rank, true);
     layer.w_up = add_shard(p + "w_up", normal({ffn, hidden}, std), 0, tp_size, tp_rank, true);
-    layer.w_down = add_shard(p + "w_down", normal({hidden, ffn}, residual_std), 1, tp_size,
-                             tp_rank, true);
+    layer.w_down =
+        add_shard(p + "w_down", normal({hidden, ffn}, residual_std), 1, tp_size, tp_rank, true);
     layers_.push_back(layer);
   }
   final_norm_ = add_shard("final_norm", torch::ones({hidden}, f32), -1, 1, 0, lead);
@@ -335,9 +372,14 @@ std::vector<torch::Tensor> LlamaModel::attention_inputs(int layer_index, const t
     wv = partial_grad(wv, tp_->kv_replicas());
   }
   const int64_t n = h.size(0);
-  auto q = apply_rope(torch::matmul(h, cast(layer.wq).t()).view({n, local_heads_, dim}), rope);
-  auto k = apply_rope(torch::matmul(h, cast(wk).t()).view({n, local_kv_heads_, dim}), rope);
-  auto v = torch::matmul(h, cast(wv).t()).view({n, local_kv_heads_, dim});
+  // One GEMM for Q, K and V (their weights side by side), split without copies; the split's
+  // backward writes the three gradients into one buffer for the GEMM's backward.
+  const int64_t q_width = local_heads_ * dim, kv_width = local_kv_heads_ * dim;
+  auto qkv = torch::matmul(h, torch::cat({cast(layer.wq), cast(wk), cast(wv)}, 0).t())
+                 .split_with_sizes({q_width, kv_width, kv_width}, 1);
+  auto q = apply_rope(qkv[0].view({n, local_heads_, dim}), rope);
+  auto k = apply_rope(qkv[1].view({n, local_kv_heads_, dim}), rope);
+  auto v = qkv[2].view({n, local_kv_heads_, dim});
   return {q.contiguous(), k.contiguous(), v.contiguous()};
 }
 
@@ -345,15 +387,15 @@ torch::Tensor LlamaModel::layer_output(int layer_index, const torch::Tensor& x,
                                        const torch::Tensor& o) const {
   const Layer& layer = layers_.at(layer_index);
   const int64_t n = o.size(0);
-  auto attention = latent_attention()
-                       ? latent_output_projection(layer, o)
-                       : torch::matmul(o.reshape({n, local_heads_ * config_.head_dim()}),
-                                       cast(layer.wo).t());
+  auto attention =
+      latent_attention()
+          ? latent_output_projection(layer, o)
+          : torch::matmul(o.reshape({n, local_heads_ * config_.head_dim()}), cast(layer.wo).t());
   if (!parallel()) {
     auto y = x + attention;
     auto h = rms_norm(y, layer.mlp_norm, config_.norm_eps());
-    auto gated = torch::silu(torch::matmul(h, cast(layer.w_gate).t())) *
-                 torch::matmul(h, cast(layer.w_up).t());
+    auto gated =
+        swiglu(torch::matmul(h, cast(layer.w_gate).t()), torch::matmul(h, cast(layer.w_up).t()));
     return y + torch::matmul(gated, cast(layer.w_down).t());
   }
   // Row-parallel output projection: partial sums, reduced (or reduce-scattered to this rank's
@@ -365,13 +407,12 @@ torch::Tensor LlamaModel::layer_output(int layer_index, const torch::Tensor& x,
               : reduce_from_tensor_parallel(partial, tp_group());
   };
   auto y = x + reduce(attention);
-  auto h = sp ? gather_rows(rms_norm(y, partial_grad(layer.mlp_norm, tp_group()),
-                                     config_.norm_eps()),
-                            tp_group(), rows)
-              : copy_to_tensor_parallel(rms_norm(y, layer.mlp_norm, config_.norm_eps()),
-                                        tp_group());
-  auto gated = torch::silu(torch::matmul(h, cast(layer.w_gate).t())) *
-               torch::matmul(h, cast(layer.w_up).t());
+  auto h =
+      sp ? gather_rows(rms_norm(y, partial_grad(layer.mlp_norm, tp_group()), config_.norm_eps()),
+                       tp_group(), rows)
+         : copy_to_tensor_parallel(rms_norm(y, layer.mlp_norm, config_.norm_eps()), tp_group());
+  auto gated =
+      swiglu(torch::matmul(h, cast(layer.w_gate).t()), torch::matmul(h, cast(layer.w_up).t()));
   return y + reduce(torch::matmul(gated, cast(layer.w_down).t()));
 }
 
@@ -398,7 +439,8 @@ torch::Tensor LlamaModel::head_loss_sum(const torch::Tensor& x, const torch::Ten
 
 torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                                   CoreAttentionOp& attention) const {
-  CADRE_CHECK(!parallel(), "LlamaModel::forward runs the whole model on one rank; under tensor "
+  CADRE_CHECK(!parallel(),
+              "LlamaModel::forward runs the whole model on one rank; under tensor "
               "parallelism the step executor runs the segments");
   CADRE_CHECK(tokens.dim() == 1 && tokens.sizes() == positions.sizes(),
               "tokens and positions must both be [tokens]; got ", tokens.sizes(), " and ",
@@ -417,7 +459,8 @@ torch::Tensor LlamaModel::loss_sum(const torch::Tensor& tokens,
                                    CoreAttentionOp& attention) const {
   const auto device = this->device();
   auto logits_ = forward(tokens.to(device), document_positions(doc_lengths).to(device), attention);
-  return cross_entropy_sum(logits_, document_targets(tokens.to(torch::kCPU), doc_lengths).to(device));
+  return cross_entropy_sum(logits_,
+                           document_targets(tokens.to(torch::kCPU), doc_lengths).to(device));
 }
 
 std::vector<torch::Tensor> LlamaModel::parameter_tensors() const {

@@ -29,7 +29,8 @@ torch::Tensor document_positions(const std::vector<int64_t>& doc_lengths);
 
 // Next-token targets of packed documents: tokens[i + 1] inside a document, kIgnoreTarget at each
 // document's last token, so no loss crosses a document boundary. tokens: int64 [sum(lengths)].
-torch::Tensor document_targets(const torch::Tensor& tokens, const std::vector<int64_t>& doc_lengths);
+torch::Tensor document_targets(const torch::Tensor& tokens,
+                               const std::vector<int64_t>& doc_lengths);
 
 // Rotary tables of a set of tokens: cos and sin of position * theta^(-2i/head_dim), fp32
 // [tokens, 1, head_dim / 2] on the positions' device.
@@ -40,16 +41,28 @@ RopeTables rope_tables(const torch::Tensor& positions, int64_t head_dim, double 
 
 // Rotates x [tokens, heads, head_dim] (head_dim even) by its tokens' positions (int64 [tokens]):
 // pairs (i, i + head_dim/2) rotate by position * theta^(-2i/head_dim) (rotate-half convention).
-// Computed in fp32, returned in x's dtype.
+// Computed in fp32, returned in x's dtype. CUDA tensors go through the fused kernel
+// (runtime/fused_ops.h); the composite of LibTorch operations serves the rest and is the
+// reference the GPU tests compare with.
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& positions, double theta);
 torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& tables);
+torch::Tensor apply_rope_composite(const torch::Tensor& x, const RopeTables& tables);
 
 // x * rsqrt(mean(x^2, last dim) + eps) * weight, the statistic in fp32 (fp64 for fp64 x);
-// returned in x's dtype.
+// returned in x's dtype. Fused on CUDA tensors (the composite: two roundings, the fused kernel
+// one).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+torch::Tensor rms_norm_composite(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+// The SwiGLU gate silu(gate) * up; fused on CUDA tensors.
+torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up);
+torch::Tensor swiglu_composite(const torch::Tensor& gate, const torch::Tensor& up);
 
 // Sum over positions with a target of -log softmax(logits)[target]; kIgnoreTarget positions add 0.
+// Fused on CUDA tensors (no fp32 copy of the logits; runtime/fused_ops.h).
 torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets);
+torch::Tensor cross_entropy_sum_composite(const torch::Tensor& logits,
+                                          const torch::Tensor& targets);
 
 // A model parameter with a stable name (checkpoints and test reports use it). Under tensor
 // parallelism `value` is this rank's shard of the whole tensor: slice `shard_index` of
@@ -106,8 +119,9 @@ class LlamaModel {
              const torch::Device& device = torch::kCPU, const TensorParallelGroup* tp = nullptr,
              int64_t tpla_parts = 0);
 
-  // T = 1 only: logits [tokens, vocab] of one rank's packed micro-batch. tokens, positions: int64 [tokens].
-  // `attention` computes every layer's core attention over this rank's rows (its Layout order).
+  // T = 1 only: logits [tokens, vocab] of one rank's packed micro-batch. tokens, positions: int64
+  // [tokens]. `attention` computes every layer's core attention over this rank's rows (its Layout
+  // order).
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                         CoreAttentionOp& attention) const;
 

@@ -7,6 +7,12 @@
 #
 #   scripts/gpu_session.sh check            scripts/gpu_check.sh (quick benches): build, every
 #                                           test, bench kernel, Hugging Face parity
+#   scripts/gpu_session.sh build            configure and build the GPU configuration only
+#   scripts/gpu_session.sh gputests         the GPU suites and the CPU suites that exercise the
+#                                           GPU build's own code paths (training, tensor
+#                                           parallelism, latent attention, the command line)
+#   scripts/gpu_session.sh e2e              scripts/gpu_kernel_e2e.sh (kernels and fused ops
+#                                           end to end, the HF peer)
 #   scripts/gpu_session.sh train1           scripts/gpu_train_bench.sh, 1-GPU cells
 #   scripts/gpu_session.sh parallel         scripts/gpu_parallel_bench.sh (dry at 1 GPU)
 #   scripts/gpu_session.sh profile          scripts/gpu_profile_bench.sh (simulator profiles)
@@ -23,12 +29,23 @@ for stage in "$@"; do
   echo "== stage $stage ($(date -u +%T))"
   case "$stage" in
     check) CADRE_BENCH_QUICK=1 timeout "$limit" scripts/gpu_check.sh ;;
+    build)
+      torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+      timeout "$limit" bash -c "cmake -S . -B '$build' -DCMAKE_BUILD_TYPE=Release -DCADRE_GPU=ON \
+        -DCMAKE_PREFIX_PATH='$torch_prefix' >/dev/null && cmake --build '$build' -j $(nproc) 2>&1 |
+        grep -E 'error|warning: unused|Error' ; exit \${PIPESTATUS[0]}" ;;
+    gputests)
+      timeout "$limit" bash -c "ctest --test-dir '$build' --output-on-failure -j 1 -R '_gpu_test' \
+          -V 2>&1 | grep -E '^[0-9]+: \[|Test +#|tests passed|tests failed|Failure|Expected|Which is' ;
+        ctest --test-dir '$build' --output-on-failure -j 8 \
+          -R 'tensor_parallel|latent|launch_tests|runtime_tests|train_np' 2>&1 | tail -n 40" ;;
+    e2e) timeout "$limit" scripts/gpu_kernel_e2e.sh "$build" ;;
     train1) CADRE_TRAIN_ONLY_GPUS=1 CADRE_TRAIN_QUICK=${CADRE_TRAIN_QUICK:-} \
               timeout "$limit" scripts/gpu_train_bench.sh "$build" ;;
     parallel) timeout "$limit" scripts/gpu_parallel_bench.sh "$build" ;;
     profile) timeout "$limit" scripts/gpu_profile_bench.sh "$build" ;;
     mla) timeout "$limit" scripts/gpu_mla_bench.sh "$build" ;;
-    *) echo "gpu_session: unknown stage '$stage'; accepted: check train1 parallel profile mla"
+    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests e2e train1 parallel profile mla"
        rc=2; continue ;;
   esac
   stage_rc=$?
