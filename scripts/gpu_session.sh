@@ -54,6 +54,7 @@ for arg in "$@"; do
       gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
                  sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
       timeout "$limit" "$build/bin/cadre" bench kernel --kernel auto --repeats 5 --warmup 2 \
+        --kv-rows-cap 524288 \
         --out "benchmarks/results/${gpu_slug}_bench_kernel_auto_grid.json" \
         --calibration-out "benchmarks/results/${gpu_slug}_auto_attention_calibration.json" ;;
     train1) CADRE_TRAIN_ONLY_GPUS=1 CADRE_TRAIN_QUICK=${CADRE_TRAIN_QUICK:-} \
