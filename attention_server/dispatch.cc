@@ -209,6 +209,14 @@ void CadDispatch::check_inputs(const torch::Tensor& q, const torch::Tensor& k,
   CADRE_CHECK(problem.empty(), "CAD attention on rank ", rank_, ": ", problem);
 }
 
+int64_t CadDispatch::remote_rows(const std::vector<int64_t>& counts) const {
+  int64_t rows = 0;
+  for (int p = 0; p < world_; ++p) {
+    if (p != rank_) rows += counts[p];
+  }
+  return rows;
+}
+
 int64_t CadDispatch::k_row_elements(const Flight& flight) const {
   return latent_ ? latent_->row_width() : flight.kv_heads * flight.qk_dim;
 }
@@ -220,7 +228,7 @@ int64_t CadDispatch::v_row_elements(const Flight& flight) const {
 Exchange CadDispatch::start_exchange(const std::vector<torch::Tensor>& parts,
                                      const std::vector<int64_t>& recv_elements,
                                      const torch::TensorOptions& options, ExchangeBytes* bytes,
-                                     const char* name) {
+                                     const char* name, const std::vector<int64_t>* kv_elements) {
   const int64_t element = static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
   comm::AllToAllLayout layout;
   std::vector<torch::Tensor> flat;
@@ -237,8 +245,12 @@ Exchange CadDispatch::start_exchange(const std::vector<torch::Tensor>& parts,
     send_offset += send_bytes;
     recv_offset += recv_bytes;
     if (p != rank_) {
+      const int64_t kv_bytes =
+          kv_elements != nullptr && send_bytes > 0 ? (*kv_elements)[p] * element : 0;
       bytes->sent += send_bytes;
       bytes->received += recv_bytes;
+      bytes->kv_sent += kv_bytes;
+      bytes->query_sent += send_bytes - kv_bytes;
     }
   }
   Exchange ex;
@@ -346,12 +358,14 @@ Flight CadDispatch::forward_send(const torch::Tensor& q_in, const torch::Tensor&
     }
     recv_elements.push_back(q_recv_count_[p] * q_row + kv_recv_count_[p] * (k_row + v_row));
   }
+  std::vector<int64_t> kv_elements(world_);
+  for (int p = 0; p < world_; ++p) kv_elements[p] = kv_send_count_[p] * (k_row + v_row);
   flight.q = q;
   flight.k = k;
   flight.v = v;
   forward_bytes_ = ExchangeBytes{};
-  flight.exchange =
-      start_exchange(parts, recv_elements, q.options(), &forward_bytes_, "a2a fwd: q,kv out");
+  flight.exchange = start_exchange(parts, recv_elements, q.options(), &forward_bytes_,
+                                   "a2a fwd: q,kv out", &kv_elements);
   return flight;
 }
 
@@ -572,12 +586,13 @@ void CadDispatch::backward_serve(Flight* flight, const ServerState& state) {
     for (int p = 0; p < world_; ++p) back[p] = torch::empty({0}, options);
   }
   // dQ back to the query owners; dK/dV (latent mode: d(latent)) summed at their owners.
-  std::vector<int64_t> back_elements(world_);
+  std::vector<int64_t> back_elements(world_), kv_elements(world_);
   for (int p = 0; p < world_; ++p) {
     back_elements[p] = q_send_count_[p] * heads * qk_dim + kv_send_count_[p] * (k_row + v_row);
+    kv_elements[p] = kv_recv_count_[p] * (k_row + v_row);  // what this server returns
   }
-  flight->exchange =
-      start_exchange(back, back_elements, options, &backward_bytes_, "a2a bwd: dq,dkv back");
+  flight->exchange = start_exchange(back, back_elements, options, &backward_bytes_,
+                                    "a2a bwd: dq,dkv back", &kv_elements);
   flight->dout = torch::Tensor();
   flight->served = true;
 }

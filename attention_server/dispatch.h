@@ -31,6 +31,11 @@ struct ServerState {
 struct ExchangeBytes {
   int64_t sent = 0;      // to other ranks (self excluded)
   int64_t received = 0;  // from other ranks (self excluded)
+  // `sent` split by the rows it travels along: query rows (Q, O, dO, dQ) and K/V rows (K and V,
+  // or the latent, and their gradients). Summed over ranks and divided by shipped_*_rows(), they
+  // give the bytes per query token and per K/V token.
+  int64_t query_sent = 0;
+  int64_t kv_sent = 0;
 };
 
 // An all-to-all-v in flight and the buffers it reads and writes (kept alive until it is waited).
@@ -130,16 +135,23 @@ class CadDispatch {
   // Bytes this rank moved in the last forward and backward exchanges.
   const ExchangeBytes& forward_bytes() const { return forward_bytes_; }
   const ExchangeBytes& backward_bytes() const { return backward_bytes_; }
+  // Rows this rank, as owner, ships to other ranks' servers per layer: query rows (one per task)
+  // and K/V rows (one per server that needs them).
+  int64_t shipped_q_rows() const { return remote_rows(q_send_count_); }
+  int64_t shipped_kv_rows() const { return remote_rows(kv_send_count_); }
   int64_t local_tokens() const { return local_tokens_; }
   const LatentLayout* latent() const { return latent_ ? &*latent_ : nullptr; }
 
  private:
   // Sends parts[p] (flattened, one dtype) to rank p; returns what each rank sent us, reshaped
-  // to [rows, width] with recv_rows[p] rows.
+  // to [rows, width] with recv_rows[p] rows. kv_elements[p] of parts[p] travel along K/V rows
+  // (nullptr: none), the rest along query rows.
   Exchange start_exchange(const std::vector<torch::Tensor>& parts,
                           const std::vector<int64_t>& recv_elements,
                           const torch::TensorOptions& options, ExchangeBytes* bytes,
-                          const char* name);
+                          const char* name, const std::vector<int64_t>* kv_elements = nullptr);
+  // Sum of counts[p] over the other ranks p.
+  int64_t remote_rows(const std::vector<int64_t>& counts) const;
   std::vector<torch::Tensor> finish_exchange(Exchange* exchange);
   // Moves the index tensors to `device` once (they are built on the host).
   void place_indices(const torch::Device& device);

@@ -486,10 +486,18 @@ StepMetrics Trainer::forward_backward() {
         metrics.a2a_bytes += config_.model().num_layers() *
                              (d->forward_bytes().sent + d->forward_bytes().received +
                               d->backward_bytes().sent + d->backward_bytes().received);
+        metrics.cad_query_rows += d->shipped_q_rows();
+        metrics.cad_kv_rows += d->shipped_kv_rows();
+        metrics.cad_query_bytes += d->forward_bytes().query_sent + d->backward_bytes().query_sent;
+        metrics.cad_kv_bytes += d->forward_bytes().kv_sent + d->backward_bytes().kv_sent;
       }
     }
   }
   if (cad) metrics.imbalance_after = max_over_mean(server_us);
+  for (int64_t* count : {&metrics.cad_query_rows, &metrics.cad_kv_rows, &metrics.cad_query_bytes,
+                         &metrics.cad_kv_bytes}) {
+    *count = static_cast<int64_t>(sum_over_ranks(control_, static_cast<double>(*count)));
+  }
   if (reducer_) reducer_->finish();
   // Every rank of a tensor-parallel group computed its group's loss: count its first rank's.
   const double total =
@@ -798,6 +806,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
   const size_t skip = steps.size() > 3 ? 2 : 0;
   double n = 0, step_ms = 0, tps = 0, mfu = 0, a2a = 0, exposed = 0, reduce = 0, before = 0,
          after = 0, bytes = 0, exposed_reduce = 0;
+  double query_rows = 0, kv_rows = 0, query_bytes = 0, kv_bytes = 0;
   int64_t graphs_built = 0, graphs_built_measured = 0, graph_hits = 0;
   for (const StepMetrics& m : steps) {
     graphs_built += m.kernel_graphs_built;
@@ -817,7 +826,16 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     after += m.imbalance_after;
     bytes += static_cast<double>(m.a2a_bytes);
     graphs_built_measured += m.kernel_graphs_built;
+    query_rows += static_cast<double>(m.cad_query_rows);
+    kv_rows += static_cast<double>(m.cad_kv_rows);
+    query_bytes += static_cast<double>(m.cad_query_bytes);
+    kv_bytes += static_cast<double>(m.cad_kv_bytes);
   }
+  auto per_row = [](double b, double rows) { return rows > 0 ? b / rows : 0.0; };
+  // What the planner prices per token (bf16 on the wire; forward Q out and O back at the query
+  // width, K/V out; backward mirrors it), beside the measured bytes (in training.dtype).
+  const scheduler::CostModel cost(config.model(), config.cluster(),
+                                  scheduler::calibration_for(config.cluster(), config.model()));
   std::ostringstream out;
   out.precision(6);
   const auto& t = config.training();
@@ -834,7 +852,14 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"exposed_allreduce_ms\":" << exposed_reduce / n << ",\"overlap_grad_reduce\":"
       << (t.overlap_grad_reduce() ? "true" : "false") << ",\"packing\":\""
       << config.data().packing() << "\""
-      << ",\"a2a_bytes\":" << bytes / n << ",\"imbalance_before\":" << before / n
+      << ",\"a2a_bytes\":" << bytes / n
+      << ",\"cad_bytes_per_query_token\":" << per_row(query_bytes, query_rows)
+      << ",\"cad_bytes_per_kv_token\":" << per_row(kv_bytes, kv_rows)
+      << ",\"cad_query_rows\":" << query_rows / n << ",\"cad_kv_rows\":" << kv_rows / n
+      << ",\"dtype\":\"" << t.dtype() << "\""
+      << ",\"cost_model_bf16_bytes_per_query_token\":" << 4 * cost.q_bytes_per_token()
+      << ",\"cost_model_bf16_bytes_per_kv_token\":" << 2 * cost.kv_bytes_per_token()
+      << ",\"imbalance_before\":" << before / n
       << ",\"imbalance_after\":" << after / n << ",\"attention_kernel\":\""
       << t.attention_kernel() << "\",\"kernel_graphs_built\":" << graphs_built
       << ",\"kernel_graphs_built_in_measured_steps\":" << graphs_built_measured
@@ -897,6 +922,8 @@ std::string metrics_json(const StepMetrics& m, const std::string& attention) {
       << ",\"exposed_allreduce_ms\":" << m.exposed_allreduce_ms
       << ",\"a2a_bytes\":" << m.a2a_bytes << ",\"cad_intra_node_rows\":" << m.cad_intra_node_rows
       << ",\"cad_inter_node_rows\":" << m.cad_inter_node_rows
+      << ",\"cad_query_rows\":" << m.cad_query_rows << ",\"cad_kv_rows\":" << m.cad_kv_rows
+      << ",\"cad_query_bytes\":" << m.cad_query_bytes << ",\"cad_kv_bytes\":" << m.cad_kv_bytes
       << ",\"peak_memory_bytes\":" << m.peak_memory_bytes
       << ",\"peak_memory_bytes_per_rank\":[";
   for (size_t r = 0; r < m.peak_memory_bytes_per_rank.size(); ++r) {

@@ -52,6 +52,15 @@ struct StepMetrics {
   // in use.
   int64_t cad_intra_node_rows = 0;
   int64_t cad_inter_node_rows = 0;
+  // CAD dispatch counters of one layer, all ranks (every TP index's exchange): rows shipped to
+  // another rank's server (a query row per task, a K/V row per server that needs it) and the
+  // bytes sent along them in forward and backward (query rows: Q, O, dO, dQ; K/V rows: K and V,
+  // or MLA's latent, and their gradients). Bytes over rows are the bytes per query token and
+  // per K/V token that summary_json reports.
+  int64_t cad_query_rows = 0;
+  int64_t cad_kv_rows = 0;
+  int64_t cad_query_bytes = 0;
+  int64_t cad_kv_bytes = 0;
   int32_t nano_batches = 1;
   // This rank's core-attention kernel during the step: graphs it built and reused (cudnn).
   int64_t kernel_graphs_built = 0;

@@ -22,6 +22,14 @@ namespace {
 
 constexpr int64_t kBytesPerValue = 2;  // bf16 activations on the wire
 
+bool tpla(const config::ModelConfig& m) { return m.kv_latent_dim() > 0 && m.tpla(); }
+
+// Query heads one GPU attends with: its tensor-parallel share, or under TPLA every head (over its
+// slice of the latent, docs/latent_attention.md).
+int64_t attention_heads_per_gpu(const config::ModelConfig& m, const config::ClusterConfig& c) {
+  return tpla(m) ? m.num_heads() : m.num_heads() / c.tensor_parallel();
+}
+
 CalibrationTable parse_calibration(const std::string& json, const std::string& source) {
   cadre::calibration::CalibrationTableProto proto;
   google::protobuf::util::JsonParseOptions options;
@@ -148,8 +156,7 @@ void CostModel::rates(int64_t q_tokens, int64_t kv_tokens, double* forward,
 // FLOPs of one forward pass of causal attention over the task: 2 matmuls x 2 FLOPs per
 // multiply-add per query-key pair, for the heads of one GPU.
 double CostModel::flops_per_pass(int64_t q_tokens, int64_t kv_tokens) const {
-  const double heads =
-      static_cast<double>(model_.num_heads()) / static_cast<double>(cluster_.tensor_parallel());
+  const double heads = static_cast<double>(attention_heads_per_gpu(model_, cluster_));
   // Latent attention (expanded on the server): QK^T over head_dim + rope_head_dim, PV over
   // v_head_dim.
   const bool mla = model_.kv_latent_dim() > 0;
@@ -202,14 +209,15 @@ double CostModel::linear_step_us_per_token(int32_t layers) const {
 int64_t CostModel::q_bytes_per_token() const {
   const int64_t width =
       model_.head_dim() + (model_.kv_latent_dim() > 0 ? model_.rope_head_dim() : 0);
-  return static_cast<int64_t>(model_.num_heads() / cluster_.tensor_parallel()) * width *
-         kBytesPerValue;
+  return attention_heads_per_gpu(model_, cluster_) * width * kBytesPerValue;
 }
 
 int64_t CostModel::kv_bytes_per_token() const {
   if (model_.kv_latent_dim() > 0) {
-    // Latent attention ships the compact latent plus the decoupled rotary key.
-    return static_cast<int64_t>(model_.kv_latent_dim() + model_.rope_head_dim()) * kBytesPerValue;
+    // Latent attention ships the compact latent (TPLA: this GPU's slice of it) plus the
+    // decoupled rotary key.
+    const int64_t latent = model_.kv_latent_dim() / (tpla(model_) ? cluster_.tensor_parallel() : 1);
+    return (latent + model_.rope_head_dim()) * kBytesPerValue;
   }
   const int64_t kv_heads = std::max<int64_t>(1, model_.num_kv_heads() / cluster_.tensor_parallel());
   return 2 * kv_heads * model_.head_dim() * kBytesPerValue;

@@ -70,7 +70,8 @@ class CostModel {
 
   // Bytes per token per layer per GPU that CAD ships to a server (Q + K/V) and back (O; in
   // backward dO out, dQ/dK/dV back): the heads of one TP rank (KV heads at least one); the latent
-  // width for MLA models (not split by TP).
+  // width for MLA models (not split by TP). TPLA: every head's query, and the GPU's latent slice
+  // (kv_latent_dim / TP) plus the rotary key.
   int64_t q_bytes_per_token() const;
   int64_t kv_bytes_per_token() const;
 

@@ -13,20 +13,27 @@
 #                                           parallelism, latent attention, the command line)
 #   scripts/gpu_session.sh e2e              scripts/gpu_kernel_e2e.sh (kernels and fused ops
 #                                           end to end, the HF peer)
+#   scripts/gpu_session.sh fused            fused_ops_gpu_test alone
+#   scripts/gpu_session.sh parity           scripts/hf_parity_check.sh (CADRE_PARITY_VARIANTS)
+#   scripts/gpu_session.sh calgrid          `bench kernel --kernel auto` with its calibration
+#                                           grid: the attention table of the kernel that runs
 #   scripts/gpu_session.sh train1           scripts/gpu_train_bench.sh, 1-GPU cells
 #   scripts/gpu_session.sh parallel         scripts/gpu_parallel_bench.sh (dry at 1 GPU)
 #   scripts/gpu_session.sh profile          scripts/gpu_profile_bench.sh (simulator profiles)
 #   scripts/gpu_session.sh mla              scripts/gpu_mla_bench.sh (latent attention cells)
 #   scripts/gpu_session.sh check train1 ... several, in order
-#   CADRE_STAGE_LIMIT_S=300                 per-stage limit (default 560)
+#   CADRE_STAGE_LIMIT_S=300                 per-stage limit (default 560); STAGE:SECONDS (for
+#                                           example profile:170) sets one stage's own
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${CADRE_BUILD_DIR:-build-gpu-check}
-limit=${CADRE_STAGE_LIMIT_S:-560}
 stamp=$(mktemp)
 rc=0
-for stage in "$@"; do
-  echo "== stage $stage ($(date -u +%T))"
+for arg in "$@"; do
+  stage=${arg%%:*}
+  limit=${CADRE_STAGE_LIMIT_S:-560}
+  [ "$arg" != "$stage" ] && limit=${arg#*:}
+  echo "== stage $stage, limit $limit s ($(date -u +%T))"
   case "$stage" in
     check) CADRE_BENCH_QUICK=1 timeout "$limit" scripts/gpu_check.sh ;;
     build)
@@ -39,23 +46,35 @@ for stage in "$@"; do
           -V 2>&1 | grep -E '^[0-9]+: \[|Test +#|tests passed|tests failed|Failure|Expected|Which is' ;
         ctest --test-dir '$build' --output-on-failure -j 8 \
           -R 'tensor_parallel|latent|launch_tests|runtime_tests|train_np' 2>&1 | tail -n 40" ;;
+    fused) timeout "$limit" ctest --test-dir "$build" -R fused_ops --output-on-failure |
+             grep -E 'rms_norm.*cols 11264|tests passed|tests failed|Failure|actual' ;;
     e2e) timeout "$limit" scripts/gpu_kernel_e2e.sh "$build" ;;
+    parity) CADRE_BUILD_DIR="$build" timeout "$limit" scripts/hf_parity_check.sh ;;
+    calgrid)
+      gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
+                 sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
+      timeout "$limit" "$build/bin/cadre" bench kernel --kernel auto --repeats 5 --warmup 2 \
+        --kv-rows-cap 524288 \
+        --out "benchmarks/results/${gpu_slug}_bench_kernel_auto_grid.json" \
+        --calibration-out "benchmarks/results/${gpu_slug}_auto_attention_calibration.json" ;;
     train1) CADRE_TRAIN_ONLY_GPUS=1 CADRE_TRAIN_QUICK=${CADRE_TRAIN_QUICK:-} \
               timeout "$limit" scripts/gpu_train_bench.sh "$build" ;;
     parallel) timeout "$limit" scripts/gpu_parallel_bench.sh "$build" ;;
     profile) timeout "$limit" scripts/gpu_profile_bench.sh "$build" ;;
     mla) timeout "$limit" scripts/gpu_mla_bench.sh "$build" ;;
-    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests e2e train1 parallel profile mla"
+    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests fused e2e parity calgrid train1 parallel profile mla"
        rc=2; continue ;;
   esac
   stage_rc=$?
   echo "== stage $stage rc=$stage_rc ($(date -u +%T))"
   [ $stage_rc -eq 0 ] || rc=$stage_rc
+  # Packed after every stage, so that a device call cut short still returns what finished.
+  if [ -n "${OUT:-}" ]; then
+    find benchmarks/results docs -newer "$stamp" -type f -print0 |
+      tar -czf "$OUT/results.tar.gz" --null -T -
+  fi
 done
-if [ -n "${OUT:-}" ]; then
-  find benchmarks/results docs -newer "$stamp" -type f -print0 |
-    tar -czf "$OUT/results.tar.gz" --null -T -
-  tar -tzf "$OUT/results.tar.gz" | sed 's/^/   returned: /'
-fi
+[ -n "${OUT:-}" ] && tar -tzf "$OUT/results.tar.gz" | sed 's/^/   returned: /'
+
 rm -f "$stamp"
 exit $rc

@@ -1,6 +1,7 @@
 // `cadre train` end to end in one process: the step line and summary.json carry the rank's peak
 // memory (resident memory on the CPU, at least the model's weights and optimizer state), the
-// grid is recorded, and a tensor-parallel size the ranks cannot hold is refused with one message.
+// grid is recorded, a tensor-parallel size the ranks cannot hold is refused with one message, and
+// the deepseek-v3-mla-like preset trains (its attention widths, with a small hidden size).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -81,6 +82,31 @@ TEST(CliParallel, TrainRefusesATensorParallelSizeTheRanksCannotHold) {
   EXPECT_NE(r.output.find("cluster.num_gpus=1 is not divisible by cluster.tensor_parallel"),
             std::string::npos)
       << r.output;
+}
+
+// DeepSeek-V3's attention (query latent 1536, K/V latent 512, rotary 64, head 128, value 128)
+// with 4 heads, one layer and a small hidden size, FFN and vocabulary: `cadre train` runs it
+// with CAD shipping the latent, the loss is finite and the summary reports the latent's bytes.
+TEST(CliParallel, TrainsTheDeepSeekV3MlaPresetAtSmallWidths) {
+  const std::string dir = testing::TempDir() + "cadre_cli_mla_" + std::to_string(::getpid());
+  const Result r =
+      run("train --config configs/train_tiny.pbtxt --set cluster.num_gpus=1 "
+          "--set cluster.gpus_per_node=1 --set model.preset=deepseek-v3-mla-like "
+          "--set model.num_layers=1 --set model.hidden_size=128 --set model.num_heads=4 "
+          "--set model.num_kv_heads=4 --set model.ffn_hidden_size=256 --set model.vocab_size=256 "
+          "--set data.uniform_max_tokens=128 --set data.context_length=128 "
+          "--set training.steps=2 --set output.dir=" +
+          dir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("MLA shipping latent"), std::string::npos) << r.output;
+  std::ifstream in(dir + "/summary.json");
+  const std::string summary((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(summary.find("\"model\":\"deepseek-v3-mla-like\""), std::string::npos) << summary;
+  EXPECT_EQ(summary.find("nan"), std::string::npos) << summary;
+  // The planner's price of a K/V token: the latent and the rotary key, (512 + 64) x 2 B out and
+  // the same back.
+  EXPECT_EQ(json_integer(summary, "cost_model_bf16_bytes_per_kv_token"), 2 * 576 * 2) << summary;
+  cadre::posix_fs::remove_tree(dir);  // not std::filesystem: see common/posix_fs.h
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// cadre-mpi-ranks: 1 2 4
+// cadre-mpi-ranks: 1 2 3 4
 // Multi-head latent attention in the training loop: CAD shipping the latent (servers expand it
 // with the layer's up-projection and return the latent's gradient), CAD shipping expanded K/V,
 // and colocated attention all equal one process training the unsplit model (loss, every
@@ -83,6 +83,11 @@ std::vector<Variant> variants() {
        [](config::RunConfig* c) { c->mutable_training()->set_recompute("linear"); }},
       {"cad latent, packing span", 1,
        [](config::RunConfig* c) { c->mutable_data()->set_packing("span"); }},
+      {"cad latent, ping-pong, recompute=linear and packing span at once", 1,
+       [](config::RunConfig* c) {
+         c->mutable_training()->set_recompute("linear");
+         c->mutable_data()->set_packing("span");
+       }},
       {"cad latent, low-rank query, two micro-batches", 1,
        [](config::RunConfig* c) {
          c->mutable_model()->set_q_latent_dim(12);
@@ -140,6 +145,19 @@ TEST(LatentTraining, TheLatentMovesFewerBytesThanExpandedKeysAndValues) {
     EXPECT_LT(a.a2a_bytes, b.a2a_bytes) << "latent " << a.a2a_bytes << " B, expanded "
                                         << b.a2a_bytes << " B";
   }
+  // The dispatch counters, exactly (fp32, all ranks, one layer, forward + backward): a query row
+  // carries Q and dQ (4 heads x (8 + 4)) and O and dO (4 heads x 6); a K/V row carries the
+  // latent [c ; k_rope] (16 + 4) out and its gradient back, or expanded K (4 x 12) and V (4 x 6)
+  // out and dK, dV back.
+  EXPECT_EQ(a.cad_query_rows, b.cad_query_rows);
+  EXPECT_EQ(a.cad_kv_rows, b.cad_kv_rows);
+  for (const auto& [m, kv_values] : {std::pair<StepMetrics, int64_t>{a, 16 + 4},
+                                     std::pair<StepMetrics, int64_t>{b, 4 * (12 + 6)}}) {
+    EXPECT_EQ(m.cad_query_bytes, m.cad_query_rows * 2 * 4 * (12 + 6) * 4)
+        << m.cad_query_rows << " query rows";
+    EXPECT_EQ(m.cad_kv_bytes, m.cad_kv_rows * 2 * kv_values * 4) << m.cad_kv_rows << " K/V rows";
+  }
+  if (a.cad_query_rows > 0) EXPECT_GT(a.cad_kv_rows, 0);  // a moved query needs its own keys
   EXPECT_NE(latent.describe().find("MLA shipping latent"), std::string::npos) << latent.describe();
   EXPECT_NE(expanded.describe().find("MLA shipping expanded K/V"), std::string::npos);
 }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "attention_server/kernel.h"
 #include "common/error.h"
@@ -341,18 +342,44 @@ TEST(LatentAttention, TplaLossFallsOnALearnableTask) {
   EXPECT_LT(last, 0.5 * first) << "loss " << first << " -> " << last;
 }
 
+// Runs `make` and expects a cadre::Error whose message holds every piece.
+template <typename Make>
+void expect_error(Make make, const std::vector<std::string>& pieces) {
+  try {
+    make();
+    ADD_FAILURE() << "no error; expected one saying " << pieces.front();
+  } catch (const Error& e) {
+    for (const auto& piece : pieces) {
+      EXPECT_NE(std::string(e.what()).find(piece), std::string::npos)
+          << "message lacks \"" << piece << "\": " << e.what();
+    }
+  }
+}
+
+// The model's own checks (the config loader's, one per inconsistent setting, are in
+// tests/launch/test_config.cc).
 TEST(LatentAttention, BadSizesAreRefused) {
   auto bad_rope = mla_model();
   bad_rope.set_rope_head_dim(3);
-  EXPECT_THROW(LlamaModel(bad_rope, 1), Error);
+  expect_error([&] { LlamaModel(bad_rope, 1); }, {"even model.rope_head_dim", "got 3"});
   auto bad_heads = mla_model();
   bad_heads.set_num_kv_heads(2);
-  EXPECT_THROW(LlamaModel(bad_heads, 1), Error);
+  expect_error([&] { LlamaModel(bad_heads, 1); }, {"num_kv_heads (2) must equal num_heads (4)"});
   auto tpla = mla_model();
   tpla.set_tpla(true);
-  EXPECT_THROW(LlamaModel(tpla, 1, torch::kCPU, nullptr, 3), Error);  // 16 % 3 != 0
+  expect_error([&] { LlamaModel(tpla, 1, torch::kCPU, nullptr, 3); },
+               {"kv_latent_dim=16", "not divisible by the 3 TPLA slices"});
+  auto hadamard = mla_model();
+  hadamard.set_kv_latent_dim(12);
+  hadamard.set_tpla(true);
+  hadamard.set_tpla_transform("hadamard");
+  expect_error([&] { LlamaModel(hadamard, 1, torch::kCPU, nullptr, 2); },
+               {"hadamard", "power-of-two", "got 12"});
+  auto no_latent = mla_model();
+  no_latent.set_kv_latent_dim(0);
+  expect_error([&] { LlamaModel(no_latent, 1); }, {"rope_head_dim", "kv_latent_dim > 0"});
   LlamaModel two(tpla, 1, torch::kCPU, nullptr, 2);
-  EXPECT_THROW(two.set_latent_outputs(true), Error);  // two slices on one rank
+  expect_error([&] { two.set_latent_outputs(true); }, {"one latent slice per rank", "2 TPLA"});
 }
 
 }  // namespace

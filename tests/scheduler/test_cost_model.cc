@@ -99,6 +99,18 @@ TEST(CostModel, BytesAndLinks) {
   mla.set_v_head_dim(128);
   EXPECT_NEAR(CostModel(mla, cluster, default_calibration()).attention_forward_us(1000, 1000),
               gqa_us * (192.0 + 128.0) / 256.0, 1e-6 * gqa_us);
+  // T = 2: MLA splits the heads and ships the whole latent to each head group; TPLA keeps every
+  // head on every GPU (twice the queries and attention FLOPs) and ships a latent slice.
+  cluster.set_tensor_parallel(2);
+  const CostModel mla2(mla, cluster, default_calibration());
+  EXPECT_EQ(mla2.q_bytes_per_token(), 16 * (128 + 64) * 2);
+  EXPECT_EQ(mla2.kv_bytes_per_token(), (512 + 64) * 2);
+  mla.set_tpla(true);
+  const CostModel tpla2(mla, cluster, default_calibration());
+  EXPECT_EQ(tpla2.q_bytes_per_token(), 32 * (128 + 64) * 2);
+  EXPECT_EQ(tpla2.kv_bytes_per_token(), (256 + 64) * 2);
+  EXPECT_NEAR(tpla2.attention_forward_us(1000, 1000), 2 * mla2.attention_forward_us(1000, 1000),
+              1e-9 * mla2.attention_forward_us(1000, 1000));
 }
 
 TEST(CostModel, BadCalibrationFilesSayWhatIsAccepted) {
