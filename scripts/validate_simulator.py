@@ -31,8 +31,9 @@ DEFAULT_RESULTS = [
     # 2 GPUs at 1442622: before bucketed, overlapped gradient reduction and the fixes that made
     # CAD's dispatch cost ~1% on one GPU; reported, not gated (docs/simulation.md).
     "benchmarks/results/h200x2_train_bench.jsonl:whole:report:composite",
-    # Profile runs (peak memory measured), when committed.
-    "benchmarks/results/profiles/h200x1_profile_bench.jsonl:fill:gate:composite",
+    # Profile runs (peak memory measured), when committed. 1 GPU: at b9561e9, fused kernels on,
+    # 6 steps (2 warm-up).
+    "benchmarks/results/profiles/h200x1_profile_bench.jsonl:fill:gate:fused",
     "benchmarks/results/profiles/h200x2_profile_bench.jsonl:fill:gate:composite",
     # Model-parallel bench on one GPU (peak memory measured; llama-3b and the sharded optimizer;
     # the dry-run cells are the 2- and 8-GPU cells run at T=1, D=1 on one GPU), at 2ae4f1c.
