@@ -11,23 +11,13 @@
 #include "common/error.h"
 #include "common/posix_fs.h"
 #include "launch/config.h"
+#include "tests/expect_error.h"
 
 namespace cadre::launch {
 namespace {
 
 // Runs `fn`, expects a cadre::Error, and checks that its message contains every piece.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& pieces) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    for (const auto& p : pieces) {
-      EXPECT_NE(e.message().find(p), std::string::npos)
-          << "message lacks \"" << p << "\":\n  " << e.message();
-    }
-    return;
-  }
-  ADD_FAILURE() << "no cadre::Error thrown; expected one containing \"" << pieces.front() << "\"";
-}
+using cadre::testing::expect_error;
 
 config::RunConfig with_overrides(const std::vector<std::string>& overrides) {
   config::RunConfig c;
@@ -124,7 +114,7 @@ TEST(LoadConfigFile, MissingFileAndDirectory) {
 }
 
 TEST(LoadConfigFile, ErrorsNameTheFile) {
-  const std::string path = testing::TempDir() + "cadre_bad_config.pbtxt";
+  const std::string path = ::testing::TempDir() + "cadre_bad_config.pbtxt";
   std::ofstream(path) << "cluster {\n  num_gpus: 4\n  gpus: 8\n}\n";
   expect_error([&] { load_config_file(path); },
                {path + ":3:", "unknown field \"gpus\" in cluster", "gpus_per_node"});
@@ -300,9 +290,9 @@ TEST(FinalizeConfig, LatentAttentionErrors) {
                         {"model.num_kv_heads=4", "accepted: num_kv_heads = num_heads = 16"});
   expect_finalize_error({mla, "model.tpla=true", "cluster.tensor_parallel=1"},
                         {"model.tpla=true needs cluster.tensor_parallel > 1", "cadre eval"});
-  expect_finalize_error({mla, "model.tpla=true", "model.kv_latent_dim=500",
-                         "cluster.tensor_parallel=8"},
-                        {"model.kv_latent_dim=500", "not divisible by cluster.tensor_parallel=8"});
+  expect_finalize_error(
+      {mla, "model.tpla=true", "model.kv_latent_dim=500", "cluster.tensor_parallel=8"},
+      {"model.kv_latent_dim=500", "not divisible by cluster.tensor_parallel=8"});
   expect_finalize_error({mla, "model.tpla=true", "model.kv_latent_dim=384",
                          "model.tpla_transform=hadamard", "cluster.tensor_parallel=2"},
                         {"hadamard", "power-of-two", "384"});
@@ -371,7 +361,7 @@ TEST(FinalizeConfig, DataErrors) {
   expect_finalize_error({"model.preset=tiny", "data.eod_token=256"},
                         {"data.eod_token=256", "0 to 255"});
 
-  const std::string lengths = testing::TempDir() + "cadre_lengths.txt";
+  const std::string lengths = ::testing::TempDir() + "cadre_lengths.txt";
   std::ofstream(lengths) << "100\n200\n";
   EXPECT_NO_THROW(finalized({"data.distribution=file", "data.lengths_file=" + lengths}));
   posix_fs::remove_file(lengths);

@@ -9,23 +9,13 @@
 #include "common/error.h"
 #include "common/posix_fs.h"
 #include "launch/config.h"
+#include "tests/expect_error.h"
 #include "tests/temp_dir.h"
 
 namespace cadre::launch {
 namespace {
 
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& pieces) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning " << pieces.front();
-  } catch (const Error& e) {
-    for (const auto& p : pieces) {
-      EXPECT_NE(e.message().find(p), std::string::npos) << "message lacks '" << p << "':\n"
-                                                        << e.message();
-    }
-  }
-}
+using cadre::testing::expect_error;
 
 using cadre::testing::TempDir;
 

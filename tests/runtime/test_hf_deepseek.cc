@@ -26,6 +26,7 @@
 #include "runtime/model.h"
 #include "runtime/safetensors.h"
 #include "scheduler/plan.h"
+#include "tests/expect_error.h"
 #include "tests/temp_dir.h"
 
 namespace cadre::runtime {
@@ -74,18 +75,7 @@ void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size());
 }
 
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& pieces) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning " << pieces.front();
-  } catch (const Error& e) {
-    for (const auto& p : pieces) {
-      EXPECT_NE(e.message().find(p), std::string::npos) << "message lacks '" << p << "':\n"
-                                                        << e.message();
-    }
-  }
-}
+using cadre::testing::expect_error;
 
 // ---------------------------------------------------------------------------------------------
 // An independent reader of the exported directory: the safetensors format from its description

@@ -12,7 +12,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "tests/temp_dir.h"
 #include "attention_server/kernel.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
@@ -22,7 +21,9 @@
 #include "runtime/rope_scaling.h"
 #include "runtime/safetensors.h"
 #include "scheduler/plan.h"
+#include "tests/expect_error.h"
 #include "tests/runtime/tiny_model.h"
+#include "tests/temp_dir.h"
 
 namespace cadre::runtime {
 namespace {
@@ -49,18 +50,7 @@ std::vector<std::pair<std::string, torch::Tensor>> weights_of(const LlamaModel& 
 }
 
 // Expects `f` to throw cadre::Error whose message holds every piece.
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& pieces) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning " << pieces.front();
-  } catch (const Error& e) {
-    for (const auto& p : pieces) {
-      EXPECT_NE(e.message().find(p), std::string::npos) << "message lacks '" << p << "':\n"
-                                                        << e.message();
-    }
-  }
-}
+using cadre::testing::expect_error;
 
 // ---------------------------------------------------------------------------------------------
 // An independent safetensors reader: the format read from its description (u64 header length,

@@ -10,30 +10,20 @@
 #include <fstream>
 #include <map>
 
-#include "tests/temp_dir.h"
 #include "common/error.h"
 #include "common/posix_fs.h"
 #include "runtime/corpus.h"
 #include "runtime/data.h"
 #include "runtime/indexed_dataset.h"
+#include "tests/expect_error.h"
+#include "tests/temp_dir.h"
 
 namespace cadre::runtime {
 namespace {
 
 using cadre::testing::TempDir;
 
-template <typename F>
-void expect_error(F&& f, const std::vector<std::string>& pieces) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning " << pieces.front();
-  } catch (const Error& e) {
-    for (const auto& p : pieces) {
-      EXPECT_NE(e.message().find(p), std::string::npos) << "message lacks '" << p << "':\n"
-                                                        << e.message();
-    }
-  }
-}
+using cadre::testing::expect_error;
 
 // The independent writer: documents as lists of sequences of tokens, dtype code 8 (uint16),
 // 4 (int32) or 1 (uint8).

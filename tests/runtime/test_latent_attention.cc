@@ -16,6 +16,7 @@
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
 #include "scheduler/plan.h"
+#include "tests/expect_error.h"
 
 namespace cadre::runtime {
 namespace {
@@ -92,9 +93,9 @@ RefAttention ref_attention_inputs(const config::ModelConfig& m,
   r.q_rope = ref_rope(q.narrow(2, dn, dr).contiguous(), positions, m.rope_theta());
   auto kv_a = torch::mm(h, w[p + "wkv_a"].t());
   r.c = ref_norm(kv_a.narrow(1, 0, dc), w[p + "kv_norm"], m.norm_eps());
-  r.k_rope = ref_rope(kv_a.narrow(1, dc, dr).reshape({n, 1, dr}).contiguous(), positions,
-                      m.rope_theta())
-                 .view({n, dr});
+  r.k_rope =
+      ref_rope(kv_a.narrow(1, dc, dr).reshape({n, 1, dr}).contiguous(), positions, m.rope_theta())
+          .view({n, dr});
   auto up = w[p + "wkv_b"].view({H, dn + dv, dc});
   r.w_uk = up.narrow(1, 0, dn);
   r.w_uv = up.narrow(1, dn, dv);
@@ -343,18 +344,7 @@ TEST(LatentAttention, TplaLossFallsOnALearnableTask) {
 }
 
 // Runs `make` and expects a cadre::Error whose message holds every piece.
-template <typename Make>
-void expect_error(Make make, const std::vector<std::string>& pieces) {
-  try {
-    make();
-    ADD_FAILURE() << "no error; expected one saying " << pieces.front();
-  } catch (const Error& e) {
-    for (const auto& piece : pieces) {
-      EXPECT_NE(std::string(e.what()).find(piece), std::string::npos)
-          << "message lacks \"" << piece << "\": " << e.what();
-    }
-  }
-}
+using cadre::testing::expect_error;
 
 // The model's own checks (the config loader's, one per inconsistent setting, are in
 // tests/launch/test_config.cc).
