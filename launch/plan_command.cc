@@ -422,7 +422,8 @@ int run_plan(const Args& args) {
 
   const auto& cluster = config.cluster();
   const scheduler::CostModel cost(config.model(), cluster,
-                                  scheduler::calibration_for(cluster, config.model()));
+                                  scheduler::calibration_for(cluster, config.model()),
+                                  scheduler::kv_shipping_for(config.scheduler()));
   const int32_t stage_layers = config.model().num_layers() / cluster.pipeline_parallel();
 
   std::vector<int32_t> server_ranks;

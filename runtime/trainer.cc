@@ -264,7 +264,9 @@ Trainer::Trainer(const config::RunConfig& config, comm::Transport& control, comm
               "); accepted here: auto, reference");
   kernel_ = attention_server::make_kernel(gpu_kernel ? kernel_name : "reference");
   cost_ = std::make_unique<scheduler::CostModel>(
-      config.model(), config.cluster(), scheduler::calibration_for(config.cluster(), config.model()));
+      config.model(), config.cluster(),
+      scheduler::calibration_for(config.cluster(), config.model()),
+      scheduler::kv_shipping_for(config.scheduler()));
 #ifdef CADRE_WITH_CUDA
   if (device_.is_cuda()) {
     const auto& nccl = static_cast<const comm::NcclTransport&>(data);
@@ -832,10 +834,11 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     kv_bytes += static_cast<double>(m.cad_kv_bytes);
   }
   auto per_row = [](double b, double rows) { return rows > 0 ? b / rows : 0.0; };
-  // What the planner prices per token (bf16 on the wire; forward Q out and O back at the query
-  // width, K/V out; backward mirrors it), beside the measured bytes (in training.dtype).
+  // What the planner prices per token (bf16 on the wire; forward Q out and O back, K/V out;
+  // backward mirrors it), beside the measured bytes (in training.dtype).
   const scheduler::CostModel cost(config.model(), config.cluster(),
-                                  scheduler::calibration_for(config.cluster(), config.model()));
+                                  scheduler::calibration_for(config.cluster(), config.model()),
+                                  scheduler::kv_shipping_for(config.scheduler()));
   std::ostringstream out;
   out.precision(6);
   const auto& t = config.training();
@@ -857,7 +860,8 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"cad_bytes_per_kv_token\":" << per_row(kv_bytes, kv_rows)
       << ",\"cad_query_rows\":" << query_rows / n << ",\"cad_kv_rows\":" << kv_rows / n
       << ",\"dtype\":\"" << t.dtype() << "\""
-      << ",\"cost_model_bf16_bytes_per_query_token\":" << 4 * cost.q_bytes_per_token()
+      << ",\"cost_model_bf16_bytes_per_query_token\":"
+      << 2 * (cost.q_bytes_per_token() + cost.o_bytes_per_token())
       << ",\"cost_model_bf16_bytes_per_kv_token\":" << 2 * cost.kv_bytes_per_token()
       << ",\"imbalance_before\":" << before / n
       << ",\"imbalance_after\":" << after / n << ",\"attention_kernel\":\""

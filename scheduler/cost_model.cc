@@ -30,6 +30,15 @@ int64_t attention_heads_per_gpu(const config::ModelConfig& m, const config::Clus
   return tpla(m) ? m.num_heads() : m.num_heads() / c.tensor_parallel();
 }
 
+// Per-head widths of the attention kernel's operands: query/key (MLA: the non-rotary head_dim
+// plus the rotary key) and value (MLA: v_head_dim, head_dim when unset), as runtime/model.cc.
+int64_t qk_head_dim(const config::ModelConfig& m) {
+  return m.head_dim() + (m.kv_latent_dim() > 0 ? m.rope_head_dim() : 0);
+}
+int64_t v_head_dim(const config::ModelConfig& m) {
+  return m.kv_latent_dim() > 0 && m.v_head_dim() > 0 ? m.v_head_dim() : m.head_dim();
+}
+
 CalibrationTable parse_calibration(const std::string& json, const std::string& source) {
   cadre::calibration::CalibrationTableProto proto;
   google::protobuf::util::JsonParseOptions options;
@@ -107,9 +116,18 @@ CalibrationTable load_calibration_json(const std::string& path) {
   return parse_calibration(text.str(), "'" + path + "'");
 }
 
+KvShipping kv_shipping_for(const config::SchedulerConfig& scheduler) {
+  return scheduler.server_mode() == "dedicated" || scheduler.mla_shipping() == "expanded"
+             ? KvShipping::kExpanded
+             : KvShipping::kLatent;
+}
+
 CostModel::CostModel(const config::ModelConfig& model, const config::ClusterConfig& cluster,
-                     CalibrationTable calibration)
-    : model_(model), cluster_(cluster), calibration_(std::move(calibration)) {
+                     CalibrationTable calibration, KvShipping kv_shipping)
+    : model_(model),
+      cluster_(cluster),
+      calibration_(std::move(calibration)),
+      kv_shipping_(kv_shipping) {
   CADRE_CHECK(model_.num_heads() > 0 && model_.head_dim() > 0 && model_.hidden_size() > 0,
               "cost model needs a sized model (num_heads ", model_.num_heads(), ", head_dim ",
               model_.head_dim(), ", hidden_size ", model_.hidden_size(),
@@ -159,10 +177,7 @@ double CostModel::flops_per_pass(int64_t q_tokens, int64_t kv_tokens) const {
   const double heads = static_cast<double>(attention_heads_per_gpu(model_, cluster_));
   // Latent attention (expanded on the server): QK^T over head_dim + rope_head_dim, PV over
   // v_head_dim.
-  const bool mla = model_.kv_latent_dim() > 0;
-  const double widths = mla ? model_.head_dim() + model_.rope_head_dim() +
-                                  (model_.v_head_dim() > 0 ? model_.v_head_dim() : model_.head_dim())
-                            : 2.0 * model_.head_dim();
+  const double widths = static_cast<double>(qk_head_dim(model_) + v_head_dim(model_));
   return 2.0 * static_cast<double>(causal_pairs(kv_tokens - q_tokens, kv_tokens)) * widths * heads;
 }
 
@@ -207,15 +222,22 @@ double CostModel::linear_step_us_per_token(int32_t layers) const {
 
 // Per GPU: tensor parallelism splits query heads, and KV heads down to one per GPU.
 int64_t CostModel::q_bytes_per_token() const {
-  const int64_t width =
-      model_.head_dim() + (model_.kv_latent_dim() > 0 ? model_.rope_head_dim() : 0);
-  return attention_heads_per_gpu(model_, cluster_) * width * kBytesPerValue;
+  return attention_heads_per_gpu(model_, cluster_) * qk_head_dim(model_) * kBytesPerValue;
+}
+
+int64_t CostModel::o_bytes_per_token() const {
+  return attention_heads_per_gpu(model_, cluster_) * v_head_dim(model_) * kBytesPerValue;
 }
 
 int64_t CostModel::kv_bytes_per_token() const {
   if (model_.kv_latent_dim() > 0) {
-    // Latent attention ships the compact latent (TPLA: this GPU's slice of it) plus the
-    // decoupled rotary key.
+    if (kv_shipping_ == KvShipping::kExpanded) {
+      // The owner expands every attention head's key and value (one K/V head per query head).
+      return attention_heads_per_gpu(model_, cluster_) *
+             (qk_head_dim(model_) + v_head_dim(model_)) * kBytesPerValue;
+    }
+    // Latent shipping: the compact latent (TPLA: this GPU's slice of it) plus the decoupled
+    // rotary key.
     const int64_t latent = model_.kv_latent_dim() / (tpla(model_) ? cluster_.tensor_parallel() : 1);
     return (latent + model_.rope_head_dim()) * kBytesPerValue;
   }

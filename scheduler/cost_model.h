@@ -50,11 +50,20 @@ CalibrationTable calibration_for(const config::ClusterConfig& cluster,
 
 enum class LinkClass { kSelf, kIntraNode, kInterNode };
 
+// How a latent-attention (MLA) K/V row travels to its attention server: the latent and the rotary
+// key (the server expands them with the layer's up-projection), or per-head expanded keys and
+// values. Ignored for models without a latent.
+enum class KvShipping { kLatent, kExpanded };
+// What the trainer ships: scheduler.mla_shipping, except that dedicated servers (which hold no
+// weights) always get expanded K/V.
+KvShipping kv_shipping_for(const config::SchedulerConfig& scheduler);
+
 class CostModel {
  public:
-  // Uses the model's dimensions and the cluster's GEMM rate, bandwidths and calibration.
+  // Uses the model's dimensions and the cluster's GEMM rate, bandwidths and calibration;
+  // `kv_shipping` prices latent-attention K/V rows (kv_shipping_for the run's scheduler config).
   CostModel(const config::ModelConfig& model, const config::ClusterConfig& cluster,
-            CalibrationTable calibration);
+            CalibrationTable calibration, KvShipping kv_shipping = KvShipping::kLatent);
 
   // Forward core-attention time of one task (q query tokens attending kv keys, causal,
   // bottom-right aligned) for all heads of one layer on one GPU (heads divided by TP), in us.
@@ -68,12 +77,20 @@ class CostModel {
   // Non-attention (linear, MLP, norms) forward+backward time per token for `layers` layers.
   double linear_step_us_per_token(int32_t layers) const;
 
-  // Bytes per token per layer per GPU that CAD ships to a server (Q + K/V) and back (O; in
-  // backward dO out, dQ/dK/dV back): the heads of one TP rank (KV heads at least one); the latent
-  // width for MLA models (not split by TP). TPLA: every head's query, and the GPU's latent slice
-  // (kv_latent_dim / TP) plus the rotary key.
+  // Bytes per token per layer per GPU (bf16) that CAD moves between an owner and a server, one
+  // way; each is moved once forward and once backward (attention_server/dispatch.cc):
+  //  - q: a query row, Q out (and dQ back) at the query/key width (MLA: head_dim + rope_head_dim);
+  //  - o: its output, O back (and dO out) at the value width (MLA: v_head_dim);
+  //  - kv: a K/V row, K and V out (and dK, dV back): the KV heads of one TP rank (at least one);
+  //    MLA latent shipping: the latent plus the rotary key, whole on every head group (TPLA: the
+  //    GPU's slice kv_latent_dim / TP plus the rotary key); MLA expanded shipping: every attention
+  //    head's key and value.
+  // Heads per GPU: num_heads / TP (TPLA: every head). A query token moved to a server costs
+  // 2 (q + o) bytes per layer, forward and backward, and a K/V token 2 kv.
   int64_t q_bytes_per_token() const;
+  int64_t o_bytes_per_token() const;
   int64_t kv_bytes_per_token() const;
+  KvShipping kv_shipping() const { return kv_shipping_; }
 
   // Time to move `bytes` over one link class, in us.
   double transfer_us(int64_t bytes, LinkClass link) const;
@@ -86,6 +103,7 @@ class CostModel {
   config::ModelConfig model_;
   config::ClusterConfig cluster_;
   CalibrationTable calibration_;
+  KvShipping kv_shipping_;
   // Calibration points in log2 space, precomputed for interpolation.
   struct LogPoint {
     double log_q, log_kv, forward_tflops, backward_tflops;

@@ -56,7 +56,8 @@ class Planner {
                   world_size, " ranks");
       server_of_rank_[r] = s;
     }
-    q_bytes_ = cost.q_bytes_per_token();
+    // A query row moves Q out and O back (widths differ under MLA), a K/V row its K and V.
+    query_row_bytes_ = cost.q_bytes_per_token() + cost.o_bytes_per_token();
     kv_bytes_ = cost.kv_bytes_per_token();
   }
 
@@ -186,7 +187,7 @@ class Planner {
     const int64_t held = resident(server, document);
     int64_t kv_remote = 0;
     if (end > held) kv_remote = (end - held) - owned_tokens(server, document, held, end);
-    const int64_t bytes = 2 * q_remote * q_bytes_ + kv_remote * kv_bytes_;
+    const int64_t bytes = q_remote * query_row_bytes_ + kv_remote * kv_bytes_;
     const LinkClass link = cost_.link_between(server_ranks_[from] / 1, server_ranks_[server]);
     // A move within one rank's tokens still costs a little, so real gains win ties.
     return cost_.transfer_us(bytes, link == LinkClass::kSelf ? LinkClass::kIntraNode : link);
@@ -329,7 +330,7 @@ class Planner {
       const int32_t server_rank = server_ranks_[tr.server];
       if (server_rank == tr.owner) continue;
       // Forward: Q out and O back, K/V out. Backward mirrors it; counted per layer forward.
-      const int64_t bytes = 2 * tr.q_rows() * q_bytes_ + tr.kv_rows() * kv_bytes_;
+      const int64_t bytes = tr.q_rows() * query_row_bytes_ + tr.kv_rows() * kv_bytes_;
       moved[tr.owner] += bytes;
       moved[server_rank] += bytes;
       total += bytes;
@@ -346,7 +347,7 @@ class Planner {
   const CostModel& cost_;
   PlannerOptions options_;
   int32_t num_servers_;
-  int64_t q_bytes_ = 0;
+  int64_t query_row_bytes_ = 0;  // Q out plus O back
   int64_t kv_bytes_ = 0;
   std::vector<int32_t> server_of_rank_;
   std::vector<WorkTask> tasks_;

@@ -106,6 +106,9 @@ TEST(CliParallel, TrainsTheDeepSeekV3MlaPresetAtSmallWidths) {
   // The planner's price of a K/V token: the latent and the rotary key, (512 + 64) x 2 B out and
   // the same back.
   EXPECT_EQ(json_integer(summary, "cost_model_bf16_bytes_per_kv_token"), 2 * 576 * 2) << summary;
+  // A query token: Q and dQ at the query/key width (128 + 64), O and dO at the value width (128).
+  EXPECT_EQ(json_integer(summary, "cost_model_bf16_bytes_per_query_token"), 2 * 4 * (192 + 128) * 2)
+      << summary;
   cadre::posix_fs::remove_tree(dir);  // not std::filesystem: see common/posix_fs.h
 }
 

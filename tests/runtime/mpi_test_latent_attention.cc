@@ -139,8 +139,8 @@ TEST(LatentTraining, TheLatentMovesFewerBytesThanExpandedKeysAndValues) {
   expanded_config.mutable_scheduler()->set_mla_shipping("expanded");
   Trainer latent(latent_config, world()), expanded(expanded_config, world());
   const StepMetrics a = latent.forward_backward(), b = expanded.forward_backward();
-  EXPECT_EQ(a.cad_inter_node_rows + a.cad_intra_node_rows,
-            b.cad_inter_node_rows + b.cad_intra_node_rows);
+  // The two plans may differ: the planner prices an expanded K/V row (here 4 x 18 values) above a
+  // latent one (20 values), so under expanded shipping it may move queries rather than keys.
   if (world().rank() == 0 && b.a2a_bytes > 0) {
     EXPECT_LT(a.a2a_bytes, b.a2a_bytes) << "latent " << a.a2a_bytes << " B, expanded "
                                         << b.a2a_bytes << " B";
@@ -149,8 +149,6 @@ TEST(LatentTraining, TheLatentMovesFewerBytesThanExpandedKeysAndValues) {
   // carries Q and dQ (4 heads x (8 + 4)) and O and dO (4 heads x 6); a K/V row carries the
   // latent [c ; k_rope] (16 + 4) out and its gradient back, or expanded K (4 x 12) and V (4 x 6)
   // out and dK, dV back.
-  EXPECT_EQ(a.cad_query_rows, b.cad_query_rows);
-  EXPECT_EQ(a.cad_kv_rows, b.cad_kv_rows);
   for (const auto& [m, kv_values] : {std::pair<StepMetrics, int64_t>{a, 16 + 4},
                                      std::pair<StepMetrics, int64_t>{b, 4 * (12 + 6)}}) {
     EXPECT_EQ(m.cad_query_bytes, m.cad_query_rows * 2 * 4 * (12 + 6) * 4)

@@ -1,19 +1,27 @@
 // Cost model: calibration loading, the built-in table per model, exact values at measured points,
-// linear and transfer pricing.
+// linear and transfer pricing, bytes per token per shipping mode (against the dispatch counters).
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "scheduler/cost_model.h"
-#include "tests/scheduler/test_models.h"
 #include "scheduler/plan.h"
+#include "tests/scheduler/test_models.h"
 
 namespace cadre::scheduler {
 namespace {
 
+using testing::deepseek_v2_lite;
+using testing::llama1b;
 using testing::llama8b;
 
 TEST(CostModel, DefaultTableIsExactAtMeasuredPoints) {
@@ -81,6 +89,7 @@ TEST(CostModel, BytesAndLinks) {
   cluster.set_gpus_per_node(4);
   CostModel cost(llama8b(), cluster, default_calibration());
   EXPECT_EQ(cost.q_bytes_per_token(), 32 * 128 * 2);
+  EXPECT_EQ(cost.o_bytes_per_token(), 32 * 128 * 2);
   EXPECT_EQ(cost.kv_bytes_per_token(), 2 * 8 * 128 * 2);
   EXPECT_EQ(cost.link_between(1, 1), LinkClass::kSelf);
   EXPECT_EQ(cost.link_between(1, 3), LinkClass::kIntraNode);
@@ -95,6 +104,7 @@ TEST(CostModel, BytesAndLinks) {
   // Queries are head_dim + rope_head_dim wide; attention multiplies over q/k and v widths.
   EXPECT_EQ(CostModel(mla, cluster, default_calibration()).q_bytes_per_token(),
             32 * (128 + 64) * 2);
+  EXPECT_EQ(CostModel(mla, cluster, default_calibration()).o_bytes_per_token(), 32 * 128 * 2);
   const double gqa_us = cost.attention_forward_us(1000, 1000);
   mla.set_v_head_dim(128);
   EXPECT_NEAR(CostModel(mla, cluster, default_calibration()).attention_forward_us(1000, 1000),
@@ -111,6 +121,143 @@ TEST(CostModel, BytesAndLinks) {
   EXPECT_EQ(tpla2.kv_bytes_per_token(), (256 + 64) * 2);
   EXPECT_NEAR(tpla2.attention_forward_us(1000, 1000), 2 * mla2.attention_forward_us(1000, 1000),
               1e-9 * mla2.attention_forward_us(1000, 1000));
+}
+
+config::SchedulerConfig shipping(const std::string& mla_shipping, const std::string& server_mode) {
+  config::SchedulerConfig s;
+  s.set_mla_shipping(mla_shipping);
+  s.set_server_mode(server_mode);
+  return s;
+}
+
+// Bytes per token per layer per GPU, forward + backward, bf16, as the dispatch moves them: a query
+// row Q out, O back, dO out, dQ back; a K/V row its K/V (or latent) out and the gradient back.
+struct TokenBytes {
+  int64_t query = 0, kv = 0;
+};
+TokenBytes step_bytes(const config::ModelConfig& model, int32_t tp,
+                      const config::SchedulerConfig& scheduler) {
+  config::ClusterConfig cluster;
+  cluster.set_tensor_parallel(tp);
+  const CostModel cost(model, cluster, default_calibration(), kv_shipping_for(scheduler));
+  return {2 * (cost.q_bytes_per_token() + cost.o_bytes_per_token()), 2 * cost.kv_bytes_per_token()};
+}
+
+TEST(CostModel, ShippingFollowsTheSchedulerAndDedicatedServersGetExpandedKv) {
+  EXPECT_EQ(kv_shipping_for(config::SchedulerConfig()), KvShipping::kLatent);  // the defaults
+  EXPECT_EQ(kv_shipping_for(shipping("latent", "in_place")), KvShipping::kLatent);
+  EXPECT_EQ(kv_shipping_for(shipping("expanded", "in_place")), KvShipping::kExpanded);
+  EXPECT_EQ(kv_shipping_for(shipping("latent", "dedicated")), KvShipping::kExpanded);
+  EXPECT_EQ(kv_shipping_for(shipping("expanded", "dedicated")), KvShipping::kExpanded);
+}
+
+// Hand counts from attention_server/dispatch.cc: a query row is heads x 192 (Q, dQ) and
+// heads x 128 (O, dO) values; a K/V row 512 + 64 latent values, or heads x (192 + 128) expanded.
+TEST(CostModel, LatentAttentionBytesPerTokenInEveryShippingMode) {
+  const config::ModelConfig mla = deepseek_v2_lite();
+  const auto latent = shipping("latent", "in_place");
+  const auto expanded = shipping("expanded", "in_place");
+  const auto dedicated = shipping("latent", "dedicated");
+  struct Case {
+    const char* what;
+    bool tpla;
+    int32_t tp;
+    config::SchedulerConfig scheduler;
+    int64_t query, kv;
+  };
+  const std::vector<Case> cases = {
+      {"latent", false, 1, latent, 2 * 16 * (192 + 128) * 2, 2 * 576 * 2},
+      {"expanded", false, 1, expanded, 2 * 16 * (192 + 128) * 2, 2 * 16 * (192 + 128) * 2},
+      {"dedicated", false, 1, dedicated, 2 * 16 * (192 + 128) * 2, 2 * 16 * (192 + 128) * 2},
+      // T = 2: each head group gets half the heads' queries and the whole latent ...
+      {"latent T=2", false, 2, latent, 2 * 8 * (192 + 128) * 2, 2 * 576 * 2},
+      // ... or expanded K/V of its own heads.
+      {"expanded T=2", false, 2, expanded, 2 * 8 * (192 + 128) * 2, 2 * 8 * (192 + 128) * 2},
+      {"dedicated T=2", false, 2, dedicated, 2 * 8 * (192 + 128) * 2, 2 * 8 * (192 + 128) * 2},
+      // TPLA T = 2: every head's query on each rank and its latent slice (256 + 64) ...
+      {"TPLA latent T=2", true, 2, latent, 2 * 16 * (192 + 128) * 2, 2 * (256 + 64) * 2},
+      // ... or every head's key and value expanded from the slice.
+      {"TPLA expanded T=2", true, 2, expanded, 2 * 16 * (192 + 128) * 2, 2 * 16 * (192 + 128) * 2},
+  };
+  for (const Case& c : cases) {
+    config::ModelConfig m = mla;
+    m.set_tpla(c.tpla);
+    const TokenBytes b = step_bytes(m, c.tp, c.scheduler);
+    EXPECT_EQ(b.query, c.query) << c.what;
+    EXPECT_EQ(b.kv, c.kv) << c.what;
+  }
+  // The numbers of benchmarks/results/mla_dispatch_bytes.md, spelled out.
+  EXPECT_EQ(step_bytes(mla, 1, latent).query, 20480);
+  EXPECT_EQ(step_bytes(mla, 1, latent).kv, 2304);
+  EXPECT_EQ(step_bytes(mla, 1, expanded).kv, 20480);
+  EXPECT_EQ(step_bytes(mla, 1, dedicated).kv, 20480);
+  EXPECT_EQ(step_bytes(mla, 2, latent).query, 10240);
+  // v_head_dim unset: the value is head_dim wide, as the model builds it.
+  config::ModelConfig unset = mla;
+  unset.clear_v_head_dim();
+  EXPECT_EQ(step_bytes(unset, 1, expanded).kv, 2 * 16 * (192 + 128) * 2);
+  unset.set_v_head_dim(96);
+  EXPECT_EQ(step_bytes(unset, 1, expanded).query, 2 * 16 * (192 + 96) * 2);
+  EXPECT_EQ(step_bytes(unset, 1, expanded).kv, 2 * 16 * (192 + 96) * 2);
+}
+
+// GQA: Q and O are equally wide, and K/V rows are per KV head (at least one per GPU) whatever
+// scheduler.mla_shipping or the server mode say.
+TEST(CostModel, GqaBytesPerTokenIgnoreLatentShipping) {
+  const config::ModelConfig gqa = llama1b();
+  for (const auto& scheduler : {shipping("latent", "in_place"), shipping("expanded", "in_place"),
+                                shipping("latent", "dedicated")}) {
+    EXPECT_EQ(step_bytes(gqa, 1, scheduler).query, 4 * 32 * 64 * 2);
+    EXPECT_EQ(step_bytes(gqa, 1, scheduler).kv, 2 * 2 * 8 * 64 * 2);
+    EXPECT_EQ(step_bytes(gqa, 2, scheduler).query, 4 * 16 * 64 * 2);
+    EXPECT_EQ(step_bytes(gqa, 2, scheduler).kv, 2 * 2 * 4 * 64 * 2);
+    EXPECT_EQ(step_bytes(gqa, 16, scheduler).kv, 2 * 2 * 1 * 64 * 2);  // one KV head per GPU
+  }
+  EXPECT_EQ(step_bytes(gqa, 1, config::SchedulerConfig()).query, 16384);
+  EXPECT_EQ(step_bytes(gqa, 1, config::SchedulerConfig()).kv, 4096);
+}
+
+// The cost model against the dispatch counters of real `cadre train` runs
+// (scripts/mla_dispatch_bytes.sh): measured_bf16_bytes_per_{query,kv}_token of every cell.
+TEST(CostModel, BytesPerTokenEqualTheMeasuredDispatchCounters) {
+  const std::string path =
+      std::string(CADRE_SOURCE_DIR) + "/benchmarks/results/mla_dispatch_bytes.json";
+  std::ifstream in(path);
+  ASSERT_TRUE(in.good()) << "cannot read " << path;
+  std::stringstream text;
+  text << in.rdbuf();
+  google::protobuf::Struct results;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(text.str(), &results).ok()) << path;
+  // Each cell's run, as the script configures it.
+  struct Run {
+    config::ModelConfig model;
+    int32_t tp;
+    config::SchedulerConfig scheduler;
+  };
+  config::ModelConfig tpla = deepseek_v2_lite();
+  tpla.set_tpla(true);
+  const std::map<std::string, Run> runs = {
+      {"mla_latent", {deepseek_v2_lite(), 1, shipping("latent", "in_place")}},
+      {"mla_expanded", {deepseek_v2_lite(), 1, shipping("expanded", "in_place")}},
+      {"mla_dedicated", {deepseek_v2_lite(), 1, shipping("latent", "dedicated")}},
+      {"mla_latent_tp2", {deepseek_v2_lite(), 2, shipping("latent", "in_place")}},
+      {"tpla_latent_tp2", {tpla, 2, shipping("latent", "in_place")}},
+      {"gqa_llama_1b", {llama1b(), 1, shipping("latent", "in_place")}},
+  };
+  const auto& rows = results.fields().at("rows").list_value().values();
+  ASSERT_EQ(rows.size(), runs.size());
+  for (const auto& row : rows) {
+    const auto& f = row.struct_value().fields();
+    const std::string cell = f.at("cell").string_value();
+    ASSERT_EQ(runs.count(cell), 1u) << "unknown cell " << cell;
+    const Run& run = runs.at(cell);
+    const TokenBytes b = step_bytes(run.model, run.tp, run.scheduler);
+    EXPECT_EQ(b.query, f.at("measured_bf16_bytes_per_query_token").number_value()) << cell;
+    EXPECT_EQ(b.kv, f.at("measured_bf16_bytes_per_kv_token").number_value()) << cell;
+    // bf16 is the fp32 counters halved.
+    EXPECT_EQ(2 * b.query, f.at("measured_bytes_per_query_token").number_value()) << cell;
+    EXPECT_EQ(2 * b.kv, f.at("measured_bytes_per_kv_token").number_value()) << cell;
+  }
 }
 
 TEST(CostModel, BadCalibrationFilesSayWhatIsAccepted) {
@@ -173,10 +320,10 @@ TEST(CostModel, BuiltInTableMatchesTheModelsHeads) {
   mla.set_rope_head_dim(64);
   EXPECT_EQ(&default_calibration_for(gqa, 1), &default_calibration());
   EXPECT_EQ(&default_calibration_for(mha, 1), &default_mha_calibration());
-  EXPECT_EQ(&default_calibration_for(mha, 4), &default_mha_calibration());  // 8 and 8 per GPU
-  EXPECT_EQ(&default_calibration_for(gqa, 8), &default_calibration());      // 4 heads on 1 KV head
+  EXPECT_EQ(&default_calibration_for(mha, 4), &default_mha_calibration());   // 8 and 8 per GPU
+  EXPECT_EQ(&default_calibration_for(gqa, 8), &default_calibration());       // 4 heads on 1 KV head
   EXPECT_EQ(&default_calibration_for(gqa, 32), &default_mha_calibration());  // 1 and 1 per GPU
-  EXPECT_EQ(&default_calibration_for(mla, 1), &default_mha_calibration());  // expanded per head
+  EXPECT_EQ(&default_calibration_for(mla, 1), &default_mha_calibration());   // expanded per head
 
   config::ClusterConfig cluster;
   EXPECT_EQ(calibration_for(cluster, mha).kv_heads, 32);

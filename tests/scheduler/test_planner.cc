@@ -120,6 +120,29 @@ TEST(PlanCad, DedicatedServersReceiveAllWork) {
   for (const ServerBatch& b : plan.batches) EXPECT_GE(b.server_rank, 6);
 }
 
+// The planner's byte counts price a moved query row at Q + O (192 + 128 per head under MLA) and a
+// moved K/V row at what the shipping mode sends (latent 576 values, expanded heads x 320).
+TEST(PlanCad, BytesMovedPriceQueryAndKvRowsAsShipped) {
+  std::mt19937_64 rng(11);
+  Layout layout = pack_sequential(prolong_like(rng, 8 * 32768), 8, 32768);
+  for (KvShipping shipping : {KvShipping::kLatent, KvShipping::kExpanded}) {
+    const CostModel cost(testing::deepseek_v2_lite(), config::ClusterConfig(),
+                         default_mha_calibration(), shipping);
+    const int64_t query_row = 16 * (192 + 128) * 2;
+    const int64_t kv_row = shipping == KvShipping::kLatent ? 576 * 2 : 16 * (192 + 128) * 2;
+    PlanStats stats;
+    Plan plan = plan_cad(layout, all_ranks(8), 8, cost, PlannerOptions(), &stats);
+    expect_valid(plan, PlannerOptions());
+    int64_t total = 0;
+    for (const PeerTransfer& t : plan.transfers) {
+      if (plan.server_ranks[t.server] != t.owner)
+        total += t.q_rows() * query_row + t.kv_rows() * kv_row;
+    }
+    EXPECT_GT(total, 0);
+    EXPECT_EQ(stats.bytes_moved_total, total);
+  }
+}
+
 TEST(PlanCad, AwkwardLayouts) {
   CostModel cost(llama8b(), config::ClusterConfig(), default_calibration());
   PlannerOptions options;
