@@ -36,6 +36,9 @@ struct Cluster {
 // all-reduce).
 struct Pricing {
   const CostModel* cost = nullptr;
+  // CAD's planning and shipping: K/V rows as the dispatcher ships them (latent or expanded under
+  // MLA); the baselines' K/V all-gathers move the latent (`cost`).
+  const CostModel* cad_cost = nullptr;
   double linear_per_token = 0;  // one stage's layers + head/loss/embedding, per token
   double fixed_per_nano = 0;    // per nano-batch (one call of each layer segment)
   double attention_forward_scale = 1, attention_backward_scale = 1, attention_call_us = 0;
@@ -449,7 +452,7 @@ std::vector<RankWork> context_parallel(const std::vector<int64_t>& lengths, cons
 // ping-pong behind the other nano-batch's compute.
 std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pricing,
                           const Cluster& c, const PlannerOptions& options, double* planning_ms) {
-  const CostModel& cost = *pricing.cost;
+  const CostModel& cost = pricing.cad_cost != nullptr ? *pricing.cad_cost : *pricing.cost;
   Layout all = pack_sequential(lengths, c.dp * c.micro_batches, c.context);
   std::vector<RankWork> ranks(c.dp);
   const double linear_per_token = pricing.linear_per_token;
@@ -511,15 +514,17 @@ std::vector<RankWork> cad(const std::vector<int64_t>& lengths, const Pricing& pr
     for (const PeerTransfer& tr : plan.transfers) {
       if (tr.owner == tr.server) continue;
       queries_away[tr.owner] += tr.q_rows();
+      // Q and dQ at the query/key width, O and dO at the value width.
       const double q = static_cast<double>(tr.q_rows()) * cost.q_bytes_per_token();
+      const double o = static_cast<double>(tr.q_rows()) * cost.o_bytes_per_token();
       const double kv = static_cast<double>(tr.kv_rows()) * cost.kv_bytes_per_token();
-      const double b = 2.0 * q + kv;
+      const double b = q + o + kv;
       bytes[tr.owner] += b;
       bytes[tr.server] += b;
       kv_sent[tr.owner] += q + kv;
       kv_received[tr.server] += q + kv;
-      q_sent[tr.server] += q;
-      q_received[tr.owner] += q;
+      q_sent[tr.server] += o;
+      q_received[tr.owner] += o;
     }
     for (int32_t r = 0; r < c.dp; ++r) {
       RankWork& rank = ranks[r];
@@ -758,7 +763,9 @@ SimulationResult simulate_step(const config::RunConfig& config,
     if (!mha && calibration.attention_table) table = *calibration.attention_table;
   }
   CostModel cost(model, cl, table);
-  const Pricing pricing = make_pricing(config, calibration, cost, c);
+  const CostModel cad_cost(model, cl, table, kv_shipping_for(config.scheduler()));
+  Pricing pricing = make_pricing(config, calibration, cost, c);
+  pricing.cad_cost = &cad_cost;
   c.nano_batches = config.training().ping_pong() ? 2 : 1;
   PlannerOptions options = planner_options(config);
   options.gpus_per_node = std::max(1, cl.gpus_per_node() / (c.tp * c.pp));

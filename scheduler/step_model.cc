@@ -155,7 +155,8 @@ StepPrice price_training_step(const config::RunConfig& config,
   }
   // Planning prices as the trainer does (the cluster's attention table, unscaled) so the plans
   // are the runtime's; pricing uses the calibration's table and scales.
-  CostModel planning(model, cluster, calibration_for(cluster, model));
+  CostModel planning(model, cluster, calibration_for(cluster, model),
+                     kv_shipping_for(config.scheduler()));
   CalibrationTable table = calibration_for(cluster, model);
   if (cluster.attention_calibration().empty()) {
     const bool mha = std::max(1, model.num_heads() / tp) == std::max(1, model.num_kv_heads() / tp);
@@ -167,9 +168,12 @@ StepPrice price_training_step(const config::RunConfig& config,
   std::vector<int32_t> servers;
   for (int r = dedicated ? workers : 0; r < world; ++r) servers.push_back(r);
   const int64_t element = training.dtype() == "bf16" ? 2 : 4;
-  const int64_t q_row = static_cast<int64_t>(model.num_heads() / tp) * model.head_dim() * element;
-  const int64_t kv_row =
-      2 * std::max<int64_t>(1, model.num_kv_heads() / tp) * model.head_dim() * element;
+  // Bytes per row as the dispatcher ships them (the cost model's bf16 prices in the run's dtype):
+  // Q and dQ at the query/key width, O and dO at the value width, K/V rows as shipped (latent or
+  // expanded under MLA).
+  const int64_t q_row = planning.q_bytes_per_token() * element / 2;
+  const int64_t o_row = planning.o_bytes_per_token() * element / 2;
+  const int64_t kv_row = planning.kv_bytes_per_token() * element / 2;
   auto seg = [&](const char* kind, const char* direction, int64_t tokens) {
     return cal.segment(kind, direction).us(segment_work(kind, model, tp, tokens));
   };
@@ -269,12 +273,14 @@ StepPrice price_training_step(const config::RunConfig& config,
           }
           micro_activation[r] += batch.q_rows * act.query + batch.kv_rows * act.key;
           rank_attention_bytes[r] = std::max<double>(
-              rank_attention_bytes[r], batch.q_rows * 2.0 * q_row + batch.kv_rows * kv_row);
+              rank_attention_bytes[r],
+              batch.q_rows * static_cast<double>(q_row + o_row) + batch.kv_rows * kv_row);
         }
         for (int r = 0; r < world; ++r) {
+          // Forward out (Q, K/V), forward back (O), backward out (dO), backward back (dQ, dK/dV).
           const StageBytes st[4] = {exchange_stage_bytes(plan, r, true, true, q_row, kv_row),
-                                    exchange_stage_bytes(plan, r, false, false, q_row, kv_row),
-                                    exchange_stage_bytes(plan, r, true, false, q_row, kv_row),
+                                    exchange_stage_bytes(plan, r, false, false, o_row, kv_row),
+                                    exchange_stage_bytes(plan, r, true, false, o_row, kv_row),
                                     exchange_stage_bytes(plan, r, false, true, q_row, kv_row)};
           for (int k = 0; k < 4; ++k) {
             ex.bytes[r][k] = st[k].sent + st[k].received;
