@@ -1,6 +1,7 @@
 // The worker's elementwise layers as fused GPU kernels with their own backward (fused_kernels.cu
-// wrapped as LibTorch autograd functions in fused_ops_gpu.cc): RMSNorm, rotary embedding and the
-// SwiGLU gate. model.cc's rms_norm / apply_rope / swiglu call them for CUDA tensors and keep their
+// wrapped as LibTorch autograd functions in fused_ops_gpu.cc): RMSNorm, rotary embedding, the
+// SwiGLU gate and the cross-entropy. model.cc's rms_norm / apply_rope / swiglu /
+// cross_entropy_sum call them for CUDA tensors and keep their
 // LibTorch compositions (the *_composite functions, the reference in tests) for everything else.
 // CADRE_FUSED_OPS=0 in the environment turns them off (A/B benchmarks).
 #pragma once

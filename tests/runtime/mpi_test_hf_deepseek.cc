@@ -12,6 +12,7 @@
 #include "runtime/model.h"
 #include "runtime/parameter_shards.h"
 #include "runtime/tensor_parallel.h"
+#include "tests/runtime/tiny_model.h"
 #include "tests/temp_dir.h"
 
 namespace cadre::runtime {
@@ -22,30 +23,11 @@ comm::Transport& world() {
   return *transport;
 }
 
-config::ModelConfig mla_model(int q_latent) {
-  config::ModelConfig m;
-  m.set_preset("custom");
-  m.set_num_layers(2);
-  m.set_hidden_size(32);
-  m.set_num_heads(4);
-  m.set_num_kv_heads(4);
-  m.set_head_dim(8);
-  m.set_rope_head_dim(8);
-  m.set_kv_latent_dim(16);
-  m.set_q_latent_dim(q_latent);
-  m.set_v_head_dim(6);
-  m.set_ffn_hidden_size(40);
-  m.set_vocab_size(50);
-  m.set_tie_embeddings(false);
-  m.set_rope_theta(10000);
-  return m;
-}
-
 TEST(HfDeepSeekTensorParallel, EachRankLoadsItsSliceOfTheExportedWeights) {
   ASSERT_EQ(world().size(), 2);
   TensorParallelGroup group(&world(), nullptr, /*sequence_parallel=*/false);
   for (int q_latent : {0, 12}) {
-    const auto m = mla_model(q_latent);
+    const auto m = testing::mla_export_model(q_latent, /*tied=*/false);
     LlamaModel whole(m, 31);
     cadre::testing::TempDir dir;  // one per rank: both write the same files
     std::vector<std::pair<std::string, torch::Tensor>> weights;

@@ -27,36 +27,13 @@
 #include "runtime/safetensors.h"
 #include "scheduler/plan.h"
 #include "tests/expect_error.h"
+#include "tests/runtime/tiny_model.h"
 #include "tests/temp_dir.h"
 
 namespace cadre::runtime {
 namespace {
 
 using cadre::testing::TempDir;
-
-// A small MLA model: 4 heads with 8 non-rotary + 8 rotary query/key values (so each head's
-// rotary block has 4 pairs to permute) and 6 value values, a latent of 16, optionally a query
-// latent of 12.
-config::ModelConfig mla_model(int q_latent, bool tied, int layers = 2) {
-  config::ModelConfig m;
-  m.set_preset("custom");
-  m.set_num_layers(layers);
-  m.set_hidden_size(32);
-  m.set_num_heads(4);
-  m.set_num_kv_heads(4);
-  m.set_head_dim(8);
-  m.set_rope_head_dim(8);
-  m.set_kv_latent_dim(16);
-  m.set_q_latent_dim(q_latent);
-  m.set_v_head_dim(6);
-  m.set_ffn_hidden_size(40);
-  m.set_vocab_size(50);
-  m.set_tie_embeddings(tied);
-  m.set_rope_theta(10000);
-  // DeepSeek's value: transformers normalises the latents with 1e-6 whatever rms_norm_eps is.
-  m.set_norm_eps(1e-6);
-  return m;
-}
 
 std::vector<std::pair<std::string, torch::Tensor>> weights_of(const LlamaModel& model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
@@ -231,7 +208,7 @@ double max_relative(const torch::Tensor& a, const torch::Tensor& b) {
 TEST(HfDeepSeek, ParameterShapesAndNamesAreTheModelsParameters) {
   for (int q_latent : {0, 12}) {
     for (bool tied : {false, true}) {
-      const auto m = mla_model(q_latent, tied);
+      const auto m = testing::mla_export_model(q_latent, tied);
       LlamaModel model(m, 1);
       const auto shapes = llama_parameter_shapes(m);
       ASSERT_EQ(shapes.size(), model.parameters().size());
@@ -258,7 +235,7 @@ TEST(HfDeepSeek, ExportThenImportGivesIdenticalTensors) {
     for (bool tied : {false, true}) {
       for (int64_t shard_bytes : {int64_t{5'000'000'000}, int64_t{10'000}}) {
         TempDir dir;
-        const auto m = mla_model(q_latent, tied);
+        const auto m = testing::mla_export_model(q_latent, tied);
         LlamaModel model(m, 3);
         HfExportOptions options;
         options.max_shard_bytes = shard_bytes;
@@ -281,7 +258,7 @@ TEST(HfDeepSeek, ExportThenImportGivesIdenticalTensors) {
 TEST(HfDeepSeek, IndependentReaderChecksNamesShapesConfigAndRotaryRows) {
   for (int q_latent : {0, 12}) {
     TempDir dir;
-    const auto m = mla_model(q_latent, /*tied=*/false);
+    const auto m = testing::mla_export_model(q_latent, /*tied=*/false);
     LlamaModel model(m, 5);
     HfExportOptions options;
     options.max_position_embeddings = 256;
@@ -359,7 +336,7 @@ TEST(HfDeepSeek, IndependentDeepSeekForwardGivesCadresLogits) {
   for (int q_latent : {0, 12}) {
     for (bool tied : {false, true}) {
       TempDir dir;
-      const auto m = mla_model(q_latent, tied);
+      const auto m = testing::mla_export_model(q_latent, tied);
       LlamaModel model(m, 7 + q_latent);
       {
         // Sharper attention than the 0.02-scale initialisation gives (nearly uniform scores),
@@ -403,7 +380,7 @@ TEST(HfDeepSeek, IndependentDeepSeekForwardGivesCadresLogits) {
 // A DeepSeek directory whose rotary rows are already rotate-half (rope_interleave false) is
 // read without the permutation; DeepSeek-V2's (always interleaved) with it.
 TEST(HfDeepSeek, RopeInterleaveFalseAndDeepSeekV2AreRead) {
-  const auto m = mla_model(12, false);
+  const auto m = testing::mla_export_model(12, false);
   LlamaModel model(m, 21);
   {
     TempDir dir;
@@ -448,7 +425,7 @@ void edit_config(const std::string& dir, const std::function<void(nlohmann::json
 
 TEST(HfDeepSeek, ConfigsCadreCannotRunAreRefused) {
   TempDir dir;
-  const auto m = mla_model(0, false);
+  const auto m = testing::mla_export_model(0, false);
   LlamaModel model(m, 3);
   export_hf(weights_of(model), m, dir.path(), HfExportOptions());
   const std::string config = read_bytes(dir.path() + "/config.json");
@@ -513,7 +490,7 @@ TEST(HfDeepSeek, ConfigsCadreCannotRunAreRefused) {
 
 TEST(HfDeepSeek, ArchitectureMismatchNamesTheFirstField) {
   TempDir dir;
-  const auto m = mla_model(12, false);
+  const auto m = testing::mla_export_model(12, false);
   {
     LlamaModel model(m, 3);
     export_hf(weights_of(model), m, dir.path(), HfExportOptions());
@@ -571,7 +548,7 @@ TEST(HfDeepSeek, ArchitectureMismatchNamesTheFirstField) {
 
 TEST(HfDeepSeek, FillFromInitTakesTheLatentSizes) {
   TempDir dir;
-  const auto m = mla_model(12, true);
+  const auto m = testing::mla_export_model(12, true);
   {
     LlamaModel model(m, 3);
     export_hf(weights_of(model), m, dir.path(), HfExportOptions());
