@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -37,19 +38,38 @@ namespace {
 using cudnn::Graph;
 using cudnn::TensorSpec;
 
-// The number of sequences rounded up to a power of two.
+// How shape classes round a batch's sizes: "quarter" (default), "octave" or "exact"
+// (CADRE_CUDNN_BUCKET; the coarser, the fewer graph builds and the more idle tiles per call).
+enum class Bucketing { kQuarter, kOctave, kExact };
+Bucketing bucketing() {
+  static const Bucketing mode = [] {
+    const char* env = std::getenv("CADRE_CUDNN_BUCKET");
+    const std::string text = env == nullptr ? "quarter" : env;
+    if (text == "quarter" || text.empty()) return Bucketing::kQuarter;
+    if (text == "octave") return Bucketing::kOctave;
+    if (text == "exact") return Bucketing::kExact;
+    CADRE_FAIL("CADRE_CUDNN_BUCKET='", text, "' is not a bucketing; accepted: quarter, octave, exact");
+  }();
+  return mode;
+}
+
+// The number of sequences rounded up to a power of two (exact: as it is).
 int64_t bucket_sequences(int64_t b) {
+  if (bucketing() == Bucketing::kExact) return std::max<int64_t>(b, 1);
   int64_t n = 1;
   while (n < b) n *= 2;
   return n;
 }
 
 // A length rounded up to the next of 2^k * {1, 1.25, 1.5, 1.75} (at least 64): a quarter octave,
-// so a class wastes at most 25% of its tile grid on padding.
+// so a class wastes at most 25% of its tile grid on padding (octave: the next power of two;
+// exact: as it is, at least 1).
 int64_t bucket_length(int64_t s) {
+  if (bucketing() == Bucketing::kExact) return std::max<int64_t>(s, 1);
   int64_t octave = 64;
   if (s <= octave) return octave;
   while (octave * 2 < s) octave *= 2;
+  if (bucketing() == Bucketing::kOctave) return octave * 2;
   for (int64_t quarter = 1; quarter <= 4; ++quarter) {
     const int64_t candidate = octave + octave * quarter / 4;
     if (candidate >= s) return candidate;
@@ -66,10 +86,13 @@ struct ClassKey {
   int mask;  // Mask
   int dtype;
   int64_t heads, kv_heads, d_qk, d_v, batch, max_q, max_k;
+  // Every sequence fills the class (batch sequences of exactly max_q queries and max_k keys): the
+  // graph needs no padding mask.
+  bool dense = false;
   bool operator<(const ClassKey& o) const {
-    return std::tie(backward, mask, dtype, heads, kv_heads, d_qk, d_v, batch, max_q, max_k) <
-           std::tie(o.backward, o.mask, o.dtype, o.heads, o.kv_heads, o.d_qk, o.d_v, o.batch,
-                    o.max_q, o.max_k);
+    return std::tie(backward, mask, dtype, heads, kv_heads, d_qk, d_v, batch, max_q, max_k,
+                    dense) < std::tie(o.backward, o.mask, o.dtype, o.heads, o.kv_heads, o.d_qk,
+                                      o.d_v, o.batch, o.max_q, o.max_k, o.dense);
   }
 };
 
@@ -224,8 +247,14 @@ void add_common(Graph& g, Uids& u, const Dims& d) {
   u.neg_inf = g.tensor(scalar(CUDNN_DATA_FLOAT));
 }
 
+// Scores with the padding mask, or as they are for a dense class (every sequence fills it).
+int64_t padding_unless_dense(Graph& g, const Uids& u, int64_t scores,
+                             const std::vector<int64_t>& dims, bool dense) {
+  return dense ? scores : padding_mask(g, u, scores, dims);
+}
+
 std::unique_ptr<Plan> build_forward(cudnnHandle_t handle, const Dims& d, cudnnDataType_t io,
-                                    Mask mask, int candidates) {
+                                    Mask mask, bool dense, int candidates) {
   auto plan = std::make_unique<Plan>();
   plan->graph = std::make_unique<Graph>(handle);
   Graph& g = *plan->graph;
@@ -242,7 +271,8 @@ std::unique_ptr<Plan> build_forward(cudnnHandle_t handle, const Dims& d, cudnnDa
   g.matmul(u.q, u.k, s, u.seq_q, u.seq_kv, 0, /*set_padding=*/true, 0.0);
   int64_t scaled = g.tensor(virtual_tensor(sdims, CUDNN_DATA_FLOAT));
   g.pointwise(CUDNN_POINTWISE_MUL, s, u.scale, 0, scaled);
-  int64_t masked = apply_causal(g, u, padding_mask(g, u, scaled, sdims), sdims, mask);
+  int64_t masked =
+      apply_causal(g, u, padding_unless_dense(g, u, scaled, sdims, dense), sdims, mask);
 
   int64_t row_max = g.tensor(virtual_tensor(rdims, CUDNN_DATA_FLOAT));
   g.reduction(CUDNN_REDUCE_TENSOR_MAX, masked, row_max);
@@ -266,7 +296,8 @@ std::unique_ptr<Plan> build_forward(cudnnHandle_t handle, const Dims& d, cudnnDa
 // ragged_full_heads keeps those in the workspace as ragged THD tensors (memory ~ tokens); without
 // it they are virtual [b, hq, s_kv, d] tensors the engine places itself (~ b * s_kv, padded).
 std::unique_ptr<Plan> build_backward(cudnnHandle_t handle, const Dims& d, cudnnDataType_t io,
-                                     Mask mask, bool ragged_full_heads, int candidates) {
+                                     Mask mask, bool dense, bool ragged_full_heads,
+                                     int candidates) {
   auto plan = std::make_unique<Plan>();
   plan->graph = std::make_unique<Graph>(handle);
   Graph& g = *plan->graph;
@@ -300,7 +331,7 @@ std::unique_ptr<Plan> build_backward(cudnnHandle_t handle, const Dims& d, cudnnD
   g.matmul(u.q, u.k, s, u.seq_q, u.seq_kv, 0);
   int64_t scaled = g.tensor(virtual_tensor(sdims, CUDNN_DATA_FLOAT));
   g.pointwise(CUDNN_POINTWISE_MUL, s, u.scale, 0, scaled);
-  int64_t padded = padding_mask(g, u, scaled, sdims);
+  int64_t padded = padding_unless_dense(g, u, scaled, sdims, dense);
   int64_t centered = g.tensor(virtual_tensor(sdims, CUDNN_DATA_FLOAT));
   g.pointwise(CUDNN_POINTWISE_SUB, padded, u.stats, 0, centered);
   int64_t banded = apply_causal(g, u, centered, sdims, mask);
@@ -661,6 +692,20 @@ class CudnnKernel : public CudnnAttention {
     key.batch = bucket_sequences(batch.cu_seqlens_q.size(0) - 1);
     key.max_q = bucket_length(batch.max_seqlen_q);
     key.max_k = bucket_length(batch.max_seqlen_k);
+    // Dense: the host lengths show every one of the class's sequences full (e.g. one document
+    // of a class length). CADRE_CUDNN_DENSE=0 keeps the padding mask everywhere.
+    static const bool dense_allowed = [] {
+      const char* env = std::getenv("CADRE_CUDNN_DENSE");
+      return env == nullptr || std::string(env) != "0";
+    }();
+    const int64_t sequences = batch.cu_seqlens_q.size(0) - 1;
+    key.dense = dense_allowed && sequences == key.batch &&
+                static_cast<int64_t>(batch.cu_q_host.size()) == sequences + 1 &&
+                static_cast<int64_t>(batch.cu_k_host.size()) == sequences + 1;
+    for (int64_t i = 0; key.dense && i < sequences; ++i) {
+      key.dense = batch.cu_q_host[i + 1] - batch.cu_q_host[i] == key.max_q &&
+                  batch.cu_k_host[i + 1] - batch.cu_k_host[i] == key.max_k;
+    }
     return key;
   }
 
@@ -674,6 +719,8 @@ class CudnnKernel : public CudnnAttention {
   ClassKey resolve(const ClassKey& wanted, int device) const {
     auto found = entries_.find(device);
     if (found == entries_.end() || found->second.count(wanted) > 0) return wanted;
+    // A dense class is worth its build (no padding mask) and serves only its own shape.
+    if (wanted.dense) return wanted;
     static const bool exact = std::getenv("CADRE_CUDNN_EXACT_CLASSES") != nullptr;
     if (exact) return wanted;
     const ClassKey* best = nullptr;
@@ -681,7 +728,8 @@ class CudnnKernel : public CudnnAttention {
     for (const auto& [key, entry] : found->second) {
       if (key.backward != wanted.backward || key.mask != wanted.mask ||
           key.dtype != wanted.dtype || key.heads != wanted.heads ||
-          key.kv_heads != wanted.kv_heads || key.d_qk != wanted.d_qk || key.d_v != wanted.d_v) {
+          key.kv_heads != wanted.kv_heads || key.d_qk != wanted.d_qk || key.d_v != wanted.d_v ||
+          key.dense) {
         continue;
       }
       if (key.batch < wanted.batch || key.max_q < wanted.max_q || key.max_k < wanted.max_k) continue;
@@ -708,25 +756,47 @@ class CudnnKernel : public CudnnAttention {
     cudnnHandle_t handle = handle_for(device);
     const Dims d{key.batch, key.heads, key.kv_heads, key.max_q, key.max_k, key.d_qk, key.d_v};
     const cudnnDataType_t io = cudnn_dtype(static_cast<torch::ScalarType>(key.dtype));
-    ClassEntry entry;
-    if (!key.backward) {
-      entry.candidates.push_back(build_forward(handle, d, io, static_cast<Mask>(key.mask), kTunedEngines));
-    } else {
+    const Mask mask = static_cast<Mask>(key.mask);
+    auto build = [&](bool dense) {
+      ClassEntry entry;
+      if (!key.backward) {
+        entry.candidates.push_back(build_forward(handle, d, io, mask, dense, kTunedEngines));
+        return entry;
+      }
       const bool grouped = key.heads != key.kv_heads;
       const int64_t virtual_bytes =
           2 * d.b * d.hq * d.skv * std::max(d.dqk, d.dv) * static_cast<int64_t>(sizeof(float));
       if (!grouped || virtual_bytes <= kVirtualFullHeadsBytes) {
-        entry.candidates.push_back(
-            build_backward(handle, d, io, static_cast<Mask>(key.mask), /*ragged_full_heads=*/false, kTunedEngines));
+        entry.candidates.push_back(build_backward(handle, d, io, mask, dense,
+                                                  /*ragged_full_heads=*/false, kTunedEngines));
       }
       if (grouped) {
         try {
-          entry.candidates.push_back(
-              build_backward(handle, d, io, static_cast<Mask>(key.mask), /*ragged_full_heads=*/true, kTunedEngines));
+          entry.candidates.push_back(build_backward(handle, d, io, mask, dense,
+                                                    /*ragged_full_heads=*/true, kTunedEngines));
         } catch (const Error&) {
           if (entry.candidates.empty()) throw;  // the only layout this class can use
         }
       }
+      return entry;
+    };
+    ClassEntry entry;
+    if (key.dense) {
+      // A dense class drops the padding mask; should no engine take that graph, the padded
+      // graph serves the class as it serves every other.
+      try {
+        entry = build(true);
+      } catch (const Error& e) {
+        static bool logged = false;
+        if (!logged) {
+          std::cerr << "cadre: cudnn kernel: dense classes keep the padding mask (" << e.what()
+                    << ")\n";
+          logged = true;
+        }
+        entry = build(false);
+      }
+    } else {
+      entry = build(false);
     }
     build_ms_pending_ =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

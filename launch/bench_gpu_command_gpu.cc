@@ -350,12 +350,22 @@ KernelComparison compare_kernels(const KernelConfig& base) {
     double fwd_target, bwd_target;
     int64_t v_dim = 0;
   };
+  // A ProLong-like 64K fill-packed step of llama-1b (the documents of one step of
+  // benchmarks/results/profiles/h200x1_1gpu_prolong_colocated.profile.json): padded shape
+  // classes serve it, so it prices their idle tiles.
+  Sequences prolong;
+  for (int64_t n : {4286, 693, 2631, 1296, 1570, 1402, 3301, 2956, 2978, 1436, 1770, 1914, 2362,
+                    1615, 2532, 859, 3464, 664, 600, 1633, 7481, 2087, 5908, 1748, 5306, 3044}) {
+    prolong.emplace_back(n, n);
+  }
   const std::vector<Case> cases = {
       {16, 4, 128, Sequences{{65536, 65536}}, "one 64K document, d 128, 16/4 heads", 1.6, 1.5},
       {32, 8, 64, Sequences{{65536, 65536}}, "one 64K document, d 64, 32/8 heads", 1.4, 1.4},
       {32, 8, 128, Sequences(8, {8192, 8192}), "8 documents of 8K, d 128, 32/8 heads", 0, 0},
       {32, 8, 128, Sequences(64, {1024, 1024}), "64 documents of 1K, d 128, 32/8 heads", 0, 0},
       {32, 32, 128, Sequences{{32768, 32768}}, "one 32K document, d 128, 32/32 heads", 0, 0},
+      {32, 8, 64, prolong, "ProLong-like 64K step (26 documents), d 64, 32/8", 0, 0},
+      {32, 8, 64, Sequences(64, {1024, 1024}), "64 documents of 1K, d 64, 32/8 heads", 0, 0},
       // Latent attention (DeepSeek-V2-Lite's 16 heads, expanded form): FlashAttention-2 needs
       // equal widths, so the flash kernel pads V to 192 (flash_kernel_gpu.cc).
       {16, 16, 192, Sequences{{65536, 65536}}, "one 64K document, MLA q/k 192 v 128, 16 heads",

@@ -202,7 +202,8 @@ int run_train(const Args& args) {
       if (profile) {
         const double wall_ms = std::chrono::duration<double, std::milli>(
                                    std::chrono::steady_clock::now() - started).count();
-        profile->add_step(m.step, m.step_ms, wall_ms, trainer->device().is_cuda(),
+        profile->add_step(m.step, m.step_ms, wall_ms, m.kernel_graphs_built,
+                          trainer->device().is_cuda(),
                           trainer->last_timeline(), trainer->last_record());
       }
       if (rank == 0) {

@@ -101,38 +101,36 @@ torch::Tensor table(const torch::Tensor& t, int64_t tokens, int64_t half) {
   return t.to(torch::kFloat).contiguous().view({tokens, half});
 }
 
+// y = x rotated by (cos, sin), or by its inverse (the backward): contiguous [tokens, heads, d]
+// from x whose last dim is contiguous (other strides as they come, e.g. a fused QKV slice).
+torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                     bool inverse) {
+  const at::cuda::CUDAGuard guard(x.device());
+  const int64_t tokens = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  auto in = x.stride(2) == 1 ? x : x.contiguous();
+  auto y = torch::empty({tokens, heads, 2 * half},
+                        x.options().memory_format(at::MemoryFormat::Contiguous));
+  CADRE_CUDA_CHECK(fused::rope(dtype_of(x), in.data_ptr(), in.stride(0), in.stride(1),
+                               y.data_ptr(), cos.data_ptr<float>(), sin.data_ptr<float>(), tokens,
+                               heads, half, inverse, stream_of(x)));
+  return y;
+}
+
 struct RopeFunction : torch::autograd::Function<RopeFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& cos, const torch::Tensor& sin) {
     CADRE_CHECK(x.dim() == 3 && x.size(-1) % 2 == 0,
-                "rotary input must be [tokens, heads, even "
-                "head_dim]; got ",
-                x.sizes());
-    const at::cuda::CUDAGuard guard(x.device());
-    const int64_t tokens = x.size(0), heads = x.size(1), half = x.size(2) / 2;
-    auto in = x.stride(2) == 1 ? x : x.contiguous();
+                "rotary input must be [tokens, heads, even head_dim]; got ", x.sizes());
+    const int64_t tokens = x.size(0), half = x.size(2) / 2;
     auto c = table(cos, tokens, half), s = table(sin, tokens, half);
-    auto y = torch::empty({tokens, heads, 2 * half},
-                          x.options().memory_format(at::MemoryFormat::Contiguous));
-    CADRE_CUDA_CHECK(fused::rope(dtype_of(x), in.data_ptr(), in.stride(0), in.stride(1),
-                                 y.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(), tokens,
-                                 heads, half, /*inverse=*/false, stream_of(x)));
     ctx->save_for_backward({c, s});
-    return y;
+    return rotate(x, c, s, /*inverse=*/false);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const auto& c = saved[0];
-    const auto& s = saved[1];
-    auto dy = grads[0].contiguous();
-    const at::cuda::CUDAGuard guard(dy.device());
-    const int64_t tokens = dy.size(0), heads = dy.size(1), half = dy.size(2) / 2;
-    auto dx = torch::empty_like(dy, at::MemoryFormat::Contiguous);
-    CADRE_CUDA_CHECK(fused::rope(dtype_of(dy), dy.data_ptr(), dy.stride(0), dy.stride(1),
-                                 dx.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(), tokens,
-                                 heads, half, /*inverse=*/true, stream_of(dy)));
-    return {dx, torch::Tensor(), torch::Tensor()};
+    return {rotate(grads[0], saved[0], saved[1], /*inverse=*/true), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 

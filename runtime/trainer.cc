@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <numeric>
 #include <sstream>
 
 #include "attention_server/dispatch.h"
@@ -626,7 +627,11 @@ StepMetrics Trainer::train_step() {
   metrics.a2a_bytes = static_cast<int64_t>(comm[3]);
   metrics.exposed_allreduce_ms = comm[4];
   const attention_server::KernelCounters kernel_after = kernel_->counters();
-  metrics.kernel_graphs_built = kernel_after.graphs_built - kernel_before.graphs_built;
+  // Graphs built on any rank this step (a build stalls the whole step).
+  const int64_t built_here = kernel_after.graphs_built - kernel_before.graphs_built;
+  std::vector<int64_t> built(control_.size());
+  control_.all_gather(&built_here, built.data(), sizeof(int64_t));
+  metrics.kernel_graphs_built = std::accumulate(built.begin(), built.end(), int64_t{0});
   metrics.kernel_graph_hits = kernel_after.graph_cache_hits - kernel_before.graph_cache_hits;
   return metrics;
 }
@@ -810,6 +815,9 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
          after = 0, bytes = 0, exposed_reduce = 0;
   double query_rows = 0, kv_rows = 0, query_bytes = 0, kv_bytes = 0;
   int64_t graphs_built = 0, graphs_built_measured = 0, graph_hits = 0;
+  // Steady state: the measured steps that built no attention-kernel graph.
+  double steady_ms = 0;
+  int64_t steady_steps = 0;
   for (const StepMetrics& m : steps) {
     graphs_built += m.kernel_graphs_built;
     graph_hits += m.kernel_graph_hits;
@@ -828,6 +836,10 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     after += m.imbalance_after;
     bytes += static_cast<double>(m.a2a_bytes);
     graphs_built_measured += m.kernel_graphs_built;
+    if (m.kernel_graphs_built == 0) {
+      steady_ms += m.step_ms;
+      steady_steps += 1;
+    }
     query_rows += static_cast<double>(m.cad_query_rows);
     kv_rows += static_cast<double>(m.cad_kv_rows);
     query_bytes += static_cast<double>(m.cad_query_bytes);
@@ -867,6 +879,8 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"imbalance_after\":" << after / n << ",\"attention_kernel\":\""
       << t.attention_kernel() << "\",\"kernel_graphs_built\":" << graphs_built
       << ",\"kernel_graphs_built_in_measured_steps\":" << graphs_built_measured
+      << ",\"steady_steps\":" << steady_steps << ",\"steady_step_ms\":"
+      << (steady_steps > 0 ? steady_ms / static_cast<double>(steady_steps) : 0.0)
       << ",\"kernel_graph_cache_hits\":" << graph_hits
       << ",\"first_loss\":" << Num{steps.front().loss}
       << ",\"last_loss\":" << Num{steps.back().loss}

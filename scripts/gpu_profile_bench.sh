@@ -9,6 +9,7 @@
 #
 #   scripts/gpu_profile_bench.sh [BUILD_DIR]     (default build-gpu-check)
 #   CADRE_PROFILE_STEPS=6                        steps per run (two warm-up steps are skipped)
+#   CADRE_PROFILE_SKIP_128K_DOC=1                leaves out the one-128K-document cell (~80 s)
 # Six steps: the first two build the cuDNN graphs of the largest shape classes (a built class
 # serves every smaller one within 2x its tile grid), so the four measured steps are steady state;
 # a cell whose measured steps still build a graph is flagged here and left out of the step-time
@@ -89,6 +90,12 @@ run "1gpu_wlb16k_colocated" 1 wlb 16384 --set training.attention=colocated
 run "1gpu_wlb32k_colocated" 1 wlb 32768 --set training.attention=colocated
 run "1gpu_wlb16k_norecompute_colocated" 1 wlb 16384 --set training.attention=colocated \
     --set training.recompute=none
+# One document per step (the kernel-bound cells): whole packing of a fixed-length document.
+one_doc() { echo --set data.distribution=fixed --set data.fixed_tokens="$1" --set data.packing=whole; }
+run "1gpu_onedoc64k_colocated" 1 fixed 65536 $(one_doc 65536) --set training.attention=colocated
+run "1gpu_onedoc64k_cad" 1 fixed 65536 $(one_doc 65536) --set training.attention=cad
+[ -n "${CADRE_PROFILE_SKIP_128K_DOC:-}" ] ||
+  run "1gpu_onedoc128k_colocated" 1 fixed 131072 $(one_doc 131072) --set training.attention=colocated
 for dist in wlb prolong; do
   run "2gpu_${dist}_colocated" 2 "$dist" 65536 --set training.attention=colocated
   run "2gpu_${dist}_cad" 2 "$dist" 65536 --set training.attention=cad

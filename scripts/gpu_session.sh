@@ -13,10 +13,14 @@
 #                                           parallelism, latent attention, the command line)
 #   scripts/gpu_session.sh e2e              scripts/gpu_kernel_e2e.sh (kernels and fused ops
 #                                           end to end, the HF peer)
+#   scripts/gpu_session.sh gpuonly          the GPU suites alone (the first half of gputests)
 #   scripts/gpu_session.sh fused            fused_ops_gpu_test alone
 #   scripts/gpu_session.sh parity           scripts/hf_parity_check.sh (CADRE_PARITY_VARIANTS)
 #   scripts/gpu_session.sh calgrid          `bench kernel --kernel auto` with its calibration
-#                                           grid: the attention table of the kernel that runs
+#                                           grid: the attention table of the kernel that runs,
+#                                           at head dims CADRE_CALGRID_DIMS ("64 128")
+#   scripts/gpu_session.sh compare          `bench kernel --compare-only` per cudnn setting
+#                                           (CADRE_COMPARE_VARIANTS)
 #   scripts/gpu_session.sh train1           scripts/gpu_train_bench.sh, 1-GPU cells
 #   scripts/gpu_session.sh parallel         scripts/gpu_parallel_bench.sh (dry at 1 GPU)
 #   scripts/gpu_session.sh profile          scripts/gpu_profile_bench.sh (simulator profiles)
@@ -46,23 +50,52 @@ for arg in "$@"; do
           -V 2>&1 | grep -E '^[0-9]+: \[|Test +#|tests passed|tests failed|Failure|Expected|Which is' ;
         ctest --test-dir '$build' --output-on-failure -j 8 \
           -R 'tensor_parallel|latent|launch_tests|runtime_tests|train_np' 2>&1 | tail -n 40" ;;
+    gpuonly)
+      timeout "$limit" bash -c "ctest --test-dir '$build' --output-on-failure -j 1 -R '_gpu_test' \
+          -V 2>&1 | tee benchmarks/results/gpu_suites.log |
+          grep -E 'Test +#|tests passed|tests failed|Failure|Expected|Which is|FAILED|graph cache'" ;;
     fused) timeout "$limit" ctest --test-dir "$build" -R fused_ops --output-on-failure |
              grep -E 'rms_norm.*cols 11264|tests passed|tests failed|Failure|actual' ;;
     e2e) timeout "$limit" scripts/gpu_kernel_e2e.sh "$build" ;;
     parity) CADRE_BUILD_DIR="$build" timeout "$limit" scripts/hf_parity_check.sh ;;
     calgrid)
+      # One grid per head dim in CADRE_CALGRID_DIMS (default "64 128"), 32/8 heads; the stage's
+      # limit is shared between them.
       gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
                  sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
-      timeout "$limit" "$build/bin/cadre" bench kernel --kernel auto --repeats 5 --warmup 2 \
-        --kv-rows-cap 524288 \
-        --out "benchmarks/results/${gpu_slug}_bench_kernel_auto_grid.json" \
-        --calibration-out "benchmarks/results/${gpu_slug}_auto_attention_calibration.json" ;;
+      timeout "$limit" bash -c '
+        for d in ${CADRE_CALGRID_DIMS:-64 128}; do
+          stem="benchmarks/results/$1_bench_kernel_auto_grid_d$d"
+          "$0/bin/cadre" bench kernel --kernel auto --repeats 5 --warmup 2 \
+            --heads 32 --kv-heads 8 --head-dim "$d" --kv-rows-cap 524288 --out "$stem.json" \
+            --calibration-out "benchmarks/results/$1_auto_attention_calibration_d$d.json" \
+            >"$stem.txt" 2>&1 || { tail -n 20 "$stem.txt"; exit 1; }
+          tail -n 30 "$stem.txt"
+        done' "$build" "$gpu_slug" ;;
+    compare)
+      # cuDNN vs FlashAttention-2 on whole documents and packed steps, once per cudnn setting in
+      # CADRE_COMPARE_VARIANTS (default: "default dense0 exact octave": CADRE_CUDNN_DENSE=0,
+      # CADRE_CUDNN_BUCKET=exact|octave).
+      gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
+                 sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
+      for variant in ${CADRE_COMPARE_VARIANTS:-default dense0 exact octave}; do
+        case "$variant" in
+          default) env_set=() ;;
+          dense0) env_set=(CADRE_CUDNN_DENSE=0) ;;
+          exact|octave) env_set=(CADRE_CUDNN_BUCKET=$variant) ;;
+          *) echo "gpu_session: unknown compare variant '$variant'"; continue ;;
+        esac
+        echo "-- compare $variant"
+        env "${env_set[@]}" timeout "$limit" "$build/bin/cadre" bench kernel --compare-only \
+          --repeats 5 --warmup 2 --out "benchmarks/results/${gpu_slug}_kernel_compare_$variant.json" \
+          2>&1 | tee "benchmarks/results/${gpu_slug}_kernel_compare_$variant.txt" | grep -v '^$'
+      done ;;
     train1) CADRE_TRAIN_ONLY_GPUS=1 CADRE_TRAIN_QUICK=${CADRE_TRAIN_QUICK:-} \
               timeout "$limit" scripts/gpu_train_bench.sh "$build" ;;
     parallel) timeout "$limit" scripts/gpu_parallel_bench.sh "$build" ;;
     profile) timeout "$limit" scripts/gpu_profile_bench.sh "$build" ;;
     mla) timeout "$limit" scripts/gpu_mla_bench.sh "$build" ;;
-    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests fused e2e parity calgrid train1 parallel profile mla"
+    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests gpuonly fused e2e parity calgrid compare train1 parallel profile mla"
        rc=2; continue ;;
   esac
   stage_rc=$?

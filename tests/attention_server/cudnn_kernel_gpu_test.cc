@@ -53,7 +53,9 @@ TEST(CudnnKernel, AwkwardLayouts) {
       {{127, 127}, {128, 128}, {129, 129}},           // whole documents around a tile
       {{128, 1024}, {256, 256}, {129, 700}},          // tail shards beside a whole document
       {{2, 3}, {5, 5}, {7, 1500}, {13, 17}, {1, 2}},  // primes
-      {{1024, 1024}},                                 // one larger document
+      {{1024, 1024}},                                 // one larger document (dense class)
+      {{256, 256}, {256, 256}},                       // two documents filling their class
+      {{128, 1024}},                                  // one shard filling its class
   };
   uint64_t seed = 1;
   for (const auto& sequences : layouts) {
@@ -134,6 +136,22 @@ TEST(CudnnKernel, GraphCacheServesAShapeClass) {
   std::cout << "[cudnn graph cache] built " << kernel->counters().graphs_built << " in "
             << kernel->counters().graph_build_ms << " ms, hits "
             << kernel->counters().graph_cache_hits << "\n";
+}
+
+// A batch whose sequences fill their class exactly runs a dense graph (no padding mask) built for
+// it alone: it matches the reference, and a batch of the same class that does not fill it builds
+// the padded graph instead of running on the dense one.
+TEST(CudnnKernel, DenseClassesServeOnlyFullBatches) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_kernel();
+  check_shape(*kernel, Shape{{{1024, 1024}}, 8, 2, 64}, 31);
+  EXPECT_EQ(kernel->counters().graphs_built, 2);
+  check_shape(*kernel, Shape{{{1000, 1000}}, 8, 2, 64}, 32);  // class 1024, not full
+  EXPECT_EQ(kernel->counters().graphs_built, 4);
+  EXPECT_EQ(kernel->counters().graphs_covered, 0);
+  check_shape(*kernel, Shape{{{1024, 1024}}, 8, 2, 64}, 33);  // the dense class again
+  check_shape(*kernel, Shape{{{900, 900}}, 8, 2, 64}, 34);    // the padded one again
+  EXPECT_EQ(kernel->counters().graphs_built, 4);
 }
 
 TEST(CudnnKernel, AutoPicksCudnnAndFallsBackToFlash) {

@@ -210,16 +210,20 @@ TEST(Cli, CalibrateAndPriceATrainingStep) {
 
 // scripts/validate_simulator.py exits 0 when every gated cell is within its target and 1 when
 // one is not (here a measured step time three times what the model predicts, or a measured peak
-// twice the modelled one); a cell with cuDNN graph builds in its measured steps is not gated on
-// its step time (the reason is printed) but still on its memory.
+// twice the modelled one); a cell with cuDNN graph builds in its measured steps is gated on its
+// steady steps (those without a build) when it has some, else not on its step time (the reason is
+// printed), and still on its memory.
 TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
   const std::string results = temp_path("measured.jsonl");
-  auto write_cell = [&](double step_ms, int graph_builds = 0, double peak_gib = 0) {
+  auto write_cell = [&](double step_ms, int graph_builds = 0, double peak_gib = 0,
+                        double steady_ms = 0, int steady_steps = 0) {
     std::ofstream(results) << "{\"run\": \"1gpu_wlb_colocated\", \"gpus\": 1, "
                               "\"distribution\": \"wlb\", \"context_length\": 65536, "
                               "\"attention\": \"colocated\", \"steps\": 4, \"step_ms\": "
                            << step_ms
                            << ", \"kernel_graphs_built_in_measured_steps\": " << graph_builds
+                           << ", \"steady_step_ms\": " << steady_ms
+                           << ", \"steady_steps\": " << steady_steps
                            << (peak_gib > 0
                                    ? ", \"peak_allocated_gib\": " + std::to_string(peak_gib)
                                    : std::string())
@@ -248,6 +252,11 @@ TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
   EXPECT_EQ(validate(), 1);
   write_cell(simulated * 3, 2);  // graph builds: step time reported, not gated
   EXPECT_EQ(validate(), 0);
+  // With steady steps (measured steps without a build) the cell is gated on their mean.
+  write_cell(simulated * 3, 2, 0, simulated * 1.05, 2);
+  EXPECT_EQ(validate(), 0);
+  write_cell(simulated * 1.05, 2, 0, simulated * 3, 2);
+  EXPECT_EQ(validate(), 1);
   const auto peak_at = text.str().find("\"simulated_peak_gib\": ");
   ASSERT_NE(peak_at, std::string::npos) << text.str();
   const double peak = std::stod(text.str().substr(peak_at + 22));
