@@ -58,10 +58,13 @@ std::unique_ptr<CudnnAttention> make_cudnn_attention();
 std::string cudnn_unsupported_reason(const torch::Tensor& q, const torch::Tensor& k,
                                      const torch::Tensor& v, const VarlenBatch& batch);
 
-// "auto": cuDNN for every batch it supports, with short query shards split into a folded prefix
-// and a causal diagonal (the flash kernel's split, FlashKernelOptions::cudnn_parts), flash
-// otherwise (a refusal is logged once per reason); CPU tensors go to the reference kernel. See docs/gpu.md for the measurements behind
-// the choice.
+// "auto": per shape class (direction, dtype, heads, widths, and the batch's sequence count and
+// longest queries and keys, each to the next power of two) the faster of cuDNN (short query
+// shards split into a folded prefix and a causal diagonal: the flash kernel's split,
+// FlashKernelOptions::cudnn_parts) and flash, both timed on the class's first call
+// (CADRE_AUTO_MEASURE=0: cuDNN without timing); flash where cuDNN refuses the batch (logged once
+// per reason); the reference kernel on CPU tensors. counters() reports flash_calls and
+// choices_measured. docs/gpu.md has the measurements.
 std::unique_ptr<CoreAttentionKernel> make_auto_kernel();
 
 }  // namespace cadre::attention_server

@@ -59,7 +59,9 @@ struct KernelCounters {
   int64_t graph_cache_hits = 0;  // calls that reused a built plan
   int64_t graphs_covered = 0;    // of those, calls run by a larger built class (cudnn_kernel.cc)
   double graph_build_ms = 0;     // host time spent building them
-  int64_t fallback_calls = 0;    // calls an "auto" kernel sent to its fallback
+  int64_t fallback_calls = 0;    // calls an "auto" kernel sent to flash because cuDNN refused them
+  int64_t flash_calls = 0;       // calls an "auto" kernel ran on flash (refused or measured faster)
+  int64_t choices_measured = 0;  // shape classes an "auto" kernel timed both kernels on
 };
 
 class CoreAttentionKernel {

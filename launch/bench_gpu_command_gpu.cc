@@ -604,7 +604,9 @@ int bench_kernel(const Args& args) {
   std::cout << "\n" << kernel->name() << " kernel: " << counters.calls << " calls, "
             << counters.graphs_built << " graphs built (" << std::setprecision(1) << std::fixed
             << counters.graph_build_ms << " ms), " << counters.graph_cache_hits
-            << " cache hits, " << counters.fallback_calls << " fallback calls\n";
+            << " cache hits, " << counters.fallback_calls << " fallback calls, "
+            << counters.flash_calls << " calls on flash, " << counters.choices_measured
+            << " shape classes measured\n";
   // scheduler/calibration.proto's JSON (unknown fields are rejected there, so the details that
   // have no field of their own go into "source").
   const std::string source = str_cat(
@@ -623,7 +625,9 @@ int bench_kernel(const Args& args) {
         "{\n  \"benchmark\": \"cadre bench kernel\",\n  \"kernel\": ", json_string(kernel_name),
         ",\n  \"graphs\": {\"built\": ", counters.graphs_built, ", \"cache_hits\": ",
         counters.graph_cache_hits, ", \"build_ms\": ", json_number(counters.graph_build_ms),
-        ", \"fallback_calls\": ", counters.fallback_calls, "},\n  \"comparison\": ",
+        ", \"fallback_calls\": ", counters.fallback_calls, ", \"flash_calls\": ",
+        counters.flash_calls, ", \"choices_measured\": ", counters.choices_measured,
+        "},\n  \"comparison\": ",
         comparison.json.empty() ? std::string("null") : comparison.json, ",\n  \"device\": ",
         device_json(info), ",\n  \"config\": {\"dtype\": ", json_string(dtype),
         ", \"heads\": ", config.heads, ", \"kv_heads\": ", config.kv_heads,

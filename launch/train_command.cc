@@ -203,7 +203,7 @@ int run_train(const Args& args) {
         const double wall_ms = std::chrono::duration<double, std::milli>(
                                    std::chrono::steady_clock::now() - started).count();
         profile->add_step(m.step, m.step_ms, wall_ms, m.kernel_graphs_built,
-                          trainer->device().is_cuda(),
+                          m.kernel_choices_measured, trainer->device().is_cuda(),
                           trainer->last_timeline(), trainer->last_record());
       }
       if (rank == 0) {

@@ -286,7 +286,8 @@ ProfileWriter::ProfileWriter(const config::RunConfig& config, int rank, int64_t 
     : config_(config), rank_(rank), element_bytes_(element_bytes) {}
 
 void ProfileWriter::add_step(int64_t step, double step_ms, double rank_wall_ms,
-                             int64_t kernel_graphs_built, bool cuda,
+                             int64_t kernel_graphs_built, int64_t kernel_choices_measured,
+                             bool cuda,
                              const std::vector<comm::Span>& spans, const StepRecord& record) {
   cuda_ = cuda;
   profile::ProfileStep s;
@@ -296,6 +297,7 @@ void ProfileWriter::add_step(int64_t step, double step_ms, double rank_wall_ms,
   *r = rank_step_profile(config_, rank_, element_bytes_, spans, record);
   r->set_wall_ms(rank_wall_ms);
   r->set_kernel_graphs_built(kernel_graphs_built);
+  r->set_kernel_choices_measured(kernel_choices_measured);
   int64_t allocated = 0, reserved = 0;
   device_memory_peaks(cuda, &allocated, &reserved);
   r->set_peak_allocated_bytes(allocated);

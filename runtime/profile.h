@@ -53,7 +53,8 @@ class ProfileWriter {
  public:
   ProfileWriter(const config::RunConfig& config, int rank, int64_t element_bytes);
   void add_step(int64_t step, double step_ms, double rank_wall_ms, int64_t kernel_graphs_built,
-                bool cuda, const std::vector<comm::Span>& spans, const StepRecord& record);
+                int64_t kernel_choices_measured, bool cuda, const std::vector<comm::Span>& spans,
+                const StepRecord& record);
   // Collective over `control`. `workers`, `parameters` (of a worker) and `description` describe
   // the run.
   void write(comm::Transport& control, const std::string& path, int workers, int64_t parameters,

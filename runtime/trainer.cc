@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <numeric>
 #include <sstream>
 
 #include "attention_server/dispatch.h"
@@ -627,12 +626,18 @@ StepMetrics Trainer::train_step() {
   metrics.a2a_bytes = static_cast<int64_t>(comm[3]);
   metrics.exposed_allreduce_ms = comm[4];
   const attention_server::KernelCounters kernel_after = kernel_->counters();
-  // Graphs built on any rank this step (a build stalls the whole step).
-  const int64_t built_here = kernel_after.graphs_built - kernel_before.graphs_built;
-  std::vector<int64_t> built(control_.size());
-  control_.all_gather(&built_here, built.data(), sizeof(int64_t));
-  metrics.kernel_graphs_built = std::accumulate(built.begin(), built.end(), int64_t{0});
+  // Graph builds and kernel-choice timings on any rank this step (either stalls the whole step).
+  const int64_t here[2] = {kernel_after.graphs_built - kernel_before.graphs_built,
+                           kernel_after.choices_measured - kernel_before.choices_measured};
+  std::vector<int64_t> per_rank(2 * control_.size());
+  control_.all_gather(here, per_rank.data(), sizeof(here));
+  for (size_t r = 0; r < per_rank.size(); r += 2) {
+    metrics.kernel_graphs_built += per_rank[r];
+    metrics.kernel_choices_measured += per_rank[r + 1];
+  }
   metrics.kernel_graph_hits = kernel_after.graph_cache_hits - kernel_before.graph_cache_hits;
+  metrics.kernel_calls = kernel_after.calls - kernel_before.calls;
+  metrics.kernel_flash_calls = kernel_after.flash_calls - kernel_before.flash_calls;
   return metrics;
 }
 
@@ -814,13 +819,18 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
   double n = 0, step_ms = 0, tps = 0, mfu = 0, a2a = 0, exposed = 0, reduce = 0, before = 0,
          after = 0, bytes = 0, exposed_reduce = 0;
   double query_rows = 0, kv_rows = 0, query_bytes = 0, kv_bytes = 0;
-  int64_t graphs_built = 0, graphs_built_measured = 0, graph_hits = 0;
-  // Steady state: the measured steps that built no attention-kernel graph.
+  int64_t graphs_built = 0, graphs_built_measured = 0, graph_hits = 0, choices = 0,
+          choices_measured_steps = 0, kernel_calls = 0, flash_calls = 0;
+  // Steady state: the measured steps that built no attention-kernel graph and timed no kernel
+  // choice.
   double steady_ms = 0;
   int64_t steady_steps = 0;
   for (const StepMetrics& m : steps) {
     graphs_built += m.kernel_graphs_built;
     graph_hits += m.kernel_graph_hits;
+    choices += m.kernel_choices_measured;
+    kernel_calls += m.kernel_calls;
+    flash_calls += m.kernel_flash_calls;
   }
   for (size_t i = skip; i < steps.size(); ++i) {
     const StepMetrics& m = steps[i];
@@ -836,7 +846,8 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     after += m.imbalance_after;
     bytes += static_cast<double>(m.a2a_bytes);
     graphs_built_measured += m.kernel_graphs_built;
-    if (m.kernel_graphs_built == 0) {
+    choices_measured_steps += m.kernel_choices_measured;
+    if (m.kernel_graphs_built == 0 && m.kernel_choices_measured == 0) {
       steady_ms += m.step_ms;
       steady_steps += 1;
     }
@@ -879,6 +890,9 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"imbalance_after\":" << after / n << ",\"attention_kernel\":\""
       << t.attention_kernel() << "\",\"kernel_graphs_built\":" << graphs_built
       << ",\"kernel_graphs_built_in_measured_steps\":" << graphs_built_measured
+      << ",\"kernel_choices_measured\":" << choices
+      << ",\"kernel_choices_measured_in_measured_steps\":" << choices_measured_steps
+      << ",\"kernel_calls\":" << kernel_calls << ",\"kernel_flash_calls\":" << flash_calls
       << ",\"steady_steps\":" << steady_steps << ",\"steady_step_ms\":"
       << (steady_steps > 0 ? steady_ms / static_cast<double>(steady_steps) : 0.0)
       << ",\"kernel_graph_cache_hits\":" << graph_hits

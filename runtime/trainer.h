@@ -62,9 +62,14 @@ struct StepMetrics {
   int64_t cad_query_bytes = 0;
   int64_t cad_kv_bytes = 0;
   int32_t nano_batches = 1;
-  // This rank's core-attention kernel during the step: graphs it built and reused (cudnn).
+  // The core-attention kernel during the step: graphs built on any rank and shape classes whose
+  // kernel choice any rank timed (auto) — each a one-time stall; graphs this rank reused (cudnn);
+  // this rank's calls and those of them on flash.
   int64_t kernel_graphs_built = 0;
+  int64_t kernel_choices_measured = 0;
   int64_t kernel_graph_hits = 0;
+  int64_t kernel_calls = 0;
+  int64_t kernel_flash_calls = 0;
   // Peak memory of each rank so far (runtime/memory_stats.h: allocator peak on GPU, resident
   // set on CPU), in rank order, and its maximum.
   std::vector<int64_t> peak_memory_bytes_per_rank;

@@ -72,7 +72,7 @@ s["peak_reserved_gib"] = max(reserved) / 2**30 if reserved else 0
 print(json.dumps(s))
 PY
     tail -n 1 "$jsonl" | cut -c1-400
-    python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).readlines()[-1]); n=int(r.get("kernel_graphs_built_in_measured_steps",0)); n and print("   NOTE: %d cuDNN graph builds in the measured steps: not steady state" % n)' "$jsonl" | tee -a "$log"
+    python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).readlines()[-1]); n=int(r.get("kernel_graphs_built_in_measured_steps",0))+int(r.get("kernel_choices_measured_in_measured_steps",0)); n and print("   NOTE: %d cuDNN graph builds or kernel-choice timings in the measured steps; %s steady steps (%.0f ms)" % (n, r.get("steady_steps",0), r.get("steady_step_ms",0)))' "$jsonl" | tee -a "$log"
   else
     echo "   FAILED (see $log)" | tee -a "$log"
     tail -n 20 "$log"

@@ -67,7 +67,9 @@ def elementwise_ops(row, ops):
 # something else; its step time is reported and left out of the gate, with the reason printed.
 # Its peak memory is still gated (a graph build changes no tensor the step keeps).
 def graph_builds(row):
-    return int(row.get("kernel_graphs_built_in_measured_steps", 0) or 0)
+    # Kernel-choice timings (auto's first call of a shape class) stall a step as a build does.
+    return (int(row.get("kernel_graphs_built_in_measured_steps", 0) or 0) +
+            int(row.get("kernel_choices_measured_in_measured_steps", 0) or 0))
 
 
 # A summary that names its steady steps (the measured steps without a graph build, `cadre train`
