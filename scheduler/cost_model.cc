@@ -30,11 +30,8 @@ int64_t attention_heads_per_gpu(const config::ModelConfig& m, const config::Clus
   return tpla(m) ? m.num_heads() : m.num_heads() / c.tensor_parallel();
 }
 
-// Per-head widths of the attention kernel's operands: query/key (MLA: the non-rotary head_dim
-// plus the rotary key) and value (MLA: v_head_dim, head_dim when unset), as runtime/model.cc.
-int64_t qk_head_dim(const config::ModelConfig& m) {
-  return m.head_dim() + (m.kv_latent_dim() > 0 ? m.rope_head_dim() : 0);
-}
+// Per-head width of the attention kernel's value operand (MLA: v_head_dim, head_dim when unset),
+// as runtime/model.cc; the query/key width is qk_head_dim.
 int64_t v_head_dim(const config::ModelConfig& m) {
   return m.kv_latent_dim() > 0 && m.v_head_dim() > 0 ? m.v_head_dim() : m.head_dim();
 }
@@ -74,6 +71,10 @@ CalibrationTable parse_calibration(const std::string& json, const std::string& s
 
 }  // namespace
 
+int64_t qk_head_dim(const config::ModelConfig& m) {
+  return m.head_dim() + (m.kv_latent_dim() > 0 ? m.rope_head_dim() : 0);
+}
+
 const CalibrationTable& default_calibration() {
   static const CalibrationTable table =
       parse_calibration(kDefaultCalibrationJson, "(built-in h200_flash_attention.json)");
@@ -86,14 +87,19 @@ const CalibrationTable& default_mha_calibration() {
   return table;
 }
 
-const CalibrationTable& default_calibration_for(const config::ModelConfig& model,
-                                                int32_t tensor_parallel) {
+bool uses_mha_kernel(const config::ModelConfig& model, int32_t tensor_parallel) {
   const int32_t tp = std::max(1, tensor_parallel);
   const int32_t heads = std::max(1, model.num_heads() / tp);
   const int32_t kv_heads = std::max(1, model.num_kv_heads() / tp);
   // Latent attention (MLA) counts by its heads too: the server expands the latent into per-head
   // keys and values (num_kv_heads of them) before the kernel runs.
-  return heads == kv_heads ? default_mha_calibration() : default_calibration();
+  return heads == kv_heads;
+}
+
+const CalibrationTable& default_calibration_for(const config::ModelConfig& model,
+                                                int32_t tensor_parallel) {
+  return uses_mha_kernel(model, tensor_parallel) ? default_mha_calibration()
+                                                 : default_calibration();
 }
 
 CalibrationTable calibration_for(const config::ClusterConfig& cluster,

@@ -33,11 +33,18 @@ struct CalibrationTable {
 // backward is split and folded with GQA only (docs/gpu.md).
 const CalibrationTable& default_calibration();
 const CalibrationTable& default_mha_calibration();
-// The built-in table for a model on TP-way tensor parallelism: one query head per KV head on each
-// GPU (multi-head attention, latent attention expanded per head) gets the MHA table, every other
-// model the GQA one.
+// Whether a model on TP-way tensor parallelism runs the multi-head attention kernel: one query
+// head per KV head on each GPU (multi-head attention, latent attention expanded per head); every
+// other model runs GQA.
+bool uses_mha_kernel(const config::ModelConfig& model, int32_t tensor_parallel);
+// The built-in table for a model on TP-way tensor parallelism: the MHA table when it
+// uses_mha_kernel, else the GQA one.
 const CalibrationTable& default_calibration_for(const config::ModelConfig& model,
                                                 int32_t tensor_parallel);
+// Per-head width of the attention kernel's query/key operand, as runtime/model.cc: head_dim, and
+// for latent attention (MLA) the non-rotary head_dim plus the rotary key (rope_head_dim). The
+// width a kernel table's head_dim is matched against (attention_table_for).
+int64_t qk_head_dim(const config::ModelConfig& model);
 // Loads a table from JSON ({"device":..., "points":[{"q_tokens":..,"kv_tokens":..,
 // "forward_tflops":..,"backward_tflops":..}, ...]}); throws cadre::Error on bad input.
 CalibrationTable load_calibration_json(const std::string& path);

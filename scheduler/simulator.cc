@@ -753,15 +753,12 @@ SimulationResult simulate_step(const config::RunConfig& config,
                     simulator_strategies().end(),
                 "unknown strategy '", s, "'; accepted: cad, fixed, cp, wlb, ideal");
   }
-  // Attention tables: cluster.attention_calibration, else the calibration's own, else built-in.
+  // Attention table: cluster.attention_calibration, else the calibration's table for the model's
+  // kernel shape, else the built-in one.
   const StepCalibration calibration = step_calibration_for(cl);
-  CalibrationTable table = calibration_for(cl, model);
-  if (cl.attention_calibration().empty()) {
-    const bool mha =
-        std::max(1, model.num_heads() / c.tp) == std::max(1, model.num_kv_heads() / c.tp);
-    if (mha && calibration.attention_table_mha) table = *calibration.attention_table_mha;
-    if (!mha && calibration.attention_table) table = *calibration.attention_table;
-  }
+  const CalibrationTable* measured =
+      cl.attention_calibration().empty() ? attention_table_for(calibration, model, c.tp) : nullptr;
+  const CalibrationTable table = measured != nullptr ? *measured : calibration_for(cl, model);
   CostModel cost(model, cl, table);
   const CostModel cad_cost(model, cl, table, kv_shipping_for(config.scheduler()));
   Pricing pricing = make_pricing(config, calibration, cost, c);

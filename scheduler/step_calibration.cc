@@ -48,6 +48,21 @@ calibration::CalibrationTableProto table_to_proto(const CalibrationTable& t) {
   return p;
 }
 
+// At most one kernel table per (head_dim, GQA-ness): two would leave the choice to their order.
+// `names` say where each table came from.
+void check_one_table_per_shape(const std::vector<CalibrationTable>& tables,
+                               const std::vector<std::string>& names, const std::string& where) {
+  for (size_t i = 0; i < tables.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      CADRE_CHECK(tables[j].head_dim != tables[i].head_dim ||
+                      is_mha_table(tables[j]) != is_mha_table(tables[i]),
+                  where, ": two attention tables for head dim ", tables[i].head_dim, ", ",
+                  is_mha_table(tables[i]) ? "MHA" : "GQA", ": ", names[j], " and ", names[i],
+                  "; accepted: one per head dim and GQA/MHA");
+    }
+  }
+}
+
 // A line y = a x + b fitted by least squares with relative-error weights (1 / y^2), so that small
 // and large calls count alike. b = 0 when the x values do not vary or the fit makes b negative.
 struct Line {
@@ -217,6 +232,31 @@ const LinkCost* StepCalibration::link(const std::string& name) const {
   return it == links.end() || it->second.gbps <= 0 ? nullptr : &it->second;
 }
 
+bool is_mha_table(const CalibrationTable& table) {
+  return table.kv_heads > 0 && table.kv_heads == table.heads;
+}
+
+const CalibrationTable* attention_table_for(const StepCalibration& calibration,
+                                            const config::ModelConfig& model,
+                                            int32_t tensor_parallel) {
+  const bool mha = uses_mha_kernel(model, tensor_parallel);
+  const int64_t width = qk_head_dim(model);
+  const auto& tables = calibration.attention_tables;
+  const bool shape_measured = std::any_of(tables.begin(), tables.end(),
+                                          [&](const auto& t) { return is_mha_table(t) == mha; });
+  const CalibrationTable* best = nullptr;
+  int64_t best_distance = 0;
+  for (const CalibrationTable& t : tables) {
+    if (shape_measured && is_mha_table(t) != mha) continue;
+    const int64_t distance = std::abs(static_cast<int64_t>(t.head_dim) - width);
+    if (best == nullptr || distance < best_distance) {  // strict: ties keep the earlier table
+      best = &t;
+      best_distance = distance;
+    }
+  }
+  return best;
+}
+
 StepCalibration parse_step_calibration(const std::string& json, const std::string& source) {
   calibration::StepCalibrationProto proto;
   google::protobuf::util::JsonParseOptions options;
@@ -251,13 +291,27 @@ StepCalibration parse_step_calibration(const std::string& json, const std::strin
   c.attention_backward_scale =
       proto.attention_backward_scale() > 0 ? proto.attention_backward_scale() : 1;
   c.attention_call_us = proto.attention_call_us();
+  std::vector<std::string> table_names;
+  for (int i = 0; i < proto.attention_tables_size(); ++i) {
+    table_names.push_back("attention_tables[" + std::to_string(i) + "]");
+    c.attention_tables.push_back(
+        table_from_proto(proto.attention_tables(i), source + " " + table_names.back()));
+  }
+  // Legacy files: their two slots said GQA and MHA, whatever kv_heads recorded; keep that.
   if (proto.has_attention_table()) {
-    c.attention_table = table_from_proto(proto.attention_table(), source + " attention_table");
+    CalibrationTable t = table_from_proto(proto.attention_table(), source + " attention_table");
+    if (is_mha_table(t)) t.kv_heads = 0;
+    c.attention_tables.push_back(t);
+    table_names.push_back("attention_table");
   }
   if (proto.has_attention_table_mha()) {
-    c.attention_table_mha =
+    CalibrationTable t =
         table_from_proto(proto.attention_table_mha(), source + " attention_table_mha");
+    t.kv_heads = t.heads;
+    c.attention_tables.push_back(t);
+    table_names.push_back("attention_table_mha");
   }
+  check_one_table_per_shape(c.attention_tables, table_names, "calibration file " + source);
   for (const auto& l : proto.links()) {
     CADRE_CHECK(l.link() == "intra_node" || l.link() == "inter_node" || l.link() == "all_reduce",
                 "calibration file ", source, " has link '", l.link(),
@@ -297,10 +351,8 @@ std::string step_calibration_json(const StepCalibration& c) {
   p.set_attention_forward_scale(round6(c.attention_forward_scale));
   p.set_attention_backward_scale(round6(c.attention_backward_scale));
   p.set_attention_call_us(round6(c.attention_call_us));
-  if (c.attention_table) *p.mutable_attention_table() = table_to_proto(*c.attention_table);
-  if (c.attention_table_mha) {
-    *p.mutable_attention_table_mha() = table_to_proto(*c.attention_table_mha);
-  }
+  for (const CalibrationTable& t : c.attention_tables)
+    *p.add_attention_tables() = table_to_proto(t);
   for (const auto& [name, l] : c.links) {
     auto* q = p.add_links();
     q->set_link(name);
@@ -443,14 +495,19 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
   CADRE_CHECK(!in.profiles.empty(),
               "calibration needs at least one profile (--profiles); "
               "accepted: profile.json files from `cadre train` with output.profile=true");
-  // Kernel tables.
+  // Kernel tables: one per input, one per (head_dim, GQA-ness), ordered GQA first and then by
+  // head_dim so the file does not depend on the order of the inputs.
   for (size_t i = 0; i < in.kernel_json.size(); ++i) {
-    CalibrationTable t = kernel_table(in.kernel_json[i], in.kernel_names[i]);
-    const bool mha = t.kv_heads > 0 && t.kv_heads == t.heads;
-    (mha ? c.attention_table_mha : c.attention_table) = t;
+    c.attention_tables.push_back(kernel_table(in.kernel_json[i], in.kernel_names[i]));
     c.sources.push_back("kernel: " + in.kernel_names[i]);
-    if (c.device.empty()) c.device = t.device;
+    if (c.device.empty()) c.device = c.attention_tables.back().device;
   }
+  check_one_table_per_shape(c.attention_tables, in.kernel_names, "calibration");
+  std::stable_sort(c.attention_tables.begin(), c.attention_tables.end(),
+                   [](const CalibrationTable& a, const CalibrationTable& b) {
+                     return std::make_pair(is_mha_table(a), a.head_dim) <
+                            std::make_pair(is_mha_table(b), b.head_dim);
+                   });
   // Segments.
   std::map<std::string, std::vector<double>> xs, ys;
   std::map<std::string, std::set<std::string>> names_of;
@@ -466,12 +523,9 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
     const int tp = std::max(1, p.tensor_parallel());
     config::ClusterConfig cluster = in.cluster;
     cluster.set_tensor_parallel(tp);
-    CalibrationTable table = default_calibration_for(model, tp);
-    const int heads = std::max(1, model.num_heads() / tp);
-    const int kv_heads = std::max(1, model.num_kv_heads() / tp);
-    if (heads == kv_heads && c.attention_table_mha) table = *c.attention_table_mha;
-    if (heads != kv_heads && c.attention_table) table = *c.attention_table;
-    CostModel cost(model, cluster, table);
+    const CalibrationTable* measured = attention_table_for(c, model, tp);
+    CostModel cost(model, cluster,
+                   measured != nullptr ? *measured : default_calibration_for(model, tp));
     for (int si : measured_steps(p)) {
       const auto& step = p.steps(si);
       for (const auto& r : step.ranks()) {

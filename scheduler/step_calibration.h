@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <map>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,7 +40,9 @@ struct StepCalibration {
   std::vector<std::string> sources, notes;
   std::map<std::string, SegmentCost> segments;  // by "kind/direction"
   double attention_forward_scale = 1, attention_backward_scale = 1, attention_call_us = 0;
-  std::optional<CalibrationTable> attention_table, attention_table_mha;
+  // Core-attention kernel tables, at most one per (GQA or MHA, head_dim); attention_table_for
+  // picks a model's. Empty: the built-in tables (default_calibration_for).
+  std::vector<CalibrationTable> attention_tables;
   std::map<std::string, LinkCost> links;  // intra_node, inter_node, all_reduce
   double step_overhead_us = 0, call_overhead_us = 0;
   double activation_memory_scale = 1, memory_fixed_gib = 0;
@@ -62,6 +63,19 @@ const std::vector<std::pair<std::string, std::string>>& calibrated_segments();
 double segment_work(const std::string& kind, const config::ModelConfig& model, int32_t tp,
                     int64_t tokens, double parameters = 0);
 std::string segment_unit(const std::string& kind);
+
+// Whether a kernel table measured multi-head attention (kv_heads == heads); kv_heads 0 (not
+// recorded) counts as GQA.
+bool is_mha_table(const CalibrationTable& table);
+// The calibration's kernel table for a model on TP-way tensor parallelism, or nullptr when it has
+// none (callers then use cluster.attention_calibration or the built-in table). Tables whose
+// GQA-ness matches the model's are preferred (MHA: each TP rank has as many query heads as K/V
+// heads, latent attention counted by its expanded heads; otherwise GQA), any table when none
+// does; among those, the one whose head_dim is nearest the model's query/key head width
+// (qk_head_dim: exact first), ties to the earlier in the list.
+const CalibrationTable* attention_table_for(const StepCalibration& calibration,
+                                            const config::ModelConfig& model,
+                                            int32_t tensor_parallel);
 
 // The built-in calibration (scheduler/data/h200_calibration.json, fitted by `cadre calibrate`
 // from the committed H200 results; docs/simulation.md says from which).
@@ -95,7 +109,9 @@ struct CalibrationInputs {
 // weights; the fixed cost is 0 when all samples have the same work, or if the fit makes it
 // negative); attention scales against the kernel table; links from `bench comm` rows and profile
 // buckets; host overhead and memory from step totals. Deterministic: the same inputs give the
-// same bytes of step_calibration_json. Throws cadre::Error if a segment has no samples.
+// same bytes of step_calibration_json. Each kernel input adds one attention table (ordered GQA
+// before MHA, then by head_dim). Throws cadre::Error if a segment has no samples, or if two kernel
+// inputs give tables of the same head_dim and GQA-ness (naming both).
 StepCalibration fit_step_calibration(const CalibrationInputs& inputs);
 
 }  // namespace cadre::scheduler

@@ -157,13 +157,10 @@ StepPrice price_training_step(const config::RunConfig& config,
   // are the runtime's; pricing uses the calibration's table and scales.
   CostModel planning(model, cluster, calibration_for(cluster, model),
                      kv_shipping_for(config.scheduler()));
-  CalibrationTable table = calibration_for(cluster, model);
-  if (cluster.attention_calibration().empty()) {
-    const bool mha = std::max(1, model.num_heads() / tp) == std::max(1, model.num_kv_heads() / tp);
-    if (mha && cal.attention_table_mha) table = *cal.attention_table_mha;
-    if (!mha && cal.attention_table) table = *cal.attention_table;
-  }
-  CostModel pricing(model, cluster, table);
+  const CalibrationTable* measured =
+      cluster.attention_calibration().empty() ? attention_table_for(cal, model, tp) : nullptr;
+  CostModel pricing(model, cluster,
+                    measured != nullptr ? *measured : calibration_for(cluster, model));
   const PlannerOptions options = planner_options(config);
   std::vector<int32_t> servers;
   for (int r = dedicated ? workers : 0; r < world; ++r) servers.push_back(r);

@@ -1,6 +1,10 @@
 // Simulator invariants: the ideal bound is below every strategy, CAD balances attention, equal
-// documents leave no straggler, and the 1F1B bubble has its textbook share.
+// documents leave no straggler, the 1F1B bubble has its textbook share, and each model is priced
+// with the calibration's attention table of its head dim.
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
 
 #include "common/error.h"
 #include "scheduler/simulator.h"
@@ -106,6 +110,37 @@ TEST(Simulator, LinearTimeFollowsTheCalibrationAndTensorParallelCollectives) {
                 1e-6 * r.costs[0].linear_us)
         << "tp " << tp;
   }
+}
+
+// The calibration's attention table for a model is the one of its head dim: halving the d64
+// table's TFLOP/s doubles a head-dim-64 model's attention time and leaves a head-dim-128 model's.
+TEST(Simulator, EachModelIsPricedWithTheTableOfItsHeadDim) {
+  auto write_calibration = [](const std::string& name, double d64_rate_scale) {
+    StepCalibration c = default_step_calibration();
+    CalibrationTable d64 = default_calibration();
+    d64.head_dim = 64;
+    for (CalibrationPoint& p : d64.points) {
+      p.forward_tflops *= d64_rate_scale;
+      p.backward_tflops *= d64_rate_scale;
+    }
+    c.attention_tables = {default_calibration(), d64};  // GQA d128, GQA d64
+    const std::string path = ::testing::TempDir() + "cadre_" + name;
+    std::ofstream(path) << step_calibration_json(c);
+    return path;
+  };
+  const std::string full = write_calibration("d64_full.json", 1.0);
+  const std::string halved = write_calibration("d64_halved.json", 0.5);
+  auto attention_us = [](int32_t head_dim, const std::string& calibration) {
+    auto config = small_config(8, "fixed");
+    config.mutable_data()->set_fixed_tokens(4096);
+    config.mutable_model()->set_head_dim(head_dim);
+    config.mutable_cluster()->set_calibration(calibration);
+    return simulate_step(config, {"fixed"}, 1).costs[0].attention_us;
+  };
+  const double d64 = attention_us(64, full);
+  EXPECT_GT(d64, 0);
+  EXPECT_NEAR(attention_us(64, halved), 2 * d64, 1e-9 * d64);
+  EXPECT_EQ(attention_us(128, halved), attention_us(128, full));
 }
 
 TEST(Simulator, RejectsUnknownStrategiesAndBadClusters) {

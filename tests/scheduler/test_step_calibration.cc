@@ -1,12 +1,18 @@
 // Calibration: fits recover known coefficients from synthetic profiles, profiles with missing or
-// inconsistent segments are rejected by name, the file round-trips deterministically, and the
-// step model reproduces a hand-computed step.
+// inconsistent segments are rejected by name, the file round-trips deterministically, each model
+// gets the attention table of its kernel shape (head dim, GQA or MHA), and the step model
+// reproduces a hand-computed step.
+#include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
 #include <string>
 
 #include "common/error.h"
+#include "scheduler/calibration.pb.h"
 #include "scheduler/step_calibration.h"
 #include "scheduler/step_model.h"
 
@@ -118,12 +124,12 @@ profile::RunProfile synthetic_profile(const std::vector<int64_t>& tokens, bool r
   return p;
 }
 
-// Attention times = scale x the built-in table's prediction + call_us.
+// Attention times = scale x the table's prediction (default: the built-in one) + call_us.
 void set_attention(profile::RunProfile* p, double forward_scale, double backward_scale,
-                   double call_us) {
+                   double call_us, const CalibrationTable* table = nullptr) {
   const config::ModelConfig m = tiny_model();
   config::ClusterConfig cluster;
-  CostModel cost(m, cluster, default_calibration_for(m, 1));
+  CostModel cost(m, cluster, table != nullptr ? *table : default_calibration_for(m, 1));
   for (auto& step : *p->mutable_steps()) {
     for (auto& r : *step.mutable_ranks()) {
       for (auto& a : *r.mutable_attention()) {
@@ -267,7 +273,7 @@ StepCalibration hand_calibration() {
   t.heads = 4;
   t.head_dim = 16;
   t.points.push_back({1024, 1024, 2.0, 1.0});  // TFLOP/s forward, backward
-  c.attention_table = t;
+  c.attention_tables = {t};
   c.attention_call_us = 3;
   c.step_overhead_us = 500;
   return c;
@@ -353,6 +359,272 @@ TEST(StepModel, PingPongHidesExchangesAndSplitMatchesTheTrainer) {
   EXPECT_GT(on.a2a_bytes, 0);
   EXPECT_LE(on.exposed_a2a_us, off.exposed_a2a_us + 1e-9);
   EXPECT_NEAR(off.exposed_a2a_us, off.a2a_us, 1e-6 * off.a2a_us);  // nothing hides it
+}
+
+// --- attention tables per kernel shape ------------------------------------------------------
+
+// A kernel table with one rate for every shape (TFLOP/s forward, backward).
+CalibrationTable flat_table(int32_t heads, int32_t kv_heads, int32_t head_dim,
+                            double forward_tflops = 2.0, double backward_tflops = 1.0) {
+  CalibrationTable t;
+  t.device = "test d" + std::to_string(head_dim) + (kv_heads == heads ? " MHA" : " GQA");
+  t.heads = heads;
+  t.kv_heads = kv_heads;
+  t.head_dim = head_dim;
+  t.points.push_back({1024, 1024, forward_tflops, backward_tflops});
+  return t;
+}
+
+// The tiny model's layers with `heads` query heads of `head_dim` and `kv_heads` K/V heads.
+config::ModelConfig shaped_model(int32_t heads, int32_t kv_heads, int32_t head_dim) {
+  config::ModelConfig m = tiny_model();
+  m.set_num_heads(heads);
+  m.set_num_kv_heads(kv_heads);
+  m.set_head_dim(head_dim);
+  m.set_hidden_size(heads * head_dim);
+  return m;
+}
+
+// Which of `c`'s tables attention_table_for picks (-1: none).
+int picked(const StepCalibration& c, const config::ModelConfig& m, int32_t tp = 1) {
+  const CalibrationTable* t = attention_table_for(c, m, tp);
+  return t == nullptr ? -1 : static_cast<int>(t - c.attention_tables.data());
+}
+
+TEST(StepCalibration, AttentionTableForPicksTheHeadDimAndGqaOfTheModel) {
+  StepCalibration c;
+  // The d128 GQA table first, so that picking d64 is not the list's order.
+  c.attention_tables = {flat_table(32, 8, 128), flat_table(32, 8, 64), flat_table(32, 32, 128),
+                        flat_table(32, 32, 64), flat_table(16, 16, 192)};
+  const config::ModelConfig llama_1b = shaped_model(32, 8, 64);  // head dim 64, GQA
+  const config::ModelConfig llama_8b = shaped_model(32, 8, 128);
+  EXPECT_EQ(picked(c, llama_1b), 1);
+  EXPECT_EQ(picked(c, llama_1b, 8), 1);  // 4 query heads per K/V head on each of 8 ranks
+  EXPECT_EQ(picked(c, llama_8b), 0);
+  EXPECT_EQ(picked(c, llama_8b, 8), 0);
+  EXPECT_EQ(picked(c, shaped_model(32, 32, 128)), 2);  // MHA
+  EXPECT_EQ(picked(c, shaped_model(32, 32, 64)), 3);
+  // GQA-ness counts per TP rank: 8 query and 4 K/V heads on 8 ranks is one of each (MHA).
+  EXPECT_EQ(picked(c, shaped_model(8, 4, 64)), 1);
+  EXPECT_EQ(picked(c, shaped_model(8, 4, 64), 8), 3);
+  // Latent attention (MLA, expanded per head: MHA) at the query/key width head_dim + rope_head_dim
+  // = 128 + 64, not head_dim.
+  config::ModelConfig mla = shaped_model(16, 16, 128);
+  mla.set_kv_latent_dim(512);
+  mla.set_rope_head_dim(64);
+  ASSERT_EQ(qk_head_dim(mla), 192);
+  EXPECT_EQ(picked(c, mla), 4);
+  // No tables: nullptr (the caller's fallback prices it).
+  EXPECT_EQ(picked(StepCalibration{}, llama_1b), -1);
+}
+
+TEST(StepCalibration, AttentionTableForFallsBackToTheNearestHeadDimThenToAnyTable) {
+  StepCalibration c;
+  c.attention_tables = {flat_table(32, 8, 128), flat_table(32, 8, 64), flat_table(32, 32, 256)};
+  EXPECT_EQ(picked(c, shaped_model(32, 8, 80)), 1);   // 64 is nearer than 128
+  EXPECT_EQ(picked(c, shaped_model(32, 8, 112)), 0);  // 128 is nearer than 64
+  EXPECT_EQ(picked(c, shaped_model(32, 8, 96)), 0);   // a tie: the earlier table
+  EXPECT_EQ(picked(c, shaped_model(32, 8, 256)), 0);  // GQA tables first, even at another width
+  EXPECT_EQ(picked(c, shaped_model(32, 32, 64)), 2);  // the only MHA table
+  // kv_heads 0 (not recorded) counts as GQA.
+  c.attention_tables = {flat_table(32, 0, 64), flat_table(32, 32, 64)};
+  EXPECT_EQ(picked(c, shaped_model(32, 8, 64)), 0);
+  EXPECT_EQ(picked(c, shaped_model(32, 32, 64)), 1);
+  // No table of the model's GQA-ness: the nearest head dim of any.
+  c.attention_tables = {flat_table(32, 32, 128), flat_table(32, 32, 64)};
+  EXPECT_EQ(picked(c, shaped_model(32, 8, 64)), 1);
+  EXPECT_EQ(picked(c, shaped_model(32, 8, 128)), 0);
+}
+
+TEST(StepCalibration, TwoTablesRoundTripBitIdenticallyAndDeterministically) {
+  StepCalibration c = default_step_calibration();
+  // Rates whose last bits matter.
+  CalibrationTable d64 = flat_table(32, 8, 64, 431.123456789012345, 1.0 / 3.0);
+  d64.points.push_back({4096, 65536, 0.1 + 0.2, 3.14159265358979312});
+  c.attention_tables = {d64, flat_table(32, 32, 128, 567.891)};
+  const std::string json = step_calibration_json(c);
+  EXPECT_EQ(json, step_calibration_json(c));
+  EXPECT_NE(json.find("\"attention_tables\""), std::string::npos);
+  EXPECT_EQ(json.find("\"attention_table\""), std::string::npos);  // legacy fields not written
+  const StepCalibration back = parse_step_calibration(json, "test");
+  EXPECT_EQ(step_calibration_json(back), json);
+  ASSERT_EQ(back.attention_tables.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const CalibrationTable &a = c.attention_tables[i], &b = back.attention_tables[i];
+    EXPECT_EQ(a.device, b.device);
+    EXPECT_EQ(a.heads, b.heads);
+    EXPECT_EQ(a.kv_heads, b.kv_heads);
+    EXPECT_EQ(a.head_dim, b.head_dim);
+    ASSERT_EQ(a.points.size(), b.points.size());
+    for (size_t j = 0; j < a.points.size(); ++j) {
+      EXPECT_EQ(a.points[j].q_tokens, b.points[j].q_tokens);
+      EXPECT_EQ(a.points[j].kv_tokens, b.points[j].kv_tokens);
+      EXPECT_EQ(a.points[j].forward_tflops, b.points[j].forward_tflops);  // bit-identical
+      EXPECT_EQ(a.points[j].backward_tflops, b.points[j].backward_tflops);
+    }
+  }
+}
+
+// Writes `text` to a file under the test's temporary directory; returns its path.
+std::string write_temp(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + "cadre_" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::string table_json(const calibration::CalibrationTableProto& t) {
+  std::string json;
+  google::protobuf::util::MessageToJsonString(t, &json);
+  return json;
+}
+
+TEST(StepCalibration, LegacyTableFieldsStillLoadAndPriceAsBefore) {
+  // The built-in calibration is a legacy file: attention_table (GQA), attention_table_mha.
+  const StepCalibration& builtin = default_step_calibration();
+  ASSERT_EQ(builtin.attention_tables.size(), 2u);
+  EXPECT_FALSE(is_mha_table(builtin.attention_tables[0]));
+  EXPECT_TRUE(is_mha_table(builtin.attention_tables[1]));
+  EXPECT_EQ(picked(builtin, shaped_model(32, 8, 128), 8), 0);
+  EXPECT_EQ(picked(builtin, shaped_model(32, 8, 64), 8), 0);
+  EXPECT_EQ(picked(builtin, shaped_model(32, 32, 128), 8), 1);
+  // A legacy file with distinct rates per slot; the MHA slot without kv_heads (the slot said MHA).
+  StepCalibration c = hand_calibration();
+  c.attention_tables = {flat_table(4, 0, 16, 2.0, 1.0), flat_table(4, 0, 16, 5.0, 3.0)};
+  calibration::StepCalibrationProto proto;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(step_calibration_json(c), &proto).ok());
+  *proto.mutable_attention_table() = proto.attention_tables(0);
+  *proto.mutable_attention_table_mha() = proto.attention_tables(1);
+  proto.clear_attention_tables();
+  std::string legacy_json;
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(proto, &legacy_json).ok());
+  const StepCalibration legacy = parse_step_calibration(legacy_json, "legacy.json");
+  ASSERT_EQ(legacy.attention_tables.size(), 2u);
+  EXPECT_EQ(legacy.attention_tables[0].points[0].forward_tflops, 2.0);
+  EXPECT_EQ(legacy.attention_tables[1].points[0].forward_tflops, 5.0);
+  EXPECT_TRUE(is_mha_table(legacy.attention_tables[1]));
+  // Before: GQA models were priced with attention_table, MHA models with attention_table_mha;
+  // the same as naming that table in cluster.attention_calibration.
+  const std::string gqa_path = write_temp("legacy_gqa.json", table_json(proto.attention_table()));
+  const std::string mha_path =
+      write_temp("legacy_mha.json", table_json(proto.attention_table_mha()));
+  for (const bool mha : {false, true}) {
+    config::RunConfig config;
+    *config.mutable_model() = shaped_model(4, mha ? 4 : 2, 16);
+    config.mutable_cluster()->set_num_gpus(1);
+    config.mutable_cluster()->set_gpus_per_node(1);
+    config.mutable_training()->set_attention("colocated");
+    const std::vector<MicroBatchDocuments> docs = {{{{1000, 3000}, false, false}}};
+    const StepPrice from_legacy = price_training_step(config, docs, legacy);
+    config.mutable_cluster()->set_attention_calibration(mha ? mha_path : gqa_path);
+    const StepPrice as_before = price_training_step(config, docs, legacy);
+    EXPECT_GT(from_legacy.attention_us, 0);
+    EXPECT_EQ(from_legacy.attention_us, as_before.attention_us) << (mha ? "MHA" : "GQA");
+    EXPECT_EQ(from_legacy.step_us, as_before.step_us) << (mha ? "MHA" : "GQA");
+  }
+  // Written back, it is the new list, and reads back the same.
+  EXPECT_EQ(step_calibration_json(parse_step_calibration(step_calibration_json(legacy), "x")),
+            step_calibration_json(legacy));
+}
+
+std::string rejection_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "";
+}
+
+TEST(StepCalibration, TwoKernelTablesOfOneShapeAreRejectedNamingBoth) {
+  CalibrationInputs in;
+  in.profiles = {synthetic_profile({1000, 3000}, false)};
+  in.profile_names = {"a"};
+  const std::string gqa64 = R"({"heads": 32, "kv_heads": 8, "head_dim": 64, "points": [
+      {"q_tokens": 1024, "kv_tokens": 1024, "forward_tflops": 400, "backward_tflops": 300}]})";
+  const std::string mha64 = R"({"heads": 32, "kv_heads": 32, "head_dim": 64, "points": [
+      {"q_tokens": 1024, "kv_tokens": 1024, "forward_tflops": 410, "backward_tflops": 310}]})";
+  in.kernel_json = {gqa64, mha64};
+  in.kernel_names = {"gqa64.json", "mha64.json"};
+  EXPECT_EQ(fit_step_calibration(in).attention_tables.size(), 2u);  // one GQA, one MHA: fine
+  in.kernel_json = {gqa64, mha64, gqa64};
+  in.kernel_names = {"A.json", "mha64.json", "B.json"};
+  const std::string m = rejection_of([&] { fit_step_calibration(in); });
+  EXPECT_NE(m.find("two attention tables for head dim 64, GQA: A.json and B.json; accepted: one "
+                   "per head dim and GQA/MHA"),
+            std::string::npos)
+      << m;
+  // A file with two such tables is rejected too.
+  StepCalibration c = hand_calibration();
+  c.attention_tables = {flat_table(32, 32, 64), flat_table(32, 32, 64)};
+  const std::string f =
+      rejection_of([&] { parse_step_calibration(step_calibration_json(c), "'dup.json'"); });
+  EXPECT_NE(f.find("calibration file 'dup.json': two attention tables for head dim 64, MHA: "
+                   "attention_tables[0] and attention_tables[1]"),
+            std::string::npos)
+      << f;
+}
+
+TEST(StepCalibration, FitKeepsOneTablePerKernelInputAndScalesAgainstTheModelsOwn) {
+  // The profiles' model has head dim 16 (GQA); their attention follows the d16 table x 1.3 / 0.9.
+  const CalibrationTable d16 = flat_table(4, 2, 16, 2.0, 1.0);
+  const CalibrationTable d8 = flat_table(4, 2, 8, 7.0, 5.0);
+  CalibrationInputs in;
+  in.profiles = {synthetic_profile({1000, 3000}, false), synthetic_profile({7000}, false)};
+  for (auto& p : in.profiles) set_attention(&p, 1.3, 0.9, 25, &d16);
+  in.profile_names = {"a", "b"};
+  auto kernel = [](const CalibrationTable& t) {
+    char point[160];
+    std::snprintf(point, sizeof(point),
+                  R"({"q_tokens": 1024, "kv_tokens": 1024, "forward_tflops": %g, )"
+                  R"("backward_tflops": %g})",
+                  t.points[0].forward_tflops, t.points[0].backward_tflops);
+    return R"({"config": {"kv_heads": )" + std::to_string(t.kv_heads) +
+           R"(}, "calibration": {"device": "d)" + std::to_string(t.head_dim) + R"(", "heads": )" +
+           std::to_string(t.heads) + R"(, "head_dim": )" + std::to_string(t.head_dim) +
+           R"(, "points": [)" + point + "]}}";
+  };
+  // The d16 input first, but the d8 table sorts first: the fit must still price the d16 model
+  // with the d16 table.
+  in.kernel_json = {kernel(d16), kernel(d8)};
+  in.kernel_names = {"d16.json", "d8.json"};
+  const StepCalibration c = fit_step_calibration(in);
+  ASSERT_EQ(c.attention_tables.size(), 2u);
+  EXPECT_EQ(c.attention_tables[0].head_dim, 8);  // ordered by head dim
+  EXPECT_EQ(c.attention_tables[1].head_dim, 16);
+  EXPECT_EQ(c.attention_tables[1].kv_heads, 2);
+  EXPECT_NEAR(c.attention_forward_scale, 1.3, 1e-6);
+  EXPECT_NEAR(c.attention_backward_scale, 0.9, 1e-6);
+  EXPECT_NEAR(c.attention_call_us, 25, 1e-4);
+  // The tables' order does not depend on the order of the kernel inputs.
+  CalibrationInputs swapped = in;
+  swapped.kernel_json = {kernel(d8), kernel(d16)};
+  swapped.kernel_names = {"d8.json", "d16.json"};
+  const StepCalibration s = fit_step_calibration(swapped);
+  ASSERT_EQ(s.attention_tables.size(), 2u);
+  EXPECT_EQ(s.attention_tables[0].head_dim, 8);
+  EXPECT_EQ(s.attention_tables[1].head_dim, 16);
+  EXPECT_EQ(s.attention_forward_scale, c.attention_forward_scale);
+}
+
+TEST(StepModel, EachModelIsPricedWithTheTableOfItsHeadDim) {
+  StepCalibration c = hand_calibration();
+  c.attention_call_us = 0;
+  c.attention_tables = {flat_table(4, 2, 128, 2.0, 1.0), flat_table(4, 2, 64, 2.0, 1.0)};
+  StepCalibration halved = c;  // the d64 table at half the TFLOP/s
+  for (CalibrationPoint& p : halved.attention_tables[1].points) {
+    p.forward_tflops /= 2;
+    p.backward_tflops /= 2;
+  }
+  auto attention_us = [](int32_t head_dim, const StepCalibration& cal) {
+    config::RunConfig config;
+    *config.mutable_model() = shaped_model(4, 2, head_dim);
+    config.mutable_cluster()->set_num_gpus(1);
+    config.mutable_cluster()->set_gpus_per_node(1);
+    config.mutable_training()->set_attention("colocated");
+    return price_training_step(config, {{{{1000, 3000}, false, false}}}, cal).attention_us;
+  };
+  EXPECT_NEAR(attention_us(64, halved), 2 * attention_us(64, c), 1e-9 * attention_us(64, c));
+  EXPECT_EQ(attention_us(128, halved), attention_us(128, c));
 }
 
 }  // namespace
