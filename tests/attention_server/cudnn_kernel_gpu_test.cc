@@ -161,8 +161,21 @@ TEST(CudnnKernel, AutoPicksCudnnAndFallsBackToFlash) {
   check_shape(*kernel, Shape{{{64, 300}, {20, 20}}, 8, 2, 128}, 9);
   EXPECT_EQ(kernel->counters().fallback_calls, 0);
   EXPECT_GT(kernel->counters().graphs_built, 0);
+  // The class's first forward and backward timed both kernels; the result of the faster came
+  // back (checked against float64 above), and the same class again is not timed again.
+  EXPECT_EQ(kernel->counters().choices_measured, 2);
+  EXPECT_EQ(kernel->counters().calls, 2);
+  const int64_t on_flash = kernel->counters().flash_calls;
+  EXPECT_LE(on_flash, 2);
+  check_shape(*kernel, Shape{{{60, 290}, {30, 30}}, 8, 2, 128}, 11);  // same class
+  EXPECT_EQ(kernel->counters().choices_measured, 2);
+  EXPECT_EQ(kernel->counters().calls, 4);
+  EXPECT_EQ(kernel->counters().flash_calls, 2 * on_flash);  // the class keeps its choice
+  std::cout << "[auto] forward and backward of the class: " << on_flash << " of 2 on flash\n";
   check_shape(*kernel, Shape{{{64, 300}, {20, 20}}, 8, 2, 96}, 10);  // head dim cuDNN refuses
   EXPECT_EQ(kernel->counters().fallback_calls, 2);
+  EXPECT_EQ(kernel->counters().flash_calls, 2 * on_flash + 2);
+  EXPECT_EQ(kernel->counters().choices_measured, 2);
 }
 
 // The flash kernel's split (folded unmasked prefix + causal diagonal, merged by log-sum-exp) with
