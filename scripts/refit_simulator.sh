@@ -40,9 +40,17 @@ done
 cadre="$build/bin/cadre"
 [ -x "$cadre" ] || { echo "refit_simulator: no $cadre (scripts/build.sh first)" >&2; exit 2; }
 
-"$cadre" calibrate --profiles "${profiles[@]}" \
-  --kernel benchmarks/results/h200x1_bench_kernel.json \
-           benchmarks/results/h200x1_bench_kernel_mha_calibration.json \
+# Attention tables: the auto kernel's grids (what training runs) per head dim when measured
+# (scripts/gpu_session.sh calgrid), else the flash kernel's; the MHA table is the flash kernel's.
+kernels=()
+for d in 64 128; do
+  [ -f "benchmarks/results/h200x1_bench_kernel_auto_grid_d$d.json" ] &&
+    kernels+=("benchmarks/results/h200x1_bench_kernel_auto_grid_d$d.json")
+done
+[ -f benchmarks/results/h200x1_bench_kernel_auto_grid_d128.json ] ||
+  kernels+=(benchmarks/results/h200x1_bench_kernel.json)
+kernels+=(benchmarks/results/h200x1_bench_kernel_mha_calibration.json)
+"$cadre" calibrate --profiles "${profiles[@]}" --kernel "${kernels[@]}" \
   --comm benchmarks/results/h200x2_bench_comm.json --out "$calibration"
 grep -E '"(activation_memory_scale|memory_fixed_gib|step_overhead_us)"' "$calibration" || true
 
