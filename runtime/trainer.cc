@@ -825,6 +825,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
   // choice.
   double steady_ms = 0;
   int64_t steady_steps = 0;
+  std::string steady_numbers;  // their step numbers, as a JSON list's items
   for (const StepMetrics& m : steps) {
     graphs_built += m.kernel_graphs_built;
     graph_hits += m.kernel_graph_hits;
@@ -850,6 +851,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
     if (m.kernel_graphs_built == 0 && m.kernel_choices_measured == 0) {
       steady_ms += m.step_ms;
       steady_steps += 1;
+      steady_numbers += (steady_numbers.empty() ? "" : ",") + std::to_string(m.step);
     }
     query_rows += static_cast<double>(m.cad_query_rows);
     kv_rows += static_cast<double>(m.cad_kv_rows);
@@ -895,6 +897,7 @@ std::string summary_json(const std::vector<StepMetrics>& steps, const config::Ru
       << ",\"kernel_calls\":" << kernel_calls << ",\"kernel_flash_calls\":" << flash_calls
       << ",\"steady_steps\":" << steady_steps << ",\"steady_step_ms\":"
       << (steady_steps > 0 ? steady_ms / static_cast<double>(steady_steps) : 0.0)
+      << ",\"steady_step_numbers\":[" << steady_numbers << "]"
       << ",\"kernel_graph_cache_hits\":" << graph_hits
       << ",\"first_loss\":" << Num{steps.front().loss}
       << ",\"last_loss\":" << Num{steps.back().loss}

@@ -149,17 +149,24 @@ CostModel::CostModel(const config::ModelConfig& model, const config::ClusterConf
     log_points_.push_back({std::log2(static_cast<double>(p.q_tokens)),
                            std::log2(static_cast<double>(p.kv_tokens)), p.forward_tflops,
                            p.backward_tflops});
+    if (p.q_tokens == p.kv_tokens) diagonal_points_.push_back(log_points_.back());
   }
 }
 
 // Throughput at a shape by inverse-distance weighting in (log2 q, log2 kv): exact at measured
-// points, smooth between them, and flat (nearest behaviour) far outside the measured range.
+// points, smooth between them, and flat (nearest behaviour) far outside the measured range. A
+// whole document (q == kv) is weighed among the whole-document points only when the table has
+// any: the kernels run it with the top-left causal form, whose backward skips the masked tiles,
+// while a shard's bottom-right form does not (docs/gpu.md), so a 64K document priced from 32K
+// shards of 64K prefixes would take the shards' slower backward (measured on H200: 299 against
+// 410 TFLOP/s at head dim 64).
 void CostModel::rates(int64_t q_tokens, int64_t kv_tokens, double* forward,
                       double* backward) const {
   const double lq = std::log2(static_cast<double>(std::max<int64_t>(q_tokens, 1)));
   const double lk = std::log2(static_cast<double>(std::max<int64_t>(kv_tokens, 1)));
   double weight_sum = 0, forward_sum = 0, backward_sum = 0;
-  for (const LogPoint& p : log_points_) {
+  const bool whole = q_tokens == kv_tokens && !diagonal_points_.empty();
+  for (const LogPoint& p : whole ? diagonal_points_ : log_points_) {
     const double dq = lq - p.log_q;
     const double dk = lk - p.log_kv;
     const double d2 = dq * dq + dk * dk;

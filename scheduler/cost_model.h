@@ -116,6 +116,9 @@ class CostModel {
     double log_q, log_kv, forward_tflops, backward_tflops;
   };
   std::vector<LogPoint> log_points_;
+  // The points with q_tokens == kv_tokens: whole documents, which run the kernels' top-left causal
+  // form (rates() looks whole documents up among these only).
+  std::vector<LogPoint> diagonal_points_;
   // Forward and backward TFLOP/s at a shape.
   void rates(int64_t q_tokens, int64_t kv_tokens, double* forward, double* backward) const;
   double flops_per_pass(int64_t q_tokens, int64_t kv_tokens) const;

@@ -42,6 +42,7 @@ struct Pricing {
   double linear_per_token = 0;  // one stage's layers + head/loss/embedding, per token
   double fixed_per_nano = 0;    // per nano-batch (one call of each layer segment)
   double attention_forward_scale = 1, attention_backward_scale = 1, attention_call_us = 0;
+  double attention_sequence_us = 0;  // forward + backward, per sequence of a fused call (all heads)
   LinkCost intra, inter, all_reduce_intra;
   double optimizer_us = 0, overhead_us = 0;
   double gradient_bytes = 0;  // fp32 gradients of one stage on one TP rank
@@ -113,7 +114,8 @@ StepCost compose(const std::string& strategy, const std::vector<RankWork>& ranks
 double sequence_attention_us(const Pricing& p, int64_t q, int64_t kv, const Cluster& c) {
   if (q <= 0) return 0;
   return c.layers_per_stage * (p.attention_forward_scale * p.cost->attention_forward_us(q, kv) +
-                               p.attention_backward_scale * p.cost->attention_backward_us(q, kv));
+                               p.attention_backward_scale * p.cost->attention_backward_us(q, kv) +
+                               p.attention_sequence_us);
 }
 
 Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal,
@@ -165,6 +167,9 @@ Pricing make_pricing(const config::RunConfig& config, const StepCalibration& cal
   p.attention_forward_scale = cal.attention_forward_scale;
   p.attention_backward_scale = cal.attention_backward_scale;
   p.attention_call_us = cal.attention_call_us;
+  p.attention_sequence_us =
+      (cal.attention_forward_sequence_us + cal.attention_backward_sequence_us) *
+      std::max(1, model.num_heads() / std::max(1, c.tp));
   const LinkCost* intra = cal.link("intra_node");
   const LinkCost* inter = cal.link("inter_node");
   const LinkCost* reduce = cal.link("all_reduce");

@@ -115,11 +115,68 @@ double round6(double v) {
 }
 
 // Steps of a profile that calibration uses: after its warm-up steps (all if it has no more).
+// The steps after warm-up, without those that built a kernel graph or timed a kernel choice (a
+// one-time stall, docs/gpu.md) when any others remain.
 std::vector<int> measured_steps(const profile::RunProfile& p) {
-  std::vector<int> steps;
+  std::vector<int> steps, steady;
   const int skip = p.steps_size() > p.warmup_steps() ? p.warmup_steps() : 0;
-  for (int i = skip; i < p.steps_size(); ++i) steps.push_back(i);
-  return steps;
+  for (int i = skip; i < p.steps_size(); ++i) {
+    steps.push_back(i);
+    int64_t stalls = 0;
+    for (const auto& r : p.steps(i).ranks()) {
+      stalls += r.kernel_graphs_built() + r.kernel_choices_measured();
+    }
+    if (stalls == 0) steady.push_back(i);
+  }
+  return steady.empty() ? steps : steady;
+}
+
+// Attention calls: measured = scale x table time + per call + per sequence and query head on the
+// GPU (each sequence of a fused batch adds its own partly idle tiles, per head), fitted by least squares on relative errors; the
+// per-sequence term is dropped (0) when it or the others would come out negative.
+struct AttentionFit {
+  double scale = 1, call_us = 0, sequence_us = 0;
+};
+AttentionFit fit_attention(const std::vector<double>& pred, const std::vector<double>& seqs,
+                           const std::vector<double>& meas) {
+  AttentionFit fit;
+  if (pred.empty()) return fit;
+  double m[3][3] = {}, v[3] = {};
+  for (size_t i = 0; i < pred.size(); ++i) {
+    const double w = 1.0 / std::max(1e-12, meas[i] * meas[i]);
+    const double x[3] = {pred[i], 1.0, seqs[i]};
+    for (int r = 0; r < 3; ++r) {
+      v[r] += w * x[r] * meas[i];
+      for (int c = 0; c < 3; ++c) m[r][c] += w * x[r] * x[c];
+    }
+  }
+  // Cramer's rule on the 3x3 normal equations.
+  auto det3 = [](const double a[3][3]) {
+    return a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) -
+           a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0]) +
+           a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]);
+  };
+  const double d = det3(m);
+  if (std::fabs(d) > 1e-30) {
+    double solution[3];
+    for (int k = 0; k < 3; ++k) {
+      double mk[3][3];
+      for (int r = 0; r < 3; ++r) {
+        for (int c = 0; c < 3; ++c) mk[r][c] = c == k ? v[r] : m[r][c];
+      }
+      solution[k] = det3(mk) / d;
+    }
+    if (solution[0] > 0 && solution[1] >= 0 && solution[2] >= 0) {
+      fit.scale = solution[0];
+      fit.call_us = solution[1];
+      fit.sequence_us = solution[2];
+      return fit;
+    }
+  }
+  const Line line = fit_line(pred, meas, true);
+  fit.scale = line.a > 0 ? line.a : 1;
+  fit.call_us = line.b;
+  return fit;
 }
 
 config::ModelConfig model_of(const profile::RunProfile& p) {
@@ -290,6 +347,8 @@ StepCalibration parse_step_calibration(const std::string& json, const std::strin
       proto.attention_forward_scale() > 0 ? proto.attention_forward_scale() : 1;
   c.attention_backward_scale =
       proto.attention_backward_scale() > 0 ? proto.attention_backward_scale() : 1;
+  c.attention_forward_sequence_us = proto.attention_forward_sequence_us();
+  c.attention_backward_sequence_us = proto.attention_backward_sequence_us();
   c.attention_call_us = proto.attention_call_us();
   std::vector<std::string> table_names;
   for (int i = 0; i < proto.attention_tables_size(); ++i) {
@@ -350,6 +409,8 @@ std::string step_calibration_json(const StepCalibration& c) {
   }
   p.set_attention_forward_scale(round6(c.attention_forward_scale));
   p.set_attention_backward_scale(round6(c.attention_backward_scale));
+  p.set_attention_forward_sequence_us(round6(c.attention_forward_sequence_us));
+  p.set_attention_backward_sequence_us(round6(c.attention_backward_sequence_us));
   p.set_attention_call_us(round6(c.attention_call_us));
   for (const CalibrationTable& t : c.attention_tables)
     *p.add_attention_tables() = table_to_proto(t);
@@ -511,7 +572,7 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
   // Segments.
   std::map<std::string, std::vector<double>> xs, ys;
   std::map<std::string, std::set<std::string>> names_of;
-  std::vector<double> attn_pred_f, attn_meas_f, attn_pred_b, attn_meas_b;
+  std::vector<double> attn_pred_f, attn_meas_f, attn_pred_b, attn_meas_b, attn_seq_f, attn_seq_b;
   std::vector<double> overhead_calls, overhead_us;
   std::vector<double> bucket_bytes, bucket_us;
   for (size_t pi = 0; pi < in.profiles.size(); ++pi) {
@@ -524,6 +585,7 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
     config::ClusterConfig cluster = in.cluster;
     cluster.set_tensor_parallel(tp);
     const CalibrationTable* measured = attention_table_for(c, model, tp);
+    const double heads_per_gpu = std::max(1, model.num_heads() / tp);
     CostModel cost(model, cluster,
                    measured != nullptr ? *measured : default_calibration_for(model, tp));
     for (int si : measured_steps(p)) {
@@ -546,8 +608,9 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
           attention_us += a.us();
           ++calls;
           if (a.shapes_size() == 0) continue;  // converted from a trace: no shapes
-          double predicted = 0;
+          double predicted = 0, sequences = 0;
           for (const auto& shape : a.shapes()) {
+            if (shape.q_tokens() > 0) sequences += heads_per_gpu;
             predicted += a.direction() == "forward"
                              ? cost.attention_forward_us(shape.q_tokens(), shape.kv_tokens())
                              : cost.attention_backward_us(shape.q_tokens(), shape.kv_tokens());
@@ -555,6 +618,7 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
           if (predicted <= 0) continue;
           (a.direction() == "forward" ? attn_pred_f : attn_pred_b).push_back(predicted);
           (a.direction() == "forward" ? attn_meas_f : attn_meas_b).push_back(a.us());
+          (a.direction() == "forward" ? attn_seq_f : attn_seq_b).push_back(sequences);
         }
         for (const auto& b : r.gradient_buckets()) {
           const double n = p.workers();
@@ -587,20 +651,14 @@ StepCalibration fit_step_calibration(const CalibrationInputs& in) {
     if (line.n > 0 && line.b == 0 && source == "fit") s.source = "fit through the origin";
     c.segments[key(kind, direction)] = s;
   }
-  // Attention: kernel-table time x scale + a fixed cost per call.
-  auto attention = [&](const std::vector<double>& pred, const std::vector<double>& meas,
-                       double* scale) -> double {
-    if (pred.empty()) {
-      *scale = 1;
-      return 0;
-    }
-    const Line line = fit_line(pred, meas, true);
-    *scale = line.a > 0 ? line.a : 1;
-    return line.b;
-  };
-  const double call_f = attention(attn_pred_f, attn_meas_f, &c.attention_forward_scale);
-  const double call_b = attention(attn_pred_b, attn_meas_b, &c.attention_backward_scale);
-  c.attention_call_us = 0.5 * (call_f + call_b);
+  // Attention: kernel-table time x scale + a fixed cost per call + a cost per sequence.
+  const AttentionFit fit_f = fit_attention(attn_pred_f, attn_seq_f, attn_meas_f);
+  const AttentionFit fit_b = fit_attention(attn_pred_b, attn_seq_b, attn_meas_b);
+  c.attention_forward_scale = fit_f.scale;
+  c.attention_backward_scale = fit_b.scale;
+  c.attention_call_us = 0.5 * (fit_f.call_us + fit_b.call_us);
+  c.attention_forward_sequence_us = fit_f.sequence_us;
+  c.attention_backward_sequence_us = fit_b.sequence_us;
   if (attn_pred_f.empty()) {
     c.notes.push_back(
         "attention: no profile has attention shapes; the kernel table is used "

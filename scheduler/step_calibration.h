@@ -40,6 +40,9 @@ struct StepCalibration {
   std::vector<std::string> sources, notes;
   std::map<std::string, SegmentCost> segments;  // by "kind/direction"
   double attention_forward_scale = 1, attention_backward_scale = 1, attention_call_us = 0;
+  // Per sequence of a fused attention call and query head on the GPU (profiles' fit; 0 in older
+  // files).
+  double attention_forward_sequence_us = 0, attention_backward_sequence_us = 0;
   // Core-attention kernel tables, at most one per (GQA or MHA, head_dim); attention_table_for
   // picks a model's. Empty: the built-in tables (default_calibration_for).
   std::vector<CalibrationTable> attention_tables;

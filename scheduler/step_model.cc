@@ -18,6 +18,16 @@
 namespace cadre::scheduler {
 namespace {
 
+// One attention kernel call whose table time is `table_us`, of fused sequences x query heads on
+// the GPU `sequences`.
+double attention_call(const StepCalibration& cal, double table_us, double sequences,
+                      bool forward) {
+  return table_us * (forward ? cal.attention_forward_scale : cal.attention_backward_scale) +
+         cal.attention_call_us +
+         sequences *
+             (forward ? cal.attention_forward_sequence_us : cal.attention_backward_sequence_us);
+}
+
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // Durations of one rank's work, per nano-batch (micro-batch-major) and layer.
@@ -155,6 +165,8 @@ StepPrice price_training_step(const config::RunConfig& config,
   }
   // Planning prices as the trainer does (the cluster's attention table, unscaled) so the plans
   // are the runtime's; pricing uses the calibration's table and scales.
+  const double heads_per_gpu =
+      std::max(1, model.num_heads() / std::max(1, cluster.tensor_parallel()));
   CostModel planning(model, cluster, calibration_for(cluster, model),
                      kv_shipping_for(config.scheduler()));
   const CalibrationTable* measured =
@@ -257,16 +269,17 @@ StepPrice price_training_step(const config::RunConfig& config,
         for (size_t s = 0; s < plan.server_ranks.size(); ++s) {
           const int r = plan.server_ranks[s];
           const ServerBatch& batch = plan.batches[s];
-          double f = 0, b = 0;
+          double f = 0, b = 0, sequences = 0;
           for (int32_t t : batch.tasks) {
             const CaTask& task = plan.tasks[t];
             f += pricing.attention_forward_us(task.q_end - task.q_begin, task.q_end);
             b += pricing.attention_backward_us(task.q_end - task.q_begin, task.q_end);
+            if (task.q_end > task.q_begin) sequences += heads_per_gpu;
           }
           costs[r].serves[index] = true;
           for (int l = 0; l < layers; ++l) {
-            costs[r].attn_f[index][l] = f * cal.attention_forward_scale + cal.attention_call_us;
-            costs[r].attn_b[index][l] = b * cal.attention_backward_scale + cal.attention_call_us;
+            costs[r].attn_f[index][l] = attention_call(cal, f, sequences, true);
+            costs[r].attn_b[index][l] = attention_call(cal, b, sequences, false);
           }
           micro_activation[r] += batch.q_rows * act.query + batch.kv_rows * act.key;
           rank_attention_bytes[r] = std::max<double>(
@@ -290,15 +303,16 @@ StepPrice price_training_step(const config::RunConfig& config,
         }
       } else {
         for (int r = 0; r < workers; ++r) {
-          double f = 0, b = 0;
+          double f = 0, b = 0, sequences = 0;
           for (int64_t len : lengths[r]) {
             f += pricing.attention_forward_us(len, len);
             b += pricing.attention_backward_us(len, len);
+            if (len > 0) sequences += heads_per_gpu;
           }
           costs[r].serves[index] = true;
           for (int l = 0; l < layers; ++l) {
-            costs[r].attn_f[index][l] = f * cal.attention_forward_scale + cal.attention_call_us;
-            costs[r].attn_b[index][l] = b * cal.attention_backward_scale + cal.attention_call_us;
+            costs[r].attn_f[index][l] = attention_call(cal, f, sequences, true);
+            costs[r].attn_b[index][l] = attention_call(cal, b, sequences, false);
           }
           const int64_t tokens = std::accumulate(lengths[r].begin(), lengths[r].end(), int64_t{0});
           micro_activation[r] += tokens * (act.query + act.key);

@@ -55,7 +55,20 @@ kernels+=(benchmarks/results/h200x1_bench_kernel_mha_calibration.json)
 grep -E '"(activation_memory_scale|memory_fixed_gib|step_overhead_us)"' "$calibration" || true
 
 if [ "$install" = 1 ]; then
-  cp "$calibration" scheduler/data/h200_calibration.json
+  # Peak memory is counted from the tensors the runtime holds (docs/simulation.md, "Memory
+  # estimate"), not fitted: the built-in file keeps activation scale 1 and no fixed part (the
+  # fit's values stay in $calibration for reference).
+  python3 - "$calibration" scheduler/data/h200_calibration.json <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["activation_memory_scale"] = 1
+c["memory_fixed_gib"] = 0
+with open(sys.argv[2] + ".tmp", "w") as f:
+    json.dump(c, f, indent=1)
+    f.write("\n")
+import os
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PY
   cmake --build "$build" --target cadre -j "${CADRE_JOBS:-2}" >/dev/null
   echo "built in: scheduler/data/h200_calibration.json (rebuilt $cadre)"
   exec python3 scripts/validate_simulator.py --cadre "$cadre"

@@ -24,21 +24,22 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS = [
-    # 1 GPU at 68cb25a: packing "whole" (fill did not exist yet); runtime paths unchanged since
-    # for one GPU (no exchange moves bytes). Before the fused kernels: composite.
-    "benchmarks/results/h200x1_train_bench.jsonl:whole:gate:composite",
-    "benchmarks/results/h200x1_train_bench_fill_quick.jsonl:fill:gate:composite",
+    # 1 GPU at 68cb25a: packing "whole" (fill did not exist yet); before the fused kernels and the
+    # cuDNN kernel: an earlier runtime than the calibration prices (step time reported).
+    "benchmarks/results/h200x1_train_bench.jsonl:whole:earlier:composite",
+    "benchmarks/results/h200x1_train_bench_fill_quick.jsonl:fill:earlier:composite",
     # 2 GPUs at 1442622: before bucketed, overlapped gradient reduction and the fixes that made
     # CAD's dispatch cost ~1% on one GPU; reported, not gated (docs/simulation.md).
     "benchmarks/results/h200x2_train_bench.jsonl:whole:report:composite",
-    # Profile runs (peak memory measured), when committed. 1 GPU: at b9561e9, fused kernels on,
-    # 6 steps (2 warm-up).
+    # Profile runs (peak memory measured). 1 GPU at 9e69eb0: the current runtime (fused kernels,
+    # auto attention with dense classes), 6 steps (2 warm-up), gated on their steady steps.
     "benchmarks/results/profiles/h200x1_profile_bench.jsonl:fill:gate:fused",
     "benchmarks/results/profiles/h200x2_profile_bench.jsonl:fill:gate:composite",
     # Model-parallel bench on one GPU (peak memory measured; llama-3b and the sharded optimizer;
-    # the dry-run cells are the 2- and 8-GPU cells run at T=1, D=1 on one GPU), at 2ae4f1c.
-    "benchmarks/results/h200x1_parallel_bench.jsonl:fill:gate:composite",
-    # The kernel A/B on one GPU at 983d90d (llama-1b, 64K tokens, one document and ProLong fill;
+    # the dry-run cells are the 2- and 8-GPU cells run at T=1, D=1 on one GPU), at 2ae4f1c:
+    # before the fused kernels, an earlier runtime.
+    "benchmarks/results/h200x1_parallel_bench.jsonl:fill:earlier:composite",
+    # The kernel A/B on one GPU at 9e69eb0 (llama-1b, 64K tokens, one document and ProLong fill;
     # flash or auto attention, fused kernels on or off): peak memory gated. Step time reported
     # only: the calibration prices one attention kernel and one set of elementwise kernels (those
     # its profiles ran), and these cells vary both on purpose.
@@ -72,13 +73,49 @@ def graph_builds(row):
             int(row.get("kernel_choices_measured_in_measured_steps", 0) or 0))
 
 
-# A summary that names its steady steps (the measured steps without a graph build, `cadre train`
-# since the steady_step_ms field) is measured on those: (step ms, steady steps or None).
-def steady_step(row):
-    n = int(row.get("steady_steps", 0) or 0)
-    if graph_builds(row) > 0 and n > 0 and float(row.get("steady_step_ms", 0) or 0) > 0:
-        return float(row["steady_step_ms"]), n
-    return float(row["step_ms"]), None
+# The steady steps of a cell (measured steps without a graph build or kernel-choice timing): from
+# the summary (`steady_step_numbers`, `cadre train` since it records them) or from the profile
+# committed beside the results (`<prefix>_<run>.profile.json`, per-step counts); None when the
+# measured steps had none of either (all steps count) or nothing says which.
+def steady_numbers(row, results_path):
+    if graph_builds(row) == 0:
+        return None
+    if row.get("steady_step_numbers"):
+        return [int(n) for n in row["steady_step_numbers"]]
+    prefix = results_path[:-len("_profile_bench.jsonl")] if results_path.endswith(
+        "_profile_bench.jsonl") else None
+    profile = "%s_%s.profile.json" % (prefix, row.get("run", "")) if prefix else None
+    if not profile or not os.path.exists(profile):
+        return None
+    p = json.load(open(profile))
+    warmup = int(p.get("warmup_steps", 2) or 0)
+    numbers = []
+    for i, st in enumerate(p.get("steps", [])):
+        if i < warmup:
+            continue
+        stalls = sum(int(r.get("kernel_graphs_built", 0) or 0) +
+                     int(r.get("kernel_choices_measured", 0) or 0) for r in st.get("ranks", []))
+        if stalls == 0:
+            numbers.append(int(st.get("step", i + 1)))
+    return numbers or None
+
+
+# (measured ms, simulated ms, steady steps or None): the means over the steady steps, the same
+# steps on both sides (the simulator prices each step's own documents, as the data loader draws
+# them), when the measured steps built graphs; else the summaries' means.
+def step_pair(row, sim, results_path):
+    numbers = steady_numbers(row, results_path)
+    if numbers and len(sim.get("steps_ms", [])) >= max(numbers):
+        if row.get("steady_step_numbers"):
+            measured = float(row["steady_step_ms"])
+        else:
+            p = json.load(open(results_path[:-len("_profile_bench.jsonl")] + "_%s.profile.json"
+                               % row["run"]))
+            by_step = {int(st.get("step", 0)): float(st["step_ms"]) for st in p["steps"]}
+            measured = sum(by_step[n] for n in numbers) / len(numbers)
+        simulated = sum(sim["steps_ms"][n - 1] for n in numbers) / len(numbers)
+        return measured, simulated, len(numbers)
+    return float(row["step_ms"]), float(sim["step_ms"]), None
 
 
 def measured_peak_gib(row):
@@ -191,14 +228,14 @@ def main():
             sim = simulate(a.cadre, row, packing, ops, a.calibration)
             gpus = int(row.get("gpus", 1))
             target = 0.10 if gpus == 1 else 0.15
-            measured_ms, steady = steady_step(row)
-            err = sim["step_ms"] / measured_ms - 1
+            measured_ms, simulated_ms, steady = step_pair(row, sim, full)
+            err = simulated_ms / measured_ms - 1
             mem = measured_peak_gib(row)
             mem_err = sim["memory"]["peak_gib"] / mem - 1 if mem else None
             builds = graph_builds(row) if steady is None else 0
             r = dict(cell=row["run"], source=os.path.relpath(full, ROOT), gpus=gpus,
                      packing=row.get("packing", packing), elementwise_ops=ops,
-                     measured_ms=measured_ms, steady_steps=steady, simulated_ms=sim["step_ms"],
+                     measured_ms=measured_ms, steady_steps=steady, simulated_ms=simulated_ms,
                      error=err,
                      target=target, gated=gate in ("gate", "memory", "earlier"),
                      step_gated=gate == "gate" and builds == 0, graph_builds=builds,

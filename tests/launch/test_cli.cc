@@ -224,6 +224,7 @@ TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
                            << ", \"kernel_graphs_built_in_measured_steps\": " << graph_builds
                            << ", \"steady_step_ms\": " << steady_ms
                            << ", \"steady_steps\": " << steady_steps
+                           << (steady_steps > 0 ? ", \"steady_step_numbers\": [3, 4]" : "")
                            << (peak_gib > 0
                                    ? ", \"peak_allocated_gib\": " + std::to_string(peak_gib)
                                    : std::string())
@@ -252,7 +253,8 @@ TEST(Cli, ValidationScriptFailsWhenACellMissesItsTarget) {
   EXPECT_EQ(validate(), 1);
   write_cell(simulated * 3, 2);  // graph builds: step time reported, not gated
   EXPECT_EQ(validate(), 0);
-  // With steady steps (measured steps without a build) the cell is gated on their mean.
+  // With steady steps (measured steps without a build; here steps 3 and 4, the summary's own) the
+  // cell is gated on their mean against the simulated mean of the same steps.
   write_cell(simulated * 3, 2, 0, simulated * 1.05, 2);
   EXPECT_EQ(validate(), 0);
   write_cell(simulated * 1.05, 2, 0, simulated * 3, 2);

@@ -370,7 +370,8 @@ TEST(SimulatorMemory, FitsFlipsAtTheLimitAndTimesDoNotChange) {
   const SimulationResult linear = simulate_step(config, strategies, 1);
   for (size_t i = 0; i < strategies.size(); ++i) {
     // Recomputation costs each layer's forward segments again (the calibration's recompute
-    // costs): for fixed packing, every rank's tokens x layers x that per-token cost.
+    // costs): for fixed packing, every rank's tokens x layers x that per-token cost, plus the
+    // segments' per-call cost for each layer of each micro-batch (one nano-batch each).
     EXPECT_GT(linear.costs[i].step_us, none.costs[i].step_us);
     if (strategies[i] == "fixed") {
       const StepCalibration& cal = default_step_calibration();
@@ -379,8 +380,12 @@ TEST(SimulatorMemory, FitsFlipsAtTheLimitAndTimesDoNotChange) {
           cal.segment("out_mlp", "recompute").us_per_unit *
               segment_work("out_mlp", small_model(), 1, 1);
       const double tokens = static_cast<double>(none.tokens_per_step) / none.data_parallel;
+      const double per_call = cal.segment("qkv", "recompute").fixed_us +
+                              cal.segment("out_mlp", "recompute").fixed_us;
       EXPECT_NEAR(linear.costs[i].step_us - none.costs[i].step_us,
-                  tokens * small_model().num_layers() * per_token, 1e-6 * none.costs[i].step_us);
+                  small_model().num_layers() *
+                      (tokens * per_token + none.micro_batches * per_call),
+                  1e-6 * none.costs[i].step_us);
     }
     EXPECT_GT(none.costs[i].peak_activation_gib, 2 * linear.costs[i].peak_activation_gib);
     const double need = linear.costs[i].peak_memory_gib;

@@ -175,6 +175,50 @@ TEST(StepCalibration, FitRecoversKnownCoefficientsFromSyntheticProfiles) {
   EXPECT_NEAR(c.link("intra_node")->latency_us, 20, 1e-3);
 }
 
+// Fused calls of 1-3 sequences: the fit separates the table scale, the per-call and the
+// per-sequence cost (the idle tiles each sequence of a batch adds), and the step model prices a
+// call with them.
+TEST(StepCalibration, FitRecoversThePerSequenceAttentionCost) {
+  CalibrationInputs in;
+  in.profiles = {synthetic_profile({1000, 3000}, true), synthetic_profile({7000}, true)};
+  const config::ModelConfig m = tiny_model();
+  config::ClusterConfig cluster;
+  CostModel cost(m, cluster, default_calibration_for(m, 1));
+  for (auto& p : in.profiles) {
+    for (auto& step : *p.mutable_steps()) {
+      for (auto& r : *step.mutable_ranks()) {
+        for (auto& a : *r.mutable_attention()) {
+          const int64_t tokens = a.shapes(0).q_tokens();
+          const int n = 1 + a.layer() % 3;
+          a.clear_shapes();
+          double table = 0;
+          const bool f = a.direction() == "forward";
+          for (int i = 0; i < n; ++i) {
+            auto* shape = a.add_shapes();
+            shape->set_q_tokens(tokens / n);
+            shape->set_kv_tokens(tokens / n);
+            table += f ? cost.attention_forward_us(tokens / n, tokens / n)
+                       : cost.attention_backward_us(tokens / n, tokens / n);
+          }
+          // Per sequence and query head (the tiny model's heads all on one GPU).
+          a.set_us((f ? 1.3 : 0.9) * table + 25 + n * m.num_heads() * (f ? 7.0 : 11.0));
+        }
+      }
+    }
+  }
+  in.profile_names = {"a", "b"};
+  const StepCalibration c = fit_step_calibration(in);
+  EXPECT_NEAR(c.attention_forward_scale, 1.3, 1e-6);
+  EXPECT_NEAR(c.attention_backward_scale, 0.9, 1e-6);
+  EXPECT_NEAR(c.attention_call_us, 25, 1e-3);
+  EXPECT_NEAR(c.attention_forward_sequence_us, 7, 1e-3);
+  EXPECT_NEAR(c.attention_backward_sequence_us, 11, 1e-3);
+  // The file keeps them (to 6 significant digits).
+  const StepCalibration back = parse_step_calibration(step_calibration_json(c), "back");
+  EXPECT_NEAR(back.attention_forward_sequence_us, c.attention_forward_sequence_us, 1e-4);
+  EXPECT_NEAR(back.attention_backward_sequence_us, c.attention_backward_sequence_us, 1e-4);
+}
+
 TEST(StepCalibration, OneSizeFitsThroughTheOriginAndRecomputeFallsBackToForward) {
   CalibrationInputs in;
   in.profiles = {synthetic_profile({4096, 4096}, false)};
@@ -479,14 +523,17 @@ std::string table_json(const calibration::CalibrationTableProto& t) {
 }
 
 TEST(StepCalibration, LegacyTableFieldsStillLoadAndPriceAsBefore) {
-  // The built-in calibration is a legacy file: attention_table (GQA), attention_table_mha.
+  // The built-in calibration holds the auto kernel's GQA tables at head dims 64 and 128 and the
+  // flash kernel's MHA table (`cadre calibrate` writes GQA first, then by head dim).
   const StepCalibration& builtin = default_step_calibration();
-  ASSERT_EQ(builtin.attention_tables.size(), 2u);
+  ASSERT_EQ(builtin.attention_tables.size(), 3u);
+  EXPECT_EQ(builtin.attention_tables[0].head_dim, 64);
   EXPECT_FALSE(is_mha_table(builtin.attention_tables[0]));
-  EXPECT_TRUE(is_mha_table(builtin.attention_tables[1]));
-  EXPECT_EQ(picked(builtin, shaped_model(32, 8, 128), 8), 0);
+  EXPECT_FALSE(is_mha_table(builtin.attention_tables[1]));
+  EXPECT_TRUE(is_mha_table(builtin.attention_tables[2]));
+  EXPECT_EQ(picked(builtin, shaped_model(32, 8, 128), 8), 1);
   EXPECT_EQ(picked(builtin, shaped_model(32, 8, 64), 8), 0);
-  EXPECT_EQ(picked(builtin, shaped_model(32, 32, 128), 8), 1);
+  EXPECT_EQ(picked(builtin, shaped_model(32, 32, 128), 8), 2);
   // A legacy file with distinct rates per slot; the MHA slot without kv_heads (the slot said MHA).
   StepCalibration c = hand_calibration();
   c.attention_tables = {flat_table(4, 0, 16, 2.0, 1.0), flat_table(4, 0, 16, 5.0, 3.0)};
