@@ -53,6 +53,27 @@ TEST(CostModel, HandComputedTable) {
   EXPECT_NEAR(cost.attention_step_us(2, 3, 4), 4 * (81920 / 200e6 + 2.5 * 81920 / 100e6), 1e-15);
 }
 
+// A whole document (q == kv) is priced among the table's whole-document points only: here the
+// 32K document's rates, not the far slower 32K-shard-of-64K point beside it; a shard is weighed
+// among every point, so it lands between them.
+TEST(CostModel, WholeDocumentsArePricedFromWholeDocumentPoints) {
+  CalibrationTable table;
+  table.points = {{1024, 1024, 300, 200}, {32768, 32768, 400, 400}, {32768, 65536, 400, 100}};
+  CostModel cost(llama8b(), config::ClusterConfig(), table);
+  auto rate = [&](int64_t q, int64_t kv, bool forward) {
+    const double flops = 4.0 * causal_pairs(kv - q, kv) * 128 * 32;
+    return forward ? flops / (cost.attention_forward_us(q, kv) * 1e6)
+                   : 2.5 * flops / (cost.attention_backward_us(q, kv) * 1e6);
+  };
+  // 64K: nearest whole-document point is 32K (flat beyond it, up to the 1K point's weight).
+  EXPECT_GT(rate(65536, 65536, false), 390);
+  EXPECT_LE(rate(65536, 65536, false), 400 + 1e-6);
+  // A 32K shard of a 48K prefix: between the shard point's 100 and the documents' rates.
+  const double shard = rate(32768, 49152, false);
+  EXPECT_GT(shard, 100);
+  EXPECT_LT(shard, 390);
+}
+
 TEST(CostModel, InterpolationStaysWithinMeasuredRates) {
   const CalibrationTable& table = default_calibration();
   double lo = 1e30, hi = 0;
