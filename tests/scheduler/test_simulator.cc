@@ -9,20 +9,14 @@
 #include "common/error.h"
 #include "scheduler/simulator.h"
 #include "scheduler/step_calibration.h"
+#include "tests/scheduler/test_models.h"
 
 namespace cadre::scheduler {
 namespace {
 
 config::RunConfig small_config(int32_t gpus, const std::string& distribution) {
   config::RunConfig config;
-  auto* m = config.mutable_model();
-  m->set_num_layers(8);
-  m->set_hidden_size(1024);
-  m->set_num_heads(8);
-  m->set_num_kv_heads(2);
-  m->set_head_dim(128);
-  m->set_ffn_hidden_size(4096);
-  m->set_vocab_size(32000);
+  *config.mutable_model() = testing::dense_model(8, 1024, 8, 2, 128, 4096, 32000);
   config.mutable_cluster()->set_num_gpus(gpus);
   config.mutable_data()->set_context_length(32768);
   config.mutable_data()->set_distribution(distribution);

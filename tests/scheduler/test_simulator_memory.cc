@@ -20,17 +20,7 @@ constexpr ElementwiseOps kComposite = ElementwiseOps::kComposite;
 constexpr ElementwiseOps kFused = ElementwiseOps::kFused;
 
 // h 1024, 8 query heads and 2 KV heads of 128, SwiGLU 4096, 8 layers, vocabulary 32000, untied.
-config::ModelConfig small_model() {
-  config::ModelConfig m;
-  m.set_num_layers(8);
-  m.set_hidden_size(1024);
-  m.set_num_heads(8);
-  m.set_num_kv_heads(2);
-  m.set_head_dim(128);
-  m.set_ffn_hidden_size(4096);
-  m.set_vocab_size(32000);
-  return m;
-}
+config::ModelConfig small_model() { return testing::dense_model(8, 1024, 8, 2, 128, 4096, 32000); }
 
 // Every micro-batch holds exactly `context` tokens: 4096-token documents, 32K context. Priced
 // with LibTorch's compositions unless `ops` says "fused".

@@ -8,27 +8,21 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <functional>
 #include <string>
 
 #include "common/error.h"
 #include "scheduler/calibration.pb.h"
 #include "scheduler/step_calibration.h"
 #include "scheduler/step_model.h"
+#include "tests/expect_error.h"
+#include "tests/scheduler/test_models.h"
 
 namespace cadre::scheduler {
 namespace {
 
 config::ModelConfig tiny_model() {
-  config::ModelConfig m;
+  config::ModelConfig m = testing::dense_model(2, 64, 4, 2, 16, 128, 256);
   m.set_preset("tiny");
-  m.set_num_layers(2);
-  m.set_hidden_size(64);
-  m.set_num_heads(4);
-  m.set_num_kv_heads(2);
-  m.set_head_dim(16);
-  m.set_ffn_hidden_size(128);
-  m.set_vocab_size(256);
   return m;
 }
 
@@ -573,15 +567,6 @@ TEST(StepCalibration, LegacyTableFieldsStillLoadAndPriceAsBefore) {
             step_calibration_json(legacy));
 }
 
-std::string rejection_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.message();
-  }
-  return "";
-}
-
 TEST(StepCalibration, TwoKernelTablesOfOneShapeAreRejectedNamingBoth) {
   CalibrationInputs in;
   in.profiles = {synthetic_profile({1000, 3000}, false)};
@@ -595,20 +580,16 @@ TEST(StepCalibration, TwoKernelTablesOfOneShapeAreRejectedNamingBoth) {
   EXPECT_EQ(fit_step_calibration(in).attention_tables.size(), 2u);  // one GQA, one MHA: fine
   in.kernel_json = {gqa64, mha64, gqa64};
   in.kernel_names = {"A.json", "mha64.json", "B.json"};
-  const std::string m = rejection_of([&] { fit_step_calibration(in); });
-  EXPECT_NE(m.find("two attention tables for head dim 64, GQA: A.json and B.json; accepted: one "
-                   "per head dim and GQA/MHA"),
-            std::string::npos)
-      << m;
+  cadre::testing::expect_error([&] { fit_step_calibration(in); },
+                               {"two attention tables for head dim 64, GQA: A.json and B.json; "
+                                "accepted: one per head dim and GQA/MHA"});
   // A file with two such tables is rejected too.
   StepCalibration c = hand_calibration();
   c.attention_tables = {flat_table(32, 32, 64), flat_table(32, 32, 64)};
-  const std::string f =
-      rejection_of([&] { parse_step_calibration(step_calibration_json(c), "'dup.json'"); });
-  EXPECT_NE(f.find("calibration file 'dup.json': two attention tables for head dim 64, MHA: "
-                   "attention_tables[0] and attention_tables[1]"),
-            std::string::npos)
-      << f;
+  cadre::testing::expect_error(
+      [&] { parse_step_calibration(step_calibration_json(c), "'dup.json'"); },
+      {"calibration file 'dup.json': two attention tables for head dim 64, MHA: "
+       "attention_tables[0] and attention_tables[1]"});
 }
 
 TEST(StepCalibration, FitKeepsOneTablePerKernelInputAndScalesAgainstTheModelsOwn) {
