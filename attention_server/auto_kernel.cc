@@ -20,6 +20,7 @@
 #include "attention_server/cudnn_kernel.h"
 #include "attention_server/flash_kernel.h"
 #include "attention_server/kernel.h"
+#include "common/env.h"
 #include "common/error.h"
 
 namespace cadre::attention_server {
@@ -141,10 +142,7 @@ class AutoKernel : public CoreAttentionKernel {
     if (why.empty()) {
       // Latent attention's 192 / 128 widths: cuDNN's own kernel (the split runs equal widths).
       CoreAttentionKernel& cudnn = v.size(2) != q.size(2) ? *cudnn_direct_ : *cudnn_;
-      static const bool measure = [] {
-        const char* env = std::getenv("CADRE_AUTO_MEASURE");
-        return env == nullptr || std::string(env) != "0";
-      }();
+      static const bool measure = env_switch_on("CADRE_AUTO_MEASURE");
       if (!measure) return call(cudnn);
       const ChoiceKey key{backward, static_cast<int>(q.scalar_type()), q.size(1), k.size(1),
                           q.size(2), v.size(2), octave(batch.cu_seqlens_q.size(0) - 1),

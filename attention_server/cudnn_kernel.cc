@@ -30,6 +30,7 @@
 #include "attention_server/cudnn_kernel.h"
 #include "attention_server/kernel.h"
 #include "comm/cuda_check.h"
+#include "common/env.h"
 #include "common/error.h"
 
 namespace cadre::attention_server {
@@ -694,10 +695,7 @@ class CudnnKernel : public CudnnAttention {
     key.max_k = bucket_length(batch.max_seqlen_k);
     // Dense: the host lengths show every one of the class's sequences full (e.g. one document
     // of a class length). CADRE_CUDNN_DENSE=0 keeps the padding mask everywhere.
-    static const bool dense_allowed = [] {
-      const char* env = std::getenv("CADRE_CUDNN_DENSE");
-      return env == nullptr || std::string(env) != "0";
-    }();
+    static const bool dense_allowed = env_switch_on("CADRE_CUDNN_DENSE");
     const int64_t sequences = batch.cu_seqlens_q.size(0) - 1;
     key.dense = dense_allowed && sequences == key.batch &&
                 static_cast<int64_t>(batch.cu_q_host.size()) == sequences + 1 &&

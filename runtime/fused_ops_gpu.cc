@@ -4,10 +4,8 @@
 #include <torch/autograd.h>
 #include <torch/torch.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "comm/cuda_check.h"
+#include "common/env.h"
 #include "common/error.h"
 #include "runtime/fused_kernels.h"
 #include "runtime/fused_ops.h"
@@ -38,10 +36,7 @@ cudaStream_t stream_of(const torch::Tensor& x) {
 }
 
 bool enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("CADRE_FUSED_OPS");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
+  static const bool on = env_switch_on("CADRE_FUSED_OPS");
   return on;
 }
 

@@ -593,10 +593,21 @@ StepMetrics Trainer::train_step() {
   std::vector<double> all(control_.size());
   control_.all_gather(&mine, all.data(), sizeof(double));
   metrics.step_ms = *std::max_element(all.begin(), all.end());
-  const int64_t peak = peak_memory_bytes(device_);
+  // Each rank's peak memory, and its attention kernel's graph builds and kernel-choice timings
+  // this step (either stalls the whole step: counted over all ranks), in one gather.
+  const attention_server::KernelCounters kernel_after = kernel_->counters();
+  const int64_t here[3] = {peak_memory_bytes(device_),
+                           kernel_after.graphs_built - kernel_before.graphs_built,
+                           kernel_after.choices_measured - kernel_before.choices_measured};
+  std::vector<int64_t> per_rank(3 * control_.size());
+  control_.all_gather(here, per_rank.data(), sizeof(here));
   metrics.peak_memory_on_device = device_.is_cuda();
   metrics.peak_memory_bytes_per_rank.assign(control_.size(), 0);
-  control_.all_gather(&peak, metrics.peak_memory_bytes_per_rank.data(), sizeof(int64_t));
+  for (int r = 0; r < control_.size(); ++r) {
+    metrics.peak_memory_bytes_per_rank[r] = per_rank[3 * r];
+    metrics.kernel_graphs_built += per_rank[3 * r + 1];
+    metrics.kernel_choices_measured += per_rank[3 * r + 2];
+  }
   metrics.peak_memory_bytes = *std::max_element(metrics.peak_memory_bytes_per_rank.begin(),
                                                 metrics.peak_memory_bytes_per_rank.end());
   control_.broadcast(&metrics.grad_norm, sizeof(double), 0);
@@ -625,16 +636,6 @@ StepMetrics Trainer::train_step() {
   metrics.allreduce_ms = comm[2];
   metrics.a2a_bytes = static_cast<int64_t>(comm[3]);
   metrics.exposed_allreduce_ms = comm[4];
-  const attention_server::KernelCounters kernel_after = kernel_->counters();
-  // Graph builds and kernel-choice timings on any rank this step (either stalls the whole step).
-  const int64_t here[2] = {kernel_after.graphs_built - kernel_before.graphs_built,
-                           kernel_after.choices_measured - kernel_before.choices_measured};
-  std::vector<int64_t> per_rank(2 * control_.size());
-  control_.all_gather(here, per_rank.data(), sizeof(here));
-  for (size_t r = 0; r < per_rank.size(); r += 2) {
-    metrics.kernel_graphs_built += per_rank[r];
-    metrics.kernel_choices_measured += per_rank[r + 1];
-  }
   metrics.kernel_graph_hits = kernel_after.graph_cache_hits - kernel_before.graph_cache_hits;
   metrics.kernel_calls = kernel_after.calls - kernel_before.calls;
   metrics.kernel_flash_calls = kernel_after.flash_calls - kernel_before.flash_calls;

@@ -63,56 +63,49 @@ def elementwise_ops(row, ops):
         return "composite" if "unfused" in name or name.endswith("_flash") else "fused"
     return ops
 
-# The simulator prices the steady state. A cell whose measured steps hold cuDNN graph builds (a
-# one-time warm-up cost: a built shape class serves every smaller one afterwards) measured
-# something else; its step time is reported and left out of the gate, with the reason printed.
-# Its peak memory is still gated (a graph build changes no tensor the step keeps).
+# The simulator prices the steady state. A cuDNN graph build or an auto kernel-choice timing is a
+# one-time stall of the step that meets a new shape class. A cell whose measured steps hold some is
+# compared on its steady steps (below) when it names them, else its step time is reported and left
+# out of the gate, with the reason printed. Its peak memory is gated either way (a build changes no
+# tensor the step keeps).
 def graph_builds(row):
-    # Kernel-choice timings (auto's first call of a shape class) stall a step as a build does.
     return (int(row.get("kernel_graphs_built_in_measured_steps", 0) or 0) +
             int(row.get("kernel_choices_measured_in_measured_steps", 0) or 0))
 
 
-# The steady steps of a cell (measured steps without a graph build or kernel-choice timing): from
-# the summary (`steady_step_numbers`, `cadre train` since it records them) or from the profile
-# committed beside the results (`<prefix>_<run>.profile.json`, per-step counts); None when the
-# measured steps had none of either (all steps count) or nothing says which.
-def steady_numbers(row, results_path):
+# A cell's steady steps (measured steps without a graph build or kernel-choice timing) and their
+# mean measured time: from the summary (`steady_step_numbers`, `cadre train` since it records
+# them) or from the profile committed beside the results (`<prefix>_<run>.profile.json`, per-step
+# counts). None when the measured steps had no stall (all steps count) or nothing says which.
+def steady_steps(row, results_path):
     if graph_builds(row) == 0:
         return None
     if row.get("steady_step_numbers"):
-        return [int(n) for n in row["steady_step_numbers"]]
-    prefix = results_path[:-len("_profile_bench.jsonl")] if results_path.endswith(
-        "_profile_bench.jsonl") else None
-    profile = "%s_%s.profile.json" % (prefix, row.get("run", "")) if prefix else None
-    if not profile or not os.path.exists(profile):
+        return [int(n) for n in row["steady_step_numbers"]], float(row["steady_step_ms"])
+    suffix = "_profile_bench.jsonl"
+    profile = "%s_%s.profile.json" % (results_path[:-len(suffix)], row.get("run", ""))
+    if not results_path.endswith(suffix) or not os.path.exists(profile):
         return None
     p = json.load(open(profile))
     warmup = int(p.get("warmup_steps", 2) or 0)
-    numbers = []
+    steady = {}
     for i, st in enumerate(p.get("steps", [])):
-        if i < warmup:
-            continue
         stalls = sum(int(r.get("kernel_graphs_built", 0) or 0) +
                      int(r.get("kernel_choices_measured", 0) or 0) for r in st.get("ranks", []))
-        if stalls == 0:
-            numbers.append(int(st.get("step", i + 1)))
-    return numbers or None
+        if i >= warmup and stalls == 0:
+            steady[int(st.get("step", i + 1))] = float(st["step_ms"])
+    if not steady:
+        return None
+    return sorted(steady), sum(steady.values()) / len(steady)
 
 
 # (measured ms, simulated ms, steady steps or None): the means over the steady steps, the same
 # steps on both sides (the simulator prices each step's own documents, as the data loader draws
 # them), when the measured steps built graphs; else the summaries' means.
 def step_pair(row, sim, results_path):
-    numbers = steady_numbers(row, results_path)
-    if numbers and len(sim.get("steps_ms", [])) >= max(numbers):
-        if row.get("steady_step_numbers"):
-            measured = float(row["steady_step_ms"])
-        else:
-            p = json.load(open(results_path[:-len("_profile_bench.jsonl")] + "_%s.profile.json"
-                               % row["run"]))
-            by_step = {int(st.get("step", 0)): float(st["step_ms"]) for st in p["steps"]}
-            measured = sum(by_step[n] for n in numbers) / len(numbers)
+    steady = steady_steps(row, results_path)
+    if steady and len(sim.get("steps_ms", [])) >= max(steady[0]):
+        numbers, measured = steady
         simulated = sum(sim["steps_ms"][n - 1] for n in numbers) / len(numbers)
         return measured, simulated, len(numbers)
     return float(row["step_ms"]), float(sim["step_ms"]), None
