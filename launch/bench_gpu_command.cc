@@ -34,6 +34,8 @@ std::string bench_kernel_usage() {
          "  --forward-split-max-queries N, --backward-split-max-queries N\n"
          "                           longest shard the flash kernel splits in each direction\n"
          "                           (2048, 2048; 0 = never; docs/gpu.md)\n"
+         "  --prefix-chunk-keys N    forward prefix chunk length of the split kernels (0 =\n"
+         "                           automatic: 32768 on flash, sized to the batch on cuDNN)\n"
          "  --kernel K               the kernel the shard table and calibration run: flash,\n"
          "                           cudnn, cudnn-split (flash's split with cuDNN parts), auto\n"
          "                           (flash)\n"

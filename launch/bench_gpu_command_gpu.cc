@@ -449,6 +449,8 @@ int bench_kernel(const Args& args) {
       "forward-split-max-queries", kernel_options.max_forward_split_queries);
   kernel_options.max_backward_split_queries = options.integer(
       "backward-split-max-queries", kernel_options.max_backward_split_queries);
+  kernel_options.prefix_chunk_keys =
+      options.integer("prefix-chunk-keys", kernel_options.prefix_chunk_keys);
   const std::vector<int64_t> shards =
       parse_shard_sizes(options.text("shards", "128,256,512,1024,2048,8192"));
   options.check_all_used("kernel");
@@ -456,6 +458,9 @@ int bench_kernel(const Args& args) {
                   kernel_options.max_backward_split_queries >= 0,
               "bench kernel: --forward-split-max-queries and --backward-split-max-queries must "
               "be >= 0 (0 = never split)");
+  CADRE_CHECK(kernel_options.prefix_chunk_keys >= 0, "bench kernel: --prefix-chunk-keys ",
+              kernel_options.prefix_chunk_keys, " is negative; accepted: 0 (automatic) or a "
+              "positive number of keys");
   CADRE_CHECK(dtype == "bf16" || dtype == "fp16", "--dtype '", dtype, "'; accepted: bf16, fp16");
   config.dtype = dtype == "bf16" ? torch::kBFloat16 : torch::kHalf;
   CADRE_CHECK(config.heads > 0 && config.kv_heads > 0 && config.heads % config.kv_heads == 0,

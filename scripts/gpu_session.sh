@@ -25,6 +25,7 @@
 #   scripts/gpu_session.sh parallel         scripts/gpu_parallel_bench.sh (dry at 1 GPU)
 #   scripts/gpu_session.sh profile          scripts/gpu_profile_bench.sh (simulator profiles)
 #   scripts/gpu_session.sh mla              scripts/gpu_mla_bench.sh (latent attention cells)
+#   scripts/gpu_session.sh chunks           scripts/gpu_chunk_sweep.sh (split prefix chunk length)
 #   scripts/gpu_session.sh check train1 ... several, in order
 #   CADRE_STAGE_LIMIT_S=300                 per-stage limit (default 560); STAGE:SECONDS (for
 #                                           example profile:170) sets one stage's own
@@ -95,7 +96,8 @@ for arg in "$@"; do
     parallel) timeout "$limit" scripts/gpu_parallel_bench.sh "$build" ;;
     profile) timeout "$limit" scripts/gpu_profile_bench.sh "$build" ;;
     mla) timeout "$limit" scripts/gpu_mla_bench.sh "$build" ;;
-    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests gpuonly fused e2e parity calgrid compare train1 parallel profile mla"
+    chunks) timeout "$limit" scripts/gpu_chunk_sweep.sh "$build" ;;
+    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests gpuonly fused e2e parity calgrid compare train1 parallel profile mla chunks"
        rc=2; continue ;;
   esac
   stage_rc=$?
