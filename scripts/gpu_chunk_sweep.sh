@@ -2,7 +2,7 @@
 # The split kernels' forward prefix chunk length on the GPU machine: `bench kernel` shard rows
 # (128-512-query shards against prefixes spread over 128K, beside whole documents of equal work)
 # for cudnn-split at fixed chunk lengths and the automatic one (prefix_chunks.h), then `auto` as
-# training runs it, at head dims CADRE_SWEEP_DIMS ("64 128") and key-row caps 512K (7 shards of
+# training runs it (also without cuDNN's kernel cache: CADRE_CUDNN_KERNEL_CACHE=0), at head dims CADRE_SWEEP_DIMS ("64 128") and key-row caps 512K (7 shards of
 # 128 queries) and 2M (31). Writes benchmarks/results/<gpu>_chunk_sweep.txt.
 #   scripts/gpu_chunk_sweep.sh [BUILD_DIR]
 set -uo pipefail
@@ -12,19 +12,22 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-
       sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
 out="benchmarks/results/${gpu}_chunk_sweep.txt"
 : >"$out"
-row() {  # label, then bench arguments
-  local label=$1
-  shift
+row() {  # label, environment (VAR=value or -), then bench arguments
+  local label=$1 setting=$2
+  shift 2
+  [ "$setting" = - ] && setting=CADRE_NOTHING=
   echo "-- $label" | tee -a "$out"
-  timeout 90 "$build/bin/cadre" bench kernel --no-calibration --repeats 5 --warmup 2 \
+  env "$setting" timeout 90 "$build/bin/cadre" bench kernel --no-calibration --repeats 5 --warmup 2 \
     --heads 32 --kv-heads 8 --shards 128,256,512 "$@" 2>&1 |
     grep -E '^ +(128|256|512) |graphs built|error' | tee -a "$out"
 }
 for d in ${CADRE_SWEEP_DIMS:-64 128}; do
   for chunk in ${CADRE_SWEEP_CHUNKS:-0 32768 8192 4096 2048}; do
-    row "d $d cudnn-split chunk $chunk (0 = automatic) cap 512K" --head-dim "$d" \
+    row "d $d cudnn-split chunk $chunk (0 = automatic) cap 512K" - --head-dim "$d" \
       --kernel cudnn-split --prefix-chunk-keys "$chunk" --kv-rows-cap 524288
   done
-  row "d $d auto cap 512K" --head-dim "$d" --kernel auto --kv-rows-cap 524288
-  row "d $d auto cap 2M" --head-dim "$d" --kernel auto --kv-rows-cap 2097152
+  row "d $d auto cap 512K" - --head-dim "$d" --kernel auto --kv-rows-cap 524288
+  row "d $d auto cap 512K, no kernel cache" CADRE_CUDNN_KERNEL_CACHE=0 --head-dim "$d" \
+    --kernel auto --kv-rows-cap 524288
+  row "d $d auto cap 2M" - --head-dim "$d" --kernel auto --kv-rows-cap 2097152
 done

@@ -26,6 +26,7 @@
 #   scripts/gpu_session.sh profile          scripts/gpu_profile_bench.sh (simulator profiles)
 #   scripts/gpu_session.sh mla              scripts/gpu_mla_bench.sh (latent attention cells)
 #   scripts/gpu_session.sh chunks           scripts/gpu_chunk_sweep.sh (split prefix chunk length)
+#   scripts/gpu_session.sh steady           scripts/gpu_steady_state.sh (new shape classes per step)
 #   scripts/gpu_session.sh check train1 ... several, in order
 #   CADRE_STAGE_LIMIT_S=300                 per-stage limit (default 560); STAGE:SECONDS (for
 #                                           example profile:170) sets one stage's own
@@ -76,7 +77,7 @@ for arg in "$@"; do
     compare)
       # cuDNN vs FlashAttention-2 on whole documents and packed steps, once per cudnn setting in
       # CADRE_COMPARE_VARIANTS (default: "default dense0 exact octave": CADRE_CUDNN_DENSE=0,
-      # CADRE_CUDNN_BUCKET=exact|octave).
+      # CADRE_CUDNN_BUCKET=exact|octave; also nocache: CADRE_CUDNN_KERNEL_CACHE=0).
       gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
                  sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
       for variant in ${CADRE_COMPARE_VARIANTS:-default dense0 exact octave}; do
@@ -84,6 +85,7 @@ for arg in "$@"; do
           default) env_set=() ;;
           dense0) env_set=(CADRE_CUDNN_DENSE=0) ;;
           exact|octave) env_set=(CADRE_CUDNN_BUCKET=$variant) ;;
+          nocache) env_set=(CADRE_CUDNN_KERNEL_CACHE=0) ;;
           *) echo "gpu_session: unknown compare variant '$variant'"; continue ;;
         esac
         echo "-- compare $variant"
@@ -97,7 +99,8 @@ for arg in "$@"; do
     profile) timeout "$limit" scripts/gpu_profile_bench.sh "$build" ;;
     mla) timeout "$limit" scripts/gpu_mla_bench.sh "$build" ;;
     chunks) timeout "$limit" scripts/gpu_chunk_sweep.sh "$build" ;;
-    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests gpuonly fused e2e parity calgrid compare train1 parallel profile mla chunks"
+    steady) timeout "$limit" scripts/gpu_steady_state.sh "$build" ;;
+    *) echo "gpu_session: unknown stage '$stage'; accepted: check build gputests gpuonly fused e2e parity calgrid compare train1 parallel profile mla chunks steady"
        rc=2; continue ;;
   esac
   stage_rc=$?
