@@ -199,43 +199,7 @@ void Graph::reshape(int64_t x, int64_t y) {
   add_operation(std::move(op));
 }
 
-bool KernelCache::available() {
-#if CUDNN_VERSION >= 90500
-  return runtime_version() >= 90500;
-#else
-  return false;
-#endif
-}
-
-void KernelCache::bind(cudnnBackendDescriptor_t op_graph) {
-#if CUDNN_VERSION >= 90500
-  CADRE_CHECK(!bound_, "cuDNN kernel cache bound twice");
-  desc_ = Descriptor(CUDNN_BACKEND_KERNEL_CACHE_DESCRIPTOR);
-  set_desc(desc_.get(), CUDNN_ATTR_KERNEL_CACHE_OPERATION_GRAPH, op_graph,
-           "kernel cache operation graph");
-  finalize_desc(desc_.get(), "kernel cache");
-  bound_ = true;
-#else
-  (void)op_graph;
-  CADRE_FAIL("cuDNN kernel caches need cuDNN 9.5 or later (built with ", CUDNN_VERSION, ")");
-#endif
-}
-
-void Graph::finalize(const std::string& label, int max_candidates, KernelCache* cache) {
-  std::ostringstream reasons;
-  if (cache != nullptr && KernelCache::available()) {
-    if (try_finalize(label, max_candidates, cache, reasons)) return;
-    reasons << " (with dynamic shapes and a kernel cache; then without:)";
-  }
-  if (try_finalize(label, max_candidates, nullptr, reasons)) return;
-  CADRE_FAIL("cuDNN: no engine runs the ", label, " graph:", reasons.str());
-}
-
-bool Graph::try_finalize(const std::string& label, int max_candidates, KernelCache* cache,
-                         std::ostringstream& reasons) {
-  plans_.clear();
-  selected_ = 0;
-  uses_kernel_cache_ = cache != nullptr;
+void Graph::finalize(const std::string& label, int max_candidates) {
   op_graph_ = Descriptor(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
   std::vector<cudnnBackendDescriptor_t> ops;
   for (const Descriptor& op : operations_) ops.push_back(op.get());
@@ -243,36 +207,15 @@ bool Graph::try_finalize(const std::string& label, int max_candidates, KernelCac
       static_cast<int64_t>(ops.size()), ops.data(), "graph operations");
   set(op_graph_.get(), CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_,
       "graph handle");
-#if CUDNN_VERSION >= 90500
-  if (cache != nullptr) {
-    const bool dynamic = true;
-    if (cudnnBackendSetAttribute(op_graph_.get(), CUDNN_ATTR_OPERATIONGRAPH_IS_DYNAMIC_SHAPE_ENABLED,
-                                 CUDNN_TYPE_BOOLEAN, 1, &dynamic) != CUDNN_STATUS_SUCCESS) {
-      reasons << " dynamic shapes: " << last_error() << ";";
-      return false;
-    }
-  }
-#endif
   {
     cudnnStatus_t status = cudnnBackendFinalize(op_graph_.get());
     if (status != CUDNN_STATUS_SUCCESS) {
-      if (cache != nullptr) {
-        reasons << " graph: " << cudnnGetErrorString(status) << " (" << last_error() << ");";
-        return false;
-      }
       CADRE_FAIL("cuDNN: the ", label, " graph was rejected: ", cudnnGetErrorString(status), " (",
                  last_error(), ")");
     }
   }
-  if (cache != nullptr && !cache->bound()) {
-    try {
-      cache->bind(op_graph_.get());
-    } catch (const Error& e) {
-      reasons << " " << e.message() << ";";
-      return false;
-    }
-  }
 
+  std::ostringstream reasons;
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
     Descriptor heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
     set_desc(heur.get(), CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, op_graph_.get(), "heuristic graph");
@@ -303,12 +246,6 @@ bool Graph::try_finalize(const std::string& label, int max_candidates, KernelCac
       set(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_,
           "plan handle");
       set_desc(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, raw[i], "plan engine config");
-#if CUDNN_VERSION >= 90500
-      if (cache != nullptr) {
-        set_desc(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_KERNEL_CACHE, cache->get(),
-                 "plan kernel cache");
-      }
-#endif
       cudnnStatus_t status = cudnnBackendFinalize(plan.get());
       if (status != CUDNN_STATUS_SUCCESS) {
         reasons << " engine " << i << ": " << last_error() << ";";
@@ -331,16 +268,15 @@ bool Graph::try_finalize(const std::string& label, int max_candidates, KernelCac
       Candidate candidate;
       candidate.engine = "engine " + std::to_string(global_index) + " (heuristics mode " +
                          std::to_string(static_cast<int>(mode)) + ", rank " + std::to_string(i) +
-                         (cache != nullptr ? ", kernel cache" : "") + ")";
+                         ")";
       candidate.workspace_bytes = workspace;
       candidate.plan = std::move(plan);
       plans_.push_back(std::move(candidate));
-      if (static_cast<int>(plans_.size()) >= max_candidates) return true;
+      if (static_cast<int>(plans_.size()) >= max_candidates) return;
     }
-    if (!plans_.empty()) return true;  // the fallback heuristics only when mode A found nothing
+    if (!plans_.empty()) return;  // the fallback heuristics only when mode A found nothing
   }
-  (void)label;
-  return false;
+  CADRE_CHECK(!plans_.empty(), "cuDNN: no engine runs the ", label, " graph:", reasons.str());
 }
 
 void Graph::select(int candidate) {

@@ -8,7 +8,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -49,23 +48,6 @@ struct TensorSpec {
   int64_t ragged_offset_uid = 0;  // 0 = not ragged
 };
 
-// Compiled kernels shared by the graphs of one topology (the same operations over tensors of
-// other sizes) built with dynamic shapes (cuDNN >= 9.5): a graph of a new shape binds the kernel
-// an earlier one compiled instead of compiling its own. Bound to the first graph that uses it.
-class KernelCache {
- public:
-  // Whether the loaded cuDNN has kernel caches.
-  static bool available();
-  bool bound() const { return bound_; }
-  // Binds the cache to its first operation graph (finalized).
-  void bind(cudnnBackendDescriptor_t op_graph);
-  cudnnBackendDescriptor_t get() const { return desc_.get(); }
-
- private:
-  Descriptor desc_;
-  bool bound_ = false;
-};
-
 // Builds an operation graph, then finalizes it into execution plans: the first max_candidates
 // engines the heuristics rank that accept it. The first is selected; a caller that times them
 // (autotuning) selects another with select().
@@ -90,11 +72,8 @@ class Graph {
   void reshape(int64_t x, int64_t y);
 
   // Finalizes the graph and its candidate plans; throws cadre::Error with cuDNN's reasons when
-  // no engine supports the graph. `label` names the graph in messages. With a kernel cache the
-  // graph is built with dynamic shapes and its plans through the cache; should cuDNN refuse that,
-  // the graph is built as before, without it (uses_kernel_cache() says which).
-  void finalize(const std::string& label, int max_candidates = 1, KernelCache* cache = nullptr);
-  bool uses_kernel_cache() const { return uses_kernel_cache_; }
+  // no engine supports the graph. `label` names the graph in messages.
+  void finalize(const std::string& label, int max_candidates = 1);
   int candidates() const { return static_cast<int>(plans_.size()); }
   void select(int candidate);
   // Keeps only the selected plan (frees the others' resources).
@@ -112,9 +91,6 @@ class Graph {
  private:
   cudnnBackendDescriptor_t tensor_desc(int64_t uid) const { return tensors_.at(uid - 1).get(); }
   void add_operation(Descriptor op) { operations_.push_back(std::move(op)); }
-  // One attempt of finalize(); false (with cuDNN's reasons) when no plan could be made.
-  bool try_finalize(const std::string& label, int max_candidates, KernelCache* cache,
-                    std::ostringstream& reasons);
 
   cudnnHandle_t handle_;
   std::vector<TensorSpec> specs_;
@@ -129,7 +105,6 @@ class Graph {
   };
   std::vector<Candidate> plans_;
   int selected_ = 0;
-  bool uses_kernel_cache_ = false;
 };
 
 // Contiguous strides of dims in the given order of dims, outermost first (e.g. {0, 2, 1, 3} for

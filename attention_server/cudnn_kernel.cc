@@ -255,8 +255,7 @@ int64_t padding_unless_dense(Graph& g, const Uids& u, int64_t scores,
 }
 
 std::unique_ptr<Plan> build_forward(cudnnHandle_t handle, const Dims& d, cudnnDataType_t io,
-                                    Mask mask, bool dense, int candidates,
-                                    cudnn::KernelCache* cache) {
+                                    Mask mask, bool dense, int candidates) {
   auto plan = std::make_unique<Plan>();
   plan->graph = std::make_unique<Graph>(handle);
   Graph& g = *plan->graph;
@@ -290,7 +289,7 @@ std::unique_ptr<Plan> build_forward(cudnnHandle_t handle, const Dims& d, cudnnDa
   int64_t p = g.tensor(virtual_tensor(sdims, io));
   g.pointwise(CUDNN_POINTWISE_DIV, e, row_sum, 0, p);
   g.matmul(p, u.v, u.o, u.seq_q, 0, u.seq_kv);
-  g.finalize("forward", candidates, cache);
+  g.finalize("forward", candidates);
   return plan;
 }
 
@@ -299,7 +298,7 @@ std::unique_ptr<Plan> build_forward(cudnnHandle_t handle, const Dims& d, cudnnDa
 // it they are virtual [b, hq, s_kv, d] tensors the engine places itself (~ b * s_kv, padded).
 std::unique_ptr<Plan> build_backward(cudnnHandle_t handle, const Dims& d, cudnnDataType_t io,
                                      Mask mask, bool dense, bool ragged_full_heads,
-                                     int candidates, cudnn::KernelCache* cache) {
+                                     int candidates) {
   auto plan = std::make_unique<Plan>();
   plan->graph = std::make_unique<Graph>(handle);
   Graph& g = *plan->graph;
@@ -403,7 +402,7 @@ std::unique_ptr<Plan> build_backward(cudnnHandle_t handle, const Dims& d, cudnnD
   u.dq_accum = g.tensor(accum);
   g.matmul(ds, k_plain, u.dq_accum, u.seq_q, 0, u.seq_kv);
   g.pointwise(CUDNN_POINTWISE_IDENTITY, u.dq_accum, 0, 0, u.dq);
-  g.finalize("backward", candidates, cache);
+  g.finalize("backward", candidates);
   return plan;
 }
 
@@ -759,8 +758,7 @@ class CudnnKernel : public CudnnAttention {
     auto build = [&](bool dense) {
       ClassEntry entry;
       if (!key.backward) {
-        entry.candidates.push_back(build_forward(handle, d, io, mask, dense, kTunedEngines,
-                                                 kernel_cache(device, key, dense, 0)));
+        entry.candidates.push_back(build_forward(handle, d, io, mask, dense, kTunedEngines));
         return entry;
       }
       const bool grouped = key.heads != key.kv_heads;
@@ -768,14 +766,12 @@ class CudnnKernel : public CudnnAttention {
           2 * d.b * d.hq * d.skv * std::max(d.dqk, d.dv) * static_cast<int64_t>(sizeof(float));
       if (!grouped || virtual_bytes <= kVirtualFullHeadsBytes) {
         entry.candidates.push_back(build_backward(handle, d, io, mask, dense,
-                                                  /*ragged_full_heads=*/false, kTunedEngines,
-                                                  kernel_cache(device, key, dense, 1)));
+                                                  /*ragged_full_heads=*/false, kTunedEngines));
       }
       if (grouped) {
         try {
           entry.candidates.push_back(build_backward(handle, d, io, mask, dense,
-                                                    /*ragged_full_heads=*/true, kTunedEngines,
-                                                    kernel_cache(device, key, dense, 2)));
+                                                    /*ragged_full_heads=*/true, kTunedEngines));
         } catch (const Error&) {
           if (entry.candidates.empty()) throw;  // the only layout this class can use
         }
@@ -874,23 +870,6 @@ class CudnnKernel : public CudnnAttention {
     execute(*entry.chosen);
   }
 
-  // The kernel cache of a graph topology: the class key without its sizes (batch, max_q, max_k
-  // zeroed), with the graph variant in `batch` (0 forward, 1 backward with virtual full-head
-  // dK/dV, 2 with ragged ones). nullptr when CADRE_CUDNN_KERNEL_CACHE=0.
-  cudnn::KernelCache* kernel_cache(int device, const ClassKey& key, bool dense, int variant) {
-    static const bool enabled = env_switch_on("CADRE_CUDNN_KERNEL_CACHE");
-    if (!enabled) return nullptr;
-    ClassKey topology = key;
-    topology.batch = variant;
-    topology.max_q = topology.max_k = 0;
-    topology.dense = dense;
-    auto& slot = kernel_caches_[device][topology];
-    if (!slot) slot = std::make_unique<cudnn::KernelCache>();
-    return slot.get();
-  }
-
-  // Declared before the classes: their plans refer to the caches and are destroyed first.
-  std::map<int, std::map<ClassKey, std::unique_ptr<cudnn::KernelCache>>> kernel_caches_;
   std::map<int, std::map<ClassKey, ClassEntry>> entries_;
   mutable KernelCounters counters_;
   double build_ms_pending_ = 0;

@@ -33,7 +33,7 @@ std::vector<int64_t> prefix_chunk_ends(int64_t prefix, int64_t chunk) {
   CADRE_CHECK(prefix >= 0, "prefix chunks: the prefix length must be non-negative; got ", prefix);
   std::vector<int64_t> ends;
   if (prefix == 0) return ends;
-  const int64_t pieces = (prefix + chunk - 1) / chunk;
+  const int64_t pieces = 1 + (prefix - 1) / chunk;  // (no overflow for chunk near INT64_MAX)
   int64_t length = (prefix + pieces - 1) / pieces;
   if (chunk >= kPrefixBlockRows) {
     length = std::min(chunk, (length + kPrefixBlockRows - 1) / kPrefixBlockRows * kPrefixBlockRows);

@@ -2,7 +2,7 @@
 # The split kernels' forward prefix chunk length on the GPU machine: `bench kernel` shard rows
 # (128-512-query shards against prefixes spread over 128K, beside whole documents of equal work)
 # for cudnn-split at fixed chunk lengths and the automatic one (prefix_chunks.h), then `auto` as
-# training runs it (also without cuDNN's kernel cache: CADRE_CUDNN_KERNEL_CACHE=0), at head dims CADRE_SWEEP_DIMS ("64 128") and key-row caps 512K (7 shards of
+# training runs it, at head dims CADRE_SWEEP_DIMS ("64 128") and key-row caps 512K (7 shards of
 # 128 queries) and 2M (31). Writes benchmarks/results/<gpu>_chunk_sweep.txt.
 #   scripts/gpu_chunk_sweep.sh [BUILD_DIR]
 set -uo pipefail
@@ -27,7 +27,5 @@ for d in ${CADRE_SWEEP_DIMS:-64 128}; do
       --kernel cudnn-split --prefix-chunk-keys "$chunk" --kv-rows-cap 524288
   done
   row "d $d auto cap 512K" - --head-dim "$d" --kernel auto --kv-rows-cap 524288
-  row "d $d auto cap 512K, no kernel cache" CADRE_CUDNN_KERNEL_CACHE=0 --head-dim "$d" \
-    --kernel auto --kv-rows-cap 524288
   row "d $d auto cap 2M" - --head-dim "$d" --kernel auto --kv-rows-cap 2097152
 done

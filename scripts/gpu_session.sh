@@ -77,7 +77,7 @@ for arg in "$@"; do
     compare)
       # cuDNN vs FlashAttention-2 on whole documents and packed steps, once per cudnn setting in
       # CADRE_COMPARE_VARIANTS (default: "default dense0 exact octave": CADRE_CUDNN_DENSE=0,
-      # CADRE_CUDNN_BUCKET=exact|octave; also nocache: CADRE_CUDNN_KERNEL_CACHE=0).
+      # CADRE_CUDNN_BUCKET=exact|octave).
       gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
                  sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
       for variant in ${CADRE_COMPARE_VARIANTS:-default dense0 exact octave}; do
@@ -85,7 +85,6 @@ for arg in "$@"; do
           default) env_set=() ;;
           dense0) env_set=(CADRE_CUDNN_DENSE=0) ;;
           exact|octave) env_set=(CADRE_CUDNN_BUCKET=$variant) ;;
-          nocache) env_set=(CADRE_CUDNN_KERNEL_CACHE=0) ;;
           *) echo "gpu_session: unknown compare variant '$variant'"; continue ;;
         esac
         echo "-- compare $variant"

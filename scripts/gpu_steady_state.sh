@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # How long training meets new attention shape classes, and what a new class costs: llama-1b,
 # 64K tokens per step, fill packing, `cadre train` with output.profile=true for
-# CADRE_STEADY_STEPS (24) steps on WLB-like and ProLong-like documents, with cuDNN's kernel cache
-# (the default) and without (CADRE_CUDNN_KERNEL_CACHE=0). Prints, per run, every step's time and
+# CADRE_STEADY_STEPS (24) steps on WLB-like and ProLong-like documents (WLB-like also with octave
+# shape classes, CADRE_CUDNN_BUCKET=octave). Prints, per run, every step's time and
 # its cuDNN graph builds and kernel-choice timings, and writes them to
 # benchmarks/results/<gpu>x1_steady_state.{jsonl,md}.
 #   scripts/gpu_steady_state.sh [BUILD_DIR]
@@ -46,7 +46,7 @@ PY
   fi
 }
 run wlb64k wlb -
-run wlb64k_nocache wlb CADRE_CUDNN_KERNEL_CACHE=0
+run wlb64k_octave wlb CADRE_CUDNN_BUCKET=octave
 run prolong64k prolong -
 python3 - "$prefix.jsonl" "$steps" >"$prefix.md" <<'PY'
 import json, sys

@@ -91,6 +91,9 @@ TEST(PrefixChunks, EndsAreEqualPiecesCoveringThePrefix) {
       }
     }
   }
+  // Backward keeps a prefix whole: the largest chunk length must not overflow.
+  EXPECT_EQ(prefix_chunk_ends(131072, std::numeric_limits<int64_t>::max()),
+            (std::vector<int64_t>{131072}));
   testing::expect_error([] { prefix_chunk_ends(10, 0); }, {"chunk length must be positive"});
 }
 
