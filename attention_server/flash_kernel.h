@@ -39,9 +39,8 @@ struct FlashKernelOptions {
   int64_t backward_min_prefix_keys = 1024;
   int64_t forward_slots = 0;
   bool force_forward_split = false;  // split every eligible sequence in forward (tests)
-  // Forward prefix chunks of at most this many keys, equal in length (prefix_chunks.h); 0 =
-  // automatic: 32768 on FlashAttention-2, sized to the batch on cuDNN parts.
-  int64_t prefix_chunk_keys = 0;
+  // Forward prefix chunks of at most this many keys, equal in length (prefix_chunks.h).
+  int64_t prefix_chunk_keys = 32768;
   // The kernel the parts run on: LibTorch's FlashAttention-2, or cuDNN's fused attention
   // (cudnn_kernel.h; GPU build with cuDNN). With cuDNN, forward splits every eligible shard (the
   // schedule estimate above is FlashAttention-2's) and the kernel is named "cudnn-split".

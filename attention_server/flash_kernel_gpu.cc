@@ -156,8 +156,6 @@ enum class Direction { kForward, kBackward };
 // that the estimate makes every choice the measurements made (docs/gpu.md): split the spread
 // shard batches of 128-1K queries, keep uniform batches of 4K-64K keys unsplit, split 4 x 128K.
 constexpr double kFoldedForwardEfficiency = 0.95;
-// FlashAttention-2's forward prefix chunks (measured on H200, docs/gpu.md).
-constexpr int64_t kFlashPrefixChunkKeys = 32768;
 
 torch::Tensor int32_on(const std::vector<int64_t>& values, const torch::Device& device) {
   return torch::tensor(values, torch::kLong).to(torch::kInt).pin_memory().to(device, true);
@@ -246,27 +244,6 @@ bool forward_split_pays(const VarlenBatch& batch, const std::vector<int64_t>& cu
   return split < unsplit;
 }
 
-// The forward prefix chunk length: the option when set; else FlashAttention-2's measured 32K, or
-// for cuDNN parts a length sized to the batch (prefix_chunks.h: cuDNN's Hopper kernel runs one
-// thread block per SM, so a few shards against long prefixes in 32K chunks left most of the last
-// wave idle).
-int64_t forward_chunk_keys(const VarlenBatch& batch, int64_t group, int64_t kv_heads,
-                           const FlashKernelOptions& options, const torch::Device& device) {
-  if (options.prefix_chunk_keys > 0) return options.prefix_chunk_keys;
-  if (!options.cudnn_parts) return kFlashPrefixChunkKeys;
-  std::vector<PrefixWork> work;
-  const auto& cq = batch.cu_q_host;
-  const auto& ck = batch.cu_k_host;
-  for (size_t i = 0; i + 1 < cq.size(); ++i) {
-    const int64_t q = cq[i + 1] - cq[i], keys = ck[i + 1] - ck[i];
-    if (split_sequence(q, keys, Direction::kForward, options)) {
-      work.push_back({q * group, kv_heads, keys - q});
-    }
-  }
-  return auto_prefix_chunk_keys(
-      work, at::cuda::getDeviceProperties(device.index())->multiProcessorCount);
-}
-
 // nullptr when nothing in the batch is split in this direction.
 std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t heads,
                                            int64_t group, Direction direction,
@@ -277,7 +254,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
   // Forward cuts long prefixes into chunks; backward keeps one piece (it already splits keys
   // into independent blocks).
   const int64_t chunk = direction == Direction::kForward
-                            ? forward_chunk_keys(batch, group, heads / group, options, device)
+                            ? std::max<int64_t>(options.prefix_chunk_keys, 1)
                             : std::numeric_limits<int64_t>::max();
   std::vector<int64_t> fold, cu_q{0}, cu_k{0}, rest, cu_rest{0};
   std::vector<int64_t> merge_tokens, merge_offsets{0}, merge_rows;  // forward only
@@ -676,11 +653,11 @@ class FlashKernel : public CoreAttentionKernel {
 
 std::unique_ptr<CoreAttentionKernel> make_flash_kernel(const FlashKernelOptions& options) {
   CADRE_CHECK(options.max_forward_split_queries >= 0 &&
-                  options.max_backward_split_queries >= 0 && options.prefix_chunk_keys >= 0 &&
+                  options.max_backward_split_queries >= 0 && options.prefix_chunk_keys >= 1 &&
                   options.backward_min_prefix_ratio >= 0 && options.backward_min_prefix_keys >= 0 &&
                   options.forward_slots >= 0,
-              "flash kernel: the split query limits, minimum prefix settings, prefix chunk "
-              "length and forward slots must be non-negative (prefix_chunk_keys 0: automatic)");
+              "flash kernel: prefix_chunk_keys must be positive and the split query limits, "
+              "minimum prefix settings and forward slots non-negative");
   return std::make_unique<FlashKernel>(options);
 }
 

@@ -2,31 +2,10 @@
 #include "attention_server/prefix_chunks.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "common/error.h"
 
 namespace cadre::attention_server {
-
-int64_t auto_prefix_chunk_keys(const std::vector<PrefixWork>& work, int64_t slots) {
-  CADRE_CHECK(slots > 0, "prefix chunks: slots must be positive; got ", slots);
-  double block_keys = 0;
-  for (const PrefixWork& w : work) {
-    CADRE_CHECK(w.rows >= 0 && w.kv_heads >= 0 && w.prefix >= 0,
-                "prefix chunks: negative work (rows ", w.rows, ", kv_heads ", w.kv_heads,
-                ", prefix ", w.prefix, ")");
-    const int64_t blocks = (w.rows + kPrefixBlockRows - 1) / kPrefixBlockRows * w.kv_heads;
-    block_keys += static_cast<double>(blocks) * static_cast<double>(w.prefix);
-  }
-  const double best = std::sqrt(2.0 * block_keys * kChunkBlockOverheadKeys /
-                                static_cast<double>(slots));
-  // The nearest power of two on a log scale, within the bounds.
-  int64_t chunk = kMinAutoChunkKeys;
-  while (chunk < kMaxAutoChunkKeys && static_cast<double>(chunk) * std::sqrt(2.0) < best) {
-    chunk *= 2;
-  }
-  return chunk;
-}
 
 std::vector<int64_t> prefix_chunk_ends(int64_t prefix, int64_t chunk) {
   CADRE_CHECK(chunk > 0, "prefix chunks: the chunk length must be positive; got ", chunk);

@@ -3,9 +3,11 @@
 //
 // Each chunk of a prefix becomes its own sequence in the prefix call (its queries repeated), so a
 // batch of few shards against long prefixes still gives the kernel enough thread blocks to fill
-// the GPU; the chunks of a token are merged by log-sum-exp afterwards. Shorter chunks fill the
-// GPU more evenly but each block pays a fixed cost (loading its queries, writing its partial
-// output and log-sum-exp), and every chunk adds a partial result to merge.
+// the GPU; the chunks of a token are merged by log-sum-exp afterwards. Chunks of equal length
+// leave no short remainder block running beside long ones. Shorter chunks would fill the GPU
+// more evenly, but each block pays a fixed cost (loading its queries, writing its partial output
+// and log-sum-exp): on H200 2K- and 4K-key chunks ran 128-token shards 10-17% slower than 8K-32K
+// ones, which measured alike (docs/gpu.md), so the split kernels keep 32K.
 #pragma once
 
 #include <cstdint>
@@ -13,30 +15,8 @@
 
 namespace cadre::attention_server {
 
-// The key rows a thread block of the prefix call covers, and the bounds of the chunk length
-// chosen for cuDNN parts (powers of two, so that a run meets few shape classes).
+// The key rows of one thread block of the prefix call.
 constexpr int64_t kPrefixBlockRows = 128;
-constexpr int64_t kMinAutoChunkKeys = 2048;
-constexpr int64_t kMaxAutoChunkKeys = 32768;
-// A block's fixed cost in key columns of work (measured on H200, docs/gpu.md).
-constexpr int64_t kChunkBlockOverheadKeys = 256;
-
-// The work of one split sequence's prefix: `rows` folded query rows (queries x group) under
-// `kv_heads` heads against `prefix` keys.
-struct PrefixWork {
-  int64_t rows = 0;
-  int64_t kv_heads = 0;
-  int64_t prefix = 0;
-};
-
-// The chunk length for a batch's prefixes when the kernel runs `slots` thread blocks at once:
-// the power of two in [kMinAutoChunkKeys, kMaxAutoChunkKeys] nearest to sqrt(2 W o / slots),
-// which minimises (W / slots) (1 + o / C) + C / 2 over C, where W is the batch's prefix work in
-// block-keys (blocks of kPrefixBlockRows rows times keys) and o the block overhead: the first
-// term is the work plus every block's fixed cost spread over the slots, the second the expected
-// tail of the last wave. A large batch fills the GPU with long chunks; a few shards against long
-// prefixes get short ones.
-int64_t auto_prefix_chunk_keys(const std::vector<PrefixWork>& work, int64_t slots);
 
 // The exclusive ends of the chunks of a `prefix`-key prefix cut into pieces of at most `chunk`
 // keys: as few pieces as that allows, of equal length (rounded up to a multiple of
