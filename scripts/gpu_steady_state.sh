@@ -18,10 +18,10 @@ prefix="benchmarks/results/${gpu}_steady_state"
 log="$prefix.log"
 : >"$log"
 run() {  # name, distribution, environment (VAR=value or -)
-  local name=$1 dist=$2 setting=$3 dir="out/steady/$1"
-  [ "$setting" = - ] && setting=CADRE_NOTHING=
+  local name=$1 dist=$2 setting=$3 dir="out/steady/$1" label=$3
+  [ "$setting" = - ] && setting=CADRE_NOTHING= label="default (quarter-octave classes)"
   rm -rf "$dir"
-  echo "== $name ($dist, $setting) $(date -u +%T)" | tee -a "$log"
+  echo "== $name ($dist, $label) $(date -u +%T)" | tee -a "$log"
   if env "$setting" timeout 150 mpirun --allow-run-as-root --oversubscribe --bind-to none -np 1 \
       "$cadre" train --config configs/train_1b.pbtxt --set cluster.num_gpus=1 \
       --set cluster.gpus_per_node=1 --set data.distribution="$dist" \
@@ -29,7 +29,7 @@ run() {  # name, distribution, environment (VAR=value or -)
       --set training.warmup_steps=2 --set training.checkpoint_every=0 \
       --set training.recompute=linear --set output.profile=true --set output.dir="$dir" \
       >>"$log" 2>&1; then
-    python3 - "$dir/profile.json" "$name" "$setting" >>"$prefix.jsonl" <<'PY'
+    python3 - "$dir/profile.json" "$name" "$label" >>"$prefix.jsonl" <<'PY'
 import json, sys
 p = json.load(open(sys.argv[1]))
 rows = []
