@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
+#include <iostream>
 #include <limits>
 #include <list>
 #include <sstream>
@@ -348,6 +350,47 @@ torch::Tensor fold_lse(const torch::Tensor& lse, const torch::Tensor& rows, int6
   return picked.view({kv_heads, group, n}).transpose(1, 2).reshape({kv_heads, n * group});
 }
 
+// CADRE_SPLIT_PROFILE=1: CUDA events between the phases of a split call, synchronised and
+// printed at its end (device time of each phase; a diagnostic that stalls the host, off by
+// default).
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(int device) {
+    static const bool on = std::getenv("CADRE_SPLIT_PROFILE") != nullptr;
+    if (!on) return;
+    stream_ = at::cuda::getCurrentCUDAStream(device).stream();
+    mark();
+  }
+  ~PhaseTimer() {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  PhaseTimer(const PhaseTimer&) = delete;
+  PhaseTimer& operator=(const PhaseTimer&) = delete;
+  void mark() {
+    if (stream_ == nullptr) return;
+    cudaEvent_t e = nullptr;
+    CADRE_CUDA_CHECK(cudaEventCreate(&e));
+    CADRE_CUDA_CHECK(cudaEventRecord(e, stream_));
+    events_.push_back(e);
+  }
+  void report(const char* what) {
+    if (stream_ == nullptr || events_.size() < 2) return;
+    CADRE_CUDA_CHECK(cudaEventSynchronize(events_.back()));
+    std::ostringstream line;
+    line << "cadre: " << what << ":";
+    for (size_t i = 1; i < events_.size(); ++i) {
+      float ms = 0;
+      CADRE_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i - 1], events_[i]));
+      line << " " << ms;
+    }
+    std::cerr << line.str() << "\n";
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  std::vector<cudaEvent_t> events_;
+};
+
 class FlashKernel : public CoreAttentionKernel {
  public:
   explicit FlashKernel(const FlashKernelOptions& options)
@@ -461,14 +504,18 @@ class FlashKernel : public CoreAttentionKernel {
                               const torch::Tensor& v, const VarlenBatch& batch,
                               double softmax_scale) {
     const int64_t group = q.size(1) / k.size(1);
+    PhaseTimer timer(q.device().index());
     ForwardResult rest = call_forward(q, k.index_select(0, plan.rest_rows),
                                       v.index_select(0, plan.rest_rows), batch.cu_seqlens_q,
                                       plan.cu_k_rest, batch.max_seqlen_q, plan.max_k_rest, true,
                                       softmax_scale, batch.cu_q_host, plan.cu_k_rest_host);
-    ForwardResult prefix = call_forward(fold_heads(q, plan.fold_rows, group), k, v,
-                                        plan.cu_q_prefix, plan.cu_k_prefix, plan.max_q_prefix,
-                                        plan.max_k_prefix, false, softmax_scale,
+    timer.mark();
+    const torch::Tensor folded = fold_heads(q, plan.fold_rows, group);
+    timer.mark();
+    ForwardResult prefix = call_forward(folded, k, v, plan.cu_q_prefix, plan.cu_k_prefix,
+                                        plan.max_q_prefix, plan.max_k_prefix, false, softmax_scale,
                                         plan.cu_q_prefix_host, plan.cu_k_prefix_host);
+    timer.mark();
     // The rest's output and log-sum-exp become the merge of every part, in place.
     ForwardResult result{contiguous(rest.out), contiguous(rest.lse)};
     const torch::Tensor part_out = contiguous(prefix.out), part_lse = contiguous(prefix.lse);
@@ -488,6 +535,9 @@ class FlashKernel : public CoreAttentionKernel {
     args.kv_heads = static_cast<int>(k.size(1));
     args.head_dim = static_cast<int>(q.size(2));
     CADRE_CUDA_CHECK(launch_lse_merge(args, at::cuda::getCurrentCUDAStream(q.device().index())));
+    timer.mark();
+    timer.report("split forward (ms): diagonal gather+call, query fold, prefix call, lse "
+                 "transposes+merge");
     return result;
   }
 
