@@ -358,6 +358,7 @@ class PhaseTimer {
   explicit PhaseTimer(int device) {
     static const bool on = std::getenv("CADRE_SPLIT_PROFILE") != nullptr;
     if (!on) return;
+    on_ = true;
     stream_ = at::cuda::getCurrentCUDAStream(device).stream();
     mark();
   }
@@ -367,14 +368,14 @@ class PhaseTimer {
   PhaseTimer(const PhaseTimer&) = delete;
   PhaseTimer& operator=(const PhaseTimer&) = delete;
   void mark() {
-    if (stream_ == nullptr) return;
+    if (!on_) return;
     cudaEvent_t e = nullptr;
     CADRE_CUDA_CHECK(cudaEventCreate(&e));
     CADRE_CUDA_CHECK(cudaEventRecord(e, stream_));
     events_.push_back(e);
   }
   void report(const char* what) {
-    if (stream_ == nullptr || events_.size() < 2) return;
+    if (!on_ || events_.size() < 2) return;
     CADRE_CUDA_CHECK(cudaEventSynchronize(events_.back()));
     std::ostringstream line;
     line << "cadre: " << what << ":";
@@ -387,7 +388,8 @@ class PhaseTimer {
   }
 
  private:
-  cudaStream_t stream_ = nullptr;
+  bool on_ = false;
+  cudaStream_t stream_ = nullptr;  // null for the default stream
   std::vector<cudaEvent_t> events_;
 };
 
