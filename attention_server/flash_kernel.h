@@ -30,7 +30,8 @@ namespace cadre::attention_server {
 //     schedule estimate of the two launches (thread blocks placed greedily on forward_slots
 //     concurrent slots, 0 = two per SM) says is faster: the chunked forward is ~5% slower per
 //     key but has no long stragglers.
-// Not thread-safe (it caches the split of the last batches it saw).
+// CADRE_SPLIT_PROFILE=1 prints each split forward's phases in device time (a diagnostic that
+// synchronises; docs/gpu.md). Not thread-safe (it caches the split of the last batches it saw).
 struct FlashKernelOptions {
   bool split_short_shards = true;
   int64_t max_forward_split_queries = 2048;
