@@ -13,9 +13,9 @@
 
 #ifdef CADRE_WITH_CUDNN
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/Sleep.h>
 
 #include "attention_server/cudnn_graph.h"
+#include "attention_server/device_timing.h"
 #include "comm/cuda_check.h"
 #endif
 #include "attention_server/cudnn_kernel.h"
@@ -171,9 +171,6 @@ class AutoKernel : public CoreAttentionKernel {
   }
 
 #ifdef CADRE_WITH_CUDNN
-  // About 2 ms of spinning on H200 (~2 GHz SM clock): longer than a call's host-side launches.
-  static constexpr int64_t kHostCoverCycles = int64_t{4} << 20;
-
   // The class's first call: each kernel runs once untimed (cuDNN builds its graphs there) and
   // once timed on the current stream; the faster serves the class from then on and its timed
   // result is returned.
@@ -185,10 +182,7 @@ class AutoKernel : public CoreAttentionKernel {
       cudaEvent_t begin = nullptr, end = nullptr;
       CADRE_CUDA_CHECK(cudaEventCreate(&begin));
       CADRE_CUDA_CHECK(cudaEventCreate(&end));
-      // A spin kernel keeps the GPU busy while the host enqueues the call, so the events time
-      // its kernels back to back (as in a training step, where the host runs ahead) and not the
-      // host's launches: the split path launches more and was misjudged slower without it.
-      at::cuda::sleep(kHostCoverCycles);
+      cover_host_launches();  // device time, not the host's launches (device_timing.h)
       CADRE_CUDA_CHECK(cudaEventRecord(begin, stream));
       Result result = call(kernel);
       CADRE_CUDA_CHECK(cudaEventRecord(end, stream));

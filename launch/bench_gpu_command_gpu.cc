@@ -3,7 +3,6 @@
 // own all-to-all. CUDA-event timing after warm-up, medians of repeats, JSON records with device,
 // versions and config.
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/Sleep.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime.h>
 #include <mpi.h>
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "attention_server/cudnn_kernel.h"
+#include "attention_server/device_timing.h"
 #include "attention_server/flash_kernel.h"
 #include "comm/cuda_check.h"
 #include "comm/nccl_transport.h"
@@ -164,9 +164,6 @@ std::string device_json(const DeviceInfo& info) {
                  ", \"nccl\": ", json_string(info.nccl), "}");
 }
 
-// About 2 ms of spinning at H200's ~2 GHz SM clock: longer than any call's host-side launches.
-constexpr int64_t kHostCoverCycles = int64_t{4} << 20;
-
 // Times `body` on the current stream with CUDA events: `warmup` untimed runs, then the median of
 // `repeats` timed ones, in milliseconds of device time.
 template <typename Body>
@@ -178,10 +175,8 @@ double time_median_ms(int warmup, int repeats, Body&& body) {
   CADRE_CUDA_CHECK(cudaEventCreate(&stop));
   std::vector<double> times;
   for (int i = 0; i < repeats; ++i) {
-    // Device time: a spin kernel keeps the GPU busy while the host enqueues the call, so the
-    // events time the call's kernels back to back, as in training, where the host runs ahead
-    // of the GPU, and not the host's launch latency (measured on its own: the host cost line).
-    at::cuda::sleep(kHostCoverCycles);
+    // Not the host's launch latency, which the host cost line measures on its own.
+    attention_server::cover_host_launches();
     CADRE_CUDA_CHECK(cudaEventRecord(start, stream));
     body();
     CADRE_CUDA_CHECK(cudaEventRecord(stop, stream));
