@@ -440,66 +440,27 @@ struct Metadata {
   void* off_stats = nullptr;
 };
 
-Metadata make_metadata(const VarlenBatch& batch, int64_t padded_batch, int64_t hq, int64_t hk,
-                       int64_t dqk, int64_t dv, const torch::Device& device) {
-  const int64_t b = batch.cu_seqlens_q.size(0) - 1;
-  auto aligned = [](int64_t n) { return (n + 3) / 4 * 4; };
-  const int64_t lengths = aligned(padded_batch), offsets = aligned(padded_batch + 1);
-  const int64_t total = 2 * lengths + 5 * offsets;
-  torch::Tensor host;
-  if (!batch.cu_q_host.empty() && !batch.cu_k_host.empty()) {
-    host = torch::zeros({total}, torch::TensorOptions().dtype(torch::kInt).pinned_memory(true));
-    int32_t* h = host.data_ptr<int32_t>();
-    int32_t* seq_q = h;
-    int32_t* seq_kv = h + lengths;
-    int32_t* off = h + 2 * lengths;
-    const auto& cq = batch.cu_q_host;
-    const auto& ck = batch.cu_k_host;
-    for (int64_t i = 0; i <= padded_batch; ++i) {
-      const int64_t qi = cq[std::min(i, b)], ki = ck[std::min(i, b)];
-      if (i < padded_batch) {
-        seq_q[i] = static_cast<int32_t>(i < b ? cq[i + 1] - cq[i] : 0);
-        seq_kv[i] = static_cast<int32_t>(i < b ? ck[i + 1] - ck[i] : 0);
-      }
-      off[i] = static_cast<int32_t>(qi * hq * dqk);
-      off[offsets + i] = static_cast<int32_t>(ki * hk * dqk);
-      off[2 * offsets + i] = static_cast<int32_t>(ki * hk * dv);
-      off[3 * offsets + i] = static_cast<int32_t>(qi * hq * dv);
-      off[4 * offsets + i] = static_cast<int32_t>(qi * hq);
-    }
-  } else {
-    // Device cumulative lengths only: the same buffer built with LibTorch ops on the device.
-    auto opts = torch::TensorOptions().dtype(torch::kInt).device(device);
-    auto pad_cu = [&](const torch::Tensor& cu) {
-      torch::Tensor last = cu.narrow(0, b, 1).expand({padded_batch - b});
-      return torch::cat({cu, last});
-    };
-    torch::Tensor cq = pad_cu(batch.cu_seqlens_q), ck = pad_cu(batch.cu_seqlens_k);
-    auto segment = [&](const torch::Tensor& x, int64_t size) {
-      return torch::constant_pad_nd(x, {0, size - x.size(0)}, 0);
-    };
-    std::vector<torch::Tensor> parts{
-        segment(cq.narrow(0, 1, padded_batch) - cq.narrow(0, 0, padded_batch), lengths),
-        segment(ck.narrow(0, 1, padded_batch) - ck.narrow(0, 0, padded_batch), lengths),
-        segment(cq * static_cast<int32_t>(hq * dqk), offsets),
-        segment(ck * static_cast<int32_t>(hk * dqk), offsets),
-        segment(ck * static_cast<int32_t>(hk * dv), offsets),
-        segment(cq * static_cast<int32_t>(hq * dv), offsets),
-        segment(cq * static_cast<int32_t>(hq), offsets)};
-    Metadata m;
-    m.buffer = torch::cat(parts).to(opts);
-    int32_t* p = m.buffer.data_ptr<int32_t>();
-    m.seq_q = p;
-    m.seq_kv = p + lengths;
-    m.off_q = p + 2 * lengths;
-    m.off_k = p + 2 * lengths + offsets;
-    m.off_v = p + 2 * lengths + 2 * offsets;
-    m.off_o = p + 2 * lengths + 3 * offsets;
-    m.off_stats = p + 2 * lengths + 4 * offsets;
-    return m;
+// The rows of a batch with host cumulative lengths: each sequence where its cumulative lengths
+// put it, its output at its queries.
+RaggedRows rows_of(const VarlenBatch& batch) {
+  RaggedRows rows;
+  const auto& cq = batch.cu_q_host;
+  const auto& ck = batch.cu_k_host;
+  for (size_t i = 0; i + 1 < cq.size(); ++i) {
+    rows.q_row.push_back(cq[i]);
+    rows.q_len.push_back(cq[i + 1] - cq[i]);
+    rows.k_row.push_back(ck[i]);
+    rows.k_len.push_back(ck[i + 1] - ck[i]);
+    rows.o_row.push_back(cq[i]);
   }
+  rows.out_rows = cq.empty() ? 0 : cq.back();
+  return rows;
+}
+
+// The buffer's segments: lengths (seq_q, seq_kv) then offsets (q, k, v, o, stats).
+Metadata point_into(torch::Tensor buffer, int64_t lengths, int64_t offsets) {
   Metadata m;
-  m.buffer = host.to(device, /*non_blocking=*/true);
+  m.buffer = std::move(buffer);
   int32_t* p = m.buffer.data_ptr<int32_t>();
   m.seq_q = p;
   m.seq_kv = p + lengths;
@@ -509,6 +470,66 @@ Metadata make_metadata(const VarlenBatch& batch, int64_t padded_batch, int64_t h
   m.off_o = p + 2 * lengths + 3 * offsets;
   m.off_stats = p + 2 * lengths + 4 * offsets;
   return m;
+}
+
+int64_t aligned4(int64_t n) { return (n + 3) / 4 * 4; }
+
+// From host rows: padding sequences (length 0) sit at the ends of q, k and the output.
+Metadata make_metadata(const RaggedRows& rows, int64_t padded_batch, int64_t hq, int64_t hk,
+                       int64_t dqk, int64_t dv, int64_t q_end, int64_t k_end,
+                       const torch::Device& device) {
+  const int64_t b = static_cast<int64_t>(rows.q_row.size());
+  const int64_t lengths = aligned4(padded_batch), offsets = aligned4(padded_batch + 1);
+  torch::Tensor host = torch::zeros({2 * lengths + 5 * offsets},
+                                    torch::TensorOptions().dtype(torch::kInt).pinned_memory(true));
+  int32_t* h = host.data_ptr<int32_t>();
+  int32_t* seq_q = h;
+  int32_t* seq_kv = h + lengths;
+  int32_t* off = h + 2 * lengths;
+  for (int64_t i = 0; i <= padded_batch; ++i) {
+    const bool real = i < b;
+    const int64_t qi = real ? rows.q_row[i] : q_end, ki = real ? rows.k_row[i] : k_end;
+    const int64_t oi = real ? rows.o_row[i] : rows.out_rows;
+    if (i < padded_batch) {
+      seq_q[i] = static_cast<int32_t>(real ? rows.q_len[i] : 0);
+      seq_kv[i] = static_cast<int32_t>(real ? rows.k_len[i] : 0);
+    }
+    off[i] = static_cast<int32_t>(qi * hq * dqk);
+    off[offsets + i] = static_cast<int32_t>(ki * hk * dqk);
+    off[2 * offsets + i] = static_cast<int32_t>(ki * hk * dv);
+    off[3 * offsets + i] = static_cast<int32_t>(oi * hq * dv);
+    off[4 * offsets + i] = static_cast<int32_t>(oi * hq);
+  }
+  return point_into(host.to(device, /*non_blocking=*/true), lengths, offsets);
+}
+
+Metadata make_metadata(const VarlenBatch& batch, int64_t padded_batch, int64_t hq, int64_t hk,
+                       int64_t dqk, int64_t dv, const torch::Device& device) {
+  if (!batch.cu_q_host.empty() && !batch.cu_k_host.empty()) {
+    return make_metadata(rows_of(batch), padded_batch, hq, hk, dqk, dv, batch.cu_q_host.back(),
+                         batch.cu_k_host.back(), device);
+  }
+  // Device cumulative lengths only: the same buffer built with LibTorch ops on the device.
+  const int64_t b = batch.cu_seqlens_q.size(0) - 1;
+  const int64_t lengths = aligned4(padded_batch), offsets = aligned4(padded_batch + 1);
+  auto opts = torch::TensorOptions().dtype(torch::kInt).device(device);
+  auto pad_cu = [&](const torch::Tensor& cu) {
+    torch::Tensor last = cu.narrow(0, b, 1).expand({padded_batch - b});
+    return torch::cat({cu, last});
+  };
+  torch::Tensor cq = pad_cu(batch.cu_seqlens_q), ck = pad_cu(batch.cu_seqlens_k);
+  auto segment = [&](const torch::Tensor& x, int64_t size) {
+    return torch::constant_pad_nd(x, {0, size - x.size(0)}, 0);
+  };
+  std::vector<torch::Tensor> parts{
+      segment(cq.narrow(0, 1, padded_batch) - cq.narrow(0, 0, padded_batch), lengths),
+      segment(ck.narrow(0, 1, padded_batch) - ck.narrow(0, 0, padded_batch), lengths),
+      segment(cq * static_cast<int32_t>(hq * dqk), offsets),
+      segment(ck * static_cast<int32_t>(hk * dqk), offsets),
+      segment(ck * static_cast<int32_t>(hk * dv), offsets),
+      segment(cq * static_cast<int32_t>(hq * dv), offsets),
+      segment(cq * static_cast<int32_t>(hq), offsets)};
+  return point_into(torch::cat(parts).to(opts), lengths, offsets);
 }
 
 // Carves 256-byte aligned pieces out of one workspace allocation.
@@ -548,6 +569,73 @@ struct ClassEntry {
   }
 };
 
+// Why q, k, v are not inputs the graphs take (empty when they are).
+std::string tensors_reason(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  if (!q.is_cuda() || !k.is_cuda() || !v.is_cuda()) return "q, k, v must be CUDA tensors";
+  if (q.device() != k.device() || q.device() != v.device()) return "q, k, v must be on one device";
+  if (q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kHalf) {
+    return str_cat("dtype ", q.scalar_type(), " is not supported; accepted: bf16, fp16");
+  }
+  if (k.scalar_type() != q.scalar_type() || v.scalar_type() != q.scalar_type()) {
+    return "q, k, v must share a dtype";
+  }
+  if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3) {
+    return str_cat("q, k, v must be [tokens, heads, head_dim]; got ", q.sizes(), ", ", k.sizes(),
+                   ", ", v.sizes());
+  }
+  if (k.size(0) != v.size(0) || k.size(1) != v.size(1)) {
+    return str_cat("k and v must have the same tokens and heads; got ", k.sizes(), " and ",
+                   v.sizes());
+  }
+  const int64_t dqk = q.size(2), dv = v.size(2);
+  if (k.size(2) != dqk) return str_cat("q head_dim ", dqk, " != k head_dim ", k.size(2));
+  const bool dims_ok = (dqk == dv && (dqk == 64 || dqk == 128)) || (dqk == 192 && dv == 128);
+  if (!dims_ok) {
+    return str_cat("head dims q/k ", dqk, ", v ", dv,
+                   " are not supported; accepted: 64/64, 128/128, 192/128");
+  }
+  if (k.size(1) == 0 || q.size(1) % k.size(1) != 0) {
+    return str_cat("heads ", q.size(1), " must be a multiple of kv_heads ", k.size(1));
+  }
+  return "";
+}
+
+// Why `rows` is not a layout forward_rows takes over q, k, v (empty when it is).
+std::string rows_unsupported_reason(const torch::Tensor& q, const torch::Tensor& k,
+                                    const torch::Tensor& v, const RaggedRows& rows) {
+  std::string why = tensors_reason(q, k, v);
+  if (!why.empty()) return why;
+  const size_t b = rows.q_row.size();
+  if (rows.q_len.size() != b || rows.k_row.size() != b || rows.k_len.size() != b ||
+      rows.o_row.size() != b) {
+    return str_cat("rows: q_row, q_len, k_row, k_len and o_row must have one entry per sequence; "
+                   "got ", b, ", ", rows.q_len.size(), ", ", rows.k_row.size(), ", ",
+                   rows.k_len.size(), ", ", rows.o_row.size());
+  }
+  for (size_t i = 0; i < b; ++i) {
+    const bool inside = rows.q_row[i] >= 0 && rows.q_len[i] >= 0 && rows.k_row[i] >= 0 &&
+                        rows.k_len[i] >= 0 && rows.o_row[i] >= 0 &&
+                        rows.q_row[i] + rows.q_len[i] <= q.size(0) &&
+                        rows.k_row[i] + rows.k_len[i] <= k.size(0) &&
+                        rows.o_row[i] + rows.q_len[i] <= rows.out_rows;
+    if (!inside) {
+      return str_cat("rows: sequence ", i, " (queries ", rows.q_row[i], " + ", rows.q_len[i],
+                     ", keys ", rows.k_row[i], " + ", rows.k_len[i], ", output ", rows.o_row[i],
+                     ") reaches outside q (", q.size(0), " rows), k (", k.size(0),
+                     " rows) or the output (", rows.out_rows, " rows)");
+    }
+  }
+  const int64_t limit = std::numeric_limits<int32_t>::max();
+  const int64_t d = std::max(q.size(2), v.size(2));
+  const int64_t widest = std::max({q.size(0) * q.size(1) * d, k.size(0) * k.size(1) * d,
+                                   rows.out_rows * q.size(1) * d});
+  if (widest > limit) {
+    return str_cat("the call has ", widest, " elements in one tensor, more than 32-bit offsets "
+                   "address (", limit, ")");
+  }
+  return "";
+}
+
 class CudnnKernel : public CudnnAttention {
  public:
   CudnnKernel() {
@@ -567,34 +655,41 @@ class CudnnKernel : public CudnnAttention {
     CADRE_CHECK(why.empty(), "cudnn kernel: ", why);
     c10::cuda::CUDAGuard guard(q_in.device());
     const torch::Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
-    const int64_t total_q = q.size(0), hq = q.size(1), dqk = q.size(2);
-    const int64_t hk = k.size(1), dv = v.size(2);
-    torch::Tensor out = torch::empty({total_q, hq, dv}, q.options());
-    torch::Tensor stats = torch::empty({total_q, hq}, q.options().dtype(torch::kFloat));
-    ++counters_.calls;
-    if (total_q == 0 || batch.max_seqlen_k == 0) {
-      out.zero_();
-      return {out, stats.fill_(-INFINITY).t().contiguous()};
+    ForwardResult r;
+    if (batch.max_seqlen_k == 0) {
+      r = empty_forward(q, v, q.size(0));
+    } else {
+      const ClassKey key = resolve(class_key(false, causal, q, k, v, batch), q.device().index());
+      r = forward_core(q, k, v, key, q.size(0), softmax_scale, [&](const ClassKey& key) {
+        return make_metadata(batch, key.batch, q.size(1), k.size(1), q.size(2), v.size(2),
+                             q.device());
+      });
     }
-    float scale = static_cast<float>(softmax_scale > 0 ? softmax_scale
-                                                       : 1.0 / std::sqrt(double(dqk)));
-    const ClassKey key = resolve(class_key(false, causal, q, k, v, batch), q.device().index());
-    ClassEntry& entry = entry_for(key, q.device().index());
-    Metadata meta = make_metadata(batch, key.batch, hq, hk, dqk, dv, q.device());
-    Workspace workspace;
-    const int64_t engine_ws = workspace.reserve(entry.max_workspace_bytes());
-    workspace.allocate(q.device());
-    float neg_inf = -std::numeric_limits<float>::infinity();
-    auto bind = [&](const Uids& u) {
-      return std::make_pair(
-          std::vector<int64_t>{u.q, u.k, u.v, u.o, u.stats, u.seq_q, u.seq_kv, u.off_q, u.off_k,
-                               u.off_v, u.off_o, u.off_stats, u.scale, u.neg_inf},
-          std::vector<void*>{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                             stats.data_ptr(), meta.seq_q, meta.seq_kv, meta.off_q, meta.off_k,
-                             meta.off_v, meta.off_o, meta.off_stats, &scale, &neg_inf});
-    };
-    run(entry, bind, workspace.at(engine_ws), q.device().index());
-    return {out, stats.t().contiguous()};
+    r.lse = r.lse.t().contiguous();  // [heads, total_q]
+    return r;
+  }
+
+  ForwardResult forward_rows(const torch::Tensor& q_in, const torch::Tensor& k_in,
+                             const torch::Tensor& v_in, const RaggedRows& rows,
+                             double softmax_scale, bool causal) override {
+    const std::string why = rows_unsupported_reason(q_in, k_in, v_in, rows);
+    CADRE_CHECK(why.empty(), "cudnn kernel: ", why);
+    c10::cuda::CUDAGuard guard(q_in.device());
+    const torch::Tensor q = contiguous(q_in), k = contiguous(k_in), v = contiguous(v_in);
+    int64_t max_q = 0, max_k = 0;
+    for (size_t i = 0; i < rows.q_len.size(); ++i) {
+      max_q = std::max(max_q, rows.q_len[i]);
+      max_k = std::max(max_k, rows.k_len[i]);
+    }
+    if (max_q == 0 || max_k == 0) return empty_forward(q, v, rows.out_rows);
+    const ClassKey key =
+        resolve(class_key(false, causal, q, k, v, static_cast<int64_t>(rows.q_row.size()), max_q,
+                          max_k, &rows),
+                q.device().index());
+    return forward_core(q, k, v, key, rows.out_rows, softmax_scale, [&](const ClassKey& key) {
+      return make_metadata(rows, key.batch, q.size(1), k.size(1), q.size(2), v.size(2), q.size(0),
+                           k.size(0), q.device());
+    });
   }
 
   BackwardResult backward_masked(const torch::Tensor& dout_in, const torch::Tensor& q_in,
@@ -672,16 +767,55 @@ class CudnnKernel : public CudnnAttention {
   }
 
  private:
+  // Output rows without any visible key: zeros, log-sum-exp -inf (token-major).
+  ForwardResult empty_forward(const torch::Tensor& q, const torch::Tensor& v, int64_t rows) {
+    ++counters_.calls;
+    return {torch::zeros({rows, q.size(1), v.size(2)}, q.options()),
+            torch::full({rows, q.size(1)}, -INFINITY, q.options().dtype(torch::kFloat))};
+  }
+
+  // One forward call of class `key`: out [out_rows, heads, d_v], lse token-major
+  // [out_rows, heads]; `metadata(key)` gives the call's lengths and offsets.
+  template <typename MakeMetadata>
+  ForwardResult forward_core(const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const ClassKey& key, int64_t out_rows,
+                             double softmax_scale, MakeMetadata&& metadata) {
+    const int64_t hq = q.size(1), dqk = q.size(2), dv = v.size(2);
+    torch::Tensor out = torch::empty({out_rows, hq, dv}, q.options());
+    torch::Tensor stats = torch::empty({out_rows, hq}, q.options().dtype(torch::kFloat));
+    ++counters_.calls;
+    if (out_rows == 0) return {out, stats};
+    float scale = static_cast<float>(softmax_scale > 0 ? softmax_scale
+                                                       : 1.0 / std::sqrt(double(dqk)));
+    ClassEntry& entry = entry_for(key, q.device().index());
+    Metadata meta = metadata(key);
+    Workspace workspace;
+    const int64_t engine_ws = workspace.reserve(entry.max_workspace_bytes());
+    workspace.allocate(q.device());
+    float neg_inf = -std::numeric_limits<float>::infinity();
+    auto bind = [&](const Uids& u) {
+      return std::make_pair(
+          std::vector<int64_t>{u.q, u.k, u.v, u.o, u.stats, u.seq_q, u.seq_kv, u.off_q, u.off_k,
+                               u.off_v, u.off_o, u.off_stats, u.scale, u.neg_inf},
+          std::vector<void*>{q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                             stats.data_ptr(), meta.seq_q, meta.seq_kv, meta.off_q, meta.off_k,
+                             meta.off_v, meta.off_o, meta.off_stats, &scale, &neg_inf});
+    };
+    run(entry, bind, workspace.at(engine_ws), q.device().index());
+    return {out, stats};
+  }
+
+  // The class of a call over `sequences` sequences with these maxima; `rows` (the host lengths,
+  // or nullptr without them) tells square and dense layouts apart.
   ClassKey class_key(bool backward, bool causal, const torch::Tensor& q, const torch::Tensor& k,
-                     const torch::Tensor& v, const VarlenBatch& batch) const {
+                     const torch::Tensor& v, int64_t sequences, int64_t max_q, int64_t max_k,
+                     const RaggedRows* rows) const {
     ClassKey key;
     key.backward = backward;
     // Square sequences (whole documents) take the top-left band; known from the host lengths
     // (without them the bottom-right band, right for every layout).
-    bool square = batch.cu_q_host.size() == batch.cu_k_host.size() && !batch.cu_q_host.empty();
-    for (size_t i = 0; square && i < batch.cu_q_host.size(); ++i) {
-      square = batch.cu_q_host[i] == batch.cu_k_host[i];
-    }
+    bool square = rows != nullptr && !rows->q_len.empty();
+    for (size_t i = 0; square && i < rows->q_len.size(); ++i) square = rows->q_len[i] == rows->k_len[i];
     key.mask = static_cast<int>(!causal ? Mask::kNone
                                 : square ? Mask::kTopLeft
                                          : Mask::kBottomRight);
@@ -690,21 +824,24 @@ class CudnnKernel : public CudnnAttention {
     key.kv_heads = k.size(1);
     key.d_qk = q.size(2);
     key.d_v = v.size(2);
-    key.batch = bucket_sequences(batch.cu_seqlens_q.size(0) - 1);
-    key.max_q = bucket_length(batch.max_seqlen_q);
-    key.max_k = bucket_length(batch.max_seqlen_k);
+    key.batch = bucket_sequences(sequences);
+    key.max_q = bucket_length(max_q);
+    key.max_k = bucket_length(max_k);
     // Dense: the host lengths show every one of the class's sequences full (e.g. one document
     // of a class length). CADRE_CUDNN_DENSE=0 keeps the padding mask everywhere.
     static const bool dense_allowed = env_switch_on("CADRE_CUDNN_DENSE");
-    const int64_t sequences = batch.cu_seqlens_q.size(0) - 1;
-    key.dense = dense_allowed && sequences == key.batch &&
-                static_cast<int64_t>(batch.cu_q_host.size()) == sequences + 1 &&
-                static_cast<int64_t>(batch.cu_k_host.size()) == sequences + 1;
+    key.dense = dense_allowed && rows != nullptr && sequences == key.batch;
     for (int64_t i = 0; key.dense && i < sequences; ++i) {
-      key.dense = batch.cu_q_host[i + 1] - batch.cu_q_host[i] == key.max_q &&
-                  batch.cu_k_host[i + 1] - batch.cu_k_host[i] == key.max_k;
+      key.dense = rows->q_len[i] == key.max_q && rows->k_len[i] == key.max_k;
     }
     return key;
+  }
+  ClassKey class_key(bool backward, bool causal, const torch::Tensor& q, const torch::Tensor& k,
+                     const torch::Tensor& v, const VarlenBatch& batch) const {
+    const bool host = !batch.cu_q_host.empty() && !batch.cu_k_host.empty();
+    const RaggedRows rows = host ? rows_of(batch) : RaggedRows{};
+    return class_key(backward, causal, q, k, v, batch.cu_seqlens_q.size(0) - 1,
+                     batch.max_seqlen_q, batch.max_seqlen_k, host ? &rows : nullptr);
   }
 
   // The class a call runs: its own if built, else the smallest built class of the same kind
@@ -879,32 +1016,9 @@ class CudnnKernel : public CudnnAttention {
 
 std::string cudnn_unsupported_reason(const torch::Tensor& q, const torch::Tensor& k,
                                      const torch::Tensor& v, const VarlenBatch& batch) {
-  if (!q.is_cuda() || !k.is_cuda() || !v.is_cuda()) return "q, k, v must be CUDA tensors";
-  if (q.device() != k.device() || q.device() != v.device()) return "q, k, v must be on one device";
-  if (q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kHalf) {
-    return str_cat("dtype ", q.scalar_type(), " is not supported; accepted: bf16, fp16");
-  }
-  if (k.scalar_type() != q.scalar_type() || v.scalar_type() != q.scalar_type()) {
-    return "q, k, v must share a dtype";
-  }
-  if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3) {
-    return str_cat("q, k, v must be [tokens, heads, head_dim]; got ", q.sizes(), ", ", k.sizes(),
-                   ", ", v.sizes());
-  }
-  if (k.size(0) != v.size(0) || k.size(1) != v.size(1)) {
-    return str_cat("k and v must have the same tokens and heads; got ", k.sizes(), " and ",
-                   v.sizes());
-  }
+  std::string why = tensors_reason(q, k, v);
+  if (!why.empty()) return why;
   const int64_t dqk = q.size(2), dv = v.size(2);
-  if (k.size(2) != dqk) return str_cat("q head_dim ", dqk, " != k head_dim ", k.size(2));
-  const bool dims_ok = (dqk == dv && (dqk == 64 || dqk == 128)) || (dqk == 192 && dv == 128);
-  if (!dims_ok) {
-    return str_cat("head dims q/k ", dqk, ", v ", dv,
-                   " are not supported; accepted: 64/64, 128/128, 192/128");
-  }
-  if (k.size(1) == 0 || q.size(1) % k.size(1) != 0) {
-    return str_cat("heads ", q.size(1), " must be a multiple of kv_heads ", k.size(1));
-  }
   for (const torch::Tensor* cu : {&batch.cu_seqlens_q, &batch.cu_seqlens_k}) {
     if (!cu->defined() || cu->scalar_type() != torch::kInt || cu->dim() != 1 ||
         cu->device() != q.device()) {

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "attention_server/kernel.h"
 
@@ -28,10 +29,27 @@ std::string cudnn_kernel_version();
 // and hits. Throws cadre::Error for inputs it does not accept (supports() says which).
 std::unique_ptr<CoreAttentionKernel> make_cudnn_kernel();
 
+// Sequences given by explicit row offsets rather than cumulative lengths (host vectors, one entry
+// per sequence): sequence i reads queries q[q_row[i] : q_row[i] + q_len[i]], keys and values
+// k, v[k_row[i] : k_row[i] + k_len[i]], and writes out[o_row[i] : o_row[i] + q_len[i]]. Query and
+// key ranges may overlap between sequences (the prefix chunks of one query shard read the same
+// queries; a diagonal block reads its keys where they lie), output ranges must not. The causal
+// mask is aligned bottom-right per sequence, as in VarlenBatch.
+struct RaggedRows {
+  std::vector<int64_t> q_row, q_len, k_row, k_len, o_row;
+  int64_t out_rows = 0;  // rows of the output
+};
+
 // The cudnn kernel with the mask chosen per call (causal bottom-right, or none: the unmasked
 // prefix part of a split query shard, flash_kernel.h), for kernels that split a batch.
 class CudnnAttention : public CoreAttentionKernel {
  public:
+  // Forward over sequences placed by `rows`, reading q, k, v in place: out [out_rows, heads, d_v]
+  // and lse TOKEN-MAJOR [out_rows, heads] fp32 (cuDNN's own layout: no transpose), -inf for rows
+  // no sequence writes (their output is unspecified).
+  virtual ForwardResult forward_rows(const torch::Tensor& q, const torch::Tensor& k,
+                                     const torch::Tensor& v, const RaggedRows& rows,
+                                     double softmax_scale, bool causal) = 0;
   virtual ForwardResult forward_masked(const torch::Tensor& q, const torch::Tensor& k,
                                        const torch::Tensor& v, const VarlenBatch& batch,
                                        double softmax_scale, bool causal) = 0;

@@ -22,7 +22,12 @@ namespace cadre::attention_server {
 // and merges them by log-sum-exp. Backward gives each part the merged output and log-sum-exp,
 // which makes the parts' gradients exact; they are summed. The prefix call reads K/V in place
 // (the other key rows ride along as sequences without queries); only diagonal blocks and
-// unsplit sequences are gathered. Which sequences split (measured on H200, docs/gpu.md):
+// unsplit sequences are gathered. With cudnn_parts the forward gathers no keys and folds each
+// shard's queries once: both calls place their sequences by row offsets (cudnn_kernel.h
+// RaggedRows; a shard's prefix chunks share its folded queries, keys are read where they lie),
+// and the small diagonal call runs on a side stream beside the prefix call
+// (CADRE_SPLIT_SERIAL=1: before it). Which sequences split
+// (measured on H200, docs/gpu.md):
 //   backward (GQA only: without a group to fold, the split gains nothing there): q <=
 //     max_backward_split_queries and prefix >= backward_min_prefix_ratio * q and >=
 //     backward_min_prefix_keys;

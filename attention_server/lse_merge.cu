@@ -37,16 +37,22 @@ __global__ void lse_merge_kernel(LseMergeArgs a) {
   const int kh = h / group, g = h % group;
   const int64_t t = a.tokens[i];
   const int begin = a.offsets[i], end = a.offsets[i + 1];
-  float* lse = a.lse + h * a.total_q + t;
+  float* lse = a.token_major_lse ? a.lse + t * a.heads + h : a.lse + h * a.total_q + t;
   const float rest_lse = part_lse_of(*lse);
-  const float* part_lse = a.part_lse + kh * a.part_rows;
+  // Chunk row r of this token and head (folded row r * group + g, KV head kh): its log-sum-exp
+  // and its output.
+  auto part_lse_at = [&](int64_t r) {
+    const int64_t row = r * group + g;
+    return a.token_major_lse ? a.part_lse[row * a.kv_heads + kh]
+                             : a.part_lse[kh * a.part_rows + row];
+  };
+  auto part_out_at = [&](int64_t r) {
+    return static_cast<const T*>(a.part_out) + ((r * group + g) * a.kv_heads + kh) * a.head_dim;
+  };
   float m = rest_lse;
-  for (int j = begin; j < end; ++j) {
-    m = fmaxf(m, part_lse_of(part_lse[static_cast<int64_t>(a.rows[j]) * group + g]));
-  }
+  for (int j = begin; j < end; ++j) m = fmaxf(m, part_lse_of(part_lse_at(a.rows[j])));
   if (m == -INFINITY) return;  // no visible key in any part: nothing to merge
   T* out = static_cast<T*>(a.out) + (t * a.heads + h) * a.head_dim;
-  const T* part_out = static_cast<const T*>(a.part_out);
   float w = expf(rest_lse - m);  // 0 when the rest part saw no key (its output is not read)
   float total = w;
   float acc[kMaxPerLane];
@@ -56,10 +62,9 @@ __global__ void lse_merge_kernel(LseMergeArgs a) {
     acc[k] = d < a.head_dim && w > 0.0f ? w * to_float(out[d]) : 0.0f;
   }
   for (int j = begin; j < end; ++j) {
-    const int64_t row = static_cast<int64_t>(a.rows[j]) * group + g;
-    w = expf(part_lse_of(part_lse[row]) - m);
+    w = expf(part_lse_of(part_lse_at(a.rows[j])) - m);
     total += w;
-    const T* p = part_out + (row * a.kv_heads + kh) * a.head_dim;
+    const T* p = part_out_at(a.rows[j]);
 #pragma unroll
     for (int k = 0; k < kMaxPerLane; ++k) {
       const int d = lane + k * kWarp;

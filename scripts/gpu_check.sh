@@ -24,10 +24,9 @@ mkdir -p "$results"
 start_s=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start_s )); }
 
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-gpu_count=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
-slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
-slug=${slug:-gpu}
+source scripts/gpu_names.sh
+gpu_count=$gpus
+slug=$gpu_slug
 prefix="$results/${slug}x${gpu_count}"
 log="${prefix}_gpu_check.log"
 summary="${prefix}_gpu_check_summary.md"

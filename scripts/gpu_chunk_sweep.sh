@@ -3,13 +3,17 @@
 # (128-512-query shards against prefixes spread over 128K, beside whole documents of equal work)
 # for cudnn-split at chunk lengths CADRE_SWEEP_CHUNKS ("32768 8192"; prefix_chunks.h), then `auto`
 # as training runs it, at head dims CADRE_SWEEP_DIMS ("64 128"), 512K key rows at most (7 shards
-# of 128 queries; CADRE_SWEEP_2M=1 adds 2M: 31). Writes benchmarks/results/<gpu>_chunk_sweep.txt.
+# of 128 queries; CADRE_SWEEP_2M=1 adds 2M: 31). CADRE_SWEEP_VARIANTS adds cudnn-split rows at
+# 32K chunks: "serial" (its diagonal call before the prefix call rather than beside it,
+# CADRE_SPLIT_SERIAL), "batch-order" (prefix chunks in batch order, not longest first,
+# CADRE_SPLIT_KEEP_ORDER).
+# Writes benchmarks/results/<gpu>_chunk_sweep.txt.
 #   scripts/gpu_chunk_sweep.sh [BUILD_DIR]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gpu-check}
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
-      sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
+source scripts/gpu_names.sh
+gpu=${gpu_slug}x1
 out="benchmarks/results/${gpu}_chunk_sweep.txt"
 : >"$out"
 row() {  # label, environment (VAR=value or -), then bench arguments
@@ -26,7 +30,19 @@ for d in ${CADRE_SWEEP_DIMS:-64 128}; do
     row "d $d cudnn-split chunk $chunk cap 512K" - --head-dim "$d" \
       --kernel cudnn-split --prefix-chunk-keys "$chunk" --kv-rows-cap 524288
   done
+  for variant in ${CADRE_SWEEP_VARIANTS:-}; do
+    case "$variant" in
+      serial) row "d $d cudnn-split chunk 32768 cap 512K, diagonal call serial" \
+                CADRE_SPLIT_SERIAL=1 --head-dim "$d" --kernel cudnn-split \
+                --prefix-chunk-keys 32768 --kv-rows-cap 524288 ;;
+      batch-order) row "d $d cudnn-split chunk 32768 cap 512K, chunks in batch order" \
+                     CADRE_SPLIT_KEEP_ORDER=1 --head-dim "$d" --kernel cudnn-split \
+                     --prefix-chunk-keys 32768 --kv-rows-cap 524288 ;;
+      *) echo "gpu_chunk_sweep: unknown variant '$variant'; accepted: serial batch-order" ;;
+    esac
+  done
   row "d $d auto cap 512K" - --head-dim "$d" --kernel auto --kv-rows-cap 524288
-  [ -n "${CADRE_SWEEP_2M:-}" ] &&
+  if [ -n "${CADRE_SWEEP_2M:-}" ]; then
     row "d $d auto cap 2M" - --head-dim "$d" --kernel auto --kv-rows-cap 2097152
+  fi
 done

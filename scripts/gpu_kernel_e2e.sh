@@ -13,8 +13,8 @@ build_dir=${1:-build-gpu-check}
 cadre="$build_dir/bin/cadre"
 [ -x "$cadre" ] || { echo "gpu_kernel_e2e: no $cadre (build the GPU configuration first)"; exit 2; }
 steps=${CADRE_E2E_STEPS:-5}
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
+source scripts/gpu_names.sh
+slug=$gpu_slug
 prefix="benchmarks/results/${slug}x1_kernel_e2e"
 jsonl="$prefix.jsonl" log="$prefix.log"
 : >"$jsonl"

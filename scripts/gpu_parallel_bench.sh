@@ -21,9 +21,8 @@ build_dir=${1:-build-gpu-check}
 cadre="$build_dir/bin/cadre"
 [ -x "$cadre" ] || { echo "gpu_parallel_bench: no $cadre (build the GPU configuration first)"; exit 2; }
 steps=${CADRE_PARALLEL_STEPS:-5}
-gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
+source scripts/gpu_names.sh
+slug=$gpu_slug
 results=benchmarks/results
 mkdir -p "$results" out/parallel_bench
 prefix="$results/${slug}x${gpus}_parallel_bench"

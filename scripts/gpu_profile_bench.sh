@@ -32,9 +32,8 @@ if [ ! -x "$cadre" ] || [ -n "${CADRE_PROFILE_REBUILD:-}" ]; then
     { grep -E 'error' /tmp/cadre_profile_build.log | head -40; echo "build FAILED"; exit 2; }
   echo "   built in $(( $(date +%s) - start_s )) s"
 fi
-gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
+source scripts/gpu_names.sh
+slug=$gpu_slug
 results=benchmarks/results/profiles
 mkdir -p "$results" out/profile_bench
 prefix="$results/${slug:-gpu}x${gpus}"

@@ -32,6 +32,7 @@
 #                                           example profile:170) sets one stage's own
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_names.sh
 build=${CADRE_BUILD_DIR:-build-gpu-check}
 stamp=$(mktemp)
 rc=0
@@ -63,8 +64,6 @@ for arg in "$@"; do
     calgrid)
       # One grid per head dim in CADRE_CALGRID_DIMS (default "64 128"), 32/8 heads; the stage's
       # limit is shared between them.
-      gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
-                 sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
       timeout "$limit" bash -c '
         for d in ${CADRE_CALGRID_DIMS:-64 128}; do
           stem="benchmarks/results/$1_bench_kernel_auto_grid_d$d"
@@ -73,13 +72,11 @@ for arg in "$@"; do
             --calibration-out "benchmarks/results/$1_auto_attention_calibration_d$d.json" \
             >"$stem.txt" 2>&1 || { tail -n 20 "$stem.txt"; exit 1; }
           tail -n 30 "$stem.txt"
-        done' "$build" "$gpu_slug" ;;
+        done' "$build" "${gpu_slug}x1" ;;
     compare)
       # cuDNN vs FlashAttention-2 on whole documents and packed steps, once per cudnn setting in
       # CADRE_COMPARE_VARIANTS (default: "default dense0 exact octave": CADRE_CUDNN_DENSE=0,
       # CADRE_CUDNN_BUCKET=exact|octave).
-      gpu_slug=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
-                 sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
       for variant in ${CADRE_COMPARE_VARIANTS:-default dense0 exact octave}; do
         case "$variant" in
           default) env_set=() ;;
@@ -89,8 +86,8 @@ for arg in "$@"; do
         esac
         echo "-- compare $variant"
         env "${env_set[@]}" timeout "$limit" "$build/bin/cadre" bench kernel --compare-only \
-          --repeats 5 --warmup 2 --out "benchmarks/results/${gpu_slug}_kernel_compare_$variant.json" \
-          2>&1 | tee "benchmarks/results/${gpu_slug}_kernel_compare_$variant.txt" | grep -v '^$'
+          --repeats 5 --warmup 2 --out "benchmarks/results/${gpu_slug}x1_kernel_compare_$variant.json" \
+          2>&1 | tee "benchmarks/results/${gpu_slug}x1_kernel_compare_$variant.txt" | grep -v '^$'
       done ;;
     train1) CADRE_TRAIN_ONLY_GPUS=1 CADRE_TRAIN_QUICK=${CADRE_TRAIN_QUICK:-} \
               timeout "$limit" scripts/gpu_train_bench.sh "$build" ;;

@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 build=${1:-build-gpu-check}
 cadre="$build/bin/cadre"
 steps=${CADRE_STEADY_STEPS:-24}
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' |
-      sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')x1
+source scripts/gpu_names.sh
+gpu=${gpu_slug}x1
 prefix="benchmarks/results/${gpu}_steady_state"
 : >"$prefix.jsonl"
 log="$prefix.log"

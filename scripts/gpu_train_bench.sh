@@ -20,9 +20,8 @@ cadre="$build_dir/bin/cadre"
 steps=${CADRE_TRAIN_STEPS:-6}
 packing=${CADRE_TRAIN_PACKING:-fill}
 only=${CADRE_TRAIN_ONLY_GPUS:-}
-gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
-gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-slug=$(echo "${gpu_name:-nogpu}" | tr 'A-Z' 'a-z' | sed -e 's/nvidia//' -e 's/[^a-z0-9]//g')
+source scripts/gpu_names.sh
+slug=$gpu_slug
 results=benchmarks/results
 mkdir -p "$results" out/train_bench
 # CADRE_TRAIN_TAG=NAME writes <gpu>_train_bench_NAME.* instead (a variant beside the main table);

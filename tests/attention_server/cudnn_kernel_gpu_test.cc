@@ -206,6 +206,82 @@ TEST(CudnnSplit, PartsOnCudnnMatchFloat64) {
   }
 }
 
+// forward_rows against the float64 reference of each sequence gathered on its own: query ranges
+// that overlap (a shard's prefix chunks), keys read where they lie (a diagonal block), outputs in
+// an order of their own; unmasked (each query its own one-query sequence in the reference, so it
+// sees every key) and causal; GQA and MHA, both dtypes.
+TEST(CudnnKernel, ForwardRowsReadInPlace) {
+  CADRE_NEED_CUDNN();
+  auto kernel = make_cudnn_attention();
+  const torch::Device device(torch::kCUDA, 0);
+  RaggedRows unmasked, causal;
+  auto add = [](RaggedRows& r, int64_t q_row, int64_t q_len, int64_t k_row, int64_t k_len) {
+    r.q_row.push_back(q_row);
+    r.q_len.push_back(q_len);
+    r.k_row.push_back(k_row);
+    r.k_len.push_back(k_len);
+    r.o_row.push_back(r.out_rows);
+    r.out_rows += q_len;
+  };
+  add(unmasked, 0, 37, 0, 300);    // two chunks of one shard's prefix: the same queries
+  add(unmasked, 0, 37, 300, 350);
+  add(unmasked, 37, 1, 10, 1);     // one query, one key
+  add(unmasked, 5, 125, 650, 350); // overlapping the first shard
+  add(causal, 0, 37, 613, 37);     // diagonal blocks read in place
+  add(causal, 37, 100, 0, 400);    // a shard against its keys
+  add(causal, 137, 13, 987, 13);
+  causal.o_row = {113, 13, 0};      // outputs in reverse order of the sequences
+  uint64_t seed = 900;
+  for (auto [heads, kv_heads, dim, dtype] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, torch::ScalarType>>{
+           {8, 2, 128, torch::kBFloat16}, {8, 8, 64, torch::kHalf}, {16, 2, 64, torch::kBFloat16}}) {
+    torch::manual_seed(seed++);
+    auto opts = torch::TensorOptions().dtype(dtype).device(device);
+    torch::Tensor q = torch::randn({150, heads, dim}, opts);
+    torch::Tensor k = torch::randn({1000, kv_heads, dim}, opts);
+    torch::Tensor v = torch::randn({1000, kv_heads, dim}, opts);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    for (bool is_causal : {false, true}) {
+      const RaggedRows& rows = is_causal ? causal : unmasked;
+      ForwardResult got = kernel->forward_rows(q, k, v, rows, 0.0, is_causal);
+      ASSERT_EQ(got.out.sizes(), (std::vector<int64_t>{rows.out_rows, heads, dim}));
+      ASSERT_EQ(got.lse.sizes(), (std::vector<int64_t>{rows.out_rows, heads}));
+      for (size_t i = 0; i < rows.q_row.size(); ++i) {
+        const int64_t nq = rows.q_len[i], nk = rows.k_len[i];
+        torch::Tensor qs = q.narrow(0, rows.q_row[i], nq);
+        torch::Tensor ks = k.narrow(0, rows.k_row[i], nk), vs = v.narrow(0, rows.k_row[i], nk);
+        Shape shape{{}, heads, kv_heads, dim, dtype};
+        if (is_causal) {
+          shape.sequences = {{nq, nk}};
+        } else {
+          shape.sequences.assign(nq, {1, nk});
+          ks = ks.repeat({nq, 1, 1});
+          vs = vs.repeat({nq, 1, 1});
+        }
+        Reference ref = reference_attention(qs, ks, vs, torch::zeros_like(qs), shape, scale);
+        const double out_error = relative_error(got.out.narrow(0, rows.o_row[i], nq), ref.out);
+        const double lse_error =
+            relative_error(got.lse.narrow(0, rows.o_row[i], nq), ref.lse.t());
+        EXPECT_LE(out_error, 1e-2) << (is_causal ? "causal" : "unmasked") << " sequence " << i
+                                   << " heads " << heads << "/" << kv_heads << " d " << dim;
+        EXPECT_LE(lse_error, 1e-3) << (is_causal ? "causal" : "unmasked") << " sequence " << i
+                                   << " heads " << heads << "/" << kv_heads << " d " << dim;
+      }
+    }
+  }
+  // A sequence reaching outside q is refused, naming it.
+  RaggedRows outside = unmasked;
+  outside.q_len[3] = 200;
+  torch::Tensor q = torch::randn({150, 8, 64}, torch::TensorOptions().dtype(torch::kBFloat16).device(device));
+  torch::Tensor k = torch::randn({1000, 8, 64}, q.options());
+  try {
+    kernel->forward_rows(q, k, k, outside, 0.0, false);
+    ADD_FAILURE() << "accepted a sequence reaching outside q";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("sequence 3"), std::string::npos) << e.message();
+  }
+}
+
 TEST(CudnnKernel, RejectsWhatItDoesNotTake) {
   CADRE_NEED_CUDNN();
   auto kernel = make_cudnn_kernel();
