@@ -131,10 +131,10 @@ void Graph::pointwise(cudnnPointwiseMode_t mode, int64_t x, int64_t b, int64_t t
 
   Descriptor op(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
   set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw.get(), "pointwise op desc");
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_XDESC, tensor_desc(x), "pointwise x");
-  if (b > 0) set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_BDESC, tensor_desc(b), "pointwise b");
-  if (t > 0) set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_TDESC, tensor_desc(t), "pointwise t");
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_YDESC, tensor_desc(y), "pointwise y");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_XDESC, operand(x), "pointwise x");
+  if (b > 0) set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_BDESC, operand(b), "pointwise b");
+  if (t > 0) set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_TDESC, operand(t), "pointwise t");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_YDESC, operand(y), "pointwise y");
   float one = 1.0f;
   set(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, CUDNN_TYPE_FLOAT, 1, &one, "alpha1");
   set(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, CUDNN_TYPE_FLOAT, 1, &one, "alpha2");
@@ -154,20 +154,20 @@ void Graph::matmul(int64_t a, int64_t b, int64_t c, int64_t m_override, int64_t 
   finalize_desc(mm.get(), "matmul descriptor");
 
   Descriptor op(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_ADESC, tensor_desc(a), "matmul a");
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_BDESC, tensor_desc(b), "matmul b");
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_CDESC, tensor_desc(c), "matmul c");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_ADESC, operand(a), "matmul a");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_BDESC, operand(b), "matmul b");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_CDESC, operand(c), "matmul c");
   set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_DESC, mm.get(), "matmul desc");
   if (m_override > 0) {
-    set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, tensor_desc(m_override),
+    set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, operand(m_override),
              "matmul m override");
   }
   if (n_override > 0) {
-    set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, tensor_desc(n_override),
+    set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, operand(n_override),
              "matmul n override");
   }
   if (k_override > 0) {
-    set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, tensor_desc(k_override),
+    set_desc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, operand(k_override),
              "matmul k override");
   }
   finalize_desc(op.get(), "matmul operation");
@@ -183,8 +183,8 @@ void Graph::reduction(cudnnReduceTensorOp_t mode, int64_t x, int64_t y) {
   finalize_desc(red.get(), "reduction descriptor");
 
   Descriptor op(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR);
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_REDUCTION_XDESC, tensor_desc(x), "reduction x");
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_REDUCTION_YDESC, tensor_desc(y), "reduction y");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_REDUCTION_XDESC, operand(x), "reduction x");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_REDUCTION_YDESC, operand(y), "reduction y");
   set_desc(op.get(), CUDNN_ATTR_OPERATION_REDUCTION_DESC, red.get(), "reduction desc");
   finalize_desc(op.get(), "reduction operation");
   op_descriptors_.push_back(std::move(red));
@@ -193,8 +193,8 @@ void Graph::reduction(cudnnReduceTensorOp_t mode, int64_t x, int64_t y) {
 
 void Graph::reshape(int64_t x, int64_t y) {
   Descriptor op(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR);
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_RESHAPE_XDESC, tensor_desc(x), "reshape x");
-  set_desc(op.get(), CUDNN_ATTR_OPERATION_RESHAPE_YDESC, tensor_desc(y), "reshape y");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_RESHAPE_XDESC, operand(x), "reshape x");
+  set_desc(op.get(), CUDNN_ATTR_OPERATION_RESHAPE_YDESC, operand(y), "reshape y");
   finalize_desc(op.get(), "reshape operation");
   add_operation(std::move(op));
 }
@@ -298,14 +298,40 @@ int64_t Graph::max_workspace_bytes() const {
   return most;
 }
 
+cudnnBackendDescriptor_t Graph::operand(int64_t uid) {
+  used_.resize(specs_.size(), 0);
+  used_.at(uid - 1) = 1;
+  const int64_t ragged = specs_.at(uid - 1).ragged_offset_uid;
+  if (ragged > 0) used_.at(ragged - 1) = 1;
+  return tensor_desc(uid);
+}
+
 void Graph::execute(const std::vector<int64_t>& uids, const std::vector<void*>& pointers,
                     void* workspace) const {
   CADRE_CHECK(!plans_.empty(), "cuDNN graph executed before finalize()");
+  CADRE_CHECK(uids.size() == pointers.size(), "cuDNN graph executed with ", uids.size(),
+              " uids but ", pointers.size(), " pointers");
+  // Only the tensors its operations read or write: cuDNN refuses a variant pack that names a
+  // tensor outside the graph (e.g. the -inf of a graph without masks).
+  std::vector<int64_t> pack_uids;
+  std::vector<void*> pack_pointers;
+  for (size_t i = 0; i < uids.size(); ++i) {
+    const int64_t uid = uids[i];
+    if (uid <= 0 || uid > static_cast<int64_t>(used_.size()) || used_[uid - 1] == 0) continue;
+    pack_uids.push_back(uid);
+    pack_pointers.push_back(pointers[i]);
+  }
+  for (size_t uid = 1; uid <= used_.size(); ++uid) {
+    const bool supplied = std::find(pack_uids.begin(), pack_uids.end(),
+                                    static_cast<int64_t>(uid)) != pack_uids.end();
+    CADRE_CHECK(used_[uid - 1] == 0 || specs_[uid - 1].is_virtual || supplied,
+                "cuDNN graph executed without a pointer for its tensor ", uid);
+  }
   Descriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
   set(pack.get(), CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64,
-      static_cast<int64_t>(uids.size()), uids.data(), "variant pack uids");
+      static_cast<int64_t>(pack_uids.size()), pack_uids.data(), "variant pack uids");
   set(pack.get(), CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
-      static_cast<int64_t>(pointers.size()), pointers.data(), "variant pack pointers");
+      static_cast<int64_t>(pack_pointers.size()), pack_pointers.data(), "variant pack pointers");
   set(pack.get(), CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace,
       "variant pack workspace");
   finalize_desc(pack.get(), "variant pack");

@@ -84,16 +84,20 @@ class Graph {
   const std::string& engine() const { return plans_.at(selected_).engine; }
 
   // Runs the plan on the handle's stream: uids and pointers of every non-virtual tensor
-  // (device pointers; host pointers for by-value scalars).
+  // (device pointers; host pointers for by-value scalars). Uids of tensors no operation uses
+  // (0, or declared but left out of this graph) are skipped; a used one missing throws.
   void execute(const std::vector<int64_t>& uids, const std::vector<void*>& pointers,
                void* workspace) const;
 
  private:
   cudnnBackendDescriptor_t tensor_desc(int64_t uid) const { return tensors_.at(uid - 1).get(); }
+  // The descriptor of a tensor an operation uses, marking it (and its ragged offsets) used.
+  cudnnBackendDescriptor_t operand(int64_t uid);
   void add_operation(Descriptor op) { operations_.push_back(std::move(op)); }
 
   cudnnHandle_t handle_;
   std::vector<TensorSpec> specs_;
+  std::vector<char> used_;  // per uid - 1: an operation reads or writes it
   std::vector<Descriptor> tensors_;
   std::vector<Descriptor> operations_;
   std::vector<Descriptor> op_descriptors_;  // pointwise/matmul/reduction descriptors

@@ -204,12 +204,17 @@ TEST(CudnnSplit, PartsOnCudnnMatchFloat64) {
     }
     EXPECT_GT(kernel->counters().graphs_built, 0);
   }
+  // Uniform shards: the prefix call's chunks fill their class (a dense graph without a mask), as
+  // in the calibration grid's cells.
+  auto kernel = make_flash_kernel(always);
+  check_shape(*kernel, Shape{{{128, 1024}, {128, 1024}}, 8, 2, 128, torch::kBFloat16}, seed++);
 }
 
 // forward_rows against the float64 reference of each sequence gathered on its own: query ranges
 // that overlap (a shard's prefix chunks), keys read where they lie (a diagonal block), outputs in
 // an order of their own; unmasked (each query its own one-query sequence in the reference, so it
-// sees every key) and causal; GQA and MHA, both dtypes.
+// sees every key), causal, and unmasked filling its class (a dense graph); GQA and MHA, both
+// dtypes.
 TEST(CudnnKernel, ForwardRowsReadInPlace) {
   CADRE_NEED_CUDNN();
   auto kernel = make_cudnn_attention();
@@ -231,6 +236,11 @@ TEST(CudnnKernel, ForwardRowsReadInPlace) {
   add(causal, 37, 100, 0, 400);    // a shard against its keys
   add(causal, 137, 13, 987, 13);
   causal.o_row = {113, 13, 0};      // outputs in reverse order of the sequences
+  // Every sequence fills its class (2 x 64 queries x 128 keys): a dense graph without any mask,
+  // whose -inf scalar no operation uses (cudnn_graph.h leaves it out of the variant pack).
+  RaggedRows dense;
+  add(dense, 10, 64, 500, 128);
+  add(dense, 10, 64, 0, 128);
   uint64_t seed = 900;
   for (auto [heads, kv_heads, dim, dtype] :
        std::vector<std::tuple<int64_t, int64_t, int64_t, torch::ScalarType>>{
@@ -241,8 +251,9 @@ TEST(CudnnKernel, ForwardRowsReadInPlace) {
     torch::Tensor k = torch::randn({1000, kv_heads, dim}, opts);
     torch::Tensor v = torch::randn({1000, kv_heads, dim}, opts);
     const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
-    for (bool is_causal : {false, true}) {
-      const RaggedRows& rows = is_causal ? causal : unmasked;
+    for (const RaggedRows* layout : {&unmasked, &causal, &dense}) {
+      const bool is_causal = layout == &causal;
+      const RaggedRows& rows = *layout;
       ForwardResult got = kernel->forward_rows(q, k, v, rows, 0.0, is_causal);
       ASSERT_EQ(got.out.sizes(), (std::vector<int64_t>{rows.out_rows, heads, dim}));
       ASSERT_EQ(got.lse.sizes(), (std::vector<int64_t>{rows.out_rows, heads}));
