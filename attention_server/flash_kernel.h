@@ -25,8 +25,8 @@ namespace cadre::attention_server {
 // unsplit sequences are gathered. With cudnn_parts the forward gathers no keys and folds each
 // shard's queries once: both calls place their sequences by row offsets (cudnn_kernel.h
 // RaggedRows; a shard's prefix chunks share its folded queries, keys are read where they lie),
-// and the small diagonal call runs on a side stream beside the prefix call
-// (CADRE_SPLIT_SERIAL=1: before it). Which sequences split
+// the prefix chunks run longest first (CADRE_SPLIT_KEEP_ORDER=1: in batch order), and the small
+// diagonal call runs on a side stream beside the prefix call (CADRE_SPLIT_SERIAL=1: before it). Which sequences split
 // (measured on H200, docs/gpu.md):
 //   backward (GQA only: without a group to fold, the split gains nothing there): q <=
 //     max_backward_split_queries and prefix >= backward_min_prefix_ratio * q and >=

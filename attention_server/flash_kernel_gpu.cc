@@ -413,8 +413,8 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
 }
 
 // [rows, heads, d] -> [rows(fold) * group, kv_heads, d]: row (t, g) at t * group + g, head h
-// holding query head h * group + g (the heads that share KV head h).
-// One gather from the head-transposed view of x (contiguous).
+// holding query head h * group + g (the heads that share KV head h). One gather from the
+// head-transposed view of x (contiguous).
 torch::Tensor fold_heads(const torch::Tensor& x, const torch::Tensor& rows, int64_t group) {
   const int64_t n = rows.size(0), kv_heads = x.size(1) / group, d = x.size(2);
   return x.view({x.size(0), kv_heads, group, d})
