@@ -297,6 +297,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
   std::vector<int64_t> fold, cu_q{0}, cu_k{0}, rest, cu_rest{0};
   std::vector<int64_t> merge_tokens, merge_offsets{0}, merge_rows;  // forward only
   std::vector<int64_t> merge_chunk;  // by_rows: the prefix chunk of each merge row
+  // (by_rows reads keys in place: `rest`, the gathered key rows, stays empty.)
   // cuDNN forward reads in place by row offsets (SplitPlan::by_rows).
   const bool by_rows = direction == Direction::kForward && options.cudnn_parts;
   RaggedRows prefix_rows, diagonal_rows;
@@ -320,7 +321,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
       if (by_rows && q > 0) add_rows(diagonal_rows, cq[i], q, ck[i], keys, cq[i]);
       // Its keys ride along in the prefix call without queries; the rest call gathers them all.
       add_prefix_sequence(0, ck[i + 1]);
-      for (int64_t r = ck[i]; r < ck[i + 1]; ++r) rest.push_back(r);
+      for (int64_t r = ck[i]; !by_rows && r < ck[i + 1]; ++r) rest.push_back(r);
       cu_rest.push_back(cu_rest.back() + keys);
       continue;
     }
@@ -357,7 +358,7 @@ std::unique_ptr<SplitPlan> make_split_plan(const VarlenBatch& batch, int64_t hea
     }
     // The diagonal block: no queries in the prefix call, gathered for the rest call.
     add_prefix_sequence(0, ck[i + 1]);
-    for (int64_t r = ck[i] + prefix; r < ck[i + 1]; ++r) rest.push_back(r);
+    for (int64_t r = ck[i] + prefix; !by_rows && r < ck[i + 1]; ++r) rest.push_back(r);
     cu_rest.push_back(cu_rest.back() + q);
   }
   if (!any) return nullptr;
